@@ -1,0 +1,44 @@
+"""The ``cvlth`` command line. Thin: each command parses, then calls the Python API.
+
+Every command lives in its own module under ``cvlth.cli`` and registers itself on ``app``;
+user errors (:class:`cvlth.errors.CvlthError`) print one clear message and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from cvlth.errors import CvlthError
+
+app = typer.Typer(
+    name="cvlth",
+    help="Lottery tickets in pre-trained vision models: find masks, transfer them, analyse them.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _register_commands() -> None:
+    # Imported for their side effect of adding commands to ``app``.
+    from cvlth.cli import masks_cmd  # noqa: F401
+
+
+def run_cli(args: list[str] | None = None) -> int:
+    """Run the CLI in-process and return its exit code (used by ``main`` and by tests)."""
+    _register_commands()
+    try:
+        app(args=args, prog_name="cvlth")
+    except SystemExit as exit_:
+        code = exit_.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    except CvlthError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main() -> None:
+    sys.exit(run_cli())

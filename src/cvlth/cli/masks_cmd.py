@@ -1,0 +1,67 @@
+"""``cvlth prune`` and ``cvlth mask show``."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cvlth.cli import app
+from cvlth.errors import CvlthError
+from cvlth.masks import load_mask
+from cvlth.models.checkpoints import read_state_dict
+from cvlth.pruning import get_strategy, prunable_state
+
+mask_app = typer.Typer(help="Inspect cvlth-mask/1 files.", no_args_is_help=True)
+app.add_typer(mask_app, name="mask")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@app.command()
+def prune(
+    checkpoint: Path = typer.Argument(..., help="ResNet checkpoint (torchvision state_dict, .pt/.pth/.safetensors)."),
+    sparsity: float = typer.Option(..., "--sparsity", "-s", help="Fraction of prunable weights to remove, in [0, 1)."),
+    method: str = typer.Option("magnitude", "--method", "-m", help="magnitude | layerwise | random"),
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the cvlth-mask/1 file."),
+    seed: int = typer.Option(0, help="Seed for the random method."),
+) -> None:
+    """Compute a one-shot mask for a ResNet checkpoint and write it as a cvlth-mask/1 file."""
+    if not 0.0 <= sparsity < 1.0:
+        raise CvlthError(f"--sparsity must be in [0, 1), got {sparsity}")
+    strategy = get_strategy(method)
+    weights = prunable_state(read_state_dict(checkpoint))
+    if not weights:
+        raise CvlthError(f"{checkpoint} has no ResNet block convs (layerN.M.convK.weight); is it a ResNet?")
+    mask = strategy(weights, sparsity, None, seed)
+    mask.save(out, method=method, source_sha256=_sha256(checkpoint), source=checkpoint.name, round="oneshot")
+    Console().print(f"wrote {out}: {mask.kept:,}/{mask.total:,} weights kept, sparsity {mask.sparsity:.2%}")
+
+
+@mask_app.command("show")
+def show(
+    path: Path = typer.Argument(..., help="A cvlth-mask/1 file."),
+    layers: bool = typer.Option(True, help="Print the per-layer table."),
+) -> None:
+    """Print the global and per-layer sparsity of a mask file."""
+    mask, provenance = load_mask(path)
+    console = Console()
+    console.print(f"[bold]{path}[/]  {provenance.get('format')}")
+    for key, value in sorted(provenance.items()):
+        if key != "format":
+            console.print(f"  {key}: {value}")
+    console.print(f"global sparsity {mask.sparsity:.4%}  kept {mask.kept:,} / {mask.total:,} in {len(mask)} tensors")
+    if layers:
+        table = Table("layer", "shape", "kept", "total", "sparsity")
+        for name, (kept, total) in mask.layer_counts().items():
+            table.add_row(name, "x".join(map(str, mask[name].shape)), f"{kept:,}", f"{total:,}", f"{1 - kept / total:.2%}")
+        console.print(table)
