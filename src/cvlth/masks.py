@@ -81,7 +81,7 @@ class Mask(Mapping[str, torch.Tensor]):
 
     @property
     def kept(self) -> int:
-        return sum(int(t.sum()) for t in self._tensors.values())
+        return sum(int(torch.count_nonzero(t)) for t in self._tensors.values())
 
     @property
     def pruned(self) -> int:
@@ -101,12 +101,14 @@ class Mask(Mapping[str, torch.Tensor]):
 
     def layer_counts(self) -> dict[str, tuple[int, int]]:
         """name -> (kept, total)."""
-        return {name: (int(t.sum()), t.numel()) for name, t in self._tensors.items()}
+        return {name: (int(torch.count_nonzero(t)), t.numel()) for name, t in self._tensors.items()}
 
     # --- algebra ------------------------------------------------------------------------
     def _check_compatible(self, other: Mask) -> None:
         if self.shapes != other.shapes:
-            raise MaskError("the two masks cover different weights:\n" + _shape_diff(self.shapes, other.shapes))
+            raise MaskError(
+                "the two masks cover different weights:\n" + _shape_diff(self.shapes, other.shapes)
+            )
 
     def iou(self, other: Mask) -> float:
         """|kept ∩ kept'| / |kept ∪ kept'| over all weights (1.0 when both keep nothing)."""
@@ -239,7 +241,7 @@ def save_mask(mask: Mask, path: str | os.PathLike[str], **provenance: object) ->
 
 def load_mask(path: str | os.PathLike[str]) -> tuple[Mask, dict[str, str]]:
     """Read a cvlth-mask/1 file; return the mask and its provenance metadata."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     file = Path(path)
     if not file.is_file():
@@ -247,8 +249,8 @@ def load_mask(path: str | os.PathLike[str]) -> tuple[Mask, dict[str, str]]:
     try:
         with safe_open(str(file), framework="pt") as handle:
             metadata = dict(handle.metadata() or {})
-            packed = {name: handle.get_tensor(name) for name in handle.keys()}
-    except Exception as exc:  # safetensors raises its own error types for truncation/garbage
+            packed = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as exc:
         raise MaskError(
             f"{file} is not a readable cvlth-mask/1 file (truncated or corrupted?): {exc}",
             hint="re-create the mask, e.g. with `cvlth prune`",
@@ -256,11 +258,16 @@ def load_mask(path: str | os.PathLike[str]) -> tuple[Mask, dict[str, str]]:
     if metadata.get("format") != FORMAT_TAG:
         raise MaskError(f"{file} has format {metadata.get('format')!r}, expected {FORMAT_TAG!r}")
     try:
-        shapes = {name: tuple(int(d) for d in shape) for name, shape in json.loads(metadata["shapes"]).items()}
+        shapes = {
+            name: tuple(int(d) for d in shape) for name, shape in json.loads(metadata["shapes"]).items()
+        }
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
         raise MaskError(f"{file}: metadata 'shapes' is missing or not a JSON object of lists") from exc
     if set(shapes) != set(packed):
-        raise MaskError(f"{file}: tensors and 'shapes' metadata disagree:\n" + _shape_diff(shapes, {n: () for n in packed}, "shapes", "tensors"))
+        raise MaskError(
+            f"{file}: tensors and 'shapes' metadata disagree:\n"
+            + _shape_diff(shapes, {n: () for n in packed}, "shapes", "tensors")
+        )
     tensors = {}
     for name, shape in shapes.items():
         data = packed[name]

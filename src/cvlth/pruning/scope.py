@@ -73,10 +73,7 @@ class Scope:
     exclude: tuple[str, ...] = field(default_factory=tuple)
 
     def is_prunable(self, canonical: str) -> bool:
-        if canonical == STEM_NAME:
-            selected = self.include_stem
-        else:
-            selected = bool(_BLOCK_CONV.match(canonical))
+        selected = self.include_stem if canonical == STEM_NAME else bool(_BLOCK_CONV.match(canonical))
         return selected and not any(fnmatch.fnmatchcase(canonical, p) for p in self.exclude)
 
 
