@@ -1,0 +1,133 @@
+"""The study config: pre-trainings × ticket finders × sparsity levels × downstream tasks × seeds.
+
+A study is a YAML file (see ``configs/demo.yaml``). :func:`cvlth.study.plan.expand` turns it into
+the run configs of :mod:`cvlth.study.runs`; the study itself is never a run, so editing it only
+adds or drops runs, and every run already computed is reused.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, model_validator
+
+from cvlth.config import (
+    ObjectiveRef,
+    OptimConfig,
+    ScheduleConfig,
+    Strict,
+    TrainingConfig,
+    _parse_yaml,
+    validate_config,
+)
+from cvlth.errors import ConfigError
+from cvlth.study.runs import AdaptConfig, BackboneConfig, Recipe
+
+
+class PretrainEntry(Strict):
+    """One θ_p: trained here (``recipe``) or imported (``import_path``), exactly one of the two."""
+
+    recipe: Recipe | None = None
+    import_path: str | None = None
+    import_source: Literal["auto", "torchvision", "moco", "simclr", "timm", "cvlth"] = "auto"
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> PretrainEntry:
+        if (self.recipe is None) == (self.import_path is None):
+            raise ValueError("give exactly one of `recipe` (train θ_p here) or `import_path` (a checkpoint)")
+        return self
+
+
+class FinderEntry(Strict):
+    """A way to find masks, applied to every pre-training (and, downstream, to every task).
+
+    ``imp`` on ``upstream`` trains on the pre-training's own data and objective; ``optim``,
+    ``schedule`` and ``train`` override that recipe (the paper: 10 epochs at constant lr 1e-4).
+    ``imp`` on ``downstream`` trains on each task in ``tasks`` with the task's recipe, overridden
+    the same way. ``omp`` and ``random`` need no training.
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    method: Literal["imp", "omp", "random"]
+    on: Literal["upstream", "downstream"] = "upstream"
+    rewind: Literal["pretrained", "init", "early"] = "pretrained"
+    optim: OptimConfig | None = None
+    schedule: ScheduleConfig | None = None
+    train: TrainingConfig | None = None
+    objective: ObjectiveRef | None = None
+    tasks: list[str] | None = None
+    pretrainings: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FinderEntry:
+        if self.method != "imp" and (self.on != "upstream" or self.rewind != "pretrained"):
+            raise ValueError(f"`on` and `rewind` apply to imp only (method is {self.method!r})")
+        if self.on == "upstream" and self.tasks is not None:
+            raise ValueError("`tasks` applies to downstream imp only")
+        return self
+
+
+class StudyConfig(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    backbone: BackboneConfig
+    pretrainings: dict[str, PretrainEntry] = Field(min_length=1)
+    tasks: dict[str, Recipe] = Field(min_length=1)
+    finders: list[FinderEntry] = Field(min_length=1)
+    rounds: int = Field(ge=1, le=40, description="IMP levels; sparsity after k is 1 - (1-fraction)^k")
+    fraction: float = Field(0.2, gt=0, lt=1)
+    transfer_levels: list[int] | None = Field(None, description="levels fine-tuned downstream (default: all)")
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    adapt: AdaptConfig = Field(default_factory=AdaptConfig)
+    metric: str = "accuracy"
+
+    @model_validator(mode="after")
+    def _references(self) -> StudyConfig:
+        names = [f.name for f in self.finders]
+        if len(set(names)) != len(names):
+            raise ValueError(f"finder names must be unique, got {names}")
+        for finder in self.finders:
+            for task in finder.tasks or []:
+                if task not in self.tasks:
+                    raise ValueError(f"finder {finder.name!r}: unknown task {task!r} (tasks: {sorted(self.tasks)})")
+            for name in finder.pretrainings or []:
+                if name not in self.pretrainings:
+                    raise ValueError(
+                        f"finder {finder.name!r}: unknown pre-training {name!r} (have {sorted(self.pretrainings)})"
+                    )
+            if finder.method == "imp" and finder.on == "upstream":
+                for name in finder.pretrainings or list(self.pretrainings):
+                    if self.pretrainings[name].recipe is None:
+                        raise ValueError(
+                            f"finder {finder.name!r}: upstream IMP on imported pre-training {name!r} needs "
+                            "its upstream data; give the pre-training a `recipe`"
+                        )
+        for level in self.transfer_levels or []:
+            if not 1 <= level <= self.rounds:
+                raise ValueError(f"transfer_levels: {level} is outside 1..{self.rounds}")
+        return self
+
+    @property
+    def levels(self) -> list[int]:
+        return sorted(set(self.transfer_levels or range(1, self.rounds + 1)))
+
+
+def load_study(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> StudyConfig:
+    """Read and validate a study YAML; ``overrides`` replace top-level keys (e.g. data roots)."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read study config {file}: {exc.strerror}") from exc
+    data = _parse_yaml(text, str(file))
+    data.update(overrides or {})
+    try:
+        return validate_config(StudyConfig, data)
+    except ConfigError as error:
+        raise ConfigError(f"{file}: {error.message}", error.hint) from error
+
+
+def study_to_yaml(study: StudyConfig) -> str:
+    return yaml.safe_dump(study.model_dump(mode="json"), sort_keys=False)

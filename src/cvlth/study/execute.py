@@ -1,0 +1,374 @@
+"""Execute the study's run kinds in the run store: each is computed once, resumed if killed.
+
+:func:`ensure` computes a run's dependencies first, then the run itself through
+:meth:`cvlth.store.Store.execute` (lock, ``config.yaml``, ``result.json`` written last). Artefacts
+passed between runs are files in their run folders:
+
+* ``pretrain`` / ``import``: ``theta_p.pt`` (cvlth-checkpoint/1) and ``heads.pt`` (objective heads);
+* ``imp`` / ``baseline``: ``masks/level-XX.safetensors`` (cvlth-mask/1), ``rewind.pt`` (downstream
+  IMP: the weights every round starts from), ``round-XX/`` (one training folder per IMP round);
+* ``transfer``: only metrics and ``result.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cvlth.config import DataRef, RunConfig
+from cvlth.data.classification import DatasetSplits
+from cvlth.data.registry import load_dataset
+from cvlth.errors import CvlthError
+from cvlth.masks import Mask
+from cvlth.models.backbones import BackboneSpec, build_backbone, feature_dim, init_like_torchvision
+from cvlth.models.checkpoints import ImportedCheckpoint, import_checkpoint, load_into, save_checkpoint
+from cvlth.models.transfer import transfer_model
+from cvlth.objectives.registry import build_objective
+from cvlth.pruning.scope import prunable_parameters
+from cvlth.pruning.strategies import global_magnitude, one_shot_magnitude, random_global
+from cvlth.store import RunFolder, Store
+from cvlth.study.runs import (
+    BaselineRun,
+    ImportRun,
+    ImpRun,
+    PretrainRun,
+    Recipe,
+    TransferRun,
+    dependencies,
+    level_sparsity,
+)
+from cvlth.training.loop import capture_path, train
+
+THETA_P = "theta_p.pt"
+HEADS = "heads.pt"
+REWIND = "rewind.pt"
+EVAL_BATCH_SIZE = 512
+_SUBSET_OPTIONS = ("max_train", "max_val", "max_test")
+
+
+@dataclass
+class Context:
+    """What every executor shares: the store, the device, and an in-process dataset cache."""
+
+    store: Store
+    device: str = "cpu"
+    quiet: bool = False
+    log: Callable[[str], None] = print
+    _datasets: dict[str, DatasetSplits] = field(default_factory=dict)
+
+    def dataset(self, ref: DataRef) -> DatasetSplits:
+        key = ref.model_dump_json()
+        if key not in self._datasets:
+            options = {k: v for k, v in ref.options.items() if k not in _SUBSET_OPTIONS}
+            splits = load_dataset(ref.name, ref.root, **options)
+            self._datasets[key] = _limit(splits, ref.options)
+        return self._datasets[key]
+
+
+def _limit(splits: DatasetSplits, options: dict[str, Any]) -> DatasetSplits:
+    """Deterministic subsets (``max_train`` etc.): the first N of a fixed permutation of each split."""
+    limited = {}
+    for split in ("train", "val", "test"):
+        images = splits.split(split)
+        limit = options.get(f"max_{split}")
+        if limit is not None and int(limit) < len(images):
+            order = torch.randperm(len(images), generator=torch.Generator().manual_seed(1234))
+            images = images.subset(order[: int(limit)])
+        limited[split] = images
+    return replace(splits, **limited)
+
+
+# --- the DAG ----------------------------------------------------------------------------------
+
+
+def ensure(run: RunConfig, ctx: Context) -> dict[str, Any]:
+    """The run's result, computing its dependencies and then the run itself if not done yet."""
+    folder = ctx.store.run_dir(run)
+    if folder.is_done():
+        return folder.read_result()
+    for dependency in dependencies(run):
+        ensure(dependency, ctx)
+    executor = EXECUTORS[run.kind]
+    start = time.perf_counter()
+    result = ctx.store.execute(run, lambda f: executor(run, f, ctx))
+    if folder.checkpoint_path.is_file():  # done: the optimizer state is no longer needed
+        folder.checkpoint_path.unlink()
+    ctx.log(f"  {run.kind} {folder.name} finished in {time.perf_counter() - start:.1f} s")
+    return result
+
+
+def run_folder(ctx: Context, run: RunConfig) -> Path:
+    return Path(ctx.store.run_dir(run))
+
+
+# --- θ_p ------------------------------------------------------------------------------------
+
+
+def load_pretrained(run: PretrainRun | ImportRun, ctx: Context) -> ImportedCheckpoint:
+    return import_checkpoint(run_folder(ctx, run) / THETA_P, source="cvlth")
+
+
+def load_heads(run: PretrainRun | ImportRun, ctx: Context) -> dict[str, dict[str, torch.Tensor]]:
+    path = run_folder(ctx, run) / HEADS
+    return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else {}
+
+
+def _spec(run: PretrainRun) -> BackboneSpec:
+    return BackboneSpec(**run.backbone.model_dump())
+
+
+def execute_pretrain(run: PretrainRun, folder: RunFolder, ctx: Context) -> dict[str, Any]:
+    data = ctx.dataset(run.recipe.data)
+    spec = _spec(run)
+    model = _seeded(run.recipe.train.seed, lambda: build_backbone(spec, data.num_classes))
+    objective = build_objective(run.recipe.objective, feature_dim=feature_dim(spec), data=data)
+    result = _train(model, objective, data, run.recipe, folder, ctx, mask=None)
+    source = run.recipe.objective.name
+    save_checkpoint(Path(folder) / THETA_P, model.state_dict(), spec, normalization="imagenet", source=source)
+    _save_heads(Path(folder) / HEADS, objective)
+    return {"checkpoint": THETA_P, "spec": spec.label, **result}
+
+
+def execute_import(run: ImportRun, folder: RunFolder, ctx: Context) -> dict[str, Any]:
+    imported = import_checkpoint(run.path, source=run.source)
+    report = imported.report
+    if imported.spec is None:
+        raise CvlthError(f"{run.path}: {report.architecture.description} is not a registered ResNet")
+    save_checkpoint(
+        Path(folder) / THETA_P,
+        imported.state_dict,
+        imported.spec,
+        normalization=report.normalization,
+        source=report.format,
+    )
+    return {
+        "checkpoint": THETA_P,
+        "format": report.format,
+        "spec": imported.spec.label,
+        "dropped": len(report.dropped),
+        "normalization": report.normalization,
+    }
+
+
+# --- ticket finders ---------------------------------------------------------------------------
+
+
+def mask_path(folder: Path, level: int) -> Path:
+    return folder / "masks" / f"level-{level:02d}.safetensors"
+
+
+def load_ticket_mask(ticket: ImpRun | BaselineRun, level: int, ctx: Context) -> Mask:
+    return Mask.load(mask_path(run_folder(ctx, ticket), level))
+
+
+def execute_baseline(run: BaselineRun, folder: RunFolder, ctx: Context) -> dict[str, Any]:
+    theta = load_pretrained(run.pretrained, ctx)
+    weights = {n: t for n, t in theta.state_dict.items() if n in _prunable_names(theta)}
+    mask: Mask | None = None
+    levels = []
+    for level in range(1, run.rounds + 1):
+        if run.method == "omp":
+            mask = one_shot_magnitude(weights, level_sparsity(level, run.fraction))
+        else:
+            mask = random_global(weights, run.fraction, mask, seed=run.seed * 1000 + level)
+        mask.save(mask_path(Path(folder), level), method=run.method, round=level)
+        levels.append({"level": level, "sparsity": mask.sparsity})
+    return {"levels": levels}
+
+
+def _prunable_names(theta: ImportedCheckpoint) -> set[str]:
+    from cvlth.pruning.scope import prunable_state
+
+    return set(prunable_state(theta.state_dict))
+
+
+def execute_imp(run: ImpRun, folder: RunFolder, ctx: Context) -> dict[str, Any]:
+    root = Path(folder)
+    theta = load_pretrained(run.pretrained, ctx)
+    data = ctx.dataset(run.recipe.data)
+    if run.on == "upstream":
+        model, heads = _upstream_model(run, theta, data, ctx)
+        first_trained_level = 1
+        if not mask_path(root, 1).is_file():  # the paper prunes θ_p once before any training
+            mask = _magnitude_step(model, run.fraction, None)
+            mask.save(mask_path(root, 1), method="imp", round=1, rewind="pretrained")
+    else:
+        model, heads = _downstream_model(run, theta, data), {}
+        first_trained_level = 0
+    rewind_file = root / REWIND
+    if not rewind_file.is_file() and run.rewind != "early":
+        torch.save({"model": model.state_dict(), "heads": heads}, rewind_file)
+
+    rounds = []
+    for level in range(first_trained_level, run.rounds):
+        prev = None if level == 0 else Mask.load(mask_path(root, level))
+        round_folder = root / f"round-{level:02d}"
+        if mask_path(root, level + 1).is_file():
+            continue
+        capture = _early_capture_step(run, data) if (run.rewind == "early" and level == 0) else None
+        if level > 0 or run.rewind != "early":
+            _restore(model, heads, torch.load(rewind_file, map_location="cpu", weights_only=True))
+        objective = build_objective(run.recipe.objective, feature_dim=_feature_dim(model), data=data)
+        _load_objective_heads(objective, heads)
+        result = _train(model, objective, data, run.recipe, RunFolder(round_folder), ctx, mask=prev, capture=capture)
+        if capture is not None:
+            captured = torch.load(capture_path(RunFolder(round_folder), capture), map_location="cpu", weights_only=True)
+            torch.save({"model": captured["model"], "heads": {}}, rewind_file)
+        mask = _magnitude_step(model, run.fraction, prev)
+        mask.save(mask_path(root, level + 1), method="imp", round=level + 1, rewind=run.rewind)
+        rounds.append({"trained_with_level": level, "sparsity": 0.0 if prev is None else prev.sparsity, **result})
+    levels = [{"level": k, "sparsity": Mask.load(mask_path(root, k)).sparsity} for k in range(1, run.rounds + 1)]
+    return {"levels": levels, "rounds": rounds}
+
+
+def _magnitude_step(model: nn.Module, fraction: float, mask: Mask | None) -> Mask:
+    weights = {n: p.detach() for n, p in prunable_parameters(model).items()}
+    return global_magnitude(weights, fraction, mask)
+
+
+def _early_capture_step(run: ImpRun, data: DatasetSplits) -> int:
+    steps = (len(data.train) // run.recipe.train.batch_size) * run.recipe.train.epochs
+    return max(1, round(run.rewind_fraction * steps))
+
+
+def _upstream_model(
+    run: ImpRun, theta: ImportedCheckpoint, data: DatasetSplits, ctx: Context
+) -> tuple[nn.Module, dict[str, dict[str, torch.Tensor]]]:
+    spec = theta.spec
+    fc = theta.state_dict.get("fc.weight")
+    if fc is not None and fc.shape[0] != data.num_classes and run.recipe.objective.name == "supervised":
+        raise CvlthError(
+            f"upstream IMP on {run.recipe.data.name} needs a {data.num_classes}-class head, "
+            f"θ_p has {fc.shape[0]}",
+            hint="upstream IMP runs on the pre-training task; use the pre-training's dataset",
+        )
+    model = build_backbone(spec, fc.shape[0] if fc is not None else data.num_classes)
+    load_into(model, theta.state_dict, strict=fc is not None)
+    return model, load_heads(run.pretrained, ctx)
+
+
+def _downstream_model(run: ImpRun | TransferRun, theta: ImportedCheckpoint, data: DatasetSplits) -> nn.Module:
+    seed = run.seed
+    spec = replace(theta.spec, in_channels=data.image_shape[0]) if run.adapt.small_images and not run.adapt.keep_stem else theta.spec
+    model = transfer_model(
+        theta,
+        spec,
+        data.num_classes,
+        small_images=run.adapt.small_images,
+        keep_stem=run.adapt.keep_stem,
+        seed=seed,
+    )
+    if isinstance(run, ImpRun) and run.rewind == "init":
+        model = _seeded(seed, lambda: _fresh_like(model))
+    return model
+
+
+def _fresh_like(model: nn.Module) -> nn.Module:
+    """θ_0: the same architecture with torchvision's random initialisation (BN statistics reset)."""
+    fresh = copy.deepcopy(model)
+    for module in fresh.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.reset_running_stats()
+        elif isinstance(module, nn.Linear):
+            module.reset_parameters()
+    init_like_torchvision(fresh)
+    return fresh
+
+
+# --- transfer -------------------------------------------------------------------------------
+
+
+def execute_transfer(run: TransferRun, folder: RunFolder, ctx: Context) -> dict[str, Any]:
+    theta = load_pretrained(run.pretrained, ctx)
+    data = ctx.dataset(run.task.data)
+    model = _downstream_model(run, theta, data)
+    mask = None
+    if run.ticket is not None:
+        mask = load_ticket_mask(run.ticket, run.level, ctx)
+        if isinstance(run.ticket, ImpRun) and run.ticket.on == "downstream" and run.ticket.rewind != "pretrained":
+            rewind = torch.load(run_folder(ctx, run.ticket) / REWIND, map_location="cpu", weights_only=True)
+            backbone = {k: v for k, v in rewind["model"].items() if not k.startswith("fc.")}
+            model.load_state_dict(backbone, strict=False)
+    objective = build_objective(run.task.objective, feature_dim=_feature_dim(model), data=data)
+    result = _train(model, objective, data, run.task, folder, ctx, mask=mask)
+    sparsity = 0.0 if mask is None else mask.sparsity
+    return {"level": run.level, "sparsity": sparsity, "seed": run.seed, **result}
+
+
+# --- shared helpers -------------------------------------------------------------------------
+
+
+def _train(
+    model: nn.Module,
+    objective: Any,
+    data: DatasetSplits,
+    recipe: Recipe,
+    folder: RunFolder,
+    ctx: Context,
+    mask: Mask | None,
+    capture: int | None = None,
+) -> dict[str, Any]:
+    training = recipe.train
+    start = time.perf_counter()
+    result = train(
+        model,
+        objective,
+        data.train.batches(training.batch_size, shuffle=True, seed=training.seed, drop_last=len(data.train) > training.batch_size),
+        training=training,
+        optim=recipe.optim,
+        schedule=recipe.schedule,
+        run=folder,
+        val_data=data.val.batches(EVAL_BATCH_SIZE, shuffle=False),
+        test_data=data.test.batches(EVAL_BATCH_SIZE, shuffle=False),
+        mask=mask,
+        device=ctx.device,
+        capture_at_step=capture,
+        quiet=ctx.quiet,
+    )
+    result["wall_seconds"] = time.perf_counter() - start
+    result["images_per_epoch"] = len(data.train)
+    return result
+
+
+def _seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+def _feature_dim(model: nn.Module) -> int:
+    return int(model.fc.in_features)
+
+
+def _save_heads(path: Path, objective: Any) -> None:
+    heads = {name: module.state_dict() for name, module in objective.modules().items()}
+    if heads:
+        torch.save(heads, path)
+
+
+def _load_objective_heads(objective: Any, heads: dict[str, dict[str, torch.Tensor]]) -> None:
+    for name, module in objective.modules().items():
+        if name in heads:
+            module.load_state_dict(heads[name])
+
+
+def _restore(model: nn.Module, heads: dict[str, Any], state: dict[str, Any]) -> None:
+    model.load_state_dict(state["model"])
+    heads.clear()
+    heads.update(state.get("heads", {}))
+
+
+EXECUTORS: dict[str, Callable[[Any, RunFolder, Context], dict[str, Any]]] = {
+    "pretrain": execute_pretrain,
+    "import": execute_import,
+    "imp": execute_imp,
+    "baseline": execute_baseline,
+    "transfer": execute_transfer,
+}

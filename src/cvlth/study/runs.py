@@ -1,0 +1,167 @@
+"""The study's run kinds, as typed configs: what each run computes is fully named by its config.
+
+Runs nest: a transfer run holds the config of the ticket finder it fine-tunes, which holds the
+config of the pre-training it prunes. So a run's hash changes whenever anything upstream of it
+changes, and the dependency DAG is read off the configs themselves (:func:`dependencies`).
+
+================  ===============================================================================
+kind              computes
+================  ===============================================================================
+``pretrain``      θ_p: train a backbone on an upstream set with an objective (supervised, ...)
+``import``        θ_p: convert an external checkpoint (torchvision, MoCo, SimCLR, timm, cvlth)
+``imp``           IMP masks at levels 1..K (upstream on the pre-training task, or downstream)
+``baseline``      one-shot magnitude (OMP) or random masks at the same levels
+``transfer``      fine-tune (mask, weights) on a downstream task with one seed; level 0 = dense
+================  ===============================================================================
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from cvlth.config import (
+    ConstantSchedule,
+    DataRef,
+    ObjectiveRef,
+    OptimConfig,
+    RunConfig,
+    ScheduleConfig,
+    SGDConfig,
+    Strict,
+    TrainingConfig,
+    register_run_kind,
+)
+
+ArchName = Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
+
+
+class BackboneConfig(Strict):
+    arch: ArchName = "resnet50"
+    width: int = Field(64, ge=1, description="channels of layer1 (64 = torchvision)")
+    stem: Literal["imagenet", "cifar"] = "imagenet"
+    in_channels: int = Field(3, ge=1)
+
+
+class Recipe(Strict):
+    """How to train on one dataset: data, objective, optimiser, schedule, loop settings."""
+
+    data: DataRef
+    objective: ObjectiveRef = Field(default_factory=ObjectiveRef)
+    optim: OptimConfig = Field(default_factory=SGDConfig)
+    schedule: ScheduleConfig = Field(default_factory=ConstantSchedule)
+    train: TrainingConfig = Field(default_factory=TrainingConfig)
+
+
+class AdaptConfig(Strict):
+    """How θ_p becomes a downstream classifier (the paper's 32x32 recipe by default)."""
+
+    small_images: bool = Field(True, description="3x3/1 stem conv and no max-pool")
+    keep_stem: bool = Field(False, description="load the stem conv instead of re-initialising it")
+
+
+@register_run_kind
+class PretrainRun(RunConfig):
+    kind: Literal["pretrain"] = "pretrain"
+    backbone: BackboneConfig
+    recipe: Recipe
+
+
+@register_run_kind
+class ImportRun(RunConfig):
+    kind: Literal["import"] = "import"
+    path: str = Field(description="checkpoint file; any format cvlth.models.checkpoints reads")
+    source: Literal["auto", "torchvision", "moco", "simclr", "timm", "cvlth"] = "auto"
+
+
+Pretrained = Annotated[PretrainRun | ImportRun, Field(discriminator="kind")]
+
+
+@register_run_kind
+class ImpRun(RunConfig):
+    """Iterative magnitude pruning: ``rounds`` levels, each removing ``fraction`` of what is left.
+
+    ``on="upstream"`` prunes on the pre-training task (recipe = the pre-training's, with its heads)
+    and, as the paper does, prunes θ_p once before the first training round, so K levels take
+    K-1 trainings. ``on="downstream"`` trains a new task head from the start (K trainings).
+    Every round starts from the rewind point: θ_p (``pretrained``), a random init θ_0 (``init``),
+    or the weights after ``rewind_fraction`` of the first round (``early``, the paper's θ_5%).
+    """
+
+    kind: Literal["imp"] = "imp"
+    pretrained: Pretrained
+    on: Literal["upstream", "downstream"]
+    recipe: Recipe
+    rounds: int = Field(ge=1, le=40)
+    fraction: float = Field(0.2, gt=0, lt=1)
+    rewind: Literal["pretrained", "init", "early"] = "pretrained"
+    rewind_fraction: float = Field(0.05, gt=0, lt=1)
+    adapt: AdaptConfig = Field(default_factory=AdaptConfig)
+    seed: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _upstream_rules(self) -> ImpRun:
+        if self.on == "upstream" and self.rewind == "init":
+            raise ValueError("rewind: 'init' applies to downstream IMP only (upstream rewinds to θ_p)")
+        return self
+
+
+@register_run_kind
+class BaselineRun(RunConfig):
+    """Masks without training: global magnitude of θ_p (``omp``) or uniformly random (``random``)."""
+
+    kind: Literal["baseline"] = "baseline"
+    pretrained: Pretrained
+    method: Literal["omp", "random"]
+    rounds: int = Field(ge=1, le=40)
+    fraction: float = Field(0.2, gt=0, lt=1)
+    seed: int = Field(0, ge=0)
+
+
+Finder = Annotated[ImpRun | BaselineRun, Field(discriminator="kind")]
+
+
+@register_run_kind
+class TransferRun(RunConfig):
+    """Fine-tune a ticket on a downstream task. ``ticket=None`` (level 0) is the dense baseline.
+
+    The weights are the finder's rewind point: θ_p, except for downstream IMP rewound to θ_0 or
+    θ_5%. The task head is new, drawn from ``seed``.
+    """
+
+    kind: Literal["transfer"] = "transfer"
+    pretrained: Pretrained
+    ticket: Finder | None = None
+    level: int = Field(0, ge=0)
+    task: Recipe
+    adapt: AdaptConfig = Field(default_factory=AdaptConfig)
+    seed: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TransferRun:
+        if self.ticket is None:
+            if self.level != 0:
+                raise ValueError("level must be 0 for the dense model (ticket: null)")
+            return self
+        if not 1 <= self.level <= self.ticket.rounds:
+            raise ValueError(f"level must be in 1..{self.ticket.rounds} (the ticket finder's rounds)")
+        if self.ticket.pretrained != self.pretrained:
+            raise ValueError("the ticket was found on another pre-training than `pretrained`")
+        return self
+
+
+AnyRun = PretrainRun | ImportRun | ImpRun | BaselineRun | TransferRun
+
+
+def dependencies(run: RunConfig) -> list[RunConfig]:
+    """The runs whose results ``run`` reads (direct dependencies only)."""
+    if isinstance(run, ImpRun | BaselineRun):
+        return [run.pretrained]
+    if isinstance(run, TransferRun):
+        return [run.pretrained] if run.ticket is None else [run.ticket]
+    return []
+
+
+def level_sparsity(level: int, fraction: float = 0.2) -> float:
+    return 1.0 - (1.0 - fraction) ** level
