@@ -87,9 +87,7 @@ def test_feature_dim_is_fc_input(spec: BackboneSpec, dim: int) -> None:
         assert build_backbone(spec, 7).fc.in_features == dim
 
 
-@pytest.mark.parametrize(
-    "kwargs", [{"arch": "resnet20"}, {"stem": "deep"}, {"width": 0}, {"in_channels": 0}]
-)
+@pytest.mark.parametrize("kwargs", [{"arch": "resnet20"}, {"stem": "deep"}, {"width": 0}, {"in_channels": 0}])
 def test_invalid_specs_are_config_errors(kwargs: dict) -> None:
     with pytest.raises(ConfigError):
         BackboneSpec(**kwargs)

@@ -390,6 +390,8 @@ def _select_backbone(
 
 
 def _drop_reason(canonical: str, wrapper: str) -> str:
+    if wrapper == "encoder_k.":
+        return "MoCo key encoder (a momentum copy of encoder_q)"
     if canonical in ("queue", "queue_ptr"):
         return "MoCo queue of negative keys"
     if re.match(r"^fc\.\d+\.", canonical):
@@ -398,8 +400,6 @@ def _drop_reason(canonical: str, wrapper: str) -> str:
         return "detection FPN"
     if wrapper == "" and canonical.split(".")[0] in ("rpn", "roi_heads", "classifier", "aux_classifier"):
         return "detection or segmentation head"
-    if wrapper == "encoder_k.":
-        return "MoCo key encoder (a momentum copy of encoder_q)"
     return "not part of a ResNet backbone"
 
 
