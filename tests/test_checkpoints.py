@@ -231,6 +231,12 @@ def test_a_hint_contradicting_the_layout_is_an_error(files) -> None:
         import_checkpoint(files["torchvision"], source="cvlth")
 
 
+def test_unknown_cvlth_format_version_is_refused(tmp_path, reference) -> None:
+    torch.save({"cvlth": {"format": "cvlth-checkpoint/9"}, "model": reference}, tmp_path / "future.pt")
+    with pytest.raises(CheckpointError, match="cvlth-checkpoint/9"):
+        import_checkpoint(tmp_path / "future.pt")
+
+
 def test_read_state_dict_keeps_raw_keys(files) -> None:
     raw = read_state_dict(files["moco_training"])
     assert "module.queue" in raw and "module.encoder_k.conv1.weight" in raw

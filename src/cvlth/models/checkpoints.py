@@ -355,8 +355,13 @@ def _cvlth_header(obj: object, metadata: Mapping[str, str]) -> dict[str, object]
         return dict(metadata)
     if isinstance(obj, Mapping) and isinstance(obj.get("cvlth"), Mapping):
         header = dict(obj["cvlth"])
-        if header.get("format") == CHECKPOINT_FORMAT:
-            return header
+        if header.get("format") != CHECKPOINT_FORMAT:
+            # A newer cvlth wrote it: guessing its layout could load the wrong tensors silently.
+            raise CheckpointError(
+                f"cvlth checkpoint format {header.get('format')!r} is not supported (expected {CHECKPOINT_FORMAT!r})",
+                hint="upgrade cvlth",
+            )
+        return header
     return None
 
 
