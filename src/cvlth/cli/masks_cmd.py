@@ -12,7 +12,7 @@ from rich.table import Table
 from cvlth.cli import app
 from cvlth.errors import CvlthError
 from cvlth.masks import load_mask
-from cvlth.models.checkpoints import read_state_dict
+from cvlth.models.checkpoints import SOURCES, import_checkpoint
 from cvlth.pruning import get_strategy, prunable_state
 
 mask_app = typer.Typer(help="Inspect cvlth-mask/1 files.", no_args_is_help=True)
@@ -30,7 +30,7 @@ def _sha256(path: Path) -> str:
 @app.command()
 def prune(
     checkpoint: Path = typer.Argument(
-        ..., help="ResNet checkpoint (torchvision state_dict, .pt/.pth/.safetensors)."
+        ..., help="ResNet checkpoint (torchvision/MoCo/SimCLR/timm/cvlth; .pt/.pth/.safetensors)."
     ),
     sparsity: float = typer.Option(
         ..., "--sparsity", "-s", help="Fraction of prunable weights to remove, in [0, 1)."
@@ -38,16 +38,24 @@ def prune(
     method: str = typer.Option("magnitude", "--method", "-m", help="magnitude | layerwise | random"),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the cvlth-mask/1 file."),
     seed: int = typer.Option(0, help="Seed for the random method."),
+    source: str = typer.Option("auto", help=f"Checkpoint format: {' | '.join(SOURCES)}."),
 ) -> None:
     """Compute a one-shot mask for a ResNet checkpoint and write it as a cvlth-mask/1 file."""
     if not 0.0 <= sparsity < 1.0:
         raise CvlthError(f"--sparsity must be in [0, 1), got {sparsity}")
     strategy = get_strategy(method)
-    weights = prunable_state(read_state_dict(checkpoint))
-    if not weights:
-        raise CvlthError(f"{checkpoint} has no ResNet block convs (layerN.M.convK.weight); is it a ResNet?")
+    # Any supported format (torchvision, MoCo, SimCLR, timm, cvlth) -> canonical keys; non-ResNets fail here.
+    imported = import_checkpoint(checkpoint, source)
+    weights = prunable_state(imported.state_dict)
     mask = strategy(weights, sparsity, None, seed)
-    mask.save(out, method=method, source_sha256=_sha256(checkpoint), source=checkpoint.name, round="oneshot")
+    mask.save(
+        out,
+        method=method,
+        source_sha256=_sha256(checkpoint),
+        source=checkpoint.name,
+        source_format=imported.report.format,
+        round="oneshot",
+    )
     Console().print(f"wrote {out}: {mask.kept:,}/{mask.total:,} weights kept, sparsity {mask.sparsity:.2%}")
 
 

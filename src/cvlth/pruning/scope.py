@@ -15,6 +15,7 @@ prefix               where it comes from
 ``encoder_k.``       MoCo key encoder (shares the query's mask)
 ``backbone.body.``   torchvision detection (Faster R-CNN + FPN)
 ``backbone.``        torchvision segmentation (DeepLabV3, FCN)
+``body.``            a bare torchvision FPN backbone (``BackboneWithFPN``)
 ``encoder.``         cvlth's SimCLR / classifier wrappers
 ===================  ==========================================
 """
@@ -36,6 +37,7 @@ WRAPPER_PREFIXES: tuple[str, ...] = (
     "encoder_k.",
     "backbone.body.",
     "backbone.",
+    "body.",
     "encoder.",
 )
 

@@ -91,7 +91,9 @@ class StudyConfig(Strict):
         for finder in self.finders:
             for task in finder.tasks or []:
                 if task not in self.tasks:
-                    raise ValueError(f"finder {finder.name!r}: unknown task {task!r} (tasks: {sorted(self.tasks)})")
+                    raise ValueError(
+                        f"finder {finder.name!r}: unknown task {task!r} (tasks: {sorted(self.tasks)})"
+                    )
             for name in finder.pretrainings or []:
                 if name not in self.pretrainings:
                     raise ValueError(

@@ -217,14 +217,22 @@ def execute_imp(run: ImpRun, folder: RunFolder, ctx: Context) -> dict[str, Any]:
             _restore(model, heads, torch.load(rewind_file, map_location="cpu", weights_only=True))
         objective = build_objective(run.recipe.objective, feature_dim=_feature_dim(model), data=data)
         _load_objective_heads(objective, heads)
-        result = _train(model, objective, data, run.recipe, RunFolder(round_folder), ctx, mask=prev, capture=capture)
+        result = _train(
+            model, objective, data, run.recipe, RunFolder(round_folder), ctx, mask=prev, capture=capture
+        )
         if capture is not None:
-            captured = torch.load(capture_path(RunFolder(round_folder), capture), map_location="cpu", weights_only=True)
+            captured = torch.load(
+                capture_path(RunFolder(round_folder), capture), map_location="cpu", weights_only=True
+            )
             torch.save({"model": captured["model"], "heads": {}}, rewind_file)
         mask = _magnitude_step(model, run.fraction, prev)
         mask.save(mask_path(root, level + 1), method="imp", round=level + 1, rewind=run.rewind)
-        rounds.append({"trained_with_level": level, "sparsity": 0.0 if prev is None else prev.sparsity, **result})
-    levels = [{"level": k, "sparsity": Mask.load(mask_path(root, k)).sparsity} for k in range(1, run.rounds + 1)]
+        rounds.append(
+            {"trained_with_level": level, "sparsity": 0.0 if prev is None else prev.sparsity, **result}
+        )
+    levels = [
+        {"level": k, "sparsity": Mask.load(mask_path(root, k)).sparsity} for k in range(1, run.rounds + 1)
+    ]
     return {"levels": levels, "rounds": rounds}
 
 
@@ -256,7 +264,11 @@ def _upstream_model(
 
 def _downstream_model(run: ImpRun | TransferRun, theta: ImportedCheckpoint, data: DatasetSplits) -> nn.Module:
     seed = run.seed
-    spec = replace(theta.spec, in_channels=data.image_shape[0]) if run.adapt.small_images and not run.adapt.keep_stem else theta.spec
+    spec = (
+        replace(theta.spec, in_channels=data.image_shape[0])
+        if run.adapt.small_images and not run.adapt.keep_stem
+        else theta.spec
+    )
     model = transfer_model(
         theta,
         spec,
@@ -292,7 +304,11 @@ def execute_transfer(run: TransferRun, folder: RunFolder, ctx: Context) -> dict[
     mask = None
     if run.ticket is not None:
         mask = load_ticket_mask(run.ticket, run.level, ctx)
-        if isinstance(run.ticket, ImpRun) and run.ticket.on == "downstream" and run.ticket.rewind != "pretrained":
+        if (
+            isinstance(run.ticket, ImpRun)
+            and run.ticket.on == "downstream"
+            and run.ticket.rewind != "pretrained"
+        ):
             rewind = torch.load(run_folder(ctx, run.ticket) / REWIND, map_location="cpu", weights_only=True)
             backbone = {k: v for k, v in rewind["model"].items() if not k.startswith("fc.")}
             model.load_state_dict(backbone, strict=False)
@@ -320,7 +336,12 @@ def _train(
     result = train(
         model,
         objective,
-        data.train.batches(training.batch_size, shuffle=True, seed=training.seed, drop_last=len(data.train) > training.batch_size),
+        data.train.batches(
+            training.batch_size,
+            shuffle=True,
+            seed=training.seed,
+            drop_last=len(data.train) > training.batch_size,
+        ),
         training=training,
         optim=recipe.optim,
         schedule=recipe.schedule,

@@ -1,0 +1,85 @@
+"""``cvlth inspect``: what a checkpoint is, and what importing it keeps and drops."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cvlth.cli import app
+from cvlth.models.backbones import BackboneSpec, build_backbone
+from cvlth.models.checkpoints import NORMALIZATION, SOURCES, ImportedCheckpoint, import_checkpoint, load_into
+from cvlth.pruning.scope import prunable_state
+
+_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def parameter_counts(imported: ImportedCheckpoint) -> tuple[int, int]:
+    """(all parameters, of which in ``fc``) of the imported backbone; BN buffers are not parameters."""
+    params = {k: v for k, v in imported.state_dict.items() if not k.endswith(_BUFFERS)}
+    total = sum(v.numel() for v in params.values())
+    return total, sum(v.numel() for k, v in params.items() if k.startswith("fc."))
+
+
+@app.command()
+def inspect(
+    checkpoint: Annotated[Path, typer.Argument(help="A ResNet checkpoint (.pt/.pth/.safetensors).")],
+    source: Annotated[str, typer.Option(help=f"Checkpoint format: {' | '.join(SOURCES)}.")] = "auto",
+    arch: Annotated[
+        str | None,
+        typer.Option(help="Also check that it loads strictly into this architecture (e.g. resnet50)."),
+    ] = None,
+    keys: Annotated[bool, typer.Option(help="List every dropped key, not only a count per reason.")] = False,
+) -> None:
+    """Print a checkpoint's format, architecture, parameter counts and import report."""
+    imported = import_checkpoint(checkpoint, source)
+    report = imported.report
+    console = Console()
+    total, in_fc = parameter_counts(imported)
+    prunable = prunable_state(imported.state_dict)
+    console.print(f"[bold]{checkpoint}[/]")
+    summary = Table.grid(padding=(0, 2))
+    summary.add_row("format", report.format)
+    summary.add_row("architecture", report.architecture.description)
+    summary.add_row("parameters", f"{total:,} ({in_fc:,} in fc)")
+    summary.add_row(
+        "prunable weights", f"{sum(t.numel() for t in prunable.values()):,} in {len(prunable)} convs"
+    )
+    summary.add_row("input", f"{report.normalization}: {NORMALIZATION.get(report.normalization, '?')}")
+    summary.add_row("head", report.head)
+    console.print(summary)
+    console.print(_report_table(imported, keys))
+    for note in report.notes:
+        console.print(f"note: {note}")
+    if arch is not None:
+        _check_fit(imported, arch, console)
+
+
+def _report_table(imported: ImportedCheckpoint, list_keys: bool) -> Table:
+    report = imported.report
+    table = Table("import", "count", "keys", title="import report", title_justify="left")
+    table.add_row("loaded", str(len(report.loaded)), _examples(report.loaded))
+    for reason, names in sorted(report.dropped_by_reason().items()):
+        shown = ", ".join(names) if list_keys else _examples(names)
+        table.add_row(f"dropped: {reason}", str(len(names)), shown)
+    table.add_row("missing", str(len(report.missing)), _examples(report.missing))
+    mis = [f"{k} {list(a)} vs {list(b)}" for k, (a, b) in report.mis_shaped.items()]
+    table.add_row("mis-shaped", str(len(mis)), _examples(mis))
+    table.add_row("filled (num_batches_tracked = 0)", str(len(report.filled)), _examples(report.filled))
+    return table
+
+
+def _examples(names: list[str], limit: int = 3) -> str:
+    more = f", … (+{len(names) - limit})" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def _check_fit(imported: ImportedCheckpoint, arch: str, console: Console) -> None:
+    info = imported.report.architecture
+    spec = BackboneSpec(arch, info.width, info.stem, info.in_channels)
+    model = build_backbone(spec, info.fc_classes or 1000)
+    result = load_into(model, imported, strict=True, skip=() if info.fc_classes else ("fc.",))
+    console.print(f"fits {spec.label}: {len(result.loaded)} tensors load strictly")
