@@ -1,0 +1,70 @@
+"""``cvlth study CONFIG [--store DIR] [--plan]``: run (or plan) a whole study."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cvlth.cli import app
+from cvlth.store import Store
+from cvlth.study.config import load_study
+from cvlth.study.plan import KIND_ORDER, expand, summarize_plan
+
+StoreOption = Annotated[Path, typer.Option("--store", help="Run store root (default ./runs).")]
+
+
+@app.command()
+def study(
+    config: Annotated[Path, typer.Argument(help="Study YAML, e.g. configs/demo.yaml.")],
+    store: StoreOption = Path("runs"),
+    plan: Annotated[bool, typer.Option("--plan", help="Print the DAG and what is left; run nothing.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
+) -> None:
+    """Run every pre-training, ticket search and transfer of a study, then print the matching table."""
+    console = Console()
+    study_config = load_study(config)
+    run_store = Store(store)
+    if plan:
+        print_plan(console, study_config, run_store)
+        return
+    from cvlth.study.run import run_study
+
+    outcome = run_study(study_config, run_store, device=device, quiet=quiet, log=console.print)
+    console.print(matching_rich_table(outcome.matching))
+    console.print(
+        f"{outcome.runs} runs ({outcome.computed} computed now) in {outcome.seconds:.0f} s; "
+        f"results in {outcome.folder}/ (matching.md, matching.json)"
+    )
+
+
+def print_plan(console: Console, study_config, run_store: Store) -> None:  # noqa: ANN001
+    planned = expand(study_config)
+    summary = summarize_plan(planned, run_store)
+    table = Table("run kind", "runs", "done", "to do", "training epochs to do", title=f"study {study_config.name}")
+    for kind in KIND_ORDER:
+        if summary.total[kind]:
+            table.add_row(
+                kind,
+                str(summary.total[kind]),
+                str(summary.done[kind]),
+                str(summary.total[kind] - summary.done[kind]),
+                str(summary.epochs_left[kind]),
+            )
+    console.print(table)
+    console.print(
+        f"{sum(summary.total.values())} runs, {summary.runs_left} to do, "
+        f"{sum(summary.epochs_left.values())} training epochs to do"
+    )
+
+
+def matching_rich_table(results) -> Table:  # noqa: ANN001
+    table = Table("ticket source", "task", "dense", "extreme matching sparsity", title="matching tickets")
+    for r in results:
+        extreme = "none" if r.extreme_matching_sparsity is None else f"{r.extreme_matching_sparsity:.2%}"
+        table.add_row(r.source, r.task, f"{r.dense.mean:.4f} ± {r.dense.std:.4f}", extreme)
+    return table

@@ -1,0 +1,71 @@
+"""Objectives by name (the ``objective.name`` of a config): one builder per objective.
+
+A builder takes the objective's options, the backbone's feature width and the dataset (for its
+normalisation statistics and image size) and returns an object that satisfies
+:class:`cvlth.training.objective.Objective`. Adding an objective is one ``@register_objective``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from cvlth.config import ObjectiveRef
+from cvlth.data.classification import DatasetSplits
+from cvlth.errors import ConfigError
+from cvlth.training.objective import Objective
+
+Builder = Callable[..., Objective]
+OBJECTIVES: dict[str, Builder] = {}
+
+
+def register_objective(name: str) -> Callable[[Builder], Builder]:
+    def decorate(builder: Builder) -> Builder:
+        OBJECTIVES[name] = builder
+        return builder
+
+    return decorate
+
+
+def build_objective(ref: ObjectiveRef, *, feature_dim: int, data: DatasetSplits) -> Objective:
+    if ref.name not in OBJECTIVES:
+        raise ConfigError(f"objective.name: must be one of {sorted(OBJECTIVES)} (got {ref.name!r})")
+    builder = OBJECTIVES[ref.name]
+    try:
+        return builder(feature_dim=feature_dim, data=data, **ref.options)
+    except TypeError as exc:  # an option the builder does not take
+        raise ConfigError(f"objective {ref.name!r}: bad options {sorted(ref.options)}: {exc}") from exc
+
+
+@register_objective("supervised")
+def _supervised(
+    *,
+    feature_dim: int,
+    data: DatasetSplits,
+    augment: str = "crop_flip",
+    padding: int = 4,
+    flip: bool = True,
+    label_smoothing: float = 0.0,
+) -> Objective:
+    """Cross-entropy. ``augment``: ``crop_flip`` (the paper's 32x32 recipe: padded crop + flip),
+    ``resized_crop`` (RandomResizedCrop + flip, upstream ImageNet style) or ``none``."""
+    from cvlth.data import transforms as T
+    from cvlth.objectives.supervised import SupervisedObjective
+
+    mean, std = data.mean, data.std
+    size = data.image_shape[-1]
+    steps: list[Any] = []
+    if augment == "crop_flip":
+        steps.append(lambda x, g: T.random_crop(x, g, padding=padding))
+    elif augment == "resized_crop":
+        steps.append(lambda x, g: T.random_resized_crop(x, g, size))
+    elif augment != "none":
+        raise ConfigError(f"objective.options.augment: must be one of 'crop_flip', 'resized_crop', 'none' (got {augment!r})")
+    if flip and augment != "none":
+        steps.append(T.horizontal_flip)
+    steps.append(lambda x, g: T.normalize(x, mean, std))
+    return SupervisedObjective(
+        augment=T.compose(*steps),
+        preprocess=lambda x, g=None: T.normalize(x, mean, std),
+        label_smoothing=label_smoothing,
+    )

@@ -1,0 +1,142 @@
+"""Expand a study into its DAG of runs, and say what is done and what is left.
+
+Runs are listed in dependency order (pre-trainings, then ticket finders, then transfers), so
+executing the list front to back never waits. Each run also carries the labels the matching
+table needs (pre-training, finder, task, level, seed).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from cvlth.config import RunConfig
+from cvlth.store import Store
+from cvlth.study.config import FinderEntry, StudyConfig
+from cvlth.study.runs import (
+    BaselineRun,
+    ImportRun,
+    ImpRun,
+    PretrainRun,
+    Recipe,
+    TransferRun,
+)
+
+KIND_ORDER = ("pretrain", "import", "baseline", "imp", "transfer")
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    run: RunConfig
+    pretraining: str
+    finder: str | None = None  # None for θ_p and for the dense transfer
+    task: str | None = None
+    level: int = 0
+    seed: int | None = None
+
+    @property
+    def source(self) -> str:
+        """The ticket source label used in the matching table, e.g. ``supervised/imp-upstream``."""
+        return f"{self.pretraining}/{self.finder or 'dense'}"
+
+
+def pretrained_run(study: StudyConfig, name: str) -> PretrainRun | ImportRun:
+    entry = study.pretrainings[name]
+    if entry.recipe is not None:
+        return PretrainRun(backbone=study.backbone, recipe=entry.recipe)
+    return ImportRun(path=entry.import_path, source=entry.import_source)
+
+
+def _override(recipe: Recipe, finder: FinderEntry) -> Recipe:
+    changes = {
+        key: value
+        for key, value in {
+            "optim": finder.optim,
+            "schedule": finder.schedule,
+            "train": finder.train,
+            "objective": finder.objective,
+        }.items()
+        if value is not None
+    }
+    return recipe.model_copy(update=changes)
+
+
+def finder_runs(study: StudyConfig, finder: FinderEntry, name: str) -> list[tuple[str | None, RunConfig]]:
+    """(task or None, run) for one finder applied to pre-training ``name``."""
+    pretrained = pretrained_run(study, name)
+    if finder.method in ("omp", "random"):
+        method = "omp" if finder.method == "omp" else "random"
+        return [(None, BaselineRun(pretrained=pretrained, method=method, rounds=study.rounds, fraction=study.fraction))]
+    common = {"pretrained": pretrained, "rounds": study.rounds, "fraction": study.fraction, "rewind": finder.rewind}
+    if finder.on == "upstream":
+        recipe = _override(study.pretrainings[name].recipe, finder)
+        return [(None, ImpRun(on="upstream", recipe=recipe, **common))]
+    return [
+        (task, ImpRun(on="downstream", recipe=_override(study.tasks[task], finder), adapt=study.adapt, **common))
+        for task in (finder.tasks or list(study.tasks))
+    ]
+
+
+def expand(study: StudyConfig) -> list[PlannedRun]:
+    """Every run of the study, in dependency order, without duplicates."""
+    planned: list[PlannedRun] = []
+    for name in study.pretrainings:
+        pretrained = pretrained_run(study, name)
+        planned.append(PlannedRun(pretrained, name))
+        for task, recipe in study.tasks.items():
+            for seed in study.seeds:
+                dense = TransferRun(pretrained=pretrained, task=recipe, adapt=study.adapt, seed=seed)
+                planned.append(PlannedRun(dense, name, None, task, 0, seed))
+        for finder in study.finders:
+            if finder.pretrainings is not None and name not in finder.pretrainings:
+                continue
+            for own_task, ticket in finder_runs(study, finder, name):
+                planned.append(PlannedRun(ticket, name, finder.name, own_task))
+                for task, recipe in study.tasks.items():
+                    if own_task is not None and task != own_task:
+                        continue  # a task-specific mask is fine-tuned on its own task only
+                    for level in study.levels:
+                        for seed in study.seeds:
+                            run = TransferRun(
+                                pretrained=pretrained, ticket=ticket, level=level, task=recipe, adapt=study.adapt, seed=seed
+                            )
+                            planned.append(PlannedRun(run, name, finder.name, task, level, seed))
+    unique: dict[str, PlannedRun] = {}
+    for item in planned:
+        unique.setdefault(f"{item.run.kind}/{item.run.hash()}", item)
+    return sorted(unique.values(), key=lambda item: KIND_ORDER.index(item.run.kind))
+
+
+@dataclass(frozen=True)
+class PlanSummary:
+    total: Counter
+    done: Counter
+    epochs_left: Counter
+
+    @property
+    def runs_left(self) -> int:
+        return sum(self.total.values()) - sum(self.done.values())
+
+
+def training_epochs(run: RunConfig) -> int:
+    """Epochs of training a run does (IMP: one training per round)."""
+    if isinstance(run, PretrainRun):
+        return run.recipe.train.epochs
+    if isinstance(run, ImpRun):
+        trainings = run.rounds - 1 if run.on == "upstream" else run.rounds
+        return trainings * run.recipe.train.epochs
+    if isinstance(run, TransferRun):
+        return run.task.train.epochs
+    return 0
+
+
+def summarize_plan(planned: list[PlannedRun], store: Store) -> PlanSummary:
+    total, done, epochs_left = Counter(), Counter(), Counter()
+    for item in planned:
+        kind = item.run.kind
+        total[kind] += 1
+        if store.is_done(item.run):
+            done[kind] += 1
+        else:
+            epochs_left[kind] += training_epochs(item.run)
+    return PlanSummary(total, done, epochs_left)
