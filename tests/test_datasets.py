@@ -112,7 +112,9 @@ def test_cifar100_uses_fine_labels(tmp_path: Path) -> None:
     train = rng.integers(0, 256, (30, 3072), dtype=np.uint8)
     fine = rng.integers(0, 100, 30)
     _pickle(folder / "train", {b"data": train, b"fine_labels": fine.tolist(), b"coarse_labels": [0] * 30})
-    _pickle(folder / "test", {b"data": train[:5], b"fine_labels": [99, 0, 1, 2, 3], b"coarse_labels": [0] * 5})
+    _pickle(
+        folder / "test", {b"data": train[:5], b"fine_labels": [99, 0, 1, 2, 3], b"coarse_labels": [0] * 5}
+    )
     _pickle(folder / "meta", {b"fine_label_names": [f"f{i}".encode() for i in range(100)]})
     splits = load_dataset("cifar100", tmp_path, val_size=0)
     assert splits.num_classes == 100 and splits.classes[99] == "f99"
@@ -135,7 +137,10 @@ def test_malformed_cifar_batch(tmp_path: Path) -> None:
     (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(b"not a pickle")
     with pytest.raises(DatasetError, match="test_batch is malformed: not a python pickle"):
         load_dataset("cifar10", tmp_path)
-    _pickle(tmp_path / "cifar-10-batches-py" / "test_batch", {b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]})
+    _pickle(
+        tmp_path / "cifar-10-batches-py" / "test_batch",
+        {b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]},
+    )
     with pytest.raises(DatasetError, match=r"\(N, 3072\)"):
         load_dataset("cifar10", tmp_path)
 
@@ -195,14 +200,18 @@ def test_idx_bad_magic_and_truncation(tmp_path: Path) -> None:
         read_idx(path)
     data = _idx_bytes(arrays["t10k-images-idx3-ubyte"])
     (tmp_path / "t10k-images-idx3-ubyte").write_bytes(data[:-5])
-    with pytest.raises(DatasetError, match=r"t10k-images-idx3-ubyte is malformed: header says dims \(10, 28, 28\)"):
+    with pytest.raises(
+        DatasetError, match=r"t10k-images-idx3-ubyte is malformed: header says dims \(10, 28, 28\)"
+    ):
         load_dataset("fashion_mnist", tmp_path)
 
 
 def test_fashion_mnist_missing_names_files(tmp_path: Path) -> None:
     with pytest.raises(DatasetError) as caught:
         load_dataset("fashion_mnist", tmp_path)
-    assert "train-images-idx3-ubyte[.gz]" in str(caught.value) and "t10k-labels-idx1-ubyte[.gz]" in str(caught.value)
+    assert "train-images-idx3-ubyte[.gz]" in str(caught.value) and "t10k-labels-idx1-ubyte[.gz]" in str(
+        caught.value
+    )
 
 
 def test_world_upstream_missing_says_apt_get(tmp_path: Path) -> None:
@@ -229,7 +238,10 @@ def test_imagefolder_tree_resized_and_cached(tmp_path: Path) -> None:
     assert splits.classes == ["ant", "bee"] and splits.image_shape == (3, 16, 16)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (16, 4, 4)
     red = torch.tensor([255, 0, 0], dtype=torch.uint8).view(3, 1, 1).expand(3, 16, 16)
-    for images, labels in ((splits.train.images, splits.train.labels), (splits.test.images, splits.test.labels)):
+    for images, labels in (
+        (splits.train.images, splits.train.labels),
+        (splits.test.images, splits.test.labels),
+    ):
         assert torch.equal(images[labels == 0], red.expand(int((labels == 0).sum()), 3, 16, 16))
     assert len(list(cache.rglob("*.safetensors"))) == 2
     (root / "train" / "ant" / "0.png").write_bytes(b"garbage")  # the cache must not hide a changed file

@@ -21,6 +21,7 @@ from cvlth.data.world import FASHION_MNIST_SYSTEM_DIR, channel_stats
 HAS_FASHION = (FASHION_MNIST_SYSTEM_DIR / "train-images-idx3-ubyte.gz").is_file()
 needs_fashion = pytest.mark.skipif(not HAS_FASHION, reason="apt-get install dataset-fashion-mnist")
 
+
 def _world_hash() -> str:
     digest = hashlib.sha256()
     for name in ("world_mnist", "world_digits"):
@@ -49,7 +50,9 @@ def test_world_identical_in_another_process() -> None:
     )
     src = str(Path(__file__).resolve().parents[1] / "src")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env
+    )
     assert result.stdout.strip() == _world_hash()
 
 
@@ -68,7 +71,9 @@ def test_world_mnist_sizes_and_stratification() -> None:
     inner = everything[:, 0, 2:30, 2:30].reshape(-1, 784).numpy().astype(np.int64)
     keys = sorted(map(bytes, inner.astype(np.uint8)))
     assert keys == sorted(map(bytes, np.rint(x).astype(np.uint8)))
-    assert sorted(torch.cat([splits.train.labels, splits.val.labels, splits.test.labels]).tolist()) == sorted(y)
+    assert sorted(torch.cat([splits.train.labels, splits.val.labels, splits.test.labels]).tolist()) == sorted(
+        y
+    )
 
 
 def test_world_digits_scaled_and_split() -> None:
@@ -98,7 +103,9 @@ def test_channel_stats_match_float_computation() -> None:
     images = torch.randint(0, 256, (50, 3, 7, 5), dtype=torch.uint8)
     mean, std = channel_stats(images)
     x = images.double() / 255
-    assert np.allclose(mean, x.mean((0, 2, 3)).tolist()) and np.allclose(std, x.transpose(0, 1).reshape(3, -1).std(1))
+    assert np.allclose(mean, x.mean((0, 2, 3)).tolist()) and np.allclose(
+        std, x.transpose(0, 1).reshape(3, -1).std(1)
+    )
 
 
 @needs_fashion
@@ -125,13 +132,20 @@ def test_scene_targets_are_consistent(scenes: SceneSet) -> None:
     for i in range(len(scenes)):
         image, target = scenes[i]
         assert image.shape == (1, 64, 64) and image.dtype == torch.uint8
-        boxes, labels, masks, semantic = target["boxes"], target["labels"], target["masks"], target["semantic"]
+        boxes, labels, masks, semantic = (
+            target["boxes"],
+            target["labels"],
+            target["masks"],
+            target["semantic"],
+        )
         k = len(labels)
         counts.append(k)
         assert boxes.shape == (k, 4) and boxes.dtype == torch.float32 and labels.dtype == torch.int64
         assert masks.shape == (k, 64, 64) and masks.dtype == torch.bool and semantic.dtype == torch.uint8
         assert (labels >= 1).all() and (labels <= 10).all()
-        assert (boxes[:, :2] >= 0).all() and (boxes[:, 2:] <= 64).all() and (boxes[:, 2:] > boxes[:, :2]).all()
+        assert (
+            (boxes[:, :2] >= 0).all() and (boxes[:, 2:] <= 64).all() and (boxes[:, 2:] > boxes[:, :2]).all()
+        )
         for box, label, mask in zip(boxes.long().tolist(), labels.tolist(), masks, strict=True):
             rows, cols = torch.nonzero(mask.any(1)).flatten(), torch.nonzero(mask.any(0)).flatten()
             assert box == [int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1]  # tight box

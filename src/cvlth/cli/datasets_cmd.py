@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -11,6 +12,7 @@ from rich.table import Table
 from cvlth.cli import app
 from cvlth.data.registry import DATASETS, get_spec, load_dataset, resolve_root
 from cvlth.errors import DatasetError
+
 
 def _where(name: str, root: Path) -> str:
     """World datasets other than world_upstream read Python packages, not a folder."""
@@ -36,8 +38,8 @@ def list_datasets(context: typer.Context) -> None:
 
 @datasets_app.command("show")
 def show(
-    name: str = typer.Argument(..., help="A registered dataset name (see `cvlth datasets`)."),
-    root: Path | None = typer.Option(None, "--root", help="Folder holding the dataset's files."),
+    name: Annotated[str, typer.Argument(help="A registered dataset name (see `cvlth datasets`).")],
+    root: Annotated[Path | None, typer.Option("--root", help="Folder holding the dataset's files.")] = None,
 ) -> None:
     """Load a dataset and print its split sizes, image shape, classes and normalisation."""
     spec = get_spec(name)
@@ -55,5 +57,7 @@ def show(
     console.print(f"root: {_where(name, folder)}")
     console.print(f"train {len(splits.train):,}  val {len(splits.val):,}  test {len(splits.test):,}")
     console.print(f"image shape (C, H, W): {splits.image_shape}  dtype uint8")
-    console.print(f"mean {tuple(round(m, 4) for m in splits.mean)}  std {tuple(round(s, 4) for s in splits.std)}")
+    console.print(
+        f"mean {tuple(round(m, 4) for m in splits.mean)}  std {tuple(round(s, 4) for s in splits.std)}"
+    )
     console.print(f"{splits.num_classes} classes: {', '.join(splits.classes)}")

@@ -46,7 +46,9 @@ class ImageSet:
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
-            raise ValueError(f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
+            raise ValueError(
+                f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}"
+            )
         if self.labels.dtype != torch.int64 or self.labels.shape != (self.images.shape[0],):
             raise ValueError("labels must be int64 (N,) with one label per image")
 
@@ -111,7 +113,9 @@ def split_train_val(full: ImageSet, val_size: int | None, seed: int) -> tuple[Im
     n = len(full)
     size = default_val_size(n) if val_size is None else val_size
     if not 0 <= size < n:
-        raise DatasetError(f"val_size={size} does not fit a training set of {n} images", hint=f"use 0..{n - 1}")
+        raise DatasetError(
+            f"val_size={size} does not fit a training set of {n} images", hint=f"use 0..{n - 1}"
+        )
     permutation = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     val_indices = permutation[:size].sort().values
     train_indices = permutation[size:].sort().values
@@ -131,7 +135,9 @@ def fit_images(images: torch.Tensor, size: int) -> torch.Tensor:
     if h <= size and w <= size and size - min(h, w) <= 8:
         top, left = (size - h) // 2, (size - w) // 2
         return F.pad(images, (left, size - w - left, top, size - h - top))
-    resized = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    resized = F.interpolate(
+        images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
+    )
     return resized.round().clamp(0, 255).to(torch.uint8)
 
 
@@ -177,7 +183,9 @@ def _cifar_batch(dataset: str, path: Path, label_key: str) -> tuple[torch.Tensor
     data = np.asarray(batch["data"], dtype=np.uint8)
     labels = np.asarray(batch[label_key], dtype=np.int64)
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.shape[0] != labels.shape[0]:
-        raise _malformed(dataset, path, f"'data' must be (N, 3072) with N labels, got {data.shape}, {labels.shape}")
+        raise _malformed(
+            dataset, path, f"'data' must be (N, 3072) with N labels, got {data.shape}, {labels.shape}"
+        )
     images = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
     return images, torch.from_numpy(labels.copy())
 
@@ -239,7 +247,9 @@ def _svhn_mat(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
         raise _malformed("svhn", path, "needs variables 'X' (32x32x3xN) and 'y' (Nx1)")
     x, y = np.asarray(mat["X"]), np.asarray(mat["y"]).reshape(-1).astype(np.int64)
     if x.ndim != 4 or x.shape[:3] != (32, 32, 3) or x.shape[3] != y.shape[0]:
-        raise _malformed("svhn", path, f"'X' must be 32x32x3xN with N labels, got {x.shape} and {y.shape[0]} labels")
+        raise _malformed(
+            "svhn", path, f"'X' must be 32x32x3xN with N labels, got {x.shape} and {y.shape[0]} labels"
+        )
     if y.size and (y.min() < 1 or y.max() > 10):
         raise _malformed("svhn", path, "'y' must hold 1..10 (10 is the digit 0)")
     images = torch.from_numpy(np.ascontiguousarray(x.transpose(3, 2, 0, 1)).astype(np.uint8))
@@ -279,7 +289,9 @@ def read_idx(path: Path, dataset: str = "idx") -> np.ndarray:
     dims = struct.unpack(f">{ndim}I", data[4:header]) if len(data) >= header else ()
     expected = int(np.prod(dims)) if dims else -1
     if len(dims) != ndim or len(data) - header != expected:
-        raise _malformed(dataset, path, f"header says dims {dims} but the payload has {len(data) - header} bytes")
+        raise _malformed(
+            dataset, path, f"header says dims {dims} but the payload has {len(data) - header} bytes"
+        )
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
 
 
@@ -298,7 +310,9 @@ def read_fashion_mnist(root: Path, missing_hint: str | None = None) -> tuple[Ima
     for image_path, label_path in (paths[0:2], paths[2:4]):
         images, labels = read_idx(image_path, "fashion_mnist"), read_idx(label_path, "fashion_mnist")
         if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
-            raise _malformed("fashion_mnist", image_path, f"{images.shape} images do not match {labels.shape} labels")
+            raise _malformed(
+                "fashion_mnist", image_path, f"{images.shape} images do not match {labels.shape} labels"
+            )
         labels_t = torch.from_numpy(labels.astype(np.int64))
         _check_labels("fashion_mnist", labels_t, 10, label_path)
         sets.append(ImageSet(torch.from_numpy(images.copy()).unsqueeze(1), labels_t, FASHION_MNIST_CLASSES))
@@ -392,7 +406,9 @@ def read_imagefolder(root: Path, image_size: int, cache_dir: Path | None) -> tup
             f"imagefolder: {root / 'val'} has classes {test_classes[:5]}... but {root / 'train'} has {classes[:5]}...",
             hint="train/ and val/ need the same class folders",
         )
-    train = ImageSet(*load_image_files("imagefolder", train_files, train_labels, image_size, cache_dir), classes)
+    train = ImageSet(
+        *load_image_files("imagefolder", train_files, train_labels, image_size, cache_dir), classes
+    )
     test = ImageSet(*load_image_files("imagefolder", test_files, test_labels, image_size, cache_dir), classes)
     return train, test
 
@@ -404,7 +420,9 @@ def _read_image_list(dataset: str, list_path: Path) -> tuple[list[Path], list[in
             continue
         parts = line.rsplit(maxsplit=1)
         if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-            raise _malformed(dataset, list_path, f"line {number} is {line!r}, expected 'relative/path.jpg label'")
+            raise _malformed(
+                dataset, list_path, f"line {number} is {line!r}, expected 'relative/path.jpg label'"
+            )
         files.append(list_path.parent / parts[0])
         labels.append(int(parts[1]))
     missing = [p for p in files if not p.is_file()]
@@ -427,6 +445,8 @@ def read_visda2017(root: Path, image_size: int, cache_dir: Path | None) -> tuple
     if min(train_labels + test_labels, default=0) < 0 or num_classes > len(VISDA_CLASSES):
         raise _malformed("visda2017", train_list, f"labels must lie in 0..{len(VISDA_CLASSES) - 1}")
     classes = VISDA_CLASSES
-    train = ImageSet(*load_image_files("visda2017", train_files, train_labels, image_size, cache_dir), classes)
+    train = ImageSet(
+        *load_image_files("visda2017", train_files, train_labels, image_size, cache_dir), classes
+    )
     test = ImageSet(*load_image_files("visda2017", test_files, test_labels, image_size, cache_dir), classes)
     return train, test

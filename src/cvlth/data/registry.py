@@ -96,7 +96,8 @@ def load_dataset(name: str, root: str | os.PathLike[str] | None = None, **option
     unknown = sorted(set(options) - set(spec.options))
     if unknown:
         raise DatasetError(
-            f"{name} has no option {', '.join(unknown)}", hint=f"its options are: {', '.join(spec.options) or 'none'}"
+            f"{name} has no option {', '.join(unknown)}",
+            hint=f"its options are: {', '.join(spec.options) or 'none'}",
         )
     return spec.load(resolve_root(name, root), **options)
 
@@ -122,7 +123,13 @@ def _probe_tree(root: Path) -> list[str]:
 
 
 def _finish(
-    name: str, train_full: ImageSet, test: ImageSet, stats: tuple, seed: int, val_size: int | None, size: int | None
+    name: str,
+    train_full: ImageSet,
+    test: ImageSet,
+    stats: tuple,
+    seed: int,
+    val_size: int | None,
+    size: int | None,
 ) -> DatasetSplits:
     if size is not None:
         train_full = ImageSet(fit_images(train_full.images, size), train_full.labels, train_full.classes)
@@ -131,14 +138,20 @@ def _finish(
     return DatasetSplits(name, train, val, test, *stats)
 
 
-def _small_images_loader(name: str, reader: Callable[[Path], tuple[ImageSet, ImageSet]], stats: tuple) -> Callable:
-    def load(root: Path, seed: int = 0, val_size: int | None = None, image_size: int | None = None) -> DatasetSplits:
+def _small_images_loader(
+    name: str, reader: Callable[[Path], tuple[ImageSet, ImageSet]], stats: tuple
+) -> Callable:
+    def load(
+        root: Path, seed: int = 0, val_size: int | None = None, image_size: int | None = None
+    ) -> DatasetSplits:
         return _finish(name, *reader(root), stats, seed, val_size, image_size)
 
     return load
 
 
-def _large_images_loader(name: str, reader: Callable[..., tuple[ImageSet, ImageSet]], stats: tuple) -> Callable:
+def _large_images_loader(
+    name: str, reader: Callable[..., tuple[ImageSet, ImageSet]], stats: tuple
+) -> Callable:
     def load(
         root: Path,
         seed: int = 0,
@@ -220,7 +233,9 @@ def _probe_module(module: str) -> Callable[[Path], list[str]]:
     return probe
 
 
-def _world_upstream(root: Path, image_size: int = world.WORLD_IMAGE_SIZE, seed: int = 0, val_size: int | None = None):
+def _world_upstream(
+    root: Path, image_size: int = world.WORLD_IMAGE_SIZE, seed: int = 0, val_size: int | None = None
+):
     return world.load_world_upstream(root, image_size=image_size, seed=seed, val_size=val_size)
 
 
@@ -228,7 +243,9 @@ def _world_mnist(root: Path, image_size: int = world.WORLD_IMAGE_SIZE, seed: int
     return world.load_world_mnist(image_size=image_size, seed=seed)
 
 
-def _world_mnist_inverted(root: Path, image_size: int = world.WORLD_IMAGE_SIZE, seed: int = 0) -> DatasetSplits:
+def _world_mnist_inverted(
+    root: Path, image_size: int = world.WORLD_IMAGE_SIZE, seed: int = 0
+) -> DatasetSplits:
     return world.load_world_mnist(image_size=image_size, seed=seed, inverted=True)
 
 
@@ -236,7 +253,9 @@ def _world_digits(root: Path, image_size: int = world.WORLD_IMAGE_SIZE, seed: in
     return world.load_world_digits(image_size=image_size, seed=seed)
 
 
-def _register_world(name: str, description: str, load: Callable, probe: Callable, files: tuple[str, ...]) -> None:
+def _register_world(
+    name: str, description: str, load: Callable, probe: Callable, files: tuple[str, ...]
+) -> None:
     default_root = world.FASHION_MNIST_SYSTEM_DIR if name == "world_upstream" else Path(".")
     register(DatasetSpec(name, description, load, files, probe, True, default_root, _option_names(load)))
 

@@ -38,7 +38,9 @@ def _scaled(image: torch.Tensor, longest_side: int) -> torch.Tensor:
     h, w = image.shape[-2:]
     scale = longest_side / max(h, w)
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    resized = F.interpolate(image[None].float(), size=size, mode="bilinear", antialias=True, align_corners=False)
+    resized = F.interpolate(
+        image[None].float(), size=size, mode="bilinear", antialias=True, align_corners=False
+    )
     return resized[0].round().clamp(0, 255).to(torch.uint8)
 
 
@@ -99,7 +101,9 @@ class SceneSet:
         count = int(torch.randint(1, self.max_objects + 1, (1,), generator=generator))
         for _ in range(count):
             pick = int(torch.randint(len(self.source), (1,), generator=generator))
-            side = int(torch.randint(self.object_sizes[0], self.object_sizes[1] + 1, (1,), generator=generator))
+            side = int(
+                torch.randint(self.object_sizes[0], self.object_sizes[1] + 1, (1,), generator=generator)
+            )
             patch = _scaled(_tight_crop(self.source.images[pick]), side)
             foreground = patch[0] > FOREGROUND_THRESHOLD
             if not foreground.any():
@@ -158,7 +162,9 @@ class SceneBatchSource:
     def __len__(self) -> int:
         return len(self._indices)
 
-    def epoch_batches(self, epoch: int, start: int = 0) -> Iterator[tuple[list[torch.Tensor], list[dict[str, Any]]]]:
+    def epoch_batches(
+        self, epoch: int, start: int = 0
+    ) -> Iterator[tuple[list[torch.Tensor], list[dict[str, Any]]]]:
         for (indices,) in self._indices.epoch_batches(epoch, start):
             items = [self.scenes[int(i)] for i in indices]
             yield [image for image, _ in items], [target for _, target in items]

