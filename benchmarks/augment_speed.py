@@ -11,10 +11,15 @@ Grayscale p=0.2, to tensor, Normalize), side by side in one run, with 1 and with
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
-import numpy as np
-import torch
+# On a shared 2-core machine, OpenMP's default spin-waiting makes 2-thread runs collapse (we saw
+# 40x slow-downs under load); passive waiting measures the ops, not the spinning. Set before torch.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as tv
