@@ -21,7 +21,9 @@ StoreOption = Annotated[Path, typer.Option("--store", help="Run store root (defa
 def study(
     config: Annotated[Path, typer.Argument(help="Study YAML, e.g. configs/demo.yaml.")],
     store: StoreOption = Path("runs"),
-    plan: Annotated[bool, typer.Option("--plan", help="Print the DAG and what is left; run nothing.")] = False,
+    plan: Annotated[
+        bool, typer.Option("--plan", help="Print the DAG and what is left; run nothing.")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
 ) -> None:
@@ -45,7 +47,9 @@ def study(
 def print_plan(console: Console, study_config, run_store: Store) -> None:  # noqa: ANN001
     planned = expand(study_config)
     summary = summarize_plan(planned, run_store)
-    table = Table("run kind", "runs", "done", "to do", "training epochs to do", title=f"study {study_config.name}")
+    table = Table(
+        "run kind", "runs", "done", "to do", "training epochs to do", title=f"study {study_config.name}"
+    )
     for kind in KIND_ORDER:
         if summary.total[kind]:
             table.add_row(

@@ -60,7 +60,9 @@ def _supervised(
     elif augment == "resized_crop":
         steps.append(lambda x, g: T.random_resized_crop(x, g, size))
     elif augment != "none":
-        raise ConfigError(f"objective.options.augment: must be one of 'crop_flip', 'resized_crop', 'none' (got {augment!r})")
+        raise ConfigError(
+            f"objective.options.augment: must be one of 'crop_flip', 'resized_crop', 'none' (got {augment!r})"
+        )
     if flip and augment != "none":
         steps.append(T.horizontal_flip)
     steps.append(lambda x, g: T.normalize(x, mean, std))

@@ -66,13 +66,28 @@ def finder_runs(study: StudyConfig, finder: FinderEntry, name: str) -> list[tupl
     pretrained = pretrained_run(study, name)
     if finder.method in ("omp", "random"):
         method = "omp" if finder.method == "omp" else "random"
-        return [(None, BaselineRun(pretrained=pretrained, method=method, rounds=study.rounds, fraction=study.fraction))]
-    common = {"pretrained": pretrained, "rounds": study.rounds, "fraction": study.fraction, "rewind": finder.rewind}
+        return [
+            (
+                None,
+                BaselineRun(
+                    pretrained=pretrained, method=method, rounds=study.rounds, fraction=study.fraction
+                ),
+            )
+        ]
+    common = {
+        "pretrained": pretrained,
+        "rounds": study.rounds,
+        "fraction": study.fraction,
+        "rewind": finder.rewind,
+    }
     if finder.on == "upstream":
         recipe = _override(study.pretrainings[name].recipe, finder)
         return [(None, ImpRun(on="upstream", recipe=recipe, **common))]
     return [
-        (task, ImpRun(on="downstream", recipe=_override(study.tasks[task], finder), adapt=study.adapt, **common))
+        (
+            task,
+            ImpRun(on="downstream", recipe=_override(study.tasks[task], finder), adapt=study.adapt, **common),
+        )
         for task in (finder.tasks or list(study.tasks))
     ]
 
@@ -98,7 +113,12 @@ def expand(study: StudyConfig) -> list[PlannedRun]:
                     for level in study.levels:
                         for seed in study.seeds:
                             run = TransferRun(
-                                pretrained=pretrained, ticket=ticket, level=level, task=recipe, adapt=study.adapt, seed=seed
+                                pretrained=pretrained,
+                                ticket=ticket,
+                                level=level,
+                                task=recipe,
+                                adapt=study.adapt,
+                                seed=seed,
                             )
                             planned.append(PlannedRun(run, name, finder.name, task, level, seed))
     unique: dict[str, PlannedRun] = {}

@@ -84,7 +84,9 @@ def metric_of(result: dict[str, Any], metric: str) -> float:
     return float(value) if value is not None else math.nan
 
 
-def matching_table(study: StudyConfig, planned: list[PlannedRun], results: list[dict[str, Any]]) -> list[MatchingResult]:
+def matching_table(
+    study: StudyConfig, planned: list[PlannedRun], results: list[dict[str, Any]]
+) -> list[MatchingResult]:
     dense: dict[tuple[str, str], list[float]] = defaultdict(list)
     tickets: dict[tuple[str, str, str], dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for item, result in zip(planned, results, strict=True):

