@@ -106,9 +106,7 @@ class Mask(Mapping[str, torch.Tensor]):
     # --- algebra ------------------------------------------------------------------------
     def _check_compatible(self, other: Mask) -> None:
         if self.shapes != other.shapes:
-            raise MaskError(
-                "the two masks cover different weights:\n" + _shape_diff(self.shapes, other.shapes)
-            )
+            raise MaskError("the two masks cover different weights:\n" + _shape_diff(self.shapes, other.shapes))
 
     def iou(self, other: Mask) -> float:
         """|kept ∩ kept'| / |kept ∪ kept'| over all weights (1.0 when both keep nothing)."""
@@ -258,16 +256,11 @@ def load_mask(path: str | os.PathLike[str]) -> tuple[Mask, dict[str, str]]:
     if metadata.get("format") != FORMAT_TAG:
         raise MaskError(f"{file} has format {metadata.get('format')!r}, expected {FORMAT_TAG!r}")
     try:
-        shapes = {
-            name: tuple(int(d) for d in shape) for name, shape in json.loads(metadata["shapes"]).items()
-        }
+        shapes = {name: tuple(int(d) for d in shape) for name, shape in json.loads(metadata["shapes"]).items()}
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
         raise MaskError(f"{file}: metadata 'shapes' is missing or not a JSON object of lists") from exc
     if set(shapes) != set(packed):
-        raise MaskError(
-            f"{file}: tensors and 'shapes' metadata disagree:\n"
-            + _shape_diff(shapes, {n: () for n in packed}, "shapes", "tensors")
-        )
+        raise MaskError(f"{file}: tensors and 'shapes' metadata disagree:\n" + _shape_diff(shapes, {n: () for n in packed}, "shapes", "tensors"))
     tensors = {}
     for name, shape in shapes.items():
         data = packed[name]

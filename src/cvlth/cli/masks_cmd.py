@@ -29,12 +29,8 @@ def _sha256(path: Path) -> str:
 
 @app.command()
 def prune(
-    checkpoint: Path = typer.Argument(
-        ..., help="ResNet checkpoint (torchvision state_dict, .pt/.pth/.safetensors)."
-    ),
-    sparsity: float = typer.Option(
-        ..., "--sparsity", "-s", help="Fraction of prunable weights to remove, in [0, 1)."
-    ),
+    checkpoint: Path = typer.Argument(..., help="ResNet checkpoint (torchvision state_dict, .pt/.pth/.safetensors)."),
+    sparsity: float = typer.Option(..., "--sparsity", "-s", help="Fraction of prunable weights to remove, in [0, 1)."),
     method: str = typer.Option("magnitude", "--method", "-m", help="magnitude | layerwise | random"),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the cvlth-mask/1 file."),
     seed: int = typer.Option(0, help="Seed for the random method."),
@@ -63,17 +59,9 @@ def show(
     for key, value in sorted(provenance.items()):
         if key != "format":
             console.print(f"  {key}: {value}")
-    console.print(
-        f"global sparsity {mask.sparsity:.4%}  kept {mask.kept:,} / {mask.total:,} in {len(mask)} tensors"
-    )
+    console.print(f"global sparsity {mask.sparsity:.4%}  kept {mask.kept:,} / {mask.total:,} in {len(mask)} tensors")
     if layers:
         table = Table("layer", "shape", "kept", "total", "sparsity")
         for name, (kept, total) in mask.layer_counts().items():
-            table.add_row(
-                name,
-                "x".join(map(str, mask[name].shape)),
-                f"{kept:,}",
-                f"{total:,}",
-                f"{1 - kept / total:.2%}",
-            )
+            table.add_row(name, "x".join(map(str, mask[name].shape)), f"{kept:,}", f"{total:,}", f"{1 - kept / total:.2%}")
         console.print(table)
