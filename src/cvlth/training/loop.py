@@ -115,6 +115,8 @@ def train(
     state = _State()
     if folder is not None and folder.checkpoint_path.is_file():
         state, mask = _resume(folder, model, extra, optimizer, scheduler, mask)
+    elif writer is not None:
+        _truncate(writer.metrics_path, 0)  # lines of a run killed before its first checkpoint
     if mask is not None:
         distributed.check_identical("mask", dict(mask), env)
     enforcer = MaskEnforcer(model, mask) if mask is not None else None
