@@ -178,3 +178,18 @@ def test_result_write_reports_disk_full(tmp_path, monkeypatch) -> None:
     with pytest.raises(CvlthError, match=r"cannot write .*config.yaml: the disk is full"):
         store.execute(cfg(), lambda folder: {"ok": 1})
     assert not store.is_done(cfg())
+
+
+def test_runs_command_lists_runs_with_status(tmp_path, capsys) -> None:
+    from cvlth.cli import run_cli
+
+    store = Store(tmp_path)
+    store.execute(cfg(), lambda folder: {"ok": 1})
+    with store.lock(cfg(seed=1)) as folder:
+        Store._write_config(folder, cfg(seed=1))
+    statuses = {f.path.name: f.status for f in store.runs("train")}
+    assert statuses == {config_hash(cfg()): "done", config_hash(cfg(seed=1)): "started"}
+    assert run_cli(["runs", "--store", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert config_hash(cfg()) in out and config_hash(cfg(seed=1)) in out
+    assert "done" in out and "started" in out

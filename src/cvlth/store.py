@@ -91,6 +91,13 @@ class RunFolder:
     def is_done(self) -> bool:
         return self.result_path.is_file()
 
+    @property
+    def status(self) -> str:
+        """``done``, ``resumable`` (has a checkpoint) or ``started``."""
+        if self.is_done():
+            return "done"
+        return "resumable" if self.checkpoint_path.is_file() else "started"
+
     def read_result(self) -> dict[str, Any]:
         try:
             return json.loads(self.result_path.read_text(encoding="utf-8"))
@@ -183,6 +190,11 @@ class Store:
 
     def is_done(self, cfg: RunConfig) -> bool:
         return self.run_dir(cfg).is_done()
+
+    def runs(self, kind: str | None = None) -> list[RunFolder]:
+        """Every run folder (one holding a config.yaml), sorted by kind then hash."""
+        pattern = f"{kind or '*'}/*/config.yaml"
+        return [RunFolder(path.parent) for path in sorted(self.root.glob(pattern))]
 
     def result(self, cfg: RunConfig) -> dict[str, Any]:
         return self.run_dir(cfg).read_result()

@@ -124,6 +124,19 @@ def broadcast_tensors(
     return result
 
 
+def sync_buffers(module: nn.Module, env: DistEnv, src: int = 0) -> None:
+    """Copy rank ``src``'s buffers (BN running statistics) to every rank.
+
+    DDP broadcasts buffers at the start of each forward, so after the last step every rank's BN
+    statistics differ; syncing before evaluation keeps metrics and final states identical.
+    """
+    if not env.enabled:
+        return
+    with torch.no_grad():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=src)
+
+
 def average_gradients(modules: dict[str, nn.Module], env: DistEnv) -> None:
     """All-reduce the gradients of modules outside the DDP wrapper (an objective's heads)."""
     if not env.enabled:

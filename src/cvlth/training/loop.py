@@ -168,6 +168,8 @@ def train(
                     callback(info)
                 advance(loss)
             state.epoch, state.batch = state.epoch + 1, 0
+            for module in (model, *extra.values()):
+                distributed.sync_buffers(module, env)
             if state.epoch % training.eval_every_epochs == 0 or state.epoch == training.epochs:
                 record = _evaluate(net, model, extra, objective, state.epoch, val_data, test_data)
                 state.history.append(record)
