@@ -1,0 +1,312 @@
+"""Typed run configs (pydantic v2), YAML in and out, and the canonical hash that names a run.
+
+A run is identified by its config alone: :func:`config_hash` turns a validated config into a short
+hex string over canonical JSON (sorted keys, defaults included, floats normalised), and the run
+store files the run under ``<store>/<kind>/<hash>/`` (the OpenLTH design).
+
+Run kinds are small subclasses of :class:`RunConfig` with a ``kind: Literal[...]`` field; register
+them with :func:`register_run_kind` so :func:`load_config` can dispatch on ``kind``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from cvlth.errors import ConfigError
+
+HASH_LENGTH = 16
+
+
+class Strict(BaseModel):
+    """Base of every config model: unknown keys are errors and instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- optimizers ---------------------------------------------------------------------------
+
+
+class SGDConfig(Strict):
+    name: Literal["sgd"] = "sgd"
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    nesterov: bool = False
+
+
+class AdamWConfig(Strict):
+    name: Literal["adamw"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+
+
+class LarsConfig(Strict):
+    """SGD with layer-wise trust ratios (You et al. 2017), as used for SimCLR pre-training."""
+
+    name: Literal["lars"] = "lars"
+    lr: float = Field(0.3, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-6, ge=0)
+    trust_coefficient: float = Field(0.001, gt=0)
+    eps: float = Field(1e-8, gt=0)
+
+
+OptimConfig = Annotated[SGDConfig | AdamWConfig | LarsConfig, Field(discriminator="name")]
+
+
+# --- learning-rate schedules (all stepped per iteration; epochs may be fractional) ------------
+
+
+class ConstantSchedule(Strict):
+    name: Literal["constant"] = "constant"
+    warmup_epochs: float = Field(0.0, ge=0)
+
+
+class MultiStepSchedule(Strict):
+    name: Literal["multistep"] = "multistep"
+    milestones: tuple[float, ...] = Field(default=(), description="epochs at which lr *= gamma")
+    gamma: float = Field(0.1, gt=0)
+    warmup_epochs: float = Field(0.0, ge=0)
+
+    @field_validator("milestones")
+    @classmethod
+    def _increasing(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if list(value) != sorted(value) or any(m <= 0 for m in value):
+            raise ValueError(f"must be positive and increasing (got {list(value)})")
+        return value
+
+
+class CosineSchedule(Strict):
+    name: Literal["cosine"] = "cosine"
+    final_factor: float = Field(0.0, ge=0, le=1, description="lr at the end, as a fraction of lr")
+    warmup_epochs: float = Field(0.0, ge=0)
+
+
+class PolySchedule(Strict):
+    name: Literal["poly"] = "poly"
+    power: float = Field(0.9, gt=0)
+    warmup_epochs: float = Field(0.0, ge=0)
+
+
+ScheduleConfig = Annotated[
+    ConstantSchedule | MultiStepSchedule | CosineSchedule | PolySchedule, Field(discriminator="name")
+]
+
+
+# --- training loop settings ---------------------------------------------------------------
+
+
+class TrainingConfig(Strict):
+    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(128, ge=1)
+    seed: int = Field(0, ge=0)
+    checkpoint_every_steps: int | None = Field(None, ge=1, description="besides every epoch end")
+    eval_every_epochs: int = Field(1, ge=1)
+    channels_last: bool = False
+
+
+# --- references to things other modules build ---------------------------------------------
+
+
+class BackboneRef(Strict):
+    arch: str = "resnet50"
+    weights: str | None = Field(None, description="checkpoint path, or None for a random init")
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class DataRef(Strict):
+    name: str
+    root: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ObjectiveRef(Strict):
+    name: str = "supervised"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+# --- run kinds ----------------------------------------------------------------------------
+
+C = TypeVar("C", bound="RunConfig")
+
+
+class RunConfig(Strict):
+    """Base of every run kind. Subclasses narrow ``kind`` to a ``Literal``."""
+
+    kind: str
+
+    registry: ClassVar[dict[str, type[RunConfig]]] = {}
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls: type[C], text: str) -> C:
+        return validate_config(cls, _parse_yaml(text, "<string>"))
+
+    def hash(self) -> str:
+        return config_hash(self)
+
+
+class TrainConfig(RunConfig):
+    """Train a backbone (plus the objective's heads) on one dataset with one objective."""
+
+    kind: Literal["train"] = "train"
+    backbone: BackboneRef = Field(default_factory=BackboneRef)
+    data: DataRef
+    objective: ObjectiveRef = Field(default_factory=ObjectiveRef)
+    optim: OptimConfig = Field(default_factory=SGDConfig)
+    schedule: ScheduleConfig = Field(default_factory=ConstantSchedule)
+    train: TrainingConfig = Field(default_factory=TrainingConfig)
+
+
+def register_run_kind(cls: type[C]) -> type[C]:
+    """Class decorator: make ``load_config`` accept ``kind: <cls's kind>``."""
+    kind = cls.model_fields["kind"].default
+    if not isinstance(kind, str):
+        raise TypeError(f"{cls.__name__}.kind needs a Literal default")
+    RunConfig.registry[kind] = cls
+    return cls
+
+
+register_run_kind(TrainConfig)
+
+
+# --- loading, validation, error messages --------------------------------------------------
+
+
+def load_config(path: str | os.PathLike[str]) -> RunConfig:
+    """Read a YAML run config and validate it as the run kind its ``kind`` names."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {file}: {exc.strerror}") from exc
+    data = _parse_yaml(text, str(file))
+    import cvlth.study.runs  # noqa: F401 - registers the study's run kinds
+
+    kind = data.get("kind")
+    if kind not in RunConfig.registry:
+        allowed = ", ".join(repr(k) for k in sorted(RunConfig.registry))
+        raise ConfigError(f"{file}: kind: must be one of {allowed} (got {kind!r})")
+    try:
+        return validate_config(RunConfig.registry[kind], data)
+    except ConfigError as error:
+        raise ConfigError(f"{file}: {error.message}", error.hint) from error
+
+
+def validate_config(cls: type[C], data: Any) -> C:
+    """``cls.model_validate(data)`` with pydantic's errors rewritten as one ConfigError."""
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        lines = [format_error(err) for err in exc.errors()]
+        head = f"invalid {cls.__name__} ({len(lines)} error{'s' * (len(lines) > 1)}):"
+        raise ConfigError("\n  ".join([head, *lines])) from None
+
+
+def format_error(err: Any) -> str:
+    """One pydantic error dict as ``field.path: must be ... (got X)``."""
+    loc = [str(part) for part in err["loc"]]
+    ctx = err.get("ctx") or {}
+    kind = err["type"]
+    got = err.get("input")
+    if kind == "union_tag_invalid":
+        loc.append(str(ctx.get("discriminator", "name")).strip("'"))
+        return f"{'.'.join(loc)}: must be one of {ctx['expected_tags']} (got {ctx['tag']!r})"
+    if kind == "union_tag_not_found":
+        field = str(ctx.get("discriminator", "name")).strip("'")
+        choices = _VARIANTS.get(loc[-1] if loc else "", set())
+        allowed = f" (one of {', '.join(repr(c) for c in sorted(choices))})" if choices else ""
+        return f"{'.'.join(loc)}.{field}: required, to choose the variant{allowed}"
+    # Tagged unions put the tag in the path (optim.sgd.lr); the user wrote optim.lr.
+    loc = [part for part in loc if not _is_union_tag(part)]
+    path = ".".join(loc) or "<root>"
+    if kind == "missing":
+        return f"{path}: required"
+    if kind == "extra_forbidden":
+        return f"{path}: unknown field (check the spelling; extra fields are not allowed)"
+    if kind == "literal_error":
+        return f"{path}: must be one of {ctx['expected'].replace(' or ', ', ')} (got {got!r})"
+    bounds = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+    if kind in bounds:
+        limit = next(iter(ctx.values()))
+        return f"{path}: must be {bounds[kind]} {limit} (got {got!r})"
+    message = err["msg"].removeprefix("Value error, ")
+    message = message[0].lower() + message[1:]
+    return f"{path}: {message}" if "(got" in message else f"{path}: {message} (got {got!r})"
+
+
+def _tags_of(union: Any) -> set[str]:
+    members = get_args(get_args(union)[0])
+    return {member.model_fields["name"].default for member in members}
+
+
+_VARIANTS = {"optim": _tags_of(OptimConfig), "schedule": _tags_of(ScheduleConfig)}
+_UNION_TAGS = set().union(*_VARIANTS.values())
+
+
+def _is_union_tag(part: str) -> bool:
+    return part in _UNION_TAGS
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-1`` as a float (YAML 1.2), not as a string."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def _parse_yaml(text: str, where: str) -> dict[str, Any]:
+    try:
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: a config must be a YAML mapping, got {type(data).__name__}")
+    return data
+
+
+# --- canonical hash -----------------------------------------------------------------------
+
+
+def canonical_json(cfg: BaseModel) -> str:
+    """Sorted keys, defaults included, every float written as ``repr(float(x))``."""
+    return json.dumps(_canonical(cfg.model_dump(mode="python")), sort_keys=True, separators=(",", ":"))
+
+
+def config_hash(cfg: BaseModel) -> str:
+    """First 16 hex digits of sha256 over :func:`canonical_json`: stable across runs and machines."""
+    return hashlib.sha256(canonical_json(cfg).encode("utf-8")).hexdigest()[:HASH_LENGTH]
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return f"float:{value!r}"
+        # A tagged string keeps 0.1 / 1e-1 / 0.10 equal and 1 (int) distinct from 1.0 in free dicts.
+        return f"float:{float(value)!r}"
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise ConfigError(f"config value {value!r} of type {type(value).__name__} cannot be hashed")

@@ -1,0 +1,42 @@
+"""The Objective protocol: what turns a batch into a loss, and a model into evaluation metrics.
+
+The training loop knows nothing about tasks. An objective (supervised cross-entropy, SimCLR,
+MoCo, detection, segmentation) implements three things:
+
+* ``modules()``: extra trainable modules it owns (heads, projection MLPs), by name; the loop puts
+  their parameters in the optimizer and their state in every checkpoint;
+* ``train_step(model, batch, generator)``: augment the raw batch on the device with ``generator``
+  (the loop derives it from (seed, step), so resume is exact) and return ``(loss, metrics)``;
+* ``evaluate(model, batches)``: metrics over a whole :class:`~cvlth.data.source.BatchSource`.
+
+``selection`` names the validation metric that picks the best epoch and whether higher is better.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from cvlth.data.source import BatchSource
+
+
+@runtime_checkable
+class Objective(Protocol):
+    #: (metric name, "max" or "min"): the validation metric that chooses the best epoch.
+    selection: tuple[str, Literal["max", "min"]]
+
+    def modules(self) -> dict[str, nn.Module]:
+        """Extra trainable modules by name (``{}`` when the objective has none)."""
+        ...
+
+    def train_step(
+        self, model: nn.Module, batch: Any, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+        """The scalar loss to minimise, and metrics to log (tensors are read with ``float()``)."""
+        ...
+
+    def evaluate(self, model: nn.Module, batches: BatchSource) -> dict[str, float]:
+        """Metrics over every batch of epoch 0 of ``batches`` (the model is in eval mode)."""
+        ...
