@@ -44,15 +44,15 @@ class PretrainEntry(Strict):
 class FinderEntry(Strict):
     """A way to find masks, applied to every pre-training (and, downstream, to every task).
 
-    ``imp`` on ``upstream`` trains on the pre-training's own data and objective; ``optim``,
+    ``imp`` with ``stage: upstream`` trains on the pre-training's own data and objective; ``optim``,
     ``schedule`` and ``train`` override that recipe (the paper: 10 epochs at constant lr 1e-4).
-    ``imp`` on ``downstream`` trains on each task in ``tasks`` with the task's recipe, overridden
+    ``imp`` with ``stage: downstream`` trains on each task in ``tasks`` with the task's recipe, overridden
     the same way. ``omp`` and ``random`` need no training.
     """
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     method: Literal["imp", "omp", "random"]
-    on: Literal["upstream", "downstream"] = "upstream"
+    stage: Literal["upstream", "downstream"] = "upstream"
     rewind: Literal["pretrained", "init", "early"] = "pretrained"
     optim: OptimConfig | None = None
     schedule: ScheduleConfig | None = None
@@ -63,9 +63,9 @@ class FinderEntry(Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> FinderEntry:
-        if self.method != "imp" and (self.on != "upstream" or self.rewind != "pretrained"):
-            raise ValueError(f"`on` and `rewind` apply to imp only (method is {self.method!r})")
-        if self.on == "upstream" and self.tasks is not None:
+        if self.method != "imp" and (self.stage != "upstream" or self.rewind != "pretrained"):
+            raise ValueError(f"`stage` and `rewind` apply to imp only (method is {self.method!r})")
+        if self.stage == "upstream" and self.tasks is not None:
             raise ValueError("`tasks` applies to downstream imp only")
         return self
 
@@ -99,7 +99,7 @@ class StudyConfig(Strict):
                     raise ValueError(
                         f"finder {finder.name!r}: unknown pre-training {name!r} (have {sorted(self.pretrainings)})"
                     )
-            if finder.method == "imp" and finder.on == "upstream":
+            if finder.method == "imp" and finder.stage == "upstream":
                 for name in finder.pretrainings or list(self.pretrainings):
                     if self.pretrainings[name].recipe is None:
                         raise ValueError(

@@ -193,7 +193,7 @@ def execute_imp(run: ImpRun, folder: RunFolder, ctx: Context) -> dict[str, Any]:
     root = Path(folder)
     theta = load_pretrained(run.pretrained, ctx)
     data = ctx.dataset(run.recipe.data)
-    if run.on == "upstream":
+    if run.stage == "upstream":
         model, heads = _upstream_model(run, theta, data, ctx)
         first_trained_level = 1
         if not mask_path(root, 1).is_file():  # the paper prunes θ_p once before any training
@@ -306,7 +306,7 @@ def execute_transfer(run: TransferRun, folder: RunFolder, ctx: Context) -> dict[
         mask = load_ticket_mask(run.ticket, run.level, ctx)
         if (
             isinstance(run.ticket, ImpRun)
-            and run.ticket.on == "downstream"
+            and run.ticket.stage == "downstream"
             and run.ticket.rewind != "pretrained"
         ):
             rewind = torch.load(run_folder(ctx, run.ticket) / REWIND, map_location="cpu", weights_only=True)

@@ -80,13 +80,15 @@ def finder_runs(study: StudyConfig, finder: FinderEntry, name: str) -> list[tupl
         "fraction": study.fraction,
         "rewind": finder.rewind,
     }
-    if finder.on == "upstream":
+    if finder.stage == "upstream":
         recipe = _override(study.pretrainings[name].recipe, finder)
-        return [(None, ImpRun(on="upstream", recipe=recipe, **common))]
+        return [(None, ImpRun(stage="upstream", recipe=recipe, **common))]
     return [
         (
             task,
-            ImpRun(on="downstream", recipe=_override(study.tasks[task], finder), adapt=study.adapt, **common),
+            ImpRun(
+                stage="downstream", recipe=_override(study.tasks[task], finder), adapt=study.adapt, **common
+            ),
         )
         for task in (finder.tasks or list(study.tasks))
     ]
@@ -143,7 +145,7 @@ def training_epochs(run: RunConfig) -> int:
     if isinstance(run, PretrainRun):
         return run.recipe.train.epochs
     if isinstance(run, ImpRun):
-        trainings = run.rounds - 1 if run.on == "upstream" else run.rounds
+        trainings = run.rounds - 1 if run.stage == "upstream" else run.rounds
         return trainings * run.recipe.train.epochs
     if isinstance(run, TransferRun):
         return run.task.train.epochs

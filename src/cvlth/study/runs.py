@@ -82,16 +82,16 @@ Pretrained = Annotated[PretrainRun | ImportRun, Field(discriminator="kind")]
 class ImpRun(RunConfig):
     """Iterative magnitude pruning: ``rounds`` levels, each removing ``fraction`` of what is left.
 
-    ``on="upstream"`` prunes on the pre-training task (recipe = the pre-training's, with its heads)
+    ``stage="upstream"`` prunes on the pre-training task (recipe = the pre-training's, with its heads)
     and, as the paper does, prunes θ_p once before the first training round, so K levels take
-    K-1 trainings. ``on="downstream"`` trains a new task head from the start (K trainings).
+    K-1 trainings. ``stage="downstream"`` trains a new task head from the start (K trainings).
     Every round starts from the rewind point: θ_p (``pretrained``), a random init θ_0 (``init``),
     or the weights after ``rewind_fraction`` of the first round (``early``, the paper's θ_5%).
     """
 
     kind: Literal["imp"] = "imp"
     pretrained: Pretrained
-    on: Literal["upstream", "downstream"]
+    stage: Literal["upstream", "downstream"]
     recipe: Recipe
     rounds: int = Field(ge=1, le=40)
     fraction: float = Field(0.2, gt=0, lt=1)
@@ -102,7 +102,7 @@ class ImpRun(RunConfig):
 
     @model_validator(mode="after")
     def _upstream_rules(self) -> ImpRun:
-        if self.on == "upstream" and self.rewind == "init":
+        if self.stage == "upstream" and self.rewind == "init":
             raise ValueError("rewind: 'init' applies to downstream IMP only (upstream rewinds to θ_p)")
         return self
 
