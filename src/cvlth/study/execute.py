@@ -206,34 +206,36 @@ def execute_imp(run: ImpRun, folder: RunFolder, ctx: Context) -> dict[str, Any]:
     if not rewind_file.is_file() and run.rewind != "early":
         torch.save({"model": model.state_dict(), "heads": heads}, rewind_file)
 
-    rounds = []
     for level in range(first_trained_level, run.rounds):
-        prev = None if level == 0 else Mask.load(mask_path(root, level))
-        round_folder = root / f"round-{level:02d}"
         if mask_path(root, level + 1).is_file():
-            continue
+            continue  # a finished level is never recomputed
+        prev = None if level == 0 else Mask.load(mask_path(root, level))
+        round_folder = RunFolder(root / f"round-{level:02d}")
         capture = _early_capture_step(run, data) if (run.rewind == "early" and level == 0) else None
-        if level > 0 or run.rewind != "early":
+        if capture is None:
             _restore(model, heads, torch.load(rewind_file, map_location="cpu", weights_only=True))
         objective = build_objective(run.recipe.objective, feature_dim=_feature_dim(model), data=data)
         _load_objective_heads(objective, heads)
-        result = _train(
-            model, objective, data, run.recipe, RunFolder(round_folder), ctx, mask=prev, capture=capture
-        )
-        if capture is not None:
-            captured = torch.load(
-                capture_path(RunFolder(round_folder), capture), map_location="cpu", weights_only=True
-            )
+        result = _train(model, objective, data, run.recipe, round_folder, ctx, mask=prev, capture=capture)
+        if capture is not None:  # θ_k: the weights after rewind_fraction of the first round
+            captured = torch.load(capture_path(round_folder, capture), map_location="cpu", weights_only=True)
             torch.save({"model": captured["model"], "heads": {}}, rewind_file)
+        round_folder.write_result({"trained_with_level": level, "sparsity": _sparsity(prev), **result})
         mask = _magnitude_step(model, run.fraction, prev)
         mask.save(mask_path(root, level + 1), method="imp", round=level + 1, rewind=run.rewind)
-        rounds.append(
-            {"trained_with_level": level, "sparsity": 0.0 if prev is None else prev.sparsity, **result}
-        )
+        round_folder.checkpoint_path.unlink(missing_ok=True)  # the level's mask is what lasts
     levels = [
         {"level": k, "sparsity": Mask.load(mask_path(root, k)).sparsity} for k in range(1, run.rounds + 1)
     ]
+    rounds = [
+        RunFolder(root / f"round-{level:02d}").read_result()
+        for level in range(first_trained_level, run.rounds)
+    ]
     return {"levels": levels, "rounds": rounds}
+
+
+def _sparsity(mask: Mask | None) -> float:
+    return 0.0 if mask is None else mask.sparsity
 
 
 def _magnitude_step(model: nn.Module, fraction: float, mask: Mask | None) -> Mask:
@@ -258,7 +260,7 @@ def _upstream_model(
             hint="upstream IMP runs on the pre-training task; use the pre-training's dataset",
         )
     model = build_backbone(spec, fc.shape[0] if fc is not None else data.num_classes)
-    load_into(model, theta.state_dict, strict=fc is not None)
+    load_into(model, theta.state_dict, strict=fc is not None, skip=())  # the pre-training head too
     return model, load_heads(run.pretrained, ctx)
 
 
@@ -314,8 +316,7 @@ def execute_transfer(run: TransferRun, folder: RunFolder, ctx: Context) -> dict[
             model.load_state_dict(backbone, strict=False)
     objective = build_objective(run.task.objective, feature_dim=_feature_dim(model), data=data)
     result = _train(model, objective, data, run.task, folder, ctx, mask=mask)
-    sparsity = 0.0 if mask is None else mask.sparsity
-    return {"level": run.level, "sparsity": sparsity, "seed": run.seed, **result}
+    return {"level": run.level, "sparsity": _sparsity(mask), "seed": run.seed, **result}
 
 
 # --- shared helpers -------------------------------------------------------------------------

@@ -102,8 +102,8 @@ class ImpRun(RunConfig):
 
     @model_validator(mode="after")
     def _upstream_rules(self) -> ImpRun:
-        if self.stage == "upstream" and self.rewind == "init":
-            raise ValueError("rewind: 'init' applies to downstream IMP only (upstream rewinds to θ_p)")
+        if self.stage == "upstream" and self.rewind != "pretrained":
+            raise ValueError("upstream IMP rewinds to θ_p: rewind 'init' and 'early' are for downstream IMP")
         return self
 
 

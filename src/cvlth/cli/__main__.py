@@ -1,0 +1,3 @@
+from cvlth.cli import main
+
+main()

@@ -1,0 +1,174 @@
+"""End-to-end tests of the study on a tiny slice of the built-in world (seconds per study)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from cvlth.cli import run_cli
+from cvlth.masks import Mask
+from cvlth.models.checkpoints import import_checkpoint
+from cvlth.pruning.scope import iter_prunable
+from cvlth.store import Store
+from cvlth.study import execute
+from cvlth.study.config import load_study
+from cvlth.study.plan import expand
+from cvlth.study.runs import ImpRun, PretrainRun
+
+pytestmark = pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").is_file(),
+    reason="needs Debian's dataset-fashion-mnist (make test installs it)",
+)
+
+TINY = {
+    "name": "tiny",
+    "backbone": {"arch": "resnet18", "width": 4, "stem": "cifar", "in_channels": 1},
+    "pretrainings": {
+        "supervised": {
+            "recipe": {
+                "data": {
+                    "name": "world_upstream",
+                    "options": {"image_size": 16, "max_train": 256, "max_val": 64, "max_test": 64},
+                },
+                "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
+                "train": {"epochs": 1, "batch_size": 64},
+            }
+        }
+    },
+    "tasks": {
+        "digits": {
+            "data": {
+                "name": "world_digits",
+                "options": {"image_size": 16, "max_train": 128, "max_val": 64, "max_test": 64},
+            },
+            "objective": {"name": "supervised", "options": {"flip": False}},
+            "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+            "train": {"epochs": 1, "batch_size": 64},
+        }
+    },
+    "finders": [
+        {"name": "imp-up", "method": "imp", "stage": "upstream"},
+        {"name": "imp-task", "method": "imp", "stage": "downstream"},
+        {"name": "imp-init", "method": "imp", "stage": "downstream", "rewind": "init"},
+        {"name": "omp", "method": "omp"},
+        {"name": "random", "method": "random"},
+    ],
+    "rounds": 3,
+    "transfer_levels": [3],
+    "seeds": [0, 1],
+    "adapt": {"small_images": False},
+}
+
+
+@pytest.fixture
+def tiny_study(tmp_path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    return path
+
+
+def _results(store: Path) -> dict[str, float]:
+    return {str(p.relative_to(store)): p.stat().st_mtime_ns for p in store.rglob("result.json")}
+
+
+@pytest.mark.slow
+def test_tiny_study_runs_end_to_end_and_rerun_trains_nothing(tiny_study, tmp_path, capsys):
+    store = tmp_path / "store"
+    assert run_cli(["study", str(tiny_study), "--store", str(store), "--quiet"]) == 0
+    table = json.loads((store / "studies" / "tiny" / "matching.json").read_text())
+    assert {row["source"] for row in table} == {
+        f"supervised/{f}" for f in ("imp-up", "imp-task", "imp-init", "omp", "random")
+    }
+    assert all(
+        row["rows"][0]["n"] == 2 and row["rows"][0]["sparsity"] == pytest.approx(0.488) for row in table
+    )
+    assert "extreme matching sparsity" in (store / "studies" / "tiny" / "matching.md").read_text()
+
+    study = load_study(tiny_study)
+    planned = expand(study)
+    assert len(_results(store)) >= len(planned)  # every run, plus the IMP rounds
+    # IMP sparsity per level is 1 - 0.8^k (to within one weight per level).
+    for item in planned:
+        if isinstance(item.run, ImpRun):
+            folder = Path(Store(store).run_dir(item.run))
+            for level in range(1, 4):
+                mask = Mask.load(execute.mask_path(folder, level))
+                assert abs(mask.pruned - (1 - 0.8**level) * mask.total) <= level
+
+    before = _results(store)
+    capsys.readouterr()
+    assert run_cli(["study", str(tiny_study), "--store", str(store), "--quiet"]) == 0
+    assert "(0 computed now)" in capsys.readouterr().out
+    assert _results(store) == before  # nothing was recomputed or rewritten
+
+
+@pytest.mark.slow
+def test_rewinding_restores_theta_p_exactly(tiny_study, tmp_path, monkeypatch):
+    """Every IMP round starts from θ_p: surviving weights, BN statistics and the head."""
+    starts: list[dict[str, torch.Tensor]] = []
+    real_train = execute.train
+
+    def recording_train(model, objective, train_data, **kwargs):
+        starts.append({k: v.clone() for k, v in model.state_dict().items()})
+        return real_train(model, objective, train_data, **kwargs)
+
+    monkeypatch.setattr(execute, "train", recording_train)
+    study = load_study(tiny_study)
+    store = Store(tmp_path / "store")
+    ctx = execute.Context(store=store, quiet=True, log=lambda _: None)
+    pretrain = next(i.run for i in expand(study) if isinstance(i.run, PretrainRun))
+    upstream = next(i.run for i in expand(study) if isinstance(i.run, ImpRun) and i.run.stage == "upstream")
+    execute.ensure(upstream, ctx)
+
+    theta_p = import_checkpoint(Path(store.run_dir(pretrain)) / execute.THETA_P).state_dict
+    imp_starts = starts[1:]  # the first training is the pre-training itself
+    assert len(imp_starts) == 2  # 3 levels, pruned once before training: 2 trainings
+    for start in imp_starts:
+        assert start.keys() == theta_p.keys()
+        for key, value in theta_p.items():
+            assert torch.equal(start[key], value), key
+    # ... and the mask used in each round zeroes exactly the pruned weights of θ_p.
+    folder = Path(store.run_dir(upstream))
+    from cvlth.models.backbones import BackboneSpec, build_backbone
+
+    model = build_backbone(BackboneSpec("resnet18", 4, "cifar", 1), 10)
+    model.load_state_dict(theta_p)
+    mask = Mask.load(execute.mask_path(folder, 2))
+    mask.apply(model)
+    for item in iter_prunable(model):
+        kept = mask[item.canonical]
+        assert torch.equal(item.parameter.detach()[kept], theta_p[item.canonical][kept])
+
+
+@pytest.mark.slow
+def test_killed_study_resumes_to_the_same_results(tiny_study, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "cvlth.cli", "study", str(tiny_study), "--quiet", "--store"]
+    reference = tmp_path / "reference"
+    subprocess.run([*command, str(reference)], check=True, env=env, capture_output=True)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        [*command, str(killed)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 120
+    while (
+        len(list(killed.rglob("result.json"))) < 6 and time.monotonic() < deadline and process.poll() is None
+    ):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "studies" / "tiny" / "matching.json").exists(), "the study finished before the kill"
+    subprocess.run([*command, str(killed)], check=True, env=env, capture_output=True)
+
+    def table(store: Path) -> list:
+        return json.loads((store / "studies" / "tiny" / "matching.json").read_text())
+
+    assert table(killed) == table(reference)
