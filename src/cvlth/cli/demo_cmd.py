@@ -1,35 +1,21 @@
-"""``cvlth demo``: the best end-to-end run that exists (becomes the miniature study)."""
+"""``cvlth demo``: the miniature study of ``configs/demo.yaml`` on the built-in world."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
-import torch
-import torchvision
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from cvlth.cli import app
-from cvlth.masks import Mask
-from cvlth.pruning import global_magnitude, imp_sparsity, prunable_parameters
+from cvlth.cli.study_cmd import study
+from cvlth.study.config import builtin_study_path
 
 
 @app.command()
 def demo(
-    store: Path = typer.Option(Path("runs"), "--store", help="Where results are written."),
-    levels: int = typer.Option(5, help="Number of 20% magnitude-pruning levels."),
+    store: Annotated[Path, typer.Option("--store", help="Run store root.")] = Path("runs"),
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
-    """Prune a ResNet-50 (random init; no weights can be downloaded) level by level and save the masks."""
-    console = Console()
-    out = store / "demo"
-    torch.manual_seed(0)
-    weights = {n: p.detach() for n, p in prunable_parameters(torchvision.models.resnet50()).items()}
-    table = Table("level", "expected sparsity", "mask sparsity", "file")
-    mask: Mask | None = None
-    for level in range(1, levels + 1):
-        mask = global_magnitude(weights, 0.2, mask)
-        path = mask.save(out / f"level-{level:02d}.safetensors", method="magnitude", round=level)
-        table.add_row(str(level), f"{imp_sparsity(level):.4%}", f"{mask.sparsity:.4%}", str(path))
-    console.print(table)
-    console.print(f"masks written to {out}/ (inspect one with: cvlth mask show {out}/level-01.safetensors)")
+    """Run the built-in miniature study (configs/demo.yaml): pre-training, tickets, transfer, matching."""
+    study(builtin_study_path("demo"), store=store, plan=False, quiet=quiet, device="cpu")

@@ -10,8 +10,9 @@ from rich.console import Console
 from rich.table import Table
 
 from cvlth.cli import app
+from cvlth.config import DataRef
 from cvlth.store import Store
-from cvlth.study.config import load_study
+from cvlth.study.config import StudyConfig, load_study
 from cvlth.study.plan import KIND_ORDER, expand, summarize_plan
 
 StoreOption = Annotated[Path, typer.Option("--store", help="Run store root (default ./runs).")]
@@ -19,7 +20,9 @@ StoreOption = Annotated[Path, typer.Option("--store", help="Run store root (defa
 
 @app.command()
 def study(
-    config: Annotated[Path, typer.Argument(help="Study YAML, e.g. configs/demo.yaml.")],
+    config: Annotated[
+        Path, typer.Argument(help="Study YAML, or a packaged study: demo, smoke, paper-resnet50.")
+    ],
     store: StoreOption = Path("runs"),
     plan: Annotated[
         bool, typer.Option("--plan", help="Print the DAG and what is left; run nothing.")
@@ -44,11 +47,17 @@ def study(
     )
 
 
-def print_plan(console: Console, study_config, run_store: Store) -> None:  # noqa: ANN001
+def print_plan(console: Console, study_config: StudyConfig, run_store: Store) -> None:
     planned = expand(study_config)
-    summary = summarize_plan(planned, run_store)
+    summary = summarize_plan(planned, run_store, train_size=_train_size)
     table = Table(
-        "run kind", "runs", "done", "to do", "training epochs to do", title=f"study {study_config.name}"
+        "run kind",
+        "runs",
+        "done",
+        "to do",
+        "training epochs to do",
+        "training images to do",
+        title=f"study {study_config.name}",
     )
     for kind in KIND_ORDER:
         if summary.total[kind]:
@@ -57,13 +66,35 @@ def print_plan(console: Console, study_config, run_store: Store) -> None:  # noq
                 str(summary.total[kind]),
                 str(summary.done[kind]),
                 str(summary.total[kind] - summary.done[kind]),
-                str(summary.epochs_left[kind]),
+                f"{summary.epochs_left[kind]:,}",
+                f"{summary.images_left[kind]:,}" if summary.images_left[kind] else "-",
             )
     console.print(table)
     console.print(
         f"{sum(summary.total.values())} runs, {summary.runs_left} to do, "
-        f"{sum(summary.epochs_left.values())} training epochs to do"
+        f"{sum(summary.epochs_left.values()):,} training epochs to do"
     )
+    if summary.unknown_sizes:
+        console.print(f"sizes unknown (data not found here): {', '.join(sorted(summary.unknown_sizes))}")
+    if summary.estimated_seconds is not None:
+        hours = summary.estimated_seconds / 3600
+        console.print(
+            f"estimated training time left: {hours:.2f} h at {1 / summary.seconds_per_image:,.0f} images/s "
+            "(measured on this store's finished runs; evaluation included)"
+        )
+    else:
+        console.print("estimated time left: unknown until a run of this store has finished")
+
+
+def _train_size(ref: DataRef) -> int | None:
+    """The training-set size, or None when the dataset is not available here."""
+    from cvlth.errors import CvlthError
+    from cvlth.study.execute import Context
+
+    try:
+        return len(Context(store=Store("."), quiet=True).dataset(ref).train)
+    except CvlthError:
+        return None
 
 
 def matching_rich_table(results) -> Table:  # noqa: ANN001

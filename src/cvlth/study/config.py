@@ -8,6 +8,7 @@ adds or drops runs, and every run already computed is reused.
 from __future__ import annotations
 
 import os
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,17 +29,26 @@ from cvlth.study.runs import AdaptConfig, BackboneConfig, Recipe
 
 
 class PretrainEntry(Strict):
-    """One θ_p: trained here (``recipe``) or imported (``import_path``), exactly one of the two."""
+    """One θ_p: trained here (``recipe``) or imported (``import_path``), exactly one of the two.
+
+    ``upstream`` is the pre-training task that upstream IMP trains on (data, objective, ...); it
+    defaults to ``recipe`` and must be given for an imported θ_p that upstream IMP should prune.
+    """
 
     recipe: Recipe | None = None
     import_path: str | None = None
     import_source: Literal["auto", "torchvision", "moco", "simclr", "timm", "cvlth"] = "auto"
+    upstream: Recipe | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> PretrainEntry:
         if (self.recipe is None) == (self.import_path is None):
             raise ValueError("give exactly one of `recipe` (train θ_p here) or `import_path` (a checkpoint)")
         return self
+
+    @property
+    def upstream_recipe(self) -> Recipe | None:
+        return self.upstream or self.recipe
 
 
 class FinderEntry(Strict):
@@ -101,10 +111,10 @@ class StudyConfig(Strict):
                     )
             if finder.method == "imp" and finder.stage == "upstream":
                 for name in finder.pretrainings or list(self.pretrainings):
-                    if self.pretrainings[name].recipe is None:
+                    if self.pretrainings[name].upstream_recipe is None:
                         raise ValueError(
                             f"finder {finder.name!r}: upstream IMP on imported pre-training {name!r} needs "
-                            "its upstream data; give the pre-training a `recipe`"
+                            "the pre-training task; give the pre-training an `upstream` recipe"
                         )
         for level in self.transfer_levels or []:
             if not 1 <= level <= self.rounds:
@@ -116,19 +126,45 @@ class StudyConfig(Strict):
         return sorted(set(self.transfer_levels or range(1, self.rounds + 1)))
 
 
+def builtin_study_path(name: str) -> Path:
+    """The packaged study config ``name`` (``demo``, ``smoke``, ``paper-resnet50``, ...)."""
+    return Path(str(resources.files("cvlth") / "configs" / f"{name}.yaml"))
+
+
+def builtin_studies() -> list[str]:
+    return sorted(p.stem for p in Path(str(resources.files("cvlth") / "configs")).glob("*.yaml"))
+
+
 def load_study(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> StudyConfig:
-    """Read and validate a study YAML; ``overrides`` replace top-level keys (e.g. data roots)."""
+    """Read and validate a study YAML (a path, or the name of a packaged study such as ``demo``);
+    ``overrides`` replace top-level keys."""
     file = Path(path)
+    if not file.exists() and str(path) in builtin_studies():
+        file = builtin_study_path(str(path))
     try:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"cannot read study config {file}: {exc.strerror}") from exc
-    data = _parse_yaml(text, str(file))
+        raise ConfigError(
+            f"cannot read study config {file}: {exc.strerror}",
+            hint=f"give a YAML path or one of the packaged studies: {', '.join(builtin_studies())}",
+        ) from exc
+    data = _expand_variables(_parse_yaml(text, str(file)))
     data.update(overrides or {})
     try:
         return validate_config(StudyConfig, data)
     except ConfigError as error:
         raise ConfigError(f"{file}: {error.message}", error.hint) from error
+
+
+def _expand_variables(value: Any) -> Any:
+    """``${VAR}`` and ``$VAR`` in strings become environment values (data and checkpoint paths)."""
+    if isinstance(value, str):
+        return os.path.expandvars(value)
+    if isinstance(value, dict):
+        return {k: _expand_variables(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_variables(v) for v in value]
+    return value
 
 
 def study_to_yaml(study: StudyConfig) -> str:

@@ -7,10 +7,13 @@ table needs (pre-training, finder, task, level, seed).
 
 from __future__ import annotations
 
+import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
-from cvlth.config import RunConfig
+from cvlth.config import DataRef, RunConfig
 from cvlth.store import Store
 from cvlth.study.config import FinderEntry, StudyConfig
 from cvlth.study.runs import (
@@ -81,7 +84,7 @@ def finder_runs(study: StudyConfig, finder: FinderEntry, name: str) -> list[tupl
         "rewind": finder.rewind,
     }
     if finder.stage == "upstream":
-        recipe = _override(study.pretrainings[name].recipe, finder)
+        recipe = _override(study.pretrainings[name].upstream_recipe, finder)
         return [(None, ImpRun(stage="upstream", recipe=recipe, **common))]
     return [
         (
@@ -134,10 +137,19 @@ class PlanSummary:
     total: Counter
     done: Counter
     epochs_left: Counter
+    images_left: Counter  # training images to process (epochs x train-set size), where the size is known
+    unknown_sizes: frozenset[str]  # datasets whose size could not be read (not present here)
+    seconds_per_image: float | None  # measured on this store's finished runs
 
     @property
     def runs_left(self) -> int:
         return sum(self.total.values()) - sum(self.done.values())
+
+    @property
+    def estimated_seconds(self) -> float | None:
+        if self.seconds_per_image is None:
+            return None
+        return sum(self.images_left.values()) * self.seconds_per_image
 
 
 def training_epochs(run: RunConfig) -> int:
@@ -152,13 +164,51 @@ def training_epochs(run: RunConfig) -> int:
     return 0
 
 
-def summarize_plan(planned: list[PlannedRun], store: Store) -> PlanSummary:
-    total, done, epochs_left = Counter(), Counter(), Counter()
+def training_data(run: RunConfig) -> DataRef | None:
+    if isinstance(run, PretrainRun | ImpRun):
+        return run.recipe.data
+    if isinstance(run, TransferRun):
+        return run.task.data
+    return None
+
+
+def summarize_plan(
+    planned: list[PlannedRun], store: Store, train_size: Callable[[DataRef], int | None] = lambda ref: None
+) -> PlanSummary:
+    """Count runs done / to do and the training left. ``train_size`` gives a dataset's train-set size."""
+    total, done, epochs_left, images_left = Counter(), Counter(), Counter(), Counter()
+    unknown: set[str] = set()
+    sizes: dict[str, int | None] = {}
     for item in planned:
         kind = item.run.kind
         total[kind] += 1
         if store.is_done(item.run):
             done[kind] += 1
+            continue
+        epochs = training_epochs(item.run)
+        epochs_left[kind] += epochs
+        ref = training_data(item.run)
+        if ref is None or not epochs:
+            continue
+        key = ref.model_dump_json()
+        if key not in sizes:
+            sizes[key] = train_size(ref)
+        if sizes[key] is None:
+            unknown.add(ref.name)
         else:
-            epochs_left[kind] += training_epochs(item.run)
-    return PlanSummary(total, done, epochs_left)
+            images_left[kind] += epochs * sizes[key]
+    return PlanSummary(
+        total, done, epochs_left, images_left, frozenset(unknown), measured_seconds_per_image(store)
+    )
+
+
+def measured_seconds_per_image(store: Store) -> float | None:
+    """Wall seconds per training image over the finished transfer and pre-training runs of ``store``."""
+    seconds = images = 0.0
+    for kind in ("transfer", "pretrain"):
+        for result_path in (Path(store.root) / kind).glob("*/result.json"):
+            result = json.loads(result_path.read_text(encoding="utf-8"))
+            if result.get("wall_seconds") and result.get("images_per_epoch"):
+                seconds += result["wall_seconds"]
+                images += result["images_per_epoch"] * result.get("epochs", 1)
+    return seconds / images if images else None
