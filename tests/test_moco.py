@@ -6,7 +6,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from cvlth import pruning  # noqa: E402
-from cvlth.config import AdamWConfig, ConstantSchedule, TrainingConfig  # noqa: E402
+from cvlth.config import AdamWConfig, ConstantSchedule, SGDConfig, TrainingConfig  # noqa: E402
+from cvlth.data.source import TensorBatchSource  # noqa: E402
 from cvlth.objectives.features import feature_dim, features  # noqa: E402
 from cvlth.objectives.moco import KeyQueue, MoCoObjective  # noqa: E402
 from cvlth.objectives.ssl_augment import ContrastiveAugment  # noqa: E402
@@ -132,6 +133,38 @@ def test_train_step_metrics_and_gradients() -> None:
     assert torch.equal(objective.queue.keys[8:], before[8:])
     assert model.layer1[0].conv1.weight.grad is not None
     assert all(p.grad is None for p in objective.key_encoder.parameters())
+
+
+def test_resumed_run_restores_key_encoder_and_queue_exactly(tmp_path) -> None:
+    images = torch.randint(
+        0, 256, (32, 1, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(3)
+    )
+    data = TensorBatchSource(images, torch.zeros(32, dtype=torch.long), batch_size=8, seed=1)
+
+    def run(folder, epochs: int) -> MoCoObjective:
+        torch.manual_seed(0)
+        model = NarrowResNet()
+        objective = MoCoObjective(feature_dim(model), dim=8, queue_size=12, momentum=0.9)
+        train(
+            model,
+            objective,
+            data,
+            training=TrainingConfig(epochs=epochs, batch_size=8, seed=0),
+            optim=SGDConfig(lr=0.1),
+            schedule=ConstantSchedule(),
+            run=folder,
+            mask=pruning.magnitude(model, 0.5),
+            quiet=True,
+        )
+        return objective
+
+    straight = run(tmp_path / "straight", 2)
+    run(tmp_path / "resumed", 1)  # stops after epoch 1; the next call resumes from its checkpoint
+    resumed = run(tmp_path / "resumed", 2)
+    for name, module in straight.modules().items():
+        theirs = resumed.modules()[name].state_dict()
+        for key, value in module.state_dict().items():
+            assert torch.equal(value, theirs[key]), f"{name}.{key}"
 
 
 @pytest.mark.slow
