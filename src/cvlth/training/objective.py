@@ -10,6 +10,14 @@ MoCo, detection, segmentation) implements three things:
 * ``evaluate(model, batches)``: metrics over a whole :class:`~cvlth.data.source.BatchSource`.
 
 ``selection`` names the validation metric that picks the best epoch and whether higher is better.
+
+Two optional hooks, called by the loop only when the objective defines them:
+
+* ``bind(model, mask)``: once per :func:`~cvlth.training.loop.train` call, before ``modules()`` is
+  read and before the optimizer and the DDP wrapper are built (MoCo copies the key encoder here;
+  SSL objectives freeze the unused ``fc``); ``mask`` is the run's mask or ``None``;
+* ``after_step(model)``: after every optimizer step *and* the mask enforcement, with the bare model
+  (MoCo's EMA update of the key encoder).
 """
 
 from __future__ import annotations
