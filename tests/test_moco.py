@@ -8,9 +8,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from cvlth import pruning  # noqa: E402
 from cvlth.config import AdamWConfig, ConstantSchedule, SGDConfig, TrainingConfig  # noqa: E402
 from cvlth.data.source import TensorBatchSource  # noqa: E402
+from cvlth.data.transforms import contrastive_augment  # noqa: E402
 from cvlth.objectives.features import feature_dim, features  # noqa: E402
 from cvlth.objectives.moco import KeyQueue, MoCoObjective  # noqa: E402
-from cvlth.objectives.ssl_augment import ContrastiveAugment  # noqa: E402
 from cvlth.pruning.enforcer import MaskEnforcer  # noqa: E402
 from cvlth.pruning.scope import prunable_parameters  # noqa: E402
 from cvlth.training.loop import train  # noqa: E402
@@ -173,7 +173,7 @@ def test_moco_on_digits_through_the_loop_learns_with_a_mask() -> None:
     train_data, val_data = digit_sources()
     model = NarrowResNet()
     mask = pruning.magnitude(model, 0.5)
-    augment = ContrastiveAugment(scale=(0.4, 1.0), mean=(0.5,), std=(0.25,))
+    augment = contrastive_augment(mean=(0.5,), std=(0.25,), scale=(0.4, 1.0))
     # Short run: a faster EMA and a small queue than the paper's 0.999 / 65,536.
     objective = MoCoObjective(feature_dim(model), dim=32, queue_size=512, momentum=0.95, augment=augment)
     result = train(

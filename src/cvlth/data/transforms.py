@@ -264,6 +264,25 @@ def simclr_augment(
     )
 
 
+def contrastive_augment(
+    mean: Sequence[float],
+    std: Sequence[float],
+    scale: tuple[float, float] = (0.2, 1.0),
+    strength: float = 0.5,
+) -> Transform:
+    """One view for SimCLR / MoCo v2 ("aug+") at the input's own size: RandomResizedCrop(scale),
+    flip, colour jitter (0.8s, 0.8s, 0.8s, 0.2s) with p=0.8, grayscale p=0.2, normalise.
+    Two calls with one generator give two independent views."""
+
+    def view(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        x = random_resized_crop(to_float(images), generator, tuple(images.shape[-2:]), scale=scale)
+        x = horizontal_flip(x, generator)
+        x = color_jitter(x, generator, 0.8 * strength, 0.8 * strength, 0.8 * strength, 0.2 * strength, p=0.8)
+        return normalize(random_grayscale(x, generator), mean, std)
+
+    return view
+
+
 def supervised_augment(size: int, mean: Sequence[float], std: Sequence[float]) -> Transform:
     """Supervised upstream training (paper): RandomResizedCrop + flip, then normalise."""
     return compose(

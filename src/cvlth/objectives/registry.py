@@ -71,3 +71,55 @@ def _supervised(
         preprocess=lambda x, g=None: T.normalize(x, mean, std),
         label_smoothing=label_smoothing,
     )
+
+
+@register_objective("simclr")
+def _simclr(
+    *,
+    feature_dim: int,
+    data: DatasetSplits,
+    projection_dim: int = 128,
+    temperature: float = 0.5,
+    variant: str = "standard",
+    crop_scale: tuple[float, float] = (0.2, 1.0),
+    jitter_strength: float = 0.5,
+) -> Objective:
+    """SimCLR: NT-Xent over two augmented views, projection head hidden = feature_dim."""
+    from cvlth.data.transforms import contrastive_augment
+    from cvlth.objectives.simclr import SimCLRObjective
+
+    augment = contrastive_augment(data.mean, data.std, scale=tuple(crop_scale), strength=jitter_strength)
+    return SimCLRObjective(
+        feature_dim, projection_dim=projection_dim, temperature=temperature, augment=augment, variant=variant
+    )
+
+
+@register_objective("moco")
+def _moco(
+    *,
+    feature_dim: int,
+    data: DatasetSplits,
+    dim: int = 128,
+    queue_size: int = 65536,
+    momentum: float = 0.999,
+    temperature: float = 0.2,
+    mlp: bool = True,
+    key_bn_groups: int = 8,
+    crop_scale: tuple[float, float] = (0.2, 1.0),
+    jitter_strength: float = 0.5,
+) -> Objective:
+    """MoCo v2: EMA key encoder, a queue of negatives, InfoNCE at temperature 0.2, "aug+" views."""
+    from cvlth.data.transforms import contrastive_augment
+    from cvlth.objectives.moco import MoCoObjective
+
+    augment = contrastive_augment(data.mean, data.std, scale=tuple(crop_scale), strength=jitter_strength)
+    return MoCoObjective(
+        feature_dim,
+        dim=dim,
+        queue_size=queue_size,
+        momentum=momentum,
+        temperature=temperature,
+        mlp=mlp,
+        augment=augment,
+        key_bn_groups=key_bn_groups,
+    )

@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from cvlth.data.source import BatchSource
+from cvlth.data.transforms import contrastive_augment
 from cvlth.masks import Mask
 from cvlth.objectives.features import features, freeze_classifier
-from cvlth.objectives.ssl_augment import ContrastiveAugment
 from cvlth.objectives.supervised import Augment
 
 Variant = Literal["standard", "log_mean_reference"]
@@ -106,7 +106,7 @@ class SimCLRObjective:
     ) -> None:
         self.head = ProjectionHead(feature_dim, feature_dim, projection_dim)
         self.temperature = temperature
-        self.augment = augment or ContrastiveAugment()
+        self.augment = augment or contrastive_augment(mean=(0.5,), std=(0.25,))
         self.variant: Variant = variant
         self.eval_seed = eval_seed
 

@@ -16,6 +16,7 @@ import yaml
 from pydantic import Field, model_validator
 
 from cvlth.config import (
+    DataRef,
     ObjectiveRef,
     OptimConfig,
     ScheduleConfig,
@@ -25,7 +26,7 @@ from cvlth.config import (
     validate_config,
 )
 from cvlth.errors import ConfigError
-from cvlth.study.runs import AdaptConfig, BackboneConfig, Recipe
+from cvlth.study.runs import AdaptConfig, BackboneConfig, MaskVariant, Recipe
 
 
 class PretrainEntry(Strict):
@@ -55,7 +56,8 @@ class FinderEntry(Strict):
     """A way to find masks, applied to every pre-training (and, downstream, to every task).
 
     ``imp`` with ``stage: upstream`` trains on the pre-training's own data and objective; ``optim``,
-    ``schedule`` and ``train`` override that recipe (the paper: 10 epochs at constant lr 1e-4).
+    ``schedule``, ``train``, ``objective`` and ``data`` override that recipe (the paper: 10 epochs at
+    constant lr 1e-4).
     ``imp`` with ``stage: downstream`` trains on each task in ``tasks`` with the task's recipe, overridden
     the same way. ``omp`` and ``random`` need no training.
     """
@@ -64,10 +66,12 @@ class FinderEntry(Strict):
     method: Literal["imp", "omp", "random"]
     stage: Literal["upstream", "downstream"] = "upstream"
     rewind: Literal["pretrained", "init", "early"] = "pretrained"
+    rewind_heads: bool = True
     optim: OptimConfig | None = None
     schedule: ScheduleConfig | None = None
     train: TrainingConfig | None = None
     objective: ObjectiveRef | None = None
+    data: DataRef | None = None
     tasks: list[str] | None = None
     pretrainings: list[str] | None = None
 
@@ -78,6 +82,21 @@ class FinderEntry(Strict):
         if self.stage == "upstream" and self.tasks is not None:
             raise ValueError("`tasks` applies to downstream imp only")
         return self
+
+
+class PerturbationEntry(Strict):
+    """The paper's sensitivity analysis: fine-tune variants of the masks of some IMP finders.
+
+    For every listed finder (IMP, any stage and rewind: θ_p, θ_0 or θ_5%), level and seed, each
+    variant is fine-tuned from the finder's rewind point; ``ticket`` is the ordinary transfer.
+    """
+
+    finders: list[str] = Field(min_length=1)
+    variants: list[MaskVariant] = Field(
+        default_factory=lambda: ["ticket", "complement", "random", "perturbed"]
+    )
+    levels: list[int] | None = Field(None, description="default: the study's transfer levels")
+    fraction: float = Field(0.1, gt=0, lt=1, description="share of kept entries swapped by `perturbed`")
 
 
 class StudyConfig(Strict):
@@ -91,6 +110,7 @@ class StudyConfig(Strict):
     transfer_levels: list[int] | None = Field(None, description="levels fine-tuned downstream (default: all)")
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     adapt: AdaptConfig = Field(default_factory=AdaptConfig)
+    perturbation: PerturbationEntry | None = None
     metric: str = "accuracy"
 
     @model_validator(mode="after")
@@ -116,6 +136,14 @@ class StudyConfig(Strict):
                             f"finder {finder.name!r}: upstream IMP on imported pre-training {name!r} needs "
                             "the pre-training task; give the pre-training an `upstream` recipe"
                         )
+        if self.perturbation is not None:
+            for name in self.perturbation.finders:
+                finder = next((f for f in self.finders if f.name == name), None)
+                if finder is None or finder.method != "imp":
+                    raise ValueError(f"perturbation.finders: {name!r} is not an imp finder of this study")
+            for level in self.perturbation.levels or []:
+                if not 1 <= level <= self.rounds:
+                    raise ValueError(f"perturbation.levels: {level} is outside 1..{self.rounds}")
         for level in self.transfer_levels or []:
             if not 1 <= level <= self.rounds:
                 raise ValueError(f"transfer_levels: {level} is outside 1..{self.rounds}")

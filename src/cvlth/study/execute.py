@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cvlth.atomic import atomic_path
 from cvlth.config import DataRef, RunConfig
 from cvlth.data.classification import DatasetSplits
 from cvlth.data.registry import load_dataset
@@ -32,7 +33,7 @@ from cvlth.models.checkpoints import ImportedCheckpoint, import_checkpoint, load
 from cvlth.models.transfer import transfer_model
 from cvlth.objectives.registry import build_objective
 from cvlth.pruning.scope import prunable_parameters
-from cvlth.pruning.strategies import global_magnitude, one_shot_magnitude, random_global
+from cvlth.pruning.strategies import global_magnitude, one_shot_magnitude, random_global, random_like
 from cvlth.store import RunFolder, Store
 from cvlth.study.runs import (
     BaselineRun,
@@ -49,6 +50,7 @@ from cvlth.training.loop import capture_path, train
 THETA_P = "theta_p.pt"
 HEADS = "heads.pt"
 REWIND = "rewind.pt"
+LATEST_HEADS = "heads-latest.pt"
 EVAL_BATCH_SIZE = 512
 _SUBSET_OPTIONS = ("max_train", "max_val", "max_test")
 
@@ -204,7 +206,7 @@ def execute_imp(run: ImpRun, folder: RunFolder, ctx: Context) -> dict[str, Any]:
         first_trained_level = 0
     rewind_file = root / REWIND
     if not rewind_file.is_file() and run.rewind != "early":
-        torch.save({"model": model.state_dict(), "heads": heads}, rewind_file)
+        _save_torch({"model": model.state_dict(), "heads": heads}, rewind_file)
 
     for level in range(first_trained_level, run.rounds):
         if mask_path(root, level + 1).is_file():
@@ -215,11 +217,13 @@ def execute_imp(run: ImpRun, folder: RunFolder, ctx: Context) -> dict[str, Any]:
         if capture is None:
             _restore(model, heads, torch.load(rewind_file, map_location="cpu", weights_only=True))
         objective = build_objective(run.recipe.objective, feature_dim=_feature_dim(model), data=data)
-        _load_objective_heads(objective, heads)
+        _load_objective_heads(objective, heads if run.rewind_heads else _latest_heads(root, heads))
         result = _train(model, objective, data, run.recipe, round_folder, ctx, mask=prev, capture=capture)
+        if not run.rewind_heads:
+            _save_heads(root / LATEST_HEADS, objective)
         if capture is not None:  # θ_k: the weights after rewind_fraction of the first round
             captured = torch.load(capture_path(round_folder, capture), map_location="cpu", weights_only=True)
-            torch.save({"model": captured["model"], "heads": {}}, rewind_file)
+            _save_torch({"model": captured["model"], "heads": {}}, rewind_file)
         round_folder.write_result({"trained_with_level": level, "sparsity": _sparsity(prev), **result})
         mask = _magnitude_step(model, run.fraction, prev)
         mask.save(mask_path(root, level + 1), method="imp", round=level + 1, rewind=run.rewind)
@@ -232,6 +236,12 @@ def execute_imp(run: ImpRun, folder: RunFolder, ctx: Context) -> dict[str, Any]:
         for level in range(first_trained_level, run.rounds)
     ]
     return {"levels": levels, "rounds": rounds}
+
+
+def _latest_heads(root: Path, rewind_heads: dict[str, Any]) -> dict[str, Any]:
+    """The heads as the previous round left them (the reference SimCLR code's behaviour)."""
+    path = root / LATEST_HEADS
+    return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else rewind_heads
 
 
 def _sparsity(mask: Mask | None) -> float:
@@ -305,7 +315,9 @@ def execute_transfer(run: TransferRun, folder: RunFolder, ctx: Context) -> dict[
     model = _downstream_model(run, theta, data)
     mask = None
     if run.ticket is not None:
-        mask = load_ticket_mask(run.ticket, run.level, ctx)
+        mask = vary_mask(
+            load_ticket_mask(run.ticket, run.level, ctx), run.variant, run.seed, run.perturb_fraction
+        )
         if (
             isinstance(run.ticket, ImpRun)
             and run.ticket.stage == "downstream"
@@ -317,6 +329,35 @@ def execute_transfer(run: TransferRun, folder: RunFolder, ctx: Context) -> dict[
     objective = build_objective(run.task.objective, feature_dim=_feature_dim(model), data=data)
     result = _train(model, objective, data, run.task, folder, ctx, mask=mask)
     return {"level": run.level, "sparsity": _sparsity(mask), "seed": run.seed, **result}
+
+
+def vary_mask(mask: Mask, variant: str, seed: int, fraction: float = 0.1) -> Mask:
+    """The mask a perturbation-analysis transfer fine-tunes (see ``MaskVariant``)."""
+    if variant == "ticket":
+        return mask
+    if variant == "random":
+        return random_like(mask, seed=seed)
+    if variant == "perturbed":
+        return mask.perturb(fraction, seed=seed)
+    if variant == "complement":
+        return restricted_complement(mask, seed=seed)
+    raise CvlthError(f"unknown mask variant {variant!r}")
+
+
+def restricted_complement(mask: Mask, seed: int) -> Mask:
+    """1 - m, keeping per layer a random subset of the ticket's kept count (all of 1 - m if smaller)."""
+    generator = torch.Generator().manual_seed(seed)
+    result = {}
+    for name, keep in mask.items():
+        flat = (~keep).reshape(-1)
+        candidates = flat.nonzero().squeeze(1)
+        budget = int(torch.count_nonzero(keep))
+        if candidates.numel() > budget:
+            chosen = candidates[torch.randperm(candidates.numel(), generator=generator)[:budget]]
+            flat = torch.zeros_like(flat)
+            flat[chosen] = True
+        result[name] = flat.reshape(keep.shape)
+    return Mask(result)
 
 
 # --- shared helpers -------------------------------------------------------------------------
@@ -359,6 +400,12 @@ def _train(
     return result
 
 
+def _save_torch(obj: Any, path: Path) -> None:
+    """torch.save through a temporary file, so a crash never leaves half a file behind."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
 def _seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -372,7 +419,7 @@ def _feature_dim(model: nn.Module) -> int:
 def _save_heads(path: Path, objective: Any) -> None:
     heads = {name: module.state_dict() for name, module in objective.modules().items()}
     if heads:
-        torch.save(heads, path)
+        _save_torch(heads, path)
 
 
 def _load_objective_heads(objective: Any, heads: dict[str, dict[str, torch.Tensor]]) -> None:

@@ -36,6 +36,7 @@ class PlannedRun:
     task: str | None = None
     level: int = 0
     seed: int | None = None
+    variant: str = "ticket"
 
     @property
     def source(self) -> str:
@@ -58,6 +59,7 @@ def _override(recipe: Recipe, finder: FinderEntry) -> Recipe:
             "schedule": finder.schedule,
             "train": finder.train,
             "objective": finder.objective,
+            "data": finder.data,
         }.items()
         if value is not None
     }
@@ -97,6 +99,18 @@ def finder_runs(study: StudyConfig, finder: FinderEntry, name: str) -> list[tupl
     ]
 
 
+def _transfer_grid(study: StudyConfig, finder: FinderEntry) -> list[tuple[int, str]]:
+    """(level, mask variant) pairs fine-tuned for one finder: its tickets, plus the perturbation
+    analysis's variants when the finder is listed there."""
+    grid = [(level, "ticket") for level in study.levels]
+    analysis = study.perturbation
+    if analysis is not None and finder.name in analysis.finders:
+        levels = analysis.levels or study.levels
+        grid += [(level, v) for level in levels for v in analysis.variants if v != "ticket"]
+        grid += [(level, "ticket") for level in levels if level not in study.levels]
+    return grid
+
+
 def expand(study: StudyConfig) -> list[PlannedRun]:
     """Every run of the study, in dependency order, without duplicates."""
     planned: list[PlannedRun] = []
@@ -115,17 +129,19 @@ def expand(study: StudyConfig) -> list[PlannedRun]:
                 for task, recipe in study.tasks.items():
                     if own_task is not None and task != own_task:
                         continue  # a task-specific mask is fine-tuned on its own task only
-                    for level in study.levels:
+                    for level, variant in _transfer_grid(study, finder):
                         for seed in study.seeds:
                             run = TransferRun(
                                 pretrained=pretrained,
                                 ticket=ticket,
                                 level=level,
+                                variant=variant,
+                                perturb_fraction=study.perturbation.fraction if study.perturbation else 0.1,
                                 task=recipe,
                                 adapt=study.adapt,
                                 seed=seed,
                             )
-                            planned.append(PlannedRun(run, name, finder.name, task, level, seed))
+                            planned.append(PlannedRun(run, name, finder.name, task, level, seed, variant))
     unique: dict[str, PlannedRun] = {}
     for item in planned:
         unique.setdefault(f"{item.run.kind}/{item.run.hash()}", item)

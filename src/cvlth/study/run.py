@@ -61,6 +61,10 @@ def run_study(
         results[index] = ensure(item.run, ctx)
     table = matching_table(study, planned, list(results.values()))
     write_matching(folder, table, study.metric)
+    atomic_write_text(folder / "tickets.json", json.dumps(ticket_index(study, planned, store), indent=2))
+    if study.perturbation is not None:
+        curves = perturbation_curves(study, planned, list(results.values()))
+        atomic_write_text(folder / "perturbation.json", json.dumps(curves, indent=2))
     return StudyOutcome(folder, table, len(planned), computed, time.perf_counter() - start)
 
 
@@ -74,6 +78,8 @@ def describe(item: PlannedRun) -> str:
     if run.kind == "transfer":
         parts.append(f"level {item.level} ({level_sparsity(item.level):.1%})" if item.level else "dense")
         parts.append(f"seed {item.seed}")
+        if item.variant != "ticket":
+            parts.append(f"[{item.variant} mask]")
     return " ".join(parts)
 
 
@@ -90,7 +96,7 @@ def matching_table(
     dense: dict[tuple[str, str], list[float]] = defaultdict(list)
     tickets: dict[tuple[str, str, str], dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for item, result in zip(planned, results, strict=True):
-        if item.run.kind != "transfer":
+        if item.run.kind != "transfer" or item.variant != "ticket":
             continue
         value = metric_of(result, study.metric)
         if item.finder is None:
@@ -102,6 +108,59 @@ def matching_table(
     for (pretraining, finder, task), values in tickets.items():
         table.append(matching(f"{pretraining}/{finder}", task, dense[(pretraining, task)], values))
     return table
+
+
+def perturbation_curves(
+    study: StudyConfig, planned: list[PlannedRun], results: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Per (finder source, task, mask variant): mean ± std over seeds of the metric at each sparsity."""
+    from cvlth.study.matching import SeedStats
+
+    listed = set(study.perturbation.finders) if study.perturbation else set()
+    values: dict[tuple[str, str, str], dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for item, result in zip(planned, results, strict=True):
+        if item.run.kind == "transfer" and item.finder in listed:
+            sparsity = round(level_sparsity(item.level, study.fraction), 6)
+            values[(item.source, item.task, item.variant)][sparsity].append(metric_of(result, study.metric))
+    curves = []
+    for (source, task, variant), by_sparsity in sorted(values.items()):
+        points = []
+        for sparsity in sorted(by_sparsity):
+            stats = SeedStats.of(by_sparsity[sparsity])
+            points.append({"sparsity": sparsity, "mean": stats.mean, "std": stats.std, "n": stats.n})
+        curves.append({"source": source, "task": task, "variant": variant, "points": points})
+    return curves
+
+
+def ticket_index(study: StudyConfig, planned: list[PlannedRun], store: Store) -> list[dict[str, Any]]:
+    """Where every ticket's masks are: one entry per finder run, masks as paths relative to the store."""
+    from cvlth.study.execute import mask_path
+
+    entries = []
+    for item in planned:
+        if item.run.kind not in ("imp", "baseline"):
+            continue
+        folder = Path(store.run_dir(item.run))
+        method = item.run.method if item.run.kind == "baseline" else f"imp-{item.run.stage}"
+        levels = {
+            str(level): {
+                "sparsity": level_sparsity(level, study.fraction),
+                "mask": str(mask_path(folder, level).relative_to(store.root)),
+            }
+            for level in range(1, study.rounds + 1)
+        }
+        entries.append(
+            {
+                "source": item.source,
+                "pretraining": item.pretraining,
+                "finder": item.finder,
+                "task": item.task,
+                "method": method,
+                "run": str(folder.relative_to(store.root)),
+                "levels": levels,
+            }
+        )
+    return entries
 
 
 def write_matching(folder: Path, table: list[MatchingResult], metric: str) -> None:

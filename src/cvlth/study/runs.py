@@ -97,6 +97,11 @@ class ImpRun(RunConfig):
     fraction: float = Field(0.2, gt=0, lt=1)
     rewind: Literal["pretrained", "init", "early"] = "pretrained"
     rewind_fraction: float = Field(0.05, gt=0, lt=1)
+    rewind_heads: bool = Field(
+        True,
+        description="rewind the objective's heads (projection/MLP) with the backbone; the paper's "
+        "SimCLR code kept training its head across rounds (False)",
+    )
     adapt: AdaptConfig = Field(default_factory=AdaptConfig)
     seed: int = Field(0, ge=0)
 
@@ -121,19 +126,27 @@ class BaselineRun(RunConfig):
 
 Finder = Annotated[ImpRun | BaselineRun, Field(discriminator="kind")]
 
+#: ``ticket``: the mask itself; ``complement``: the weights it prunes, subsampled per layer to the
+#: ticket's kept count where possible; ``random``: random with the ticket's per-layer counts;
+#: ``perturbed``: ``perturb_fraction`` of its kept entries swapped with as many pruned ones.
+MaskVariant = Literal["ticket", "complement", "random", "perturbed"]
+
 
 @register_run_kind
 class TransferRun(RunConfig):
     """Fine-tune a ticket on a downstream task. ``ticket=None`` (level 0) is the dense baseline.
 
     The weights are the finder's rewind point: θ_p, except for downstream IMP rewound to θ_0 or
-    θ_5%. The task head is new, drawn from ``seed``.
+    θ_5%. The task head is new, drawn from ``seed``. ``variant`` fine-tunes a perturbation of the
+    ticket's mask instead (the paper's sensitivity analysis, see :func:`vary_mask`).
     """
 
     kind: Literal["transfer"] = "transfer"
     pretrained: Pretrained
     ticket: Finder | None = None
     level: int = Field(0, ge=0)
+    variant: MaskVariant = "ticket"
+    perturb_fraction: float = Field(0.1, gt=0, lt=1)
     task: Recipe
     adapt: AdaptConfig = Field(default_factory=AdaptConfig)
     seed: int = Field(0, ge=0)
@@ -141,8 +154,8 @@ class TransferRun(RunConfig):
     @model_validator(mode="after")
     def _consistent(self) -> TransferRun:
         if self.ticket is None:
-            if self.level != 0:
-                raise ValueError("level must be 0 for the dense model (ticket: null)")
+            if self.level != 0 or self.variant != "ticket":
+                raise ValueError("the dense model (ticket: null) has level 0 and variant 'ticket'")
             return self
         if not 1 <= self.level <= self.ticket.rounds:
             raise ValueError(f"level must be in 1..{self.ticket.rounds} (the ticket finder's rounds)")
