@@ -57,8 +57,10 @@ def test_queue_and_key_side_are_checkpointed_and_frozen() -> None:
     assert not any(p.requires_grad for p in modules["key_encoder"].parameters())
     assert not any(p.requires_grad for p in modules["key_head"].parameters())
     assert all(p.requires_grad for p in modules["query_head"].parameters())
+    # Before bind() there is no key encoder yet: the heads can still be loaded (IMP rewinds them).
+    assert set(MoCoObjective(64).modules()) == {"query_head", "key_head", "queue"}
     with pytest.raises(RuntimeError, match="bind"):
-        MoCoObjective(64).modules()
+        MoCoObjective(64).keys(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), torch.Generator())
 
 
 # --- EMA and the mask --------------------------------------------------------------------------

@@ -143,12 +143,12 @@ class MoCoObjective:
             mask.apply(self.key_encoder)
 
     def modules(self) -> dict[str, nn.Module]:
-        return {
-            "query_head": self.query_head,
-            "key_encoder": self._bound_key_encoder(),
-            "key_head": self.key_head,
-            "queue": self.queue,
-        }
+        """The heads and the queue; the key encoder only once :meth:`bind` has made it (the loop
+        binds before it builds the optimizer, so a run always checkpoints all four)."""
+        modules = {"query_head": self.query_head, "key_head": self.key_head, "queue": self.queue}
+        if self.key_encoder is not None:
+            modules["key_encoder"] = self.key_encoder
+        return modules
 
     def _bound_key_encoder(self) -> nn.Module:
         if self.key_encoder is None:

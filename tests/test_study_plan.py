@@ -1,0 +1,118 @@
+"""Study config validation and DAG expansion (no training)."""
+
+import pytest
+import torch
+
+from cvlth.config import validate_config
+from cvlth.errors import ConfigError
+from cvlth.masks import Mask
+from cvlth.store import Store
+from cvlth.study.config import StudyConfig, load_study
+from cvlth.study.execute import restricted_complement, vary_mask
+from cvlth.study.plan import expand, summarize_plan
+from cvlth.study.runs import ImpRun, TransferRun, dependencies
+
+BASE = {
+    "name": "plan",
+    "backbone": {"arch": "resnet18", "width": 8, "stem": "cifar", "in_channels": 1},
+    "pretrainings": {"sup": {"recipe": {"data": {"name": "world_upstream"}}}},
+    "tasks": {"a": {"data": {"name": "world_mnist"}}, "b": {"data": {"name": "world_digits"}}},
+    "finders": [
+        {"name": "up", "method": "imp", "stage": "upstream"},
+        {"name": "task", "method": "imp", "stage": "downstream", "tasks": ["a"]},
+        {"name": "omp", "method": "omp"},
+    ],
+    "rounds": 4,
+    "transfer_levels": [2, 4],
+    "seeds": [0, 1],
+}
+
+
+def _study(**changes) -> StudyConfig:
+    return validate_config(StudyConfig, {**BASE, **changes})
+
+
+def test_expansion_counts_and_dependency_order():
+    planned = expand(_study())
+    kinds = [p.run.kind for p in planned]
+    # pretrain 1; dense 2 tasks x 2 seeds; up & omp: 2 levels x 2 tasks x 2 seeds; task: 2 levels x 1 task x 2 seeds
+    assert kinds.count("pretrain") == 1
+    assert kinds.count("imp") == 2 and kinds.count("baseline") == 1
+    assert kinds.count("transfer") == 4 + 8 + 8 + 4
+    seen: set[str] = set()
+    for item in planned:  # every dependency comes earlier in the list
+        for dep in dependencies(item.run):
+            assert f"{dep.kind}/{dep.hash()}" in seen
+        seen.add(f"{item.run.kind}/{item.run.hash()}")
+    task_specific = [p for p in planned if p.finder == "task" and p.run.kind == "transfer"]
+    assert {p.task for p in task_specific} == {"a"}  # a task-specific mask stays on its task
+
+
+def test_perturbation_variants_are_added_for_listed_finders_only():
+    planned = expand(_study(perturbation={"finders": ["task"], "levels": [4]}))
+    variants = {(p.finder, p.level, p.variant) for p in planned if p.run.kind == "transfer"}
+    assert {("task", 4, v) for v in ("ticket", "complement", "random", "perturbed")} <= variants
+    assert ("task", 2, "complement") not in variants and ("up", 4, "complement") not in variants
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            {"finders": [{"name": "x", "method": "imp", "stage": "upstream", "tasks": ["a"]}]},
+            "`tasks` applies",
+        ),
+        ({"finders": [{"name": "x", "method": "omp", "rewind": "init"}]}, "apply to imp only"),
+        ({"transfer_levels": [7]}, "outside 1..4"),
+        ({"perturbation": {"finders": ["omp"]}}, "not an imp finder"),
+        ({"pretrainings": {"sup": {}}}, "exactly one of"),
+        (
+            {"finders": [{"name": "up", "method": "imp", "stage": "downstream", "tasks": ["zzz"]}]},
+            "unknown task 'zzz'",
+        ),
+    ],
+)
+def test_invalid_studies_name_the_problem(change, message):
+    with pytest.raises(ConfigError, match=message):
+        _study(**change)
+
+
+def test_upstream_imp_cannot_rewind_to_init():
+    with pytest.raises(ValueError, match="upstream IMP rewinds to θ_p"):
+        ImpRun(
+            pretrained=expand(_study())[0].run,
+            stage="upstream",
+            recipe={"data": {"name": "world_upstream"}},
+            rounds=2,
+            rewind="init",
+        )
+
+
+def test_packaged_studies_validate_and_plan_without_data(monkeypatch, tmp_path):
+    monkeypatch.setenv("CVLTH_DATA", str(tmp_path / "nowhere"))
+    for name in ("demo", "smoke", "paper-resnet50"):
+        study = load_study(name)
+        summary = summarize_plan(expand(study), Store(tmp_path / "store"))
+        assert summary.runs_left == sum(summary.total.values()) > 0
+    paper = load_study("paper-resnet50")
+    assert paper.rounds == 18 and paper.seeds == [0, 1, 2]
+    transfers = [p for p in expand(paper) if isinstance(p.run, TransferRun)]
+    # 3 pre-trainings x 4 tasks x 3 seeds x (dense + 3 global sources x 18 levels + task IMP x 18 levels)
+    assert len(transfers) == 3 * 4 * 3 * (1 + 3 * 18 + 18)
+    assert str(tmp_path / "nowhere") in paper.tasks["cifar10"].data.root
+
+
+def test_mask_variants_keep_counts():
+    generator = torch.Generator().manual_seed(0)
+    mask = Mask(
+        {"l1": torch.rand(40, 10, generator=generator) < 0.2, "l2": torch.rand(30, generator=generator) < 0.7}
+    )
+    complement = restricted_complement(mask, seed=1)
+    for name in mask:
+        kept = int(mask[name].sum())
+        pruned = mask[name].numel() - kept
+        assert not (complement[name] & mask[name]).any()  # only weights the ticket prunes
+        assert int(complement[name].sum()) == min(kept, pruned)
+    assert vary_mask(mask, "random", seed=2).layer_counts() == mask.layer_counts()
+    assert vary_mask(mask, "perturbed", seed=2, fraction=0.1).layer_counts() == mask.layer_counts()
+    assert vary_mask(mask, "ticket", seed=2) is mask
