@@ -122,15 +122,25 @@ def _curve_arrays(curve: Curve) -> tuple[np.ndarray, np.ndarray, np.ndarray | No
 
 
 def _plot_curves(
-    ax: plt.Axes, curves: Mapping[str, Curve], colors: Mapping[str, str], markers: bool = True
+    ax: plt.Axes,
+    curves: Mapping[str, Curve],
+    colors: Mapping[str, str],
+    markers: bool = True,
+    styles: Mapping[str, tuple[str, str]] | None = None,
 ) -> list[float]:
-    """One line (+ std band) per curve; returns all x values plotted."""
+    """One line (+ std band) per curve; returns all x values plotted.
+
+    ``styles``: curve name -> (line style, marker), e.g. one per ticket finder.
+    """
     xs: list[float] = []
     for name, curve in curves.items():
         x, mean, std = _curve_arrays(curve)
         if not x.size:
             continue
-        ax.plot(x, mean, marker="o" if markers else None, ms=4, lw=1.8, color=colors[name], label=name)
+        ls, marker = (styles or {}).get(name, ("-", "o"))
+        ax.plot(
+            x, mean, ls=ls, marker=marker if markers else None, ms=4, lw=1.8, color=colors[name], label=name
+        )
         if std is not None:
             ax.fill_between(x, mean - std, mean + std, color=colors[name], alpha=0.18, lw=0)
         xs.extend(x.tolist())
@@ -180,6 +190,39 @@ def plot_accuracy_vs_remaining(
     ax.set_title(title)
     ax.grid(True, which="major", alpha=0.3)
     _legend(ax)
+    return _save(fig, path)
+
+
+def plot_accuracy_by_source(
+    curves: Mapping[str, Curve],
+    dense: Mapping[str, tuple[float, float | None]],
+    path: PathLike,
+    title: str = "",
+    metric: str = "accuracy (%)",
+    colors: Mapping[str, str] | None = None,
+    styles: Mapping[str, tuple[str, str]] | None = None,
+) -> Path:
+    """Accuracy vs remaining weights of tickets from several pre-trainings, each with its own dense.
+
+    ``curves``: ticket source -> [(sparsity, mean, std or None), ...], drawn with ``colors[source]``
+    (default: the palette) and ``styles[source]`` = (line style, marker). ``dense``: pre-training
+    -> (mean, std or None), drawn as a dashed line in ``colors[pretraining]`` with its matching band
+    [mean - std, mean] shaded: a ticket matches where its mean is inside or above the band.
+    """
+    palette = {**_colors(list(curves)), **_colors(list(dense)), **(colors or {})}
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    xs = _plot_curves(ax, curves, palette, styles=styles)
+    for name, (mean, std) in dense.items():
+        color = palette[name]
+        ax.axhline(mean, color=color, ls="--", lw=1.1, alpha=0.9, label=f"{name} dense")
+        if std:
+            ax.axhspan(mean - std, mean, color=color, alpha=0.12, lw=0)
+    _remaining_axis(ax, xs)
+    ax.set_ylabel(metric)
+    ax.set_title(title)
+    ax.grid(True, which="major", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, path)
 
 
