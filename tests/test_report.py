@@ -34,6 +34,43 @@ STUDY = {
     "seeds": [0, 1],
     "perturbation": {"finders": ["imp-task"]},
 }
+TINY = {  # as tests/test_study.py: width 4, 16×16 images, a few hundred images
+    "name": "tiny",
+    "backbone": {"arch": "resnet18", "width": 4, "stem": "cifar", "in_channels": 1},
+    "pretrainings": {
+        "supervised": {
+            "recipe": {
+                "data": {
+                    "name": "world_upstream",
+                    "options": {"image_size": 16, "max_train": 256, "max_val": 64, "max_test": 64},
+                },
+                "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
+                "train": {"epochs": 1, "batch_size": 64},
+            }
+        }
+    },
+    "tasks": {
+        "digits": {
+            "data": {
+                "name": "world_digits",
+                "options": {"image_size": 16, "max_train": 128, "max_val": 64, "max_test": 64},
+            },
+            "objective": {"name": "supervised", "options": {"flip": False}},
+            "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+            "train": {"epochs": 1, "batch_size": 64},
+        }
+    },
+    "finders": [
+        {"name": "imp-up", "method": "imp", "stage": "upstream"},
+        {"name": "imp-task", "method": "imp", "stage": "downstream"},
+        {"name": "random", "method": "random"},
+    ],
+    "rounds": 3,
+    "transfer_levels": [3],
+    "seeds": [0, 1],
+    "adapt": {"small_images": False},
+    "perturbation": {"finders": ["imp-task"], "variants": ["ticket", "complement"]},
+}
 SHAPES = {
     "conv1.weight": (8, 1, 3, 3),
     "layer1.0.conv1.weight": (8, 8, 3, 3),
@@ -228,10 +265,7 @@ def test_cli_missing_mask_and_not_a_study(tmp_path, capsys):
     reason="needs Debian's dataset-fashion-mnist (make test installs it)",
 )
 def test_report_of_a_real_tiny_study(tmp_path, capsys):
-    from test_study import TINY
-
-    config = dict(TINY, finders=[f for f in TINY["finders"] if f["name"] in ("imp-up", "imp-task", "random")])
-    config["perturbation"] = {"finders": ["imp-task"], "variants": ["ticket", "complement"]}
+    config = TINY
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(config))
     store = tmp_path / "store"

@@ -43,6 +43,8 @@ FINDER_STYLES: tuple[tuple[str, str], ...] = (
     (":", "X"),
     ("-.", "*"),
 )
+SHADES = (0.0, -0.4, 0.45, -0.65, 0.7)  # per finder within one pre-training: base, darker, lighter, ...
+VARIANT_ORDER = ("ticket", "complement", "random", "perturbed")
 METHOD_PRIORITY = {"imp-upstream": 0, "omp": 1, "imp-downstream": 2, "random": 3}
 VARIANT_LABELS = {"ticket": "imp ticket"}
 
@@ -307,13 +309,60 @@ def _finder_of(source: str) -> str:
     return source.split("/", 1)[-1]
 
 
+def _shade(color: str, amount: float) -> str:
+    """``amount`` < 0 darkens towards black, > 0 lightens towards white."""
+    from matplotlib.colors import to_hex, to_rgb
+
+    rgb = to_rgb(color)
+    if amount < 0:
+        return to_hex(tuple(c * (1 + amount) for c in rgb))
+    return to_hex(tuple(c + (1 - c) * amount for c in rgb))
+
+
+def _mix(color: str, other: str, share: float) -> str:
+    from matplotlib.colors import to_hex, to_rgb
+
+    return to_hex(
+        tuple(a * (1 - share) + b * share for a, b in zip(to_rgb(color), to_rgb(other), strict=True))
+    )
+
+
 def _styles(files: StudyFiles) -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
-    """Colour per pre-training (the analysis palette) and (line style, marker) per finder."""
+    """Colours and (line style, marker) per finder.
+
+    Colours: each pre-training has its palette colour (SimCLR orange everywhere); the sources of one
+    pre-training are shades of it, in finder order (random masks greyed). Keys: pre-training names
+    and sources ``<pre-training>/<finder>``.
+    """
     from cvlth.analysis.plots import _colors
 
     colors = _colors(list(files.study.pretrainings))
     finder_styles = {f.name: FINDER_STYLES[i % len(FINDER_STYLES)] for i, f in enumerate(files.study.finders)}
+    sources = [r.source for r in files.matching] + [t.source for t in files.tickets]
+    finders = {f.name: f.method for f in files.study.finders}
+    for pretraining, base in list(colors.items()):
+        k = 0
+        for finder in dict.fromkeys(_finder_of(s) for s in sources if _pretraining_of(s) == pretraining):
+            source = f"{pretraining}/{finder}"
+            if finders.get(finder) == "random":
+                colors[source] = _mix(base, "#8c8c8c", 0.65)
+            else:
+                colors[source] = _shade(base, SHADES[k % len(SHADES)])
+                k += 1
     return colors, finder_styles
+
+
+def _ticket_colors(files: StudyFiles, tickets: Sequence[Ticket]) -> dict[str, str]:
+    """Colour per ticket label: its source's colour, lighter for each further task of that source."""
+    colors, _ = _styles(files)
+    seen: dict[str, int] = {}
+    result = {}
+    for ticket in tickets:
+        k = seen.get(ticket.source, 0)
+        seen[ticket.source] = k + 1
+        base = colors.get(ticket.source) or colors.get(ticket.pretraining, "#333333")
+        result[ticket.label] = _shade(base, min(0.3 * k, 0.75))
+    return result
 
 
 def _tasks(files: StudyFiles) -> list[str]:
@@ -328,9 +377,9 @@ def _accuracy_section(files: StudyFiles, figures: Path, emit: Callable[[Path], N
     colors, finder_styles = _styles(files)
     section.blocks.append(
         "One line per ticket source (mean ± std over seeds as a band); colour = pre-training, line style "
-        "and marker = ticket finder. Dashed horizontal lines: each pre-training's dense model; the shaded "
+        "and marker = ticket finder. Dashed horizontal lines: each pre-training's dense model; the hatched "
         "band below each is its matching band [mean − std, mean]: a ticket whose mean is at or above the "
-        "lower edge matches."
+        "band's lower edge matches."
     )
     for task in _tasks(files):
         results = [r for r in files.matching if r.task == task]
@@ -341,8 +390,8 @@ def _accuracy_section(files: StudyFiles, figures: Path, emit: Callable[[Path], N
         for r in results:
             dense.setdefault(_pretraining_of(r.source), (r.dense.mean, r.dense.std))
         line_colors = {
-            **colors,
             **{r.source: colors.get(_pretraining_of(r.source), "#333333") for r in results},
+            **colors,
         }
         styles = {r.source: finder_styles.get(_finder_of(r.source), ("-", "o")) for r in results}
         path = plot_accuracy_by_source(
@@ -549,10 +598,12 @@ def _structure_section(
         text += f" Left out: {', '.join(t.label for t in left_out)}."
     section.blocks.append(text)
     reports = {name: kernel_report(mask) for name, mask in masks.items()}
+    bar_colors = _ticket_colors(files, chosen)
     path = plot_layer_sparsity(
         {name: mask.layer_sparsity() for name, mask in masks.items()},
         figures / "layer-sparsity.png",
         title=f"Per-layer sparsity at {_pct(sparsity)} (level {level})",
+        colors=bar_colors,
     )
     emit(path)
     section.blocks.append(Figure(path, "Sparsity of every pruned layer, one bar per ticket."))
@@ -564,6 +615,7 @@ def _structure_section(
         reports[ref_name].expected_random_counts(),
         figures / "zero-kernels.png",
         title=f"Fully pruned kernels per layer at {_pct(sparsity)} (level {level})",
+        colors=bar_colors,
     )
     emit(path)
     section.blocks.append(
@@ -629,7 +681,9 @@ def _perturbation_section(
     groups: dict[tuple[str, str], dict[str, list[tuple[float, float, float, int]]]] = {}
     for curve in files.perturbation or []:
         groups.setdefault((curve["source"], curve["task"]), {})[curve["variant"]] = curve["points"]
-    for (source, task), variants in groups.items():
+    for (source, task), unordered in groups.items():
+        rank = {v: i for i, v in enumerate(VARIANT_ORDER)}
+        variants = dict(sorted(unordered.items(), key=lambda item: rank.get(item[0], len(rank))))
         curves = {
             VARIANT_LABELS.get(v, v): [(s, m, sd) for s, m, sd, _ in points] for v, points in variants.items()
         }
@@ -686,7 +740,7 @@ def _matching_facts(files: StudyFiles) -> list[str]:
             parts.append("highest matching sparsity: " + "; ".join(matched))
         if never:
             parts.append("no match at any sparsity tested: " + ", ".join(never))
-        facts.append(f"{task} (sparsities tested up to {_pct(tested)}): " + ". ".join(parts) + ".")
+        facts.append(f"{task} (sparsities tested up to {_pct(tested)}): " + "; ".join(parts) + ".")
     return facts
 
 

@@ -127,6 +127,7 @@ def _plot_curves(
     colors: Mapping[str, str],
     markers: bool = True,
     styles: Mapping[str, tuple[str, str]] | None = None,
+    band_alpha: float = 0.18,
 ) -> list[float]:
     """One line (+ std band) per curve; returns all x values plotted.
 
@@ -142,7 +143,7 @@ def _plot_curves(
             x, mean, ls=ls, marker=marker if markers else None, ms=4, lw=1.8, color=colors[name], label=name
         )
         if std is not None:
-            ax.fill_between(x, mean - std, mean + std, color=colors[name], alpha=0.18, lw=0)
+            ax.fill_between(x, mean - std, mean + std, color=colors[name], alpha=band_alpha, lw=0)
         xs.extend(x.tolist())
     return xs
 
@@ -205,18 +206,20 @@ def plot_accuracy_by_source(
     """Accuracy vs remaining weights of tickets from several pre-trainings, each with its own dense.
 
     ``curves``: ticket source -> [(sparsity, mean, std or None), ...], drawn with ``colors[source]``
-    (default: the palette) and ``styles[source]`` = (line style, marker). ``dense``: pre-training
-    -> (mean, std or None), drawn as a dashed line in ``colors[pretraining]`` with its matching band
-    [mean - std, mean] shaded: a ticket matches where its mean is inside or above the band.
+    (default: the palette) and ``styles[source]`` = (line style, marker), std as a light band.
+    ``dense``: pre-training -> (mean, std or None), drawn as a dashed line in ``colors[pretraining]``
+    with its matching band [mean - std, mean] hatched: a ticket matches where its mean is at or above
+    the band's lower edge.
     """
     palette = {**_colors(list(curves)), **_colors(list(dense)), **(colors or {})}
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    xs = _plot_curves(ax, curves, palette, styles=styles)
+    xs = _plot_curves(ax, curves, palette, styles=styles, band_alpha=0.1)
     for name, (mean, std) in dense.items():
         color = palette[name]
-        ax.axhline(mean, color=color, ls="--", lw=1.1, alpha=0.9, label=f"{name} dense")
+        label = f"{name} dense" + (" (hatched: matching band)" if std else "")
+        ax.axhline(mean, color=color, ls="--", lw=1.1, alpha=0.9, label=label)
         if std:
-            ax.axhspan(mean - std, mean, color=color, alpha=0.12, lw=0)
+            ax.axhspan(mean - std, mean, facecolor="none", edgecolor=color, hatch="///", alpha=0.45, lw=0)
     _remaining_axis(ax, xs)
     ax.set_ylabel(metric)
     ax.set_title(title)
@@ -280,10 +283,13 @@ def plot_iou_heatmap(
 
 
 def _grouped_bars(
-    ax: plt.Axes, data: Mapping[str, Mapping[str, float]], layers: list[str]
+    ax: plt.Axes,
+    data: Mapping[str, Mapping[str, float]],
+    layers: list[str],
+    colors: Mapping[str, str] | None = None,
 ) -> tuple[np.ndarray, float]:
     """Bars per layer, one per source side by side; returns the x centres and the group width."""
-    colors = _colors(list(data))
+    colors = {**_colors(list(data)), **(colors or {})}
     group = 0.8
     width = group / max(len(data), 1)
     centres = np.arange(len(layers))
@@ -326,13 +332,16 @@ def _layer_figure_width(n_layers: int) -> float:
 
 
 def plot_layer_sparsity(
-    layer_sparsity: Mapping[str, Mapping[str, float]], path: PathLike, title: str = "Per-layer sparsity"
+    layer_sparsity: Mapping[str, Mapping[str, float]],
+    path: PathLike,
+    title: str = "Per-layer sparsity",
+    colors: Mapping[str, str] | None = None,
 ) -> Path:
-    """Grouped bars: sparsity (%) of every layer, one bar per source."""
+    """Grouped bars: sparsity (%) of every layer, one bar per source (``colors``: source -> colour)."""
     layers = _layer_order(layer_sparsity)
     percent = {s: {layer: 100.0 * v for layer, v in values.items()} for s, values in layer_sparsity.items()}
     fig, ax = plt.subplots(figsize=(_layer_figure_width(len(layers)), 4.2))
-    centres, _ = _grouped_bars(ax, percent, layers)
+    centres, _ = _grouped_bars(ax, percent, layers, colors)
     _layer_axis(ax, centres, layers)
     ax.set_ylim(0, 100)
     ax.set_ylabel("sparsity (%)")
@@ -347,6 +356,7 @@ def plot_zero_kernels(
     expected_random: Mapping[str, float] | None,
     path: PathLike,
     title: str = "Fully pruned kernels per layer",
+    colors: Mapping[str, str] | None = None,
 ) -> Path:
     """Grouped bars of fully pruned kernels per layer and source; black ticks = random expectation.
 
@@ -354,7 +364,7 @@ def plot_zero_kernels(
     """
     layers = _layer_order(counts)
     fig, ax = plt.subplots(figsize=(_layer_figure_width(len(layers)), 4.2))
-    centres, group = _grouped_bars(ax, counts, layers)
+    centres, group = _grouped_bars(ax, counts, layers, colors)
     if expected_random:
         expected = [expected_random.get(layer, np.nan) for layer in layers]
         ax.hlines(expected, centres - group / 2, centres + group / 2, colors="black", lw=1.8, zorder=3)
