@@ -318,9 +318,14 @@ def _legend(ax: plt.Axes, title: str | None = None) -> None:
         ax.legend(frameon=False, fontsize=9, loc="best", title=title)
 
 
-def _legend_above(ax: plt.Axes, entries: int) -> None:
-    """Legend in a row between title and axes, so it never hides a tall bar."""
-    ax.legend(frameon=False, fontsize=9, ncol=min(entries, 6), loc="lower left", bbox_to_anchor=(0, 1.0))
+def _legend_above(ax: plt.Axes, entries: int, title: str) -> None:
+    """Legend in rows between title and axes, so it never hides a tall bar; the title goes above it.
+
+    As many columns as the figure's width holds (at most 6); the title is lifted by one line per row.
+    """
+    ncol = max(1, min(entries, 6, int(ax.figure.get_figwidth() / 2.3)))
+    ax.legend(frameon=False, fontsize=9, ncol=ncol, loc="lower left", bbox_to_anchor=(0, 1.0))
+    ax.set_title(title, pad=8 + 15 * math.ceil(entries / ncol))
 
 
 def _max_value(data: Mapping[str, Mapping[str, float]]) -> float:
@@ -345,9 +350,8 @@ def plot_layer_sparsity(
     _layer_axis(ax, centres, layers)
     ax.set_ylim(0, 100)
     ax.set_ylabel("sparsity (%)")
-    ax.set_title(title, pad=24)
     ax.grid(True, axis="y", alpha=0.3)
-    _legend_above(ax, len(layer_sparsity))
+    _legend_above(ax, len(layer_sparsity), title)
     return _save(fig, path)
 
 
@@ -376,9 +380,8 @@ def plot_zero_kernels(
         3.0 * max(_max_value(counts), max(expected_random.values(), default=0) if expected_random else 0, 1),
     )
     ax.set_ylabel("fully pruned kernels")
-    ax.set_title(title, pad=24)
     ax.grid(True, axis="y", alpha=0.3)
-    _legend_above(ax, len(counts) + 1)
+    _legend_above(ax, len(counts) + 1, title)
     return _save(fig, path)
 
 
