@@ -122,17 +122,28 @@ def _curve_arrays(curve: Curve) -> tuple[np.ndarray, np.ndarray, np.ndarray | No
 
 
 def _plot_curves(
-    ax: plt.Axes, curves: Mapping[str, Curve], colors: Mapping[str, str], markers: bool = True
+    ax: plt.Axes,
+    curves: Mapping[str, Curve],
+    colors: Mapping[str, str],
+    markers: bool = True,
+    styles: Mapping[str, tuple[str, str]] | None = None,
+    band_alpha: float = 0.18,
 ) -> list[float]:
-    """One line (+ std band) per curve; returns all x values plotted."""
+    """One line (+ std band) per curve; returns all x values plotted.
+
+    ``styles``: curve name -> (line style, marker), e.g. one per ticket finder.
+    """
     xs: list[float] = []
     for name, curve in curves.items():
         x, mean, std = _curve_arrays(curve)
         if not x.size:
             continue
-        ax.plot(x, mean, marker="o" if markers else None, ms=4, lw=1.8, color=colors[name], label=name)
+        ls, marker = (styles or {}).get(name, ("-", "o"))
+        ax.plot(
+            x, mean, ls=ls, marker=marker if markers else None, ms=4, lw=1.8, color=colors[name], label=name
+        )
         if std is not None:
-            ax.fill_between(x, mean - std, mean + std, color=colors[name], alpha=0.18, lw=0)
+            ax.fill_between(x, mean - std, mean + std, color=colors[name], alpha=band_alpha, lw=0)
         xs.extend(x.tolist())
     return xs
 
@@ -180,6 +191,41 @@ def plot_accuracy_vs_remaining(
     ax.set_title(title)
     ax.grid(True, which="major", alpha=0.3)
     _legend(ax)
+    return _save(fig, path)
+
+
+def plot_accuracy_by_source(
+    curves: Mapping[str, Curve],
+    dense: Mapping[str, tuple[float, float | None]],
+    path: PathLike,
+    title: str = "",
+    metric: str = "accuracy (%)",
+    colors: Mapping[str, str] | None = None,
+    styles: Mapping[str, tuple[str, str]] | None = None,
+) -> Path:
+    """Accuracy vs remaining weights of tickets from several pre-trainings, each with its own dense.
+
+    ``curves``: ticket source -> [(sparsity, mean, std or None), ...], drawn with ``colors[source]``
+    (default: the palette) and ``styles[source]`` = (line style, marker), std as a light band.
+    ``dense``: pre-training -> (mean, std or None), drawn as a dashed line in ``colors[pretraining]``
+    with its matching band [mean - std, mean] hatched: a ticket matches where its mean is at or above
+    the band's lower edge.
+    """
+    palette = {**_colors(list(curves)), **_colors(list(dense)), **(colors or {})}
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    xs = _plot_curves(ax, curves, palette, styles=styles, band_alpha=0.1)
+    for name, (mean, std) in dense.items():
+        color = palette[name]
+        label = f"{name} dense" + (" (hatched: matching band)" if std else "")
+        ax.axhline(mean, color=color, ls="--", lw=1.1, alpha=0.9, label=label)
+        if std:
+            ax.axhspan(mean - std, mean, facecolor="none", edgecolor=color, hatch="///", alpha=0.45, lw=0)
+    _remaining_axis(ax, xs)
+    ax.set_ylabel(metric)
+    ax.set_title(title)
+    ax.grid(True, which="major", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, path)
 
 
@@ -237,10 +283,13 @@ def plot_iou_heatmap(
 
 
 def _grouped_bars(
-    ax: plt.Axes, data: Mapping[str, Mapping[str, float]], layers: list[str]
+    ax: plt.Axes,
+    data: Mapping[str, Mapping[str, float]],
+    layers: list[str],
+    colors: Mapping[str, str] | None = None,
 ) -> tuple[np.ndarray, float]:
     """Bars per layer, one per source side by side; returns the x centres and the group width."""
-    colors = _colors(list(data))
+    colors = {**_colors(list(data)), **(colors or {})}
     group = 0.8
     width = group / max(len(data), 1)
     centres = np.arange(len(layers))
@@ -269,9 +318,14 @@ def _legend(ax: plt.Axes, title: str | None = None) -> None:
         ax.legend(frameon=False, fontsize=9, loc="best", title=title)
 
 
-def _legend_above(ax: plt.Axes, entries: int) -> None:
-    """Legend in a row between title and axes, so it never hides a tall bar."""
-    ax.legend(frameon=False, fontsize=9, ncol=min(entries, 6), loc="lower left", bbox_to_anchor=(0, 1.0))
+def _legend_above(ax: plt.Axes, entries: int, title: str) -> None:
+    """Legend in rows between title and axes, so it never hides a tall bar; the title goes above it.
+
+    As many columns as the figure's width holds (at most 6); the title is lifted by one line per row.
+    """
+    ncol = max(1, min(entries, 6, int(ax.figure.get_figwidth() / 2.3)))
+    ax.legend(frameon=False, fontsize=9, ncol=ncol, loc="lower left", bbox_to_anchor=(0, 1.0))
+    ax.set_title(title, pad=8 + 15 * math.ceil(entries / ncol))
 
 
 def _max_value(data: Mapping[str, Mapping[str, float]]) -> float:
@@ -283,19 +337,21 @@ def _layer_figure_width(n_layers: int) -> float:
 
 
 def plot_layer_sparsity(
-    layer_sparsity: Mapping[str, Mapping[str, float]], path: PathLike, title: str = "Per-layer sparsity"
+    layer_sparsity: Mapping[str, Mapping[str, float]],
+    path: PathLike,
+    title: str = "Per-layer sparsity",
+    colors: Mapping[str, str] | None = None,
 ) -> Path:
-    """Grouped bars: sparsity (%) of every layer, one bar per source."""
+    """Grouped bars: sparsity (%) of every layer, one bar per source (``colors``: source -> colour)."""
     layers = _layer_order(layer_sparsity)
     percent = {s: {layer: 100.0 * v for layer, v in values.items()} for s, values in layer_sparsity.items()}
     fig, ax = plt.subplots(figsize=(_layer_figure_width(len(layers)), 4.2))
-    centres, _ = _grouped_bars(ax, percent, layers)
+    centres, _ = _grouped_bars(ax, percent, layers, colors)
     _layer_axis(ax, centres, layers)
     ax.set_ylim(0, 100)
     ax.set_ylabel("sparsity (%)")
-    ax.set_title(title, pad=24)
     ax.grid(True, axis="y", alpha=0.3)
-    _legend_above(ax, len(layer_sparsity))
+    _legend_above(ax, len(layer_sparsity), title)
     return _save(fig, path)
 
 
@@ -304,6 +360,7 @@ def plot_zero_kernels(
     expected_random: Mapping[str, float] | None,
     path: PathLike,
     title: str = "Fully pruned kernels per layer",
+    colors: Mapping[str, str] | None = None,
 ) -> Path:
     """Grouped bars of fully pruned kernels per layer and source; black ticks = random expectation.
 
@@ -311,7 +368,7 @@ def plot_zero_kernels(
     """
     layers = _layer_order(counts)
     fig, ax = plt.subplots(figsize=(_layer_figure_width(len(layers)), 4.2))
-    centres, group = _grouped_bars(ax, counts, layers)
+    centres, group = _grouped_bars(ax, counts, layers, colors)
     if expected_random:
         expected = [expected_random.get(layer, np.nan) for layer in layers]
         ax.hlines(expected, centres - group / 2, centres + group / 2, colors="black", lw=1.8, zorder=3)
@@ -323,9 +380,8 @@ def plot_zero_kernels(
         3.0 * max(_max_value(counts), max(expected_random.values(), default=0) if expected_random else 0, 1),
     )
     ax.set_ylabel("fully pruned kernels")
-    ax.set_title(title, pad=24)
     ax.grid(True, axis="y", alpha=0.3)
-    _legend_above(ax, len(counts) + 1)
+    _legend_above(ax, len(counts) + 1, title)
     return _save(fig, path)
 
 

@@ -23,6 +23,7 @@ app = typer.Typer(
 
 def _register_commands() -> None:
     # Imported for their side effect of adding commands to ``app``.
+    import cvlth.cli.report_cmd  # noqa: F401
     from cvlth.cli import datasets_cmd, demo_cmd, inspect_cmd, masks_cmd, store_cmd, study_cmd  # noqa: F401
 
 

@@ -41,6 +41,8 @@ def study(
 
     outcome = run_study(study_config, run_store, device=device, quiet=quiet, log=console.print)
     console.print(matching_rich_table(outcome.matching))
+    if outcome.report is not None:
+        console.print(f"report: {outcome.report}")
     console.print(
         f"{outcome.runs} runs ({outcome.computed} computed now) in {outcome.seconds:.0f} s; "
         f"results in {outcome.folder}/ (matching.md, matching.json)"

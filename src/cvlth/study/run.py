@@ -32,6 +32,7 @@ class StudyOutcome:
     runs: int
     computed: int
     seconds: float
+    report: Path | None = None  # report.html; None when the report could not be written
 
 
 def study_folder(study: StudyConfig, store: Store) -> Path:
@@ -65,7 +66,21 @@ def run_study(
     if study.perturbation is not None:
         curves = perturbation_curves(study, planned, list(results.values()))
         atomic_write_text(folder / "perturbation.json", json.dumps(curves, indent=2))
-    return StudyOutcome(folder, table, len(planned), computed, time.perf_counter() - start)
+    report = _write_report(folder, store, log)
+    return StudyOutcome(folder, table, len(planned), computed, time.perf_counter() - start, report)
+
+
+def _write_report(folder: Path, store: Store, log: Callable[[str], None]) -> Path | None:
+    """The study's report; a failure here is logged, not raised: every result is already saved."""
+    from cvlth.report import write_report
+
+    try:
+        return write_report(folder, Path(store.root))
+    except Exception as error:
+        log(
+            f"could not write the report ({type(error).__name__}: {error}); retry with `cvlth report {folder}`"
+        )
+        return None
 
 
 def describe(item: PlannedRun) -> str:

@@ -1,0 +1,278 @@
+"""The study report: figures, report.md and a self-contained report.html from a study folder."""
+
+import json
+import re
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import pytest
+import torch
+import yaml
+
+from cvlth.cli import run_cli
+from cvlth.masks import Mask
+from cvlth.report import iou_levels, write_report
+from cvlth.study.config import StudyConfig, study_to_yaml
+from cvlth.study.matching import matching
+
+RECIPE = {
+    "data": {"name": "world_upstream", "options": {"image_size": 16, "max_train": 256}},
+    "optim": {"name": "sgd", "lr": 0.1},
+    "train": {"epochs": 1, "batch_size": 64},
+}
+STUDY = {
+    "name": "fab",
+    "backbone": {"arch": "resnet18", "width": 4, "stem": "cifar", "in_channels": 1},
+    "pretrainings": {"supervised": {"recipe": RECIPE}, "moco": {"recipe": RECIPE}},
+    "tasks": {"digits": RECIPE, "shapes": RECIPE},
+    "finders": [
+        {"name": "imp-up", "method": "imp", "stage": "upstream"},
+        {"name": "imp-task", "method": "imp", "stage": "downstream"},
+        {"name": "random", "method": "random"},
+    ],
+    "rounds": 4,
+    "seeds": [0, 1],
+    "perturbation": {"finders": ["imp-task"]},
+}
+TINY = {  # as tests/test_study.py: width 4, 16×16 images, a few hundred images
+    "name": "tiny",
+    "backbone": {"arch": "resnet18", "width": 4, "stem": "cifar", "in_channels": 1},
+    "pretrainings": {
+        "supervised": {
+            "recipe": {
+                "data": {
+                    "name": "world_upstream",
+                    "options": {"image_size": 16, "max_train": 256, "max_val": 64, "max_test": 64},
+                },
+                "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
+                "train": {"epochs": 1, "batch_size": 64},
+            }
+        }
+    },
+    "tasks": {
+        "digits": {
+            "data": {
+                "name": "world_digits",
+                "options": {"image_size": 16, "max_train": 128, "max_val": 64, "max_test": 64},
+            },
+            "objective": {"name": "supervised", "options": {"flip": False}},
+            "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+            "train": {"epochs": 1, "batch_size": 64},
+        }
+    },
+    "finders": [
+        {"name": "imp-up", "method": "imp", "stage": "upstream"},
+        {"name": "imp-task", "method": "imp", "stage": "downstream"},
+        {"name": "random", "method": "random"},
+    ],
+    "rounds": 3,
+    "transfer_levels": [3],
+    "seeds": [0, 1],
+    "adapt": {"small_images": False},
+    "perturbation": {"finders": ["imp-task"], "variants": ["ticket", "complement"]},
+}
+SHAPES = {
+    "conv1.weight": (8, 1, 3, 3),
+    "layer1.0.conv1.weight": (8, 8, 3, 3),
+    "layer2.0.conv1.weight": (16, 8, 3, 3),
+    "layer2.0.downsample.0.weight": (16, 8, 1, 1),
+}
+
+
+def _sparsity(level: int) -> float:
+    return 1.0 - 0.8**level
+
+
+def _random_mask(sparsity: float, seed: int) -> Mask:
+    generator = torch.Generator().manual_seed(seed)
+    return Mask({n: torch.rand(s, generator=generator) >= sparsity for n, s in SHAPES.items()})
+
+
+def _fabricate(root: Path, perturbation: bool = True) -> Path:
+    """A study folder as `cvlth study` leaves it, with made-up numbers and random masks."""
+    study = StudyConfig.model_validate(STUDY)
+    folder = root / "studies" / "fab"
+    folder.mkdir(parents=True)
+    (folder / "study.yaml").write_text(study_to_yaml(study))
+    tickets = []
+    seed = 0
+    for pretraining in study.pretrainings:
+        for finder, method, task in [
+            ("imp-up", "imp-upstream", None),
+            ("imp-task", "imp-downstream", "digits"),
+            ("random", "random", None),
+        ]:
+            run = f"{'baseline' if method == 'random' else 'imp'}/{pretraining}-{finder}-{task}"
+            levels = {}
+            for level in range(1, study.rounds + 1):
+                seed += 1
+                path = root / run / "masks" / f"level-{level:02d}.safetensors"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                _random_mask(_sparsity(level), seed).save(path)
+                levels[str(level)] = {"sparsity": _sparsity(level), "mask": str(path.relative_to(root))}
+            source = f"{pretraining}/{finder}"
+            tickets.append(
+                {
+                    "source": source,
+                    "pretraining": pretraining,
+                    "finder": finder,
+                    "task": task,
+                    "method": method,
+                    "run": run,
+                    "levels": levels,
+                }
+            )
+    (folder / "tickets.json").write_text(json.dumps(tickets))
+    results = []
+    for p, pretraining in enumerate(study.pretrainings):
+        for t, task in enumerate(study.tasks):
+            dense = [0.90 + 0.01 * p, 0.92 + 0.01 * p]
+            for f, finder in enumerate(["imp-up", "imp-task", "random"]):
+                values = {
+                    _sparsity(level): [
+                        0.93 - 0.02 * level * (f + 1) - 0.01 * t,
+                        0.925 - 0.02 * level * (f + 1),
+                    ]
+                    for level in range(1, study.rounds + 1)
+                }
+                results.append(matching(f"{pretraining}/{finder}", task, dense, values).to_dict())
+    (folder / "matching.json").write_text(json.dumps(results))
+    if perturbation:
+        curves = []
+        for variant, drop in [("ticket", 0.0), ("complement", 0.3), ("random", 0.1), ("perturbed", 0.05)]:
+            points = [
+                {"sparsity": _sparsity(level), "mean": 0.9 - drop - 0.01 * level, "std": 0.01, "n": 2}
+                for level in range(1, study.rounds + 1)
+            ]
+            curves.append(
+                {"source": "supervised/imp-task", "task": "digits", "variant": variant, "points": points}
+            )
+        (folder / "perturbation.json").write_text(json.dumps(curves))
+    return folder
+
+
+def _check_report(folder: Path) -> tuple[str, str]:
+    html_path, md_path = folder / "report.html", folder / "report.md"
+    assert html_path.is_file() and md_path.is_file()
+    markdown = md_path.read_text(encoding="utf-8")
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
+    assert images
+    for relative in images:
+        image_path = folder / relative
+        assert image_path.suffix == ".png" and image_path.stat().st_size > 1000, relative
+        image = mpimg.imread(image_path)
+        assert image.ndim == 3 and min(image.shape[:2]) > 100
+    text = html_path.read_text(encoding="utf-8")
+    assert not re.search(r"https?://", text)
+    assert "url(" not in text and "<script" not in text and "<link" not in text
+    sources = re.findall(r"""src\s*=\s*["']?([^"'\s>]*)""", text)
+    assert len(sources) == len(images)
+    assert all(s.startswith("data:image/png;base64,") for s in sources)
+    assert all(h.startswith("#") for h in re.findall(r"""href\s*=\s*["']?([^"'\s>]*)""", text))
+    return markdown, text
+
+
+def test_report_from_fabricated_study(tmp_path):
+    folder = _fabricate(tmp_path)
+    html_path = write_report(folder)
+    assert html_path == folder / "report.html"
+    markdown, text = _check_report(folder)
+    names = {p.name for p in (folder / "figures").glob("*.png")}
+    assert {"accuracy-digits.png", "accuracy-shapes.png", "layer-sparsity.png", "zero-kernels.png"} <= names
+    assert {"kernel-heatmap.png", "perturbation-supervised_imp-task-digits.png"} <= names
+    assert sorted(n for n in names if n.startswith("iou-")) == ["iou-level-03.png", "iou-level-04.png"]
+    # The matching numbers of matching.json are in both documents.
+    for result in json.loads((folder / "matching.json").read_text()):
+        extreme = result["extreme_matching_sparsity"]
+        shown = "none" if extreme is None else f"{extreme:.2%}"
+        row = f"| {result['source']} |"
+        assert row in markdown
+        assert shown in markdown.split(row, 1)[1].splitlines()[0]
+        assert f"{result['dense']['mean']:.4f} ± {result['dense']['std']:.4f}" in markdown
+        for item in result["rows"]:
+            assert f"{item['mean']:.4f} ± {item['std']:.4f}" in text
+    assert "supervised/imp-up" in text and "What this shows" in text
+    assert "resnet18" in markdown and "imp-task (imp, downstream" in markdown
+
+
+def test_report_summary_table_values(tmp_path):
+    folder = _fabricate(tmp_path, perturbation=False)
+    write_report(folder)
+    markdown = (folder / "report.md").read_text()
+    table = json.loads((folder / "matching.json").read_text())
+    extreme = {(r["source"], r["task"]): r["extreme_matching_sparsity"] for r in table}
+    assert extreme[("supervised/imp-up", "digits")] == pytest.approx(_sparsity(1))
+    assert "| supervised/imp-up | 20.00% | 20.00% |" in markdown
+    assert "| supervised/random | none | none |" in markdown
+    assert "Perturbation" not in markdown
+    assert not list((folder / "figures").glob("perturbation-*"))
+
+
+def test_rewriting_removes_stale_figures(tmp_path):
+    folder = _fabricate(tmp_path)
+    write_report(folder)
+    (folder / "perturbation.json").unlink()
+    write_report(folder)
+    assert not list((folder / "figures").glob("perturbation-*"))
+    _check_report(folder)
+
+
+def test_iou_levels():
+    levels = {k: _sparsity(k) for k in range(1, 21)}
+    assert iou_levels(levels) == [3, 6, 8]  # 48.8%, 73.8%, 83.2%
+    assert iou_levels({1: 0.2, 2: 0.36}) == [1, 2]
+
+
+def test_cli_report(tmp_path, capsys):
+    folder = _fabricate(tmp_path, perturbation=False)
+    assert run_cli(["report", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert str(folder / "report.html") in out and str(folder / "report.md") in out
+
+
+def test_cli_missing_matching_json(tmp_path, capsys):
+    folder = _fabricate(tmp_path)
+    (folder / "matching.json").unlink()
+    assert run_cli(["report", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "matching.json" in err and "cvlth study" in err
+
+
+def test_cli_malformed_matching_json(tmp_path, capsys):
+    folder = _fabricate(tmp_path)
+    (folder / "matching.json").write_text(json.dumps([{"source": "x"}]))
+    assert run_cli(["report", str(folder)]) == 2
+    assert "matching.json is malformed" in capsys.readouterr().err
+
+
+def test_cli_missing_mask_and_not_a_study(tmp_path, capsys):
+    folder = _fabricate(tmp_path)
+    ticket = json.loads((folder / "tickets.json").read_text())[0]
+    (tmp_path / ticket["levels"]["4"]["mask"]).unlink()  # the level nearest 79%: always needed
+    assert run_cli(["report", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "level-04.safetensors" in err and "--store" in err
+    assert run_cli(["report", str(tmp_path / "nowhere")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    # --store points the mask paths elsewhere: here to a store without the masks.
+    assert run_cli(["report", str(folder), "--store", str(tmp_path / "other")]) == 2
+    assert str(tmp_path / "other") in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").is_file(),
+    reason="needs Debian's dataset-fashion-mnist (make test installs it)",
+)
+def test_report_of_a_real_tiny_study(tmp_path, capsys):
+    config = TINY
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    store = tmp_path / "store"
+    assert run_cli(["study", str(path), "--store", str(store), "--quiet"]) == 0
+    folder = store / "studies" / "tiny"
+    assert f"report: {folder / 'report.html'}" in capsys.readouterr().out.replace("\n", "")
+    markdown, _ = _check_report(folder)
+    for result in json.loads((folder / "matching.json").read_text()):
+        assert f"{result['dense']['mean']:.4f} ± {result['dense']['std']:.4f}" in markdown
+    assert (folder / "figures" / "perturbation-supervised_imp-task-digits.png").is_file()
