@@ -16,7 +16,8 @@ and adapting BN to the new domain helps; pass ``frozen_bn=True`` for VOC-sized i
 channels and 1024-wide box MLP, with floors of 16 and 64). ``min_size`` / ``max_size`` are
 GeneralizedRCNNTransform's resize targets (default 64: a 64x64 scene is not resized); the five FPN
 levels get one anchor size each, ``(8, 16, 32, 64, 128)`` when ``max_size <= 128`` and torchvision's
-``(32, 64, 128, 256, 512)`` otherwise, with aspect ratios 0.5, 1, 2.
+``(32, 64, 128, 256, 512)`` otherwise, with aspect ratios 0.5, 1, 2. Small images (``max_size <= 128``)
+also get smaller proposal and RoI budgets (:data:`SMALL_IMAGE_OPTIONS`; any can be overridden).
 
 Input: a list of float [C, H, W] images in [0, 1]; the transform normalises with ``image_mean`` /
 ``image_std`` (one entry per channel: give the statistics the dataset or θ_p expects; default
@@ -44,6 +45,15 @@ from cvlth.objectives.supervised import IMAGENET_MEAN, IMAGENET_STD
 SMALL_ANCHORS: tuple[int, ...] = (8, 16, 32, 64, 128)
 TORCHVISION_ANCHORS: tuple[int, ...] = (32, 64, 128, 256, 512)
 ASPECT_RATIOS: tuple[float, ...] = (0.5, 1.0, 2.0)
+# Scenes hold at most a handful of objects: torchvision's proposal budgets (2000 pre-NMS per level,
+# 512 RoIs per image), sized for 800px COCO images, would cost most of a CPU step here.
+SMALL_IMAGE_OPTIONS: dict[str, int] = {
+    "rpn_pre_nms_top_n_train": 300,
+    "rpn_post_nms_top_n_train": 150,
+    "rpn_pre_nms_top_n_test": 300,
+    "rpn_post_nms_top_n_test": 100,
+    "box_batch_size_per_image": 128,
+}
 _RETURN_LAYERS = {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"}
 
 
@@ -102,7 +112,7 @@ def build_detector(
             **_box_heads(
                 fpn.out_channels, representation_size or scaled_channels(1024, spec.width, 64), num_classes
             ),
-            **options,
+            **{**(SMALL_IMAGE_OPTIONS if max_size <= 128 else {}), **options},
         )
     if source is not None:
         load_into(detector, source, strict=True, skip=("fc.",))

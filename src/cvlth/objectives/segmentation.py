@@ -75,7 +75,9 @@ def collate(
     return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
 
-def _pad(image: torch.Tensor, label: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _pad(
+    image: torch.Tensor, label: torch.Tensor, height: int, width: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     pad = (0, width - image.shape[-1], 0, height - image.shape[-2])
     if pad == (0, 0, 0, 0):
         return image, label
