@@ -66,7 +66,9 @@ def main() -> None:
     spec = BackboneSpec("resnet18", width=args.width, stem="cifar", in_channels=1)
     print(f"{spec.label}, batch {args.batch_size}, {args.threads} threads, load {os.getloadavg()[0]:.1f}")
     if args.only in (None, "detection"):
-        detector = build_detector(None, spec, splits.num_classes, image_mean=splits.mean, image_std=splits.std)
+        detector = build_detector(
+            None, spec, splits.num_classes, image_mean=splits.mean, image_std=splits.std
+        )
         measure("detection", detector, DetectionObjective(), splits, args.scenes, args.batch_size)
     if args.only in (None, "segmentation"):
         segmenter = build_segmenter(None, spec, splits.num_classes)
