@@ -47,3 +47,11 @@ def test_two_process_gloo_training(tmp_path) -> None:
     assert len(lines) == 2 * 4 + 2
     saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert all(torch.equal(saved["model"][n], t) for n, t in ranks[0]["model"].items())
+
+
+def test_shard_batch_slices_per_sample_lists() -> None:
+    images = [torch.full((1, 2, 2), i) for i in range(5)]
+    targets = [{"labels": torch.tensor([i, i])} for i in range(5)]
+    shards = [shard_batch((images, targets), DistEnv(rank=r, world_size=2)) for r in range(2)]
+    assert [int(i[0, 0, 0]) for i in shards[0][0]] == [0, 1, 2]
+    assert [int(t["labels"][0]) for t in shards[1][1]] == [3, 4]  # samples stay whole

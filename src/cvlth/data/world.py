@@ -31,6 +31,7 @@ from cvlth.data.classification import (
     read_fashion_mnist,
     split_train_val,
 )
+from cvlth.data.samples import SampleSplits
 from cvlth.errors import DatasetError
 
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -147,3 +148,57 @@ def load_world_digits(image_size: int = WORLD_IMAGE_SIZE, seed: int = 0) -> Data
     images, labels = _sklearn_digits()
     full = ImageSet(fit_images(images, image_size), labels, DIGIT_CLASSES)
     return _splits_with_stats("world_digits", full, stratified_split(labels, 0.1, 0.2, seed))
+
+
+# --- detection / segmentation scenes ----------------------------------------------------------------
+
+SCENE_SIZES = (2000, 200, 400)  # train / val / test scenes
+_STATS_SCENES = 256  # training scenes measured for the normalisation statistics
+
+
+def load_world_scenes(
+    train_size: int = SCENE_SIZES[0],
+    val_size: int = SCENE_SIZES[1],
+    test_size: int = SCENE_SIZES[2],
+    canvas_size: int = 64,
+    max_objects: int = 4,
+    object_sizes: tuple[int, int] = (14, 30),
+    source: str = "world_mnist",
+    seed: int = 0,
+) -> SampleSplits:
+    """Scenes of ``source`` objects for detection and segmentation (both targets on every sample).
+
+    Each split pastes objects from the same split of ``source`` (``world_mnist``: train scenes use the
+    3,500 training digits, val the 500 val digits, test the 1,000 test digits), so no test object
+    is ever seen in training. Scene ``i`` of a split depends only on (seed, split, i).
+    """
+    from cvlth.data.registry import load_dataset
+    from cvlth.data.scenes import SceneSet
+
+    digits = load_dataset(source)
+    sets = {
+        split: SceneSet(
+            size,
+            seed=3 * seed + index,
+            source=digits.split(split),
+            canvas_size=canvas_size,
+            max_objects=max_objects,
+            object_sizes=tuple(object_sizes),  # type: ignore[arg-type]
+        )
+        for index, (split, size) in enumerate(
+            zip(("train", "val", "test"), (train_size, val_size, test_size), strict=True)
+        )
+    }
+    sample = torch.stack([sets["train"][i][0] for i in range(min(_STATS_SCENES, train_size))])
+    mean, std = channel_stats(sample)
+    return SampleSplits(
+        f"world_scenes({source})",
+        sets["train"],
+        sets["val"] if val_size > 0 else None,
+        sets["test"],
+        sets["train"].classes,
+        mean,
+        std,
+        ("detection", "segmentation"),
+        (1, canvas_size, canvas_size),
+    )

@@ -137,13 +137,39 @@ class ScaledResNet(ResNet):
         self.bn1 = self._norm_layer(spec.width)
         self.relu = nn.ReLU(inplace=True)
         w = spec.width
+        # torchvision's BasicBlock refuses dilation: build it strided, then trade strides afterwards.
+        native = [flag and arch.block is Bottleneck for flag in dilate]
         self.layer1 = self._make_layer(arch.block, w, arch.layers[0])
-        self.layer2 = self._make_layer(arch.block, 2 * w, arch.layers[1], stride=2, dilate=dilate[0])
-        self.layer3 = self._make_layer(arch.block, 4 * w, arch.layers[2], stride=2, dilate=dilate[1])
-        self.layer4 = self._make_layer(arch.block, 8 * w, arch.layers[3], stride=2, dilate=dilate[2])
+        self.layer2 = self._make_layer(arch.block, 2 * w, arch.layers[1], stride=2, dilate=native[0])
+        self.layer3 = self._make_layer(arch.block, 4 * w, arch.layers[2], stride=2, dilate=native[1])
+        self.layer4 = self._make_layer(arch.block, 8 * w, arch.layers[3], stride=2, dilate=native[2])
+        if arch.block is BasicBlock and any(dilate):
+            _dilate_basic_stages((self.layer2, self.layer3, self.layer4), dilate)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(feature_dim(spec), num_classes)
         init_like_torchvision(self)
+
+
+def _dilate_basic_stages(stages: Sequence[nn.Sequential], dilate: Sequence[bool]) -> None:
+    """Replace each flagged stage's stride 2 by dilation, as torchvision does for Bottleneck stages.
+
+    The first block of a stage keeps the previous dilation, later blocks use the new one; only
+    stride, dilation and padding change, so parameter shapes and names are those of the plain model.
+    """
+    current = 1
+    for stage, flag in zip(stages, dilate, strict=True):
+        previous = current
+        if flag:
+            current *= 2
+        for index, block in enumerate(stage):
+            rate = previous if index == 0 else current
+            if flag:
+                block.conv1.stride = (1, 1)
+                if block.downsample is not None:
+                    block.downsample[0].stride = (1, 1)
+            for conv in (block.conv1, block.conv2):
+                conv.dilation = (rate, rate)
+                conv.padding = (rate, rate)
 
 
 def _stem(spec: BackboneSpec) -> tuple[nn.Conv2d, nn.Module]:

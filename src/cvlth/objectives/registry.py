@@ -12,6 +12,7 @@ from typing import Any
 
 from cvlth.config import ObjectiveRef
 from cvlth.data.classification import DatasetSplits
+from cvlth.data.samples import SampleSplits
 from cvlth.errors import ConfigError
 from cvlth.training.objective import Objective
 
@@ -27,7 +28,7 @@ def register_objective(name: str) -> Callable[[Builder], Builder]:
     return decorate
 
 
-def build_objective(ref: ObjectiveRef, *, feature_dim: int, data: DatasetSplits) -> Objective:
+def build_objective(ref: ObjectiveRef, *, feature_dim: int, data: DatasetSplits | SampleSplits) -> Objective:
     if ref.name not in OBJECTIVES:
         raise ConfigError(f"objective.name: must be one of {sorted(OBJECTIVES)} (got {ref.name!r})")
     builder = OBJECTIVES[ref.name]
@@ -123,3 +124,23 @@ def _moco(
         augment=augment,
         key_bn_groups=key_bn_groups,
     )
+
+
+@register_objective("detection")
+def _detection(
+    *, feature_dim: int, data: SampleSplits, flip: float = 0.5, train_difficult: bool = False
+) -> Objective:
+    """Summed Faster R-CNN losses; flips with probability ``flip``; AP@[.5:.95] selects."""
+    from cvlth.objectives.detection import DetectionObjective
+
+    return DetectionObjective(flip=flip, train_difficult=train_difficult)
+
+
+@register_objective("segmentation")
+def _segmentation(
+    *, feature_dim: int, data: SampleSplits, flip: float = 0.5, crop_size: int | None = None
+) -> Objective:
+    """Cross-entropy (255 ignored) with the dataset's normalisation; mIoU selects."""
+    from cvlth.objectives.segmentation import SegmentationObjective
+
+    return SegmentationObjective(data.num_classes, data.mean, data.std, flip=flip, crop_size=crop_size)

@@ -73,14 +73,21 @@ def device_for(env: DistEnv) -> torch.device:
 
 
 def shard_batch(batch: Any, env: DistEnv) -> Any:
-    """This rank's contiguous slice of every tensor in a (nested) batch, along dimension 0."""
+    """This rank's contiguous slice of every tensor in a (nested) batch, along dimension 0.
+
+    A ``list`` is a batch of per-sample items (detection / segmentation images and target dicts of
+    different sizes): the rank gets its contiguous slice of the list, the items stay whole.
+    """
     if not env.enabled:
         return batch
     if isinstance(batch, torch.Tensor):
         return torch.tensor_split(batch, env.world_size)[env.rank]
     if isinstance(batch, dict):
         return {key: shard_batch(value, env) for key, value in batch.items()}
-    if isinstance(batch, (list, tuple)):
+    if isinstance(batch, list):
+        bounds = torch.tensor_split(torch.arange(len(batch)), env.world_size)[env.rank]
+        return batch[int(bounds[0]) : int(bounds[-1]) + 1] if bounds.numel() else []
+    if isinstance(batch, tuple):
         return type(batch)(shard_batch(value, env) for value in batch)
     return batch
 
