@@ -30,6 +30,6 @@ def test_matching_rule_and_extreme_sparsity_by_hand():
     none = matching("x", "y", [0.5, 0.5], {0.2: [0.1, 0.2]})
     assert none.extreme_matching_sparsity is None
     text = matching_markdown([result, none])
-    assert "| imagenet | cifar10 | 0.8000 ± 0.0200 | 59.04% |" in text
-    assert "| x | y | 0.5000 ± 0.0000 | none |" in text
+    assert "| imagenet | cifar10 | accuracy | 0.8000 ± 0.0200 | 59.04% |" in text
+    assert "| x | y | accuracy | 0.5000 ± 0.0000 | none |" in text
     assert result.to_dict()["rows"][2]["matching"] is False

@@ -292,7 +292,12 @@ def _header(files: StudyFiles, now: datetime) -> Section:
             ["rounds", f"{study.rounds} (pruning {study.fraction:.0%} per round: {grid})"],
             ["transfer levels", ", ".join(str(level) for level in study.levels)],
             ["seeds", ", ".join(str(s) for s in study.seeds)],
-            ["metric", f"test {study.metric} at the best validation epoch"],
+            [
+                "metric",
+                "test "
+                + ", ".join(f"{study.task_metric(t)} ({t})" for t in study.tasks)
+                + " at the best validation epoch",
+            ],
             ["perturbation", "yes" if study.perturbation is not None else "no"],
             ["results written", files.results_time.strftime("%Y-%m-%d %H:%M")],
             ["report generated", now.strftime("%Y-%m-%d %H:%M")],
@@ -398,13 +403,15 @@ def _accuracy_section(files: StudyFiles, figures: Path, emit: Callable[[Path], N
             curves,
             dense,
             figures / f"accuracy-{_slug(task)}.png",
-            title=f"{task}: test {files.study.metric} vs remaining weights",
-            metric=f"test {files.study.metric}",
+            title=f"{task}: test {files.study.task_metric(task)} vs remaining weights",
+            metric=f"test {files.study.task_metric(task)}",
             colors=line_colors,
             styles=styles,
         )
         emit(path)
-        section.blocks.append(Figure(path, f"{task}: test {files.study.metric} of every ticket source."))
+        section.blocks.append(
+            Figure(path, f"{task}: test {files.study.task_metric(task)} of every ticket source.")
+        )
     return section
 
 
@@ -450,7 +457,7 @@ def _matching_section(files: StudyFiles) -> Section:
                     mark = "✓ matching" if row.matching else "✗"
                     cells.append(f"{_pm(row.stats.mean, row.stats.std)} (n={row.stats.n}) {mark}")
             table_rows.append([_pct(s), _pct(1.0 - s), *cells])
-        section.blocks.append(Table(header, table_rows, f"{source}: test {files.study.metric} per task"))
+        section.blocks.append(Table(header, table_rows, f"{source}: test metric per task"))
     return section
 
 
@@ -691,7 +698,7 @@ def _perturbation_section(
             curves,
             figures / f"perturbation-{_slug(source)}-{_slug(task)}.png",
             title=f"{source} → {task}",
-            metric=f"test {files.study.metric}",
+            metric=f"test {files.study.task_metric(task)}",
             dense=dense.get((_pretraining_of(source), task)),
         )
         emit(path)

@@ -28,6 +28,8 @@ from cvlth.config import (
 from cvlth.errors import ConfigError
 from cvlth.study.runs import AdaptConfig, BackboneConfig, MaskVariant, Recipe
 
+DEFAULT_METRICS = {"supervised": "accuracy", "detection": "map", "segmentation": "miou"}
+
 
 class PretrainEntry(Strict):
     """One θ_p: trained here (``recipe``) or imported (``import_path``), exactly one of the two.
@@ -111,7 +113,7 @@ class StudyConfig(Strict):
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     adapt: AdaptConfig = Field(default_factory=AdaptConfig)
     perturbation: PerturbationEntry | None = None
-    metric: str = "accuracy"
+    metric: str | None = Field(None, description="test metric for matching; default: by task objective")
 
     @model_validator(mode="after")
     def _references(self) -> StudyConfig:
@@ -148,6 +150,12 @@ class StudyConfig(Strict):
             if not 1 <= level <= self.rounds:
                 raise ValueError(f"transfer_levels: {level} is outside 1..{self.rounds}")
         return self
+
+    def task_metric(self, task: str) -> str:
+        """The metric that decides matching on ``task``: accuracy, AP@[.5:.95] (map) or mIoU."""
+        if self.metric is not None:
+            return self.metric
+        return DEFAULT_METRICS.get(self.tasks[task].objective.name, "accuracy")
 
     @property
     def levels(self) -> list[int]:

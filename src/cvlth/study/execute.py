@@ -26,6 +26,7 @@ from cvlth.atomic import atomic_path
 from cvlth.config import DataRef, RunConfig
 from cvlth.data.classification import DatasetSplits
 from cvlth.data.registry import load_dataset
+from cvlth.data.samples import SampleSplits
 from cvlth.errors import CvlthError
 from cvlth.masks import Mask
 from cvlth.models.backbones import BackboneSpec, build_backbone, feature_dim, init_like_torchvision
@@ -47,6 +48,7 @@ from cvlth.study.runs import (
 )
 from cvlth.training.loop import capture_path, train
 
+AnySplits = DatasetSplits | SampleSplits
 THETA_P = "theta_p.pt"
 HEADS = "heads.pt"
 REWIND = "rewind.pt"
@@ -65,12 +67,12 @@ class Context:
     log: Callable[[str], None] = print
     _datasets: dict[str, DatasetSplits] = field(default_factory=dict)
 
-    def dataset(self, ref: DataRef) -> DatasetSplits:
+    def dataset(self, ref: DataRef) -> AnySplits:
         key = ref.model_dump_json()
         if key not in self._datasets:
             options = {k: v for k, v in ref.options.items() if k not in _SUBSET_OPTIONS}
             splits = load_dataset(ref.name, ref.root, **options)
-            self._datasets[key] = _limit(splits, ref.options)
+            self._datasets[key] = _limit(splits, ref.options) if isinstance(splits, DatasetSplits) else splits
         return self._datasets[key]
 
 
@@ -274,24 +276,59 @@ def _upstream_model(
     return model, load_heads(run.pretrained, ctx)
 
 
-def _downstream_model(run: ImpRun | TransferRun, theta: ImportedCheckpoint, data: DatasetSplits) -> nn.Module:
-    seed = run.seed
-    spec = (
-        replace(theta.spec, in_channels=data.image_shape[0])
-        if run.adapt.small_images and not run.adapt.keep_stem
-        else theta.spec
-    )
-    model = transfer_model(
+def _downstream_model(run: ImpRun | TransferRun, theta: ImportedCheckpoint, data: AnySplits) -> nn.Module:
+    """θ_p adapted to the task: a classifier, a Faster R-CNN or a DeepLabV3+ (by the objective's
+    name), its new parts drawn from the run's seed; θ_0 instead for IMP rewound to ``init``."""
+    recipe = run.recipe if isinstance(run, ImpRun) else run.task
+    builder = DENSE_MODELS.get(recipe.objective.name)
+    if builder is not None:
+        model = builder(theta, replace(theta.spec, in_channels=data.image_shape[0]), data, run.seed)
+    else:
+        spec = (
+            replace(theta.spec, in_channels=data.image_shape[0])
+            if run.adapt.small_images and not run.adapt.keep_stem
+            else theta.spec
+        )
+        model = transfer_model(
+            theta,
+            spec,
+            data.num_classes,
+            small_images=run.adapt.small_images,
+            keep_stem=run.adapt.keep_stem,
+            seed=run.seed,
+        )
+    if isinstance(run, ImpRun) and run.rewind == "init":
+        model = _seeded(run.seed, lambda: _fresh_like(model))
+    return model
+
+
+def _detector(theta: ImportedCheckpoint, spec: BackboneSpec, data: SampleSplits, seed: int) -> nn.Module:
+    from cvlth.models.detection import build_detector
+
+    size = max(data.image_shape[1:])
+    return build_detector(
         theta,
         spec,
         data.num_classes,
-        small_images=run.adapt.small_images,
-        keep_stem=run.adapt.keep_stem,
         seed=seed,
+        min_size=size,
+        max_size=size,
+        image_mean=data.mean,
+        image_std=data.std,
     )
-    if isinstance(run, ImpRun) and run.rewind == "init":
-        model = _seeded(seed, lambda: _fresh_like(model))
-    return model
+
+
+def _segmenter(theta: ImportedCheckpoint, spec: BackboneSpec, data: SampleSplits, seed: int) -> nn.Module:
+    from cvlth.models.segmentation import build_segmenter
+
+    return build_segmenter(theta, spec, data.num_classes, seed=seed)
+
+
+#: Objectives whose tasks need a dense-prediction model instead of a classifier.
+DENSE_MODELS: dict[str, Callable[[ImportedCheckpoint, BackboneSpec, SampleSplits, int], nn.Module]] = {
+    "detection": _detector,
+    "segmentation": _segmenter,
+}
 
 
 def _fresh_like(model: nn.Module) -> nn.Module:
@@ -366,7 +403,7 @@ def restricted_complement(mask: Mask, seed: int) -> Mask:
 def _train(
     model: nn.Module,
     objective: Any,
-    data: DatasetSplits,
+    data: AnySplits,
     recipe: Recipe,
     folder: RunFolder,
     ctx: Context,
@@ -378,18 +415,13 @@ def _train(
     result = train(
         model,
         objective,
-        data.train.batches(
-            training.batch_size,
-            shuffle=True,
-            seed=training.seed,
-            drop_last=len(data.train) > training.batch_size,
-        ),
+        _batches(data, "train", training.batch_size, seed=training.seed),
         training=training,
         optim=recipe.optim,
         schedule=recipe.schedule,
         run=folder,
-        val_data=data.val.batches(EVAL_BATCH_SIZE, shuffle=False),
-        test_data=data.test.batches(EVAL_BATCH_SIZE, shuffle=False),
+        val_data=_batches(data, "val", EVAL_BATCH_SIZE) if data.val is not None else None,
+        test_data=_batches(data, "test", EVAL_BATCH_SIZE),
         mask=mask,
         device=ctx.device,
         capture_at_step=capture,
@@ -398,6 +430,17 @@ def _train(
     result["wall_seconds"] = time.perf_counter() - start
     result["images_per_epoch"] = len(data.train)
     return result
+
+
+def _batches(data: AnySplits, split: str, batch_size: int, seed: int = 0) -> Any:
+    """Training batches are shuffled (and the last partial one dropped); evaluation ones are not."""
+    samples = data.split(split)
+    training = split == "train"
+    drop_last = training and len(samples) > batch_size
+    if isinstance(data, SampleSplits):
+        size = batch_size if training else max(1, batch_size // 16)  # whole images: smaller batches
+        return data.batches(split, size, shuffle=training, seed=seed, drop_last=drop_last)
+    return samples.batches(batch_size, shuffle=training, seed=seed, drop_last=drop_last)
 
 
 def _save_torch(obj: Any, path: Path) -> None:
@@ -413,7 +456,9 @@ def _seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
 
 
 def _feature_dim(model: nn.Module) -> int:
-    return int(model.fc.in_features)
+    """Width of the pooled features (classifiers; dense-prediction objectives ignore it)."""
+    fc = getattr(model, "fc", None)
+    return int(fc.in_features) if isinstance(fc, nn.Linear) else 0
 
 
 def _save_heads(path: Path, objective: Any) -> None:

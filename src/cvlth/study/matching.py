@@ -42,6 +42,7 @@ class MatchingResult:
     task: str
     dense: SeedStats
     rows: tuple[MatchingRow, ...]
+    metric: str = "accuracy"
 
     @property
     def threshold(self) -> float:
@@ -56,6 +57,7 @@ class MatchingResult:
         return {
             "source": self.source,
             "task": self.task,
+            "metric": self.metric,
             "dense": asdict(self.dense),
             "threshold": self.threshold,
             "extreme_matching_sparsity": self.extreme_matching_sparsity,
@@ -68,6 +70,7 @@ def matching(
     task: str,
     dense_values: Sequence[float],
     ticket_values: Mapping[float, Sequence[float]],
+    metric: str = "accuracy",
 ) -> MatchingResult:
     """Apply the matching rule to seed results: ``ticket_values`` maps sparsity -> metric per seed."""
     dense = SeedStats.of(dense_values)
@@ -76,24 +79,26 @@ def matching(
     for sparsity in sorted(ticket_values):
         stats = SeedStats.of(ticket_values[sparsity])
         rows.append(MatchingRow(sparsity=sparsity, stats=stats, matching=stats.mean >= threshold))
-    return MatchingResult(source=source, task=task, dense=dense, rows=tuple(rows))
+    return MatchingResult(source=source, task=task, dense=dense, rows=tuple(rows), metric=metric)
 
 
-def matching_markdown(results: Sequence[MatchingResult], metric: str = "accuracy") -> str:
+def matching_markdown(results: Sequence[MatchingResult]) -> str:
     """One table per (source, task) plus a summary of extreme matching sparsities."""
     lines = [
-        "| ticket source | task | dense " + metric + " | extreme matching sparsity |",
-        "|---|---|---|---|",
+        "| ticket source | task | metric | dense | extreme matching sparsity |",
+        "|---|---|---|---|---|",
     ]
     for r in results:
         extreme = "none" if r.extreme_matching_sparsity is None else f"{r.extreme_matching_sparsity:.2%}"
-        lines.append(f"| {r.source} | {r.task} | {r.dense.mean:.4f} ± {r.dense.std:.4f} | {extreme} |")
+        lines.append(
+            f"| {r.source} | {r.task} | {r.metric} | {r.dense.mean:.4f} ± {r.dense.std:.4f} | {extreme} |"
+        )
     for r in results:
         lines += [
             "",
-            f"**{r.source} → {r.task}** (matching ≥ {r.threshold:.4f} = dense mean − dense std)",
+            f"**{r.source} → {r.task}** (matching: mean {r.metric} ≥ {r.threshold:.4f} = dense mean − dense std)",
             "",
-            f"| sparsity | mean {metric} | std | seeds | matching |",
+            f"| sparsity | mean {r.metric} | std | seeds | matching |",
             "|---|---|---|---|---|",
         ]
         for row in r.rows:

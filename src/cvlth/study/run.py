@@ -61,7 +61,7 @@ def run_study(
             computed += 1
         results[index] = ensure(item.run, ctx)
     table = matching_table(study, planned, list(results.values()))
-    write_matching(folder, table, study.metric)
+    write_matching(folder, table)
     atomic_write_text(folder / "tickets.json", json.dumps(ticket_index(study, planned, store), indent=2))
     if study.perturbation is not None:
         curves = perturbation_curves(study, planned, list(results.values()))
@@ -113,7 +113,7 @@ def matching_table(
     for item, result in zip(planned, results, strict=True):
         if item.run.kind != "transfer" or item.variant != "ticket":
             continue
-        value = metric_of(result, study.metric)
+        value = metric_of(result, study.task_metric(item.task))
         if item.finder is None:
             dense[(item.pretraining, item.task)].append(value)
         else:
@@ -121,7 +121,8 @@ def matching_table(
             tickets[(item.pretraining, item.finder, item.task)][sparsity].append(value)
     table = []
     for (pretraining, finder, task), values in tickets.items():
-        table.append(matching(f"{pretraining}/{finder}", task, dense[(pretraining, task)], values))
+        metric = study.task_metric(task)
+        table.append(matching(f"{pretraining}/{finder}", task, dense[(pretraining, task)], values, metric))
     return table
 
 
@@ -136,7 +137,9 @@ def perturbation_curves(
     for item, result in zip(planned, results, strict=True):
         if item.run.kind == "transfer" and item.finder in listed:
             sparsity = round(level_sparsity(item.level, study.fraction), 6)
-            values[(item.source, item.task, item.variant)][sparsity].append(metric_of(result, study.metric))
+            values[(item.source, item.task, item.variant)][sparsity].append(
+                metric_of(result, study.task_metric(item.task))
+            )
     curves = []
     for (source, task, variant), by_sparsity in sorted(values.items()):
         points = []
@@ -178,6 +181,6 @@ def ticket_index(study: StudyConfig, planned: list[PlannedRun], store: Store) ->
     return entries
 
 
-def write_matching(folder: Path, table: list[MatchingResult], metric: str) -> None:
+def write_matching(folder: Path, table: list[MatchingResult]) -> None:
     atomic_write_text(folder / "matching.json", json.dumps([r.to_dict() for r in table], indent=2))
-    atomic_write_text(folder / "matching.md", "# Matching tickets\n\n" + matching_markdown(table, metric))
+    atomic_write_text(folder / "matching.md", "# Matching tickets\n\n" + matching_markdown(table))

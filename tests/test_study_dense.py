@@ -1,0 +1,87 @@
+"""Detection and segmentation tasks through the study: transferred masks and task-specific IMP."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cvlth.cli import run_cli
+from cvlth.masks import Mask
+from cvlth.pruning.scope import iter_prunable
+from cvlth.store import Store
+from cvlth.study import execute
+from cvlth.study.config import load_study
+from cvlth.study.plan import expand
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").is_file(),
+        reason="needs Debian's dataset-fashion-mnist (make test installs it)",
+    ),
+]
+
+SCENES = {"name": "world_scenes", "options": {"train_size": 32, "val_size": 8, "test_size": 8}}
+STUDY = {
+    "name": "dense",
+    "backbone": {"arch": "resnet18", "width": 4, "stem": "cifar", "in_channels": 1},
+    "pretrainings": {
+        "supervised": {
+            "recipe": {
+                "data": {
+                    "name": "world_upstream",
+                    "options": {"image_size": 16, "max_train": 128, "max_val": 32, "max_test": 32},
+                },
+                "train": {"epochs": 1, "batch_size": 64},
+            }
+        }
+    },
+    "tasks": {
+        "detect": {
+            "data": SCENES,
+            "objective": {"name": "detection"},
+            "optim": {"name": "sgd", "lr": 0.01},
+            "train": {"epochs": 1, "batch_size": 8},
+        },
+        "segment": {
+            "data": SCENES,
+            "objective": {"name": "segmentation"},
+            "optim": {"name": "sgd", "lr": 0.01},
+            "train": {"epochs": 1, "batch_size": 8},
+        },
+    },
+    "finders": [
+        {"name": "imp-up", "method": "imp", "stage": "upstream"},
+        {"name": "imp-detect", "method": "imp", "stage": "downstream", "tasks": ["detect"]},
+    ],
+    "rounds": 2,
+    "transfer_levels": [2],
+    "seeds": [0],
+    "adapt": {"small_images": False},
+}
+
+
+def test_dense_tasks_run_through_the_study(tmp_path):
+    path = tmp_path / "dense.yaml"
+    path.write_text(yaml.safe_dump(STUDY))
+    store = tmp_path / "store"
+    assert run_cli(["study", str(path), "--store", str(store), "--quiet"]) == 0
+    table = {
+        (r["source"], r["task"]): r
+        for r in json.loads((store / "studies" / "dense" / "matching.json").read_text())
+    }
+    assert table[("supervised/imp-up", "detect")]["metric"] == "map"
+    assert table[("supervised/imp-up", "segment")]["metric"] == "miou"
+    assert table[("supervised/imp-detect", "detect")]["rows"][0]["sparsity"] == pytest.approx(0.36)
+    assert ("supervised/imp-detect", "segment") not in table  # task-specific masks stay on their task
+
+    # The task-specific detection mask is a mask of the backbone: it fits a classifier's scope too.
+    study = load_study(path)
+    imp = next(p.run for p in expand(study) if p.finder == "imp-detect" and p.run.kind == "imp")
+    mask = Mask.load(execute.mask_path(Path(Store(store).run_dir(imp)), 2))
+    from cvlth.models.backbones import BackboneSpec, build_backbone
+
+    classifier = build_backbone(BackboneSpec("resnet18", 4, "cifar", 1), 10)
+    mask.validate(classifier)
+    assert {item.canonical for item in iter_prunable(classifier)} == set(mask)
