@@ -48,6 +48,13 @@ def test_expansion_counts_and_dependency_order():
     assert {p.task for p in task_specific} == {"a"}  # a task-specific mask stays on its task
 
 
+def test_finder_tasks_limit_where_tickets_are_transferred():
+    finders = [*BASE["finders"], {"name": "rnd", "method": "random", "tasks": ["b"]}]
+    planned = expand(_study(finders=finders))
+    assert {p.task for p in planned if p.finder == "rnd" and p.run.kind == "transfer"} == {"b"}
+    assert {p.task for p in planned if p.finder == "up" and p.run.kind == "transfer"} == {"a", "b"}
+
+
 def test_perturbation_variants_are_added_for_listed_finders_only():
     planned = expand(_study(perturbation={"finders": ["task"], "levels": [4]}))
     variants = {(p.finder, p.level, p.variant) for p in planned if p.run.kind == "transfer"}
@@ -58,10 +65,6 @@ def test_perturbation_variants_are_added_for_listed_finders_only():
 @pytest.mark.parametrize(
     "change, message",
     [
-        (
-            {"finders": [{"name": "x", "method": "imp", "stage": "upstream", "tasks": ["a"]}]},
-            "`tasks` applies",
-        ),
         ({"finders": [{"name": "x", "method": "omp", "rewind": "init"}]}, "apply to imp only"),
         ({"transfer_levels": [7]}, "outside 1..4"),
         ({"perturbation": {"finders": ["omp"]}}, "not an imp finder"),

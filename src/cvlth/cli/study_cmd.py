@@ -78,14 +78,15 @@ def print_plan(console: Console, study_config: StudyConfig, run_store: Store) ->
     )
     if summary.unknown_sizes:
         console.print(f"sizes unknown (data not found here): {', '.join(sorted(summary.unknown_sizes))}")
-    if summary.estimated_seconds is not None:
-        hours = summary.estimated_seconds / 3600
+    estimate = summary.estimated_seconds
+    if estimate is not None:
         console.print(
-            f"estimated training time left: {hours:.2f} h at {1 / summary.seconds_per_image:,.0f} images/s "
-            "(measured on this store's finished runs; evaluation included)"
+            f"estimated training time left: {estimate / 3600:.2f} h "
+            "(images left x seconds per image measured per dataset on this store's finished runs)"
         )
     else:
-        console.print("estimated time left: unknown until a run of this store has finished")
+        missing = sorted(set(summary.images_left_by_data) - set(summary.seconds_per_image))
+        console.print(f"estimated time left: unknown until a run on {', '.join(missing)} has finished here")
 
 
 def _train_size(ref: DataRef) -> int | None:

@@ -61,7 +61,8 @@ class FinderEntry(Strict):
     ``schedule``, ``train``, ``objective`` and ``data`` override that recipe (the paper: 10 epochs at
     constant lr 1e-4).
     ``imp`` with ``stage: downstream`` trains on each task in ``tasks`` with the task's recipe, overridden
-    the same way. ``omp`` and ``random`` need no training.
+    the same way. ``omp`` and ``random`` need no training. For those and for upstream IMP,
+    ``tasks`` limits which tasks the tickets are transferred to (default: all).
     """
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
@@ -81,8 +82,6 @@ class FinderEntry(Strict):
     def _consistent(self) -> FinderEntry:
         if self.method != "imp" and (self.stage != "upstream" or self.rewind != "pretrained"):
             raise ValueError(f"`stage` and `rewind` apply to imp only (method is {self.method!r})")
-        if self.stage == "upstream" and self.tasks is not None:
-            raise ValueError("`tasks` applies to downstream imp only")
         return self
 
 

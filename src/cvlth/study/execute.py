@@ -429,6 +429,7 @@ def _train(
     )
     result["wall_seconds"] = time.perf_counter() - start
     result["images_per_epoch"] = len(data.train)
+    result["data"] = recipe.data.name  # lets `--plan` estimate time per dataset
     return result
 
 

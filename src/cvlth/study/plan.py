@@ -129,6 +129,8 @@ def expand(study: StudyConfig) -> list[PlannedRun]:
                 for task, recipe in study.tasks.items():
                     if own_task is not None and task != own_task:
                         continue  # a task-specific mask is fine-tuned on its own task only
+                    if finder.tasks is not None and task not in finder.tasks:
+                        continue
                     for level, variant in _transfer_grid(study, finder):
                         for seed in study.seeds:
                             run = TransferRun(
@@ -154,8 +156,9 @@ class PlanSummary:
     done: Counter
     epochs_left: Counter
     images_left: Counter  # training images to process (epochs x train-set size), where the size is known
+    images_left_by_data: Counter
     unknown_sizes: frozenset[str]  # datasets whose size could not be read (not present here)
-    seconds_per_image: float | None  # measured on this store's finished runs
+    seconds_per_image: dict[str, float]  # by dataset name, measured on this store's finished runs
 
     @property
     def runs_left(self) -> int:
@@ -163,9 +166,13 @@ class PlanSummary:
 
     @property
     def estimated_seconds(self) -> float | None:
-        if self.seconds_per_image is None:
+        """Images left times the measured seconds per image of their dataset; None if a dataset
+        with work left has no finished run to measure from."""
+        if not self.images_left_by_data:
+            return 0.0
+        if any(name not in self.seconds_per_image for name in self.images_left_by_data):
             return None
-        return sum(self.images_left.values()) * self.seconds_per_image
+        return sum(n * self.seconds_per_image[name] for name, n in self.images_left_by_data.items())
 
 
 def training_epochs(run: RunConfig) -> int:
@@ -192,7 +199,7 @@ def summarize_plan(
     planned: list[PlannedRun], store: Store, train_size: Callable[[DataRef], int | None] = lambda ref: None
 ) -> PlanSummary:
     """Count runs done / to do and the training left. ``train_size`` gives a dataset's train-set size."""
-    total, done, epochs_left, images_left = Counter(), Counter(), Counter(), Counter()
+    total, done, epochs_left, images_left, by_data = Counter(), Counter(), Counter(), Counter(), Counter()
     unknown: set[str] = set()
     sizes: dict[str, int | None] = {}
     for item in planned:
@@ -213,18 +220,21 @@ def summarize_plan(
             unknown.add(ref.name)
         else:
             images_left[kind] += epochs * sizes[key]
+            by_data[ref.name] += epochs * sizes[key]
     return PlanSummary(
-        total, done, epochs_left, images_left, frozenset(unknown), measured_seconds_per_image(store)
+        total, done, epochs_left, images_left, by_data, frozenset(unknown), measured_seconds_per_image(store)
     )
 
 
-def measured_seconds_per_image(store: Store) -> float | None:
-    """Wall seconds per training image over the finished transfer and pre-training runs of ``store``."""
-    seconds = images = 0.0
+def measured_seconds_per_image(store: Store) -> dict[str, float]:
+    """Wall seconds per training image (evaluation included) by dataset, over the finished transfer
+    and pre-training runs of ``store``."""
+    seconds: Counter = Counter()
+    images: Counter = Counter()
     for kind in ("transfer", "pretrain"):
         for result_path in (Path(store.root) / kind).glob("*/result.json"):
             result = json.loads(result_path.read_text(encoding="utf-8"))
-            if result.get("wall_seconds") and result.get("images_per_epoch"):
-                seconds += result["wall_seconds"]
-                images += result["images_per_epoch"] * result.get("epochs", 1)
-    return seconds / images if images else None
+            if result.get("wall_seconds") and result.get("images_per_epoch") and result.get("data"):
+                seconds[result["data"]] += result["wall_seconds"]
+                images[result["data"]] += result["images_per_epoch"] * result.get("epochs", 1)
+    return {name: seconds[name] / images[name] for name in images if images[name]}
