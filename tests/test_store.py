@@ -193,3 +193,17 @@ def test_runs_command_lists_runs_with_status(tmp_path, capsys) -> None:
     out = capsys.readouterr().out
     assert config_hash(cfg()) in out and config_hash(cfg(seed=1)) in out
     assert "done" in out and "started" in out
+
+
+def test_atomic_files_get_the_usual_permissions(tmp_path) -> None:
+    import os
+    import stat
+
+    from cvlth.atomic import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644

@@ -23,8 +23,15 @@ app = typer.Typer(
 
 def _register_commands() -> None:
     # Imported for their side effect of adding commands to ``app``.
-    import cvlth.cli.report_cmd  # noqa: F401
-    from cvlth.cli import datasets_cmd, demo_cmd, inspect_cmd, masks_cmd, store_cmd, study_cmd  # noqa: F401
+    from cvlth.cli import (  # noqa: F401
+        datasets_cmd,
+        demo_cmd,
+        inspect_cmd,
+        masks_cmd,
+        report_cmd,
+        store_cmd,
+        study_cmd,
+    )
 
 
 def run_cli(args: list[str] | None = None) -> int:
