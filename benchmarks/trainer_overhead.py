@@ -12,8 +12,7 @@ at 32x32, batch 128, random data. Variants, interleaved over several rounds to e
 Prints images/s and step times, then ``RESULT masked_over_dense=<r1> loop_over_bare=<r2>
 torch_prune_over_dense=<r3>`` (r1, r3: step-time ratios, lower is better; r2: throughput ratio).
 
-The width-multiplied builder below is local to the benchmark; the library's own builder lives in
-``cvlth.models.backbones``.
+The model is ``cvlth.models.backbones.build_backbone`` (torchvision's ResNet at width 16).
 """
 
 from __future__ import annotations
@@ -27,36 +26,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune
-from torchvision.models.resnet import BasicBlock, ResNet
 
 from cvlth.config import ConstantSchedule, SGDConfig, TrainingConfig
 from cvlth.data.source import TensorBatchSource
+from cvlth.models.backbones import BackboneSpec, build_backbone
 from cvlth.objectives.supervised import Normalize, SupervisedObjective
 from cvlth.pruning import iter_prunable, magnitude
 from cvlth.training.loop import train
 
 SGD = SGDConfig(lr=0.01, momentum=0.9, weight_decay=5e-4)
-
-
-class NarrowResNet(ResNet):
-    """torchvision's ResNet with a width multiplier and the CIFAR stem (keeps torchvision names)."""
-
-    def __init__(
-        self, width: int = 16, layers: tuple[int, ...] = (2, 2, 2, 2), num_classes: int = 10
-    ) -> None:
-        nn.Module.__init__(self)
-        self._norm_layer = nn.BatchNorm2d
-        self.inplanes, self.dilation, self.groups, self.base_width = width, 1, 1, 64
-        self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.Identity()
-        self.layer1 = self._make_layer(BasicBlock, width, layers[0])
-        self.layer2 = self._make_layer(BasicBlock, width * 2, layers[1], stride=2)
-        self.layer3 = self._make_layer(BasicBlock, width * 4, layers[2], stride=2)
-        self.layer4 = self._make_layer(BasicBlock, width * 8, layers[3], stride=2)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(width * 8, num_classes)
 
 
 def random_source(steps: int, batch: int) -> TensorBatchSource:
@@ -141,7 +119,7 @@ def main() -> None:
 
     def fresh() -> nn.Module:
         torch.manual_seed(0)
-        return NarrowResNet(args.width)
+        return build_backbone(BackboneSpec("resnet18", args.width, "cifar", 3), num_classes=10)
 
     masked_model = fresh()
     mask = magnitude(masked_model, sparsity=0.8)
