@@ -195,7 +195,8 @@ def test_moco_on_digits_through_the_loop_learns_with_a_mask() -> None:
     print(f"MoCo digits: after epoch 1 {first}, after epoch 5 {after}")
     assert after["loss"] < first["loss"] - 0.2
     assert after["top1"] > max(20 / (512 + 1), first["top1"])  # chance: the positive among 513 logits
-    assert 0.0 <= after["retrieval_accuracy"] <= 1.0
+    # Eq. 2 on the query encoder: chance is 1/255 for the 2 x 128 views of a validation batch.
+    assert after["retrieval_accuracy"] > 5 / 255
     keys = prunable_parameters(objective.key_encoder)
     for name, keep in mask.items():
         assert torch.equal(keys[name] == 0, ~keep), name

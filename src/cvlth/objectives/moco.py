@@ -239,20 +239,24 @@ class MoCoObjective:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: BatchSource) -> dict[str, float]:
-        """InfoNCE against the current queue (left unchanged), top-1 and retrieval accuracy per batch,
-        averaged over images; fixed views, key encoder in eval mode (no shuffle needed)."""
+        """InfoNCE against the current queue (left unchanged) and top-1 per batch, averaged over
+        images; fixed views, key encoder in eval mode (no shuffle needed). The Eq. 2 retrieval
+        accuracy is measured on the *query* encoder's projections of the two views: that is the
+        encoder being pruned, and q-vs-k retrieval mostly measures how far the EMA key encoder lags
+        (early in training every q's nearest neighbour is another q)."""
         device = next(model.parameters()).device
         generator = eval_generator(self.eval_seed, device)
         sums = {"loss": 0.0, "top1": 0.0, "retrieval_accuracy": 0.0}
         count = 0
         for batch in batches.epoch_batches(0):
             images = batch[0].to(device)
-            q = self.query(model, self.augment(images, generator))
-            k = self._encode_keys(self.augment(images, generator))
+            view1, view2 = self.augment(images, generator), self.augment(images, generator)
+            q = self.query(model, view1)
+            k = self._encode_keys(view2)
             loss, logits = self.info_nce(q, k)
             n = images.shape[0]
             sums["loss"] += float(loss) * n
             sums["top1"] += float((logits.argmax(1) == 0).float().sum())
-            sums["retrieval_accuracy"] += retrieval_accuracy(q, k) * n
+            sums["retrieval_accuracy"] += retrieval_accuracy(q, self.query(model, view2)) * n
             count += n
         return {name: (value / count if count else float("nan")) for name, value in sums.items()}
