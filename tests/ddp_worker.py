@@ -11,13 +11,12 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from cvlth.errors import TrainingError  # noqa: E402
-from cvlth.masks import Mask  # noqa: E402
-from cvlth.objectives.supervised import SupervisedObjective  # noqa: E402
-from cvlth.training import distributed  # noqa: E402
-from cvlth.training.loop import train  # noqa: E402
-from training_fixtures import TinyNet, flip_augment, make_sources, tiny_config  # noqa: E402
+from cvlth.errors import TrainingError
+from cvlth.masks import Mask
+from cvlth.objectives.supervised import SupervisedObjective
+from cvlth.training import distributed
+from cvlth.training.loop import train
+from training_fixtures import TinyNet, flip_augment, make_sources, tiny_config
 
 
 def main(out: str) -> None:

@@ -1,20 +1,16 @@
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from cvlth import pruning  # noqa: E402
-from cvlth.config import AdamWConfig, ConstantSchedule, SGDConfig, TrainingConfig  # noqa: E402
-from cvlth.data.source import TensorBatchSource  # noqa: E402
-from cvlth.data.transforms import contrastive_augment  # noqa: E402
-from cvlth.objectives.features import feature_dim, features  # noqa: E402
-from cvlth.objectives.moco import KeyQueue, MoCoObjective  # noqa: E402
-from cvlth.pruning.enforcer import MaskEnforcer  # noqa: E402
-from cvlth.pruning.scope import prunable_parameters  # noqa: E402
-from cvlth.training.loop import train  # noqa: E402
-from ssl_fixtures import NarrowResNet, digit_sources  # noqa: E402
+from cvlth import pruning
+from cvlth.config import AdamWConfig, ConstantSchedule, SGDConfig, TrainingConfig
+from cvlth.data.source import TensorBatchSource
+from cvlth.data.transforms import contrastive_augment
+from cvlth.objectives.features import feature_dim, features
+from cvlth.objectives.moco import KeyQueue, MoCoObjective
+from cvlth.pruning.enforcer import MaskEnforcer
+from cvlth.pruning.scope import prunable_parameters
+from cvlth.training.loop import train
+from ssl_fixtures import NarrowResNet, digit_sources
 
 
 def small_objective(model: torch.nn.Module, **kwargs) -> MoCoObjective:

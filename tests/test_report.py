@@ -14,6 +14,8 @@ from cvlth.masks import Mask
 from cvlth.report import iou_levels, write_report
 from cvlth.study.config import StudyConfig, study_to_yaml
 from cvlth.study.matching import matching
+from study_fixtures import NEEDS_FASHION_MNIST
+from study_fixtures import TINY as TINY_STUDY
 
 RECIPE = {
     "data": {"name": "world_upstream", "options": {"image_size": 16, "max_train": 256}},
@@ -34,41 +36,13 @@ STUDY = {
     "seeds": [0, 1],
     "perturbation": {"finders": ["imp-task"]},
 }
-TINY = {  # as tests/test_study.py: width 4, 16×16 images, a few hundred images
-    "name": "tiny",
-    "backbone": {"arch": "resnet18", "width": 4, "stem": "cifar", "in_channels": 1},
-    "pretrainings": {
-        "supervised": {
-            "recipe": {
-                "data": {
-                    "name": "world_upstream",
-                    "options": {"image_size": 16, "max_train": 256, "max_val": 64, "max_test": 64},
-                },
-                "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
-                "train": {"epochs": 1, "batch_size": 64},
-            }
-        }
-    },
-    "tasks": {
-        "digits": {
-            "data": {
-                "name": "world_digits",
-                "options": {"image_size": 16, "max_train": 128, "max_val": 64, "max_test": 64},
-            },
-            "objective": {"name": "supervised", "options": {"flip": False}},
-            "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
-            "train": {"epochs": 1, "batch_size": 64},
-        }
-    },
+TINY = {  # the shared tiny study, with a perturbation analysis
+    **TINY_STUDY,
     "finders": [
         {"name": "imp-up", "method": "imp", "stage": "upstream"},
         {"name": "imp-task", "method": "imp", "stage": "downstream"},
         {"name": "random", "method": "random"},
     ],
-    "rounds": 3,
-    "transfer_levels": [3],
-    "seeds": [0, 1],
-    "adapt": {"small_images": False},
     "perturbation": {"finders": ["imp-task"], "variants": ["ticket", "complement"]},
 }
 SHAPES = {
@@ -260,10 +234,7 @@ def test_cli_missing_mask_and_not_a_study(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").is_file(),
-    reason="needs Debian's dataset-fashion-mnist (make test installs it)",
-)
+@NEEDS_FASHION_MNIST
 def test_report_of_a_real_tiny_study(tmp_path, capsys):
     config = TINY
     path = tmp_path / "tiny.yaml"

@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from cvlth.store import Store  # noqa: E402
-from training_fixtures import run_tiny, tiny_config  # noqa: E402
+from cvlth.store import Store
+from training_fixtures import run_tiny, tiny_config
 
 HERE = Path(__file__).parent
 SCRIPT = HERE / "training_fixtures.py"

@@ -1,7 +1,5 @@
 import math
 import random
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -9,13 +7,12 @@ import torch.distributed as dist
 from torch import nn
 from torchvision.models import resnet18
 
-sys.path.insert(0, str(Path(__file__).parent))
-from cvlth.config import AdamWConfig, ConstantSchedule, TrainingConfig  # noqa: E402
-from cvlth.data.transforms import contrastive_augment  # noqa: E402
-from cvlth.objectives.features import feature_dim, features  # noqa: E402
-from cvlth.objectives.simclr import SimCLRObjective, nt_xent, retrieval_accuracy  # noqa: E402
-from cvlth.training.loop import train  # noqa: E402
-from ssl_fixtures import NarrowResNet, digit_sources  # noqa: E402
+from cvlth.config import AdamWConfig, ConstantSchedule, TrainingConfig
+from cvlth.data.transforms import contrastive_augment
+from cvlth.objectives.features import feature_dim, features
+from cvlth.objectives.simclr import SimCLRObjective, nt_xent, retrieval_accuracy
+from cvlth.training.loop import train
+from ssl_fixtures import NarrowResNet, digit_sources
 
 # --- NT-Xent against explicit loops over the 2N anchors ------------------------------------
 

@@ -21,50 +21,9 @@ from cvlth.study import execute
 from cvlth.study.config import load_study
 from cvlth.study.plan import expand
 from cvlth.study.runs import ImpRun, PretrainRun
+from study_fixtures import NEEDS_FASHION_MNIST, TINY
 
-pytestmark = pytest.mark.skipif(
-    not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").is_file(),
-    reason="needs Debian's dataset-fashion-mnist (make test installs it)",
-)
-
-TINY = {
-    "name": "tiny",
-    "backbone": {"arch": "resnet18", "width": 4, "stem": "cifar", "in_channels": 1},
-    "pretrainings": {
-        "supervised": {
-            "recipe": {
-                "data": {
-                    "name": "world_upstream",
-                    "options": {"image_size": 16, "max_train": 256, "max_val": 64, "max_test": 64},
-                },
-                "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
-                "train": {"epochs": 1, "batch_size": 64},
-            }
-        }
-    },
-    "tasks": {
-        "digits": {
-            "data": {
-                "name": "world_digits",
-                "options": {"image_size": 16, "max_train": 128, "max_val": 64, "max_test": 64},
-            },
-            "objective": {"name": "supervised", "options": {"flip": False}},
-            "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
-            "train": {"epochs": 1, "batch_size": 64},
-        }
-    },
-    "finders": [
-        {"name": "imp-up", "method": "imp", "stage": "upstream"},
-        {"name": "imp-task", "method": "imp", "stage": "downstream"},
-        {"name": "imp-init", "method": "imp", "stage": "downstream", "rewind": "init"},
-        {"name": "omp", "method": "omp"},
-        {"name": "random", "method": "random"},
-    ],
-    "rounds": 3,
-    "transfer_levels": [3],
-    "seeds": [0, 1],
-    "adapt": {"small_images": False},
-}
+pytestmark = NEEDS_FASHION_MNIST
 
 
 @pytest.fixture

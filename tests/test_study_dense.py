@@ -13,30 +13,18 @@ from cvlth.store import Store
 from cvlth.study import execute
 from cvlth.study.config import load_study
 from cvlth.study.plan import expand
+from study_fixtures import NEEDS_FASHION_MNIST, SUPERVISED_PRETRAINING, TINY_BACKBONE
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(
-        not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").is_file(),
-        reason="needs Debian's dataset-fashion-mnist (make test installs it)",
-    ),
+    NEEDS_FASHION_MNIST,
 ]
 
 SCENES = {"name": "world_scenes", "options": {"train_size": 32, "val_size": 8, "test_size": 8}}
 STUDY = {
     "name": "dense",
-    "backbone": {"arch": "resnet18", "width": 4, "stem": "cifar", "in_channels": 1},
-    "pretrainings": {
-        "supervised": {
-            "recipe": {
-                "data": {
-                    "name": "world_upstream",
-                    "options": {"image_size": 16, "max_train": 128, "max_val": 32, "max_test": 32},
-                },
-                "train": {"epochs": 1, "batch_size": 64},
-            }
-        }
-    },
+    "backbone": TINY_BACKBONE,
+    "pretrainings": {"supervised": SUPERVISED_PRETRAINING},
     "tasks": {
         "detect": {
             "data": SCENES,

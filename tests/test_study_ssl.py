@@ -15,26 +15,21 @@ from cvlth.study import execute
 from cvlth.study.config import load_study
 from cvlth.study.plan import expand
 from cvlth.study.runs import ImpRun
+from study_fixtures import NEEDS_FASHION_MNIST, TINY_BACKBONE, upstream_slice
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(
-        not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").is_file(),
-        reason="needs Debian's dataset-fashion-mnist (make test installs it)",
-    ),
+    NEEDS_FASHION_MNIST,
 ]
 
-UPSTREAM = {
-    "name": "world_upstream",
-    "options": {"image_size": 16, "max_train": 256, "max_val": 64, "max_test": 64},
-}
+UPSTREAM = upstream_slice()
 TRAIN = {"epochs": 1, "batch_size": 64}
 
 
 def _study(pretrainings: dict) -> dict:
     return {
         "name": "ssl",
-        "backbone": {"arch": "resnet18", "width": 4, "stem": "cifar", "in_channels": 1},
+        "backbone": TINY_BACKBONE,
         "pretrainings": pretrainings,
         "tasks": {
             "digits": {

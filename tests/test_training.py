@@ -1,14 +1,11 @@
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).parent))
-from cvlth.config import (  # noqa: E402
+from cvlth.config import (
     AdamWConfig,
     ConstantSchedule,
     CosineSchedule,
@@ -18,12 +15,12 @@ from cvlth.config import (  # noqa: E402
     SGDConfig,
     TrainingConfig,
 )
-from cvlth.errors import TrainingError  # noqa: E402
-from cvlth.objectives.supervised import Normalize, SupervisedObjective  # noqa: E402
-from cvlth.store import RunFolder, Store  # noqa: E402
-from cvlth.training.loop import StepInfo, capture_path, train  # noqa: E402
-from cvlth.training.optim import build_optimizer, build_scheduler, lr_factor  # noqa: E402
-from training_fixtures import TinyNet, half_mask, make_sources, run_tiny, tiny_config  # noqa: E402
+from cvlth.errors import TrainingError
+from cvlth.objectives.supervised import Normalize, SupervisedObjective
+from cvlth.store import RunFolder, Store
+from cvlth.training.loop import StepInfo, capture_path, train
+from cvlth.training.optim import build_optimizer, build_scheduler, lr_factor
+from training_fixtures import TinyNet, half_mask, make_sources, run_tiny, tiny_config
 
 
 def pruned_weights(model: nn.Module, mask) -> torch.Tensor:
