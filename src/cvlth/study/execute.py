@@ -33,7 +33,7 @@ from cvlth.models.backbones import BackboneSpec, build_backbone, feature_dim, in
 from cvlth.models.checkpoints import ImportedCheckpoint, import_checkpoint, load_into, save_checkpoint
 from cvlth.models.transfer import transfer_model
 from cvlth.objectives.registry import build_objective
-from cvlth.pruning.scope import prunable_parameters
+from cvlth.pruning.scope import prunable_parameters, prunable_state
 from cvlth.pruning.strategies import global_magnitude, one_shot_magnitude, random_global, random_like
 from cvlth.store import RunFolder, Store
 from cvlth.study.runs import (
@@ -65,7 +65,7 @@ class Context:
     device: str = "cpu"
     quiet: bool = False
     log: Callable[[str], None] = print
-    _datasets: dict[str, DatasetSplits] = field(default_factory=dict)
+    _datasets: dict[str, AnySplits] = field(default_factory=dict)
 
     def dataset(self, ref: DataRef) -> AnySplits:
         key = ref.model_dump_json()
@@ -174,7 +174,7 @@ def load_ticket_mask(ticket: ImpRun | BaselineRun, level: int, ctx: Context) -> 
 
 def execute_baseline(run: BaselineRun, folder: RunFolder, ctx: Context) -> dict[str, Any]:
     theta = load_pretrained(run.pretrained, ctx)
-    weights = {n: t for n, t in theta.state_dict.items() if n in _prunable_names(theta)}
+    weights = prunable_state(theta.state_dict)
     mask: Mask | None = None
     levels = []
     for level in range(1, run.rounds + 1):
@@ -185,12 +185,6 @@ def execute_baseline(run: BaselineRun, folder: RunFolder, ctx: Context) -> dict[
         mask.save(mask_path(Path(folder), level), method=run.method, round=level)
         levels.append({"level": level, "sparsity": mask.sparsity})
     return {"levels": levels}
-
-
-def _prunable_names(theta: ImportedCheckpoint) -> set[str]:
-    from cvlth.pruning.scope import prunable_state
-
-    return set(prunable_state(theta.state_dict))
 
 
 def execute_imp(run: ImpRun, folder: RunFolder, ctx: Context) -> dict[str, Any]:
