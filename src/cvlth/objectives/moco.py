@@ -62,8 +62,11 @@ class KeyQueue(nn.Module):
     def size(self) -> int:
         return self.keys.shape[0]
 
-    def reset(self) -> None:
-        self.keys.copy_(F.normalize(torch.randn_like(self.keys), dim=1))
+    def reset(self, seed: int = 0) -> None:
+        """Refill with random unit keys drawn from ``seed`` (not the process-dependent global RNG)."""
+        generator = torch.Generator(device=self.keys.device).manual_seed(seed)
+        keys = torch.randn(self.keys.shape, generator=generator, device=self.keys.device)
+        self.keys.copy_(F.normalize(keys, dim=1))
         self.pointer.zero_()
 
     @torch.no_grad()

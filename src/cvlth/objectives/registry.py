@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 from cvlth.config import ObjectiveRef
 from cvlth.data.classification import DatasetSplits
 from cvlth.data.samples import SampleSplits
@@ -28,14 +30,20 @@ def register_objective(name: str) -> Callable[[Builder], Builder]:
     return decorate
 
 
-def build_objective(ref: ObjectiveRef, *, feature_dim: int, data: DatasetSplits | SampleSplits) -> Objective:
+def build_objective(
+    ref: ObjectiveRef, *, feature_dim: int, data: DatasetSplits | SampleSplits, seed: int = 0
+) -> Objective:
+    """The objective ``ref`` names. Its heads are initialised from ``seed``, not from the global RNG
+    (whose initial seed differs between processes), so a run is reproducible from its config."""
     if ref.name not in OBJECTIVES:
         raise ConfigError(f"objective.name: must be one of {sorted(OBJECTIVES)} (got {ref.name!r})")
     builder = OBJECTIVES[ref.name]
-    try:
-        return builder(feature_dim=feature_dim, data=data, **ref.options)
-    except TypeError as exc:  # an option the builder does not take
-        raise ConfigError(f"objective {ref.name!r}: bad options {sorted(ref.options)}: {exc}") from exc
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            return builder(feature_dim=feature_dim, data=data, **ref.options)
+        except TypeError as exc:  # an option the builder does not take
+            raise ConfigError(f"objective {ref.name!r}: bad options {sorted(ref.options)}: {exc}") from exc
 
 
 @register_objective("supervised")

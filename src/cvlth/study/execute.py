@@ -132,7 +132,9 @@ def execute_pretrain(run: PretrainRun, folder: RunFolder, ctx: Context) -> dict[
     data = ctx.dataset(run.recipe.data)
     spec = _spec(run)
     model = _seeded(run.recipe.train.seed, lambda: build_backbone(spec, data.num_classes))
-    objective = build_objective(run.recipe.objective, feature_dim=feature_dim(spec), data=data)
+    objective = build_objective(
+        run.recipe.objective, feature_dim=feature_dim(spec), data=data, seed=run.recipe.train.seed
+    )
     result = _train(model, objective, data, run.recipe, folder, ctx, mask=None)
     source = run.recipe.objective.name
     save_checkpoint(Path(folder) / THETA_P, model.state_dict(), spec, normalization="imagenet", source=source)
@@ -212,7 +214,9 @@ def execute_imp(run: ImpRun, folder: RunFolder, ctx: Context) -> dict[str, Any]:
         capture = _early_capture_step(run, data) if (run.rewind == "early" and level == 0) else None
         if capture is None:
             _restore(model, heads, torch.load(rewind_file, map_location="cpu", weights_only=True))
-        objective = build_objective(run.recipe.objective, feature_dim=_feature_dim(model), data=data)
+        objective = build_objective(
+            run.recipe.objective, feature_dim=_feature_dim(model), data=data, seed=run.recipe.train.seed
+        )
         _load_objective_heads(objective, heads if run.rewind_heads else _latest_heads(root, heads))
         result = _train(model, objective, data, run.recipe, round_folder, ctx, mask=prev, capture=capture)
         if not run.rewind_heads:
@@ -265,7 +269,7 @@ def _upstream_model(
             f"θ_p has {fc.shape[0]}",
             hint="upstream IMP runs on the pre-training task; use the pre-training's dataset",
         )
-    model = build_backbone(spec, fc.shape[0] if fc is not None else data.num_classes)
+    model = _seeded(0, lambda: build_backbone(spec, fc.shape[0] if fc is not None else data.num_classes))
     load_into(model, theta.state_dict, strict=fc is not None, skip=())  # the pre-training head too
     return model, load_heads(run.pretrained, ctx)
 
@@ -357,7 +361,7 @@ def execute_transfer(run: TransferRun, folder: RunFolder, ctx: Context) -> dict[
             rewind = torch.load(run_folder(ctx, run.ticket) / REWIND, map_location="cpu", weights_only=True)
             backbone = {k: v for k, v in rewind["model"].items() if not k.startswith("fc.")}
             model.load_state_dict(backbone, strict=False)
-    objective = build_objective(run.task.objective, feature_dim=_feature_dim(model), data=data)
+    objective = build_objective(run.task.objective, feature_dim=_feature_dim(model), data=data, seed=run.seed)
     result = _train(model, objective, data, run.task, folder, ctx, mask=mask)
     return {"level": run.level, "sparsity": _sparsity(mask), "seed": run.seed, **result}
 
