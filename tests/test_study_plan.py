@@ -119,3 +119,14 @@ def test_mask_variants_keep_counts():
     assert vary_mask(mask, "random", seed=2).layer_counts() == mask.layer_counts()
     assert vary_mask(mask, "perturbed", seed=2, fraction=0.1).layer_counts() == mask.layer_counts()
     assert vary_mask(mask, "ticket", seed=2) is mask
+
+
+def test_import_with_an_unset_variable_says_which(tmp_path, monkeypatch):
+    from cvlth.errors import CvlthError
+    from cvlth.study.execute import Context, execute_import
+    from cvlth.study.runs import ImportRun
+
+    monkeypatch.delenv("CVLTH_NOT_SET", raising=False)
+    run = ImportRun(path="${CVLTH_NOT_SET}/moco.pth.tar", source="moco")
+    with pytest.raises(CvlthError, match="environment variable that is not set"):
+        execute_import(run, None, Context(store=Store(tmp_path)))

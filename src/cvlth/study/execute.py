@@ -143,6 +143,11 @@ def execute_pretrain(run: PretrainRun, folder: RunFolder, ctx: Context) -> dict[
 
 
 def execute_import(run: ImportRun, folder: RunFolder, ctx: Context) -> dict[str, Any]:
+    if "$" in run.path and not Path(run.path).exists():
+        raise CvlthError(
+            f"checkpoint path {run.path!r} names an environment variable that is not set",
+            hint="export it (e.g. CVLTH_CHECKPOINTS=/path/to/checkpoints) and run the study again",
+        )
     imported = import_checkpoint(run.path, source=run.source)
     report = imported.report
     if imported.spec is None:
