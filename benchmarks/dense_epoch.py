@@ -3,7 +3,8 @@
 Trains the Faster R-CNN and the DeepLabV3+ of ``cvlth.models`` (ResNet-18, CIFAR stem, 1 channel,
 ``--width`` 8 by default) on ``world_scenes`` 64x64 scenes for ``--scenes`` images (default 2000,
 one epoch) at ``--batch-size`` 32, with a 50% magnitude mask enforced after every SGD step, then
-evaluates on 200 val scenes. Prints images/s and the time of a 2000-scene epoch.
+evaluates on 200 val scenes. Each model is measured twice in the same run, with the builders'
+defaults and with the ``model:`` options of ``configs/cpu-study.yaml``, and the speed-up printed.
 
     PYTHONPATH=src python benchmarks/dense_epoch.py --scenes 2000
 """
@@ -18,14 +19,14 @@ import torch
 
 from cvlth.data.registry import load_dataset
 from cvlth.models.backbones import BackboneSpec
-from cvlth.models.detection import build_detector
-from cvlth.models.segmentation import build_segmenter
+from cvlth.models.task_models import build_task_model
 from cvlth.objectives.detection import DetectionObjective
 from cvlth.objectives.segmentation import SegmentationObjective
 from cvlth.pruning import MaskEnforcer, magnitude
+from cvlth.study.config import load_study
 
 
-def measure(name: str, model: torch.nn.Module, objective, splits, scenes: int, batch_size: int) -> None:
+def measure(name: str, model: torch.nn.Module, objective, splits, scenes: int, batch_size: int) -> float:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     MaskEnforcer(model, magnitude(model, 0.5)).attach(optimizer)
     generator = torch.Generator().manual_seed(0)
@@ -51,6 +52,7 @@ def measure(name: str, model: torch.nn.Module, objective, splits, scenes: int, b
         f"{2000 / rate:.0f} s), eval {len(splits.val) / eval_s:.1f} img/s, val {metrics}",
         flush=True,
     )
+    return rate
 
 
 def main() -> None:
@@ -65,15 +67,28 @@ def main() -> None:
     splits = load_dataset("world_scenes")
     spec = BackboneSpec("resnet18", width=args.width, stem="cifar", in_channels=1)
     print(f"{spec.label}, batch {args.batch_size}, {args.threads} threads, load {os.getloadavg()[0]:.1f}")
-    if args.only in (None, "detection"):
-        detector = build_detector(
-            None, spec, splits.num_classes, image_mean=splits.mean, image_std=splits.std
-        )
-        measure("detection", detector, DetectionObjective(), splits, args.scenes, args.batch_size)
-    if args.only in (None, "segmentation"):
-        segmenter = build_segmenter(None, spec, splits.num_classes)
-        objective = SegmentationObjective(splits.num_classes, splits.mean, splits.std)
-        measure("segmentation", segmenter, objective, splits, args.scenes, args.batch_size)
+    study = load_study("cpu-study")
+    objectives = {
+        "detection": DetectionObjective(),
+        "segmentation": SegmentationObjective(splits.num_classes, splits.mean, splits.std),
+    }
+    for task in ("detection", "segmentation"):
+        if args.only not in (None, task):
+            continue
+        rates = []
+        for label, options in (("defaults", {}), ("cpu-study", study.tasks[task].model)):
+            model = build_task_model(task, None, spec, splits, seed=0, options=options)
+            rates.append(
+                measure(
+                    f"{task} ({label} {options})",
+                    model,
+                    objectives[task],
+                    splits,
+                    args.scenes,
+                    args.batch_size,
+                )
+            )
+        print(f"RESULT {task}_speedup={rates[1] / rates[0]:.2f}")
     print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 

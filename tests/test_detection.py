@@ -125,3 +125,24 @@ def test_evaluate_runs_on_scene_batches():
     detector = build_detector(None, SPEC, num_classes=4, min_size=32, max_size=32).eval()
     result = DetectionObjective().evaluate(detector, sample_batches(samples, 2, shuffle=False))
     assert set(result) == {"map", "map50", "map75"} and 0.0 <= result["map"] <= 1.0
+
+
+def test_returned_layers_choose_the_fpn_levels_and_their_anchors():
+    # CIFAR stem: layer1 runs at full resolution; leaving it out of the FPN drops the costliest level.
+    detector = build_detector(None, SPEC, num_classes=4, min_size=32, max_size=32, returned_layers=[2, 3, 4])
+    assert detector.backbone.body.return_layers == {"layer2": "0", "layer3": "1", "layer4": "2"}
+    assert detector.rpn.anchor_generator.sizes == ((16,), (32,), (64,), (128,))  # 3 stages + pool
+    assert [p.canonical for p in iter_prunable(detector)] == [
+        p.canonical for p in iter_prunable(build_backbone(SPEC, 10))
+    ]  # layer1 stays in the backbone (and prunable): it feeds layer2
+    features = detector.backbone(torch.zeros(1, 1, 32, 32))
+    assert [tuple(f.shape[-2:]) for f in features.values()] == [(16, 16), (8, 8), (4, 4), (2, 2)]
+    detector.train()
+    loss, _ = DetectionObjective().train_step(detector, _scenes(), torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("layers", [[], [1, 3], [2, 3]])
+def test_returned_layers_must_be_consecutive_up_to_layer4(layers):
+    with pytest.raises(ValueError, match="returned_layers"):
+        build_detector(None, SPEC, num_classes=4, returned_layers=layers)

@@ -55,6 +55,36 @@ def test_finder_tasks_limit_where_tickets_are_transferred():
     assert {p.task for p in planned if p.finder == "up" and p.run.kind == "transfer"} == {"a", "b"}
 
 
+def test_finder_levels_limit_which_levels_are_transferred():
+    finders = [
+        {"name": "omp", "method": "omp", "tasks": ["a"]},
+        {"name": "dense", "method": "omp", "tasks": ["b"], "levels": [4]},
+    ]
+    planned = expand(_study(finders=finders))
+    levels = {(p.finder, p.task, p.level) for p in planned if p.run.kind == "transfer" and p.finder}
+    assert levels == {("omp", "a", 2), ("omp", "a", 4), ("dense", "b", 4)}  # omp: the study's levels
+    omp = [p.run for p in planned if p.finder in ("omp", "dense") and p.run.kind == "baseline"]
+    assert len({run.hash() for run in omp}) == 1  # the same masks: computed once, listed twice
+
+
+def test_task_levels_and_finder_levels_both_narrow_the_grid():
+    finders = [
+        {"name": "omp", "method": "omp"},
+        {"name": "rnd", "method": "random", "levels": [1, 2]},
+    ]
+    planned = expand(_study(finders=finders, task_levels={"b": [2, 3]}))
+    levels = {(p.finder, p.task, p.level) for p in planned if p.run.kind == "transfer" and p.finder}
+    assert levels == {
+        ("omp", "a", 2),
+        ("omp", "a", 4),  # task a: the study's transfer_levels
+        ("omp", "b", 2),  # task b: its own levels
+        ("omp", "b", 3),
+        ("rnd", "a", 1),  # the finder's levels
+        ("rnd", "a", 2),
+        ("rnd", "b", 2),  # both: what both allow
+    }
+
+
 def test_perturbation_variants_are_added_for_listed_finders_only():
     planned = expand(_study(perturbation={"finders": ["task"], "levels": [4]}))
     variants = {(p.finder, p.level, p.variant) for p in planned if p.run.kind == "transfer"}
@@ -67,6 +97,9 @@ def test_perturbation_variants_are_added_for_listed_finders_only():
     [
         ({"finders": [{"name": "x", "method": "omp", "rewind": "init"}]}, "apply to imp only"),
         ({"transfer_levels": [7]}, "outside 1..4"),
+        ({"finders": [{"name": "x", "method": "omp", "levels": [0]}]}, "finder 'x': levels: 0 is outside"),
+        ({"task_levels": {"zzz": [1]}}, "task_levels: unknown task 'zzz'"),
+        ({"task_levels": {"a": [5]}}, "task_levels.a: 5 is outside 1..4"),
         ({"perturbation": {"finders": ["omp"]}}, "not an imp finder"),
         ({"pretrainings": {"sup": {}}}, "exactly one of"),
         (

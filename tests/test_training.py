@@ -269,3 +269,45 @@ def test_lars_scales_the_update_by_the_trust_ratio() -> None:
     optimizer.step()
     # trust = 0.5 * |w| / |g| = 0.5 * 6 / 8; update = trust * g = 1.5 per entry
     assert torch.allclose(weight.detach(), torch.full((2, 2), 1.5))
+
+
+class _ScriptedValidation(SupervisedObjective):
+    """Validation accuracies from a script; test evaluations counted (the n-th returns n)."""
+
+    def __init__(self, scores, val_source) -> None:
+        super().__init__()
+        self.scores, self.val_source, self.test_calls = iter(scores), val_source, 0
+
+    def evaluate(self, model, batches):
+        if batches is self.val_source:
+            return {"accuracy": next(self.scores)}
+        self.test_calls += 1
+        return {"accuracy": float(self.test_calls)}
+
+
+@pytest.mark.parametrize(
+    "scores, tested_epochs, best_epoch",
+    [
+        ([0.5, 0.7, 0.7, 0.9, 0.6], [1, 2, 4], 4),  # a tie is no improvement: the first epoch wins
+        ([math.nan, 0.4, math.nan, 0.3], [1, 2], 2),
+        ([math.nan, math.nan], [1, 2], 2),  # nothing scored: the last epoch is reported
+    ],
+)
+def test_test_split_is_evaluated_only_when_validation_improves(scores, tested_epochs, best_epoch) -> None:
+    train_source, val_source, test_source = make_sources(3, 16)
+    objective = _ScriptedValidation(scores, val_source)
+    model = TinyNet()
+    result = train(
+        model,
+        objective,
+        train_source,
+        training=TrainingConfig(epochs=len(scores), batch_size=16),
+        optim=SGDConfig(lr=0.01),
+        schedule=ConstantSchedule(),
+        val_data=val_source,
+        test_data=test_source,
+        quiet=True,
+    )
+    assert [r["epoch"] for r in result["history"] if "test" in r] == tested_epochs
+    assert result["best_epoch"] == best_epoch
+    assert result["test_at_best_val"] == {"accuracy": float(len(tested_epochs))}  # the last test pass

@@ -165,6 +165,17 @@ def test_scenes_deterministic_in_seed_and_index(scenes: SceneSet) -> None:
     assert scenes.classes[0] == "background" and scenes.num_classes == 11
 
 
+def test_scenes_are_rendered_once_and_callers_cannot_change_the_cache(scenes: SceneSet) -> None:
+    fresh = SceneSet(40, seed=3, source=scenes.source)
+    first_image, first = fresh[7]
+    first["boxes"] = torch.zeros(0, 4)  # a caller replacing a target entry ...
+    image, target = fresh[7]
+    assert image is first_image  # ... gets the cached tensors back,
+    rendered_image, rendered = fresh._render(7)
+    assert torch.equal(image, rendered_image)  # equal to a new rendering,
+    assert all(torch.equal(target[k], rendered[k]) for k in rendered)  # its own entry unchanged
+
+
 def test_scene_batch_source_resumes_mid_epoch(scenes: SceneSet) -> None:
     source = SceneBatchSource(scenes, batch_size=6, seed=1)
     assert isinstance(source, BatchSource) and len(source) == 7

@@ -79,6 +79,9 @@ class SceneSet:
         self.canvas_size = canvas_size
         self.max_objects = max_objects
         self.object_sizes = object_sizes
+        # Rendering costs ~2 ms a scene, which every epoch and every evaluation would pay again; a
+        # 64x64 scene with its targets is ~25 KB, so 2,000 of them stay in memory.
+        self._rendered: dict[int, tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}
 
     @property
     def classes(self) -> list[str]:
@@ -93,8 +96,15 @@ class SceneSet:
         return self.num_images
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Scene ``index``, rendered once; callers must not modify the returned tensors in place."""
         if not 0 <= index < self.num_images:
             raise IndexError(f"scene {index} out of range 0..{self.num_images - 1}")
+        if index not in self._rendered:
+            self._rendered[index] = self._render(index)
+        image, target = self._rendered[index]
+        return image, dict(target)
+
+    def _render(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         generator = torch.Generator().manual_seed((self.seed * 1_000_003 + index) % (1 << 63))
         size = self.canvas_size
         image = torch.zeros((1, size, size), dtype=torch.uint8)

@@ -94,11 +94,14 @@ def build_segmenter(
     seed: int = 0,
     output_stride: int = 16,
     atrous_rates: Sequence[int] = ATROUS_RATES,
+    head_channels: int | None = None,
+    low_projected: int | None = None,
 ) -> DeepLabV3Plus:
     """A DeepLabV3+ for ``num_classes`` (background included) from θ_p (``fc`` is not loaded).
 
     ``source`` is a canonical state_dict or an :class:`ImportedCheckpoint` (``None``: random
     backbone); new tensors (ASPP, decoder) are drawn from ``seed``, independently of the global RNG.
+    ``head_channels`` / ``low_projected`` override the scaled ASPP-decoder and low-level widths.
     """
     if output_stride not in _DILATION:
         raise ValueError(f"output_stride must be one of {sorted(_DILATION)}, got {output_stride}")
@@ -109,8 +112,8 @@ def build_segmenter(
             backbone,
             num_classes,
             atrous_rates=atrous_rates,
-            head_channels=scaled_channels(256, spec.width, 16),
-            low_projected=scaled_channels(48, spec.width, 8),
+            head_channels=head_channels or scaled_channels(256, spec.width, 16),
+            low_projected=low_projected or scaled_channels(48, spec.width, 8),
         )
     if source is not None:
         load_into(model, source, strict=True, skip=("fc.",))

@@ -62,7 +62,9 @@ class FinderEntry(Strict):
     constant lr 1e-4).
     ``imp`` with ``stage: downstream`` trains on each task in ``tasks`` with the task's recipe, overridden
     the same way. ``omp`` and ``random`` need no training. For those and for upstream IMP,
-    ``tasks`` limits which tasks the tickets are transferred to (default: all).
+    ``tasks`` limits which tasks the tickets are transferred to (default: all), and ``levels``
+    which IMP levels are (default: the study's ``transfer_levels``) — e.g. fewer levels for the
+    expensive detection and segmentation transfers.
     """
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
@@ -77,6 +79,9 @@ class FinderEntry(Strict):
     data: DataRef | None = None
     tasks: list[str] | None = None
     pretrainings: list[str] | None = None
+    levels: list[int] | None = Field(
+        None, description="levels fine-tuned downstream for this finder (default: the study's)"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> FinderEntry:
@@ -109,6 +114,9 @@ class StudyConfig(Strict):
     rounds: int = Field(ge=1, le=40, description="IMP levels; sparsity after k is 1 - (1-fraction)^k")
     fraction: float = Field(0.2, gt=0, lt=1)
     transfer_levels: list[int] | None = Field(None, description="levels fine-tuned downstream (default: all)")
+    task_levels: dict[str, list[int]] = Field(
+        default_factory=dict, description="per task, the levels fine-tuned on it (default: transfer_levels)"
+    )
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     adapt: AdaptConfig = Field(default_factory=AdaptConfig)
     perturbation: PerturbationEntry | None = None
@@ -148,7 +156,23 @@ class StudyConfig(Strict):
         for level in self.transfer_levels or []:
             if not 1 <= level <= self.rounds:
                 raise ValueError(f"transfer_levels: {level} is outside 1..{self.rounds}")
+        for finder in self.finders:
+            for level in finder.levels or []:
+                if not 1 <= level <= self.rounds:
+                    raise ValueError(f"finder {finder.name!r}: levels: {level} is outside 1..{self.rounds}")
+        for task, levels in self.task_levels.items():
+            if task not in self.tasks:
+                raise ValueError(f"task_levels: unknown task {task!r} (tasks: {sorted(self.tasks)})")
+            for level in levels:
+                if not 1 <= level <= self.rounds:
+                    raise ValueError(f"task_levels.{task}: {level} is outside 1..{self.rounds}")
         return self
+
+    def transfer_grid_levels(self, finder: FinderEntry, task: str) -> list[int]:
+        """The levels ``finder``'s tickets are fine-tuned at on ``task``: the finder's ``levels`` or
+        the task's ``task_levels`` entry in place of ``transfer_levels``; both, where both are given."""
+        narrowed = [set(given) for given in (finder.levels, self.task_levels.get(task)) if given]
+        return sorted(set.intersection(*narrowed)) if narrowed else self.levels
 
     def task_metric(self, task: str) -> str:
         """The metric that decides matching on ``task``: accuracy, AP@[.5:.95] (map) or mIoU."""

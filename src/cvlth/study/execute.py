@@ -31,6 +31,7 @@ from cvlth.errors import CvlthError
 from cvlth.masks import Mask
 from cvlth.models.backbones import BackboneSpec, build_backbone, feature_dim, init_like_torchvision
 from cvlth.models.checkpoints import ImportedCheckpoint, import_checkpoint, load_into, save_checkpoint
+from cvlth.models.task_models import DENSE_OBJECTIVES, build_task_model
 from cvlth.models.transfer import transfer_model
 from cvlth.objectives.registry import build_objective
 from cvlth.pruning.scope import prunable_parameters, prunable_state
@@ -283,9 +284,9 @@ def _downstream_model(run: ImpRun | TransferRun, theta: ImportedCheckpoint, data
     """θ_p adapted to the task: a classifier, a Faster R-CNN or a DeepLabV3+ (by the objective's
     name), its new parts drawn from the run's seed; θ_0 instead for IMP rewound to ``init``."""
     recipe = run.recipe if isinstance(run, ImpRun) else run.task
-    builder = DENSE_MODELS.get(recipe.objective.name)
-    if builder is not None:
-        model = builder(theta, replace(theta.spec, in_channels=data.image_shape[0]), data, run.seed)
+    if recipe.objective.name in DENSE_OBJECTIVES:
+        spec = replace(theta.spec, in_channels=data.image_shape[0])
+        model = build_task_model(recipe.objective.name, theta, spec, data, run.seed, recipe.model)
     else:
         spec = (
             replace(theta.spec, in_channels=data.image_shape[0])
@@ -303,35 +304,6 @@ def _downstream_model(run: ImpRun | TransferRun, theta: ImportedCheckpoint, data
     if isinstance(run, ImpRun) and run.rewind == "init":
         model = _seeded(run.seed, lambda: _fresh_like(model))
     return model
-
-
-def _detector(theta: ImportedCheckpoint, spec: BackboneSpec, data: SampleSplits, seed: int) -> nn.Module:
-    from cvlth.models.detection import build_detector
-
-    size = max(data.image_shape[1:])
-    return build_detector(
-        theta,
-        spec,
-        data.num_classes,
-        seed=seed,
-        min_size=size,
-        max_size=size,
-        image_mean=data.mean,
-        image_std=data.std,
-    )
-
-
-def _segmenter(theta: ImportedCheckpoint, spec: BackboneSpec, data: SampleSplits, seed: int) -> nn.Module:
-    from cvlth.models.segmentation import build_segmenter
-
-    return build_segmenter(theta, spec, data.num_classes, seed=seed)
-
-
-#: Objectives whose tasks need a dense-prediction model instead of a classifier.
-DENSE_MODELS: dict[str, Callable[[ImportedCheckpoint, BackboneSpec, SampleSplits, int], nn.Module]] = {
-    "detection": _detector,
-    "segmentation": _segmenter,
-}
 
 
 def _fresh_like(model: nn.Module) -> nn.Module:

@@ -99,15 +99,16 @@ def finder_runs(study: StudyConfig, finder: FinderEntry, name: str) -> list[tupl
     ]
 
 
-def _transfer_grid(study: StudyConfig, finder: FinderEntry) -> list[tuple[int, str]]:
-    """(level, mask variant) pairs fine-tuned for one finder: its tickets, plus the perturbation
-    analysis's variants when the finder is listed there."""
-    grid = [(level, "ticket") for level in study.levels]
+def _transfer_grid(study: StudyConfig, finder: FinderEntry, task: str) -> list[tuple[int, str]]:
+    """(level, mask variant) pairs fine-tuned for one finder on one task: its tickets, plus the
+    perturbation analysis's variants when the finder is listed there."""
+    ticket_levels = study.transfer_grid_levels(finder, task)
+    grid = [(level, "ticket") for level in ticket_levels]
     analysis = study.perturbation
     if analysis is not None and finder.name in analysis.finders:
-        levels = analysis.levels or study.levels
+        levels = analysis.levels or ticket_levels
         grid += [(level, v) for level in levels for v in analysis.variants if v != "ticket"]
-        grid += [(level, "ticket") for level in levels if level not in study.levels]
+        grid += [(level, "ticket") for level in levels if level not in ticket_levels]
     return grid
 
 
@@ -131,7 +132,7 @@ def expand(study: StudyConfig) -> list[PlannedRun]:
                         continue  # a task-specific mask is fine-tuned on its own task only
                     if finder.tasks is not None and task not in finder.tasks:
                         continue
-                    for level, variant in _transfer_grid(study, finder):
+                    for level, variant in _transfer_grid(study, finder, task):
                         for seed in study.seeds:
                             run = TransferRun(
                                 pretrained=pretrained,

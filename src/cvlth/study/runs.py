@@ -17,7 +17,7 @@ kind              computes
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -33,6 +33,7 @@ from cvlth.config import (
     TrainingConfig,
     register_run_kind,
 )
+from cvlth.errors import ConfigError
 
 ArchName = Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 
@@ -52,6 +53,21 @@ class Recipe(Strict):
     optim: OptimConfig = Field(default_factory=SGDConfig)
     schedule: ScheduleConfig = Field(default_factory=ConstantSchedule)
     train: TrainingConfig = Field(default_factory=TrainingConfig)
+    model: dict[str, Any] = Field(
+        default_factory=dict,
+        description="options of a detection/segmentation task's model (see cvlth.models.task_models)",
+    )
+
+    @model_validator(mode="after")
+    def _known_model_options(self) -> Recipe:
+        if self.model:
+            from cvlth.models.task_models import check_model_options
+
+            try:
+                check_model_options(self.objective.name, self.model)
+            except ConfigError as error:
+                raise ValueError(f"{error.message} ({error.hint})" if error.hint else error.message) from None
+        return self
 
 
 class AdaptConfig(Strict):

@@ -4,7 +4,8 @@ Per optimizer step: derive the augmentation generator from (seed, step), ``objec
 reject a non-finite loss, backward, optimizer step, **re-apply the mask**, the objective's optional
 ``after_step(model)`` (MoCo's EMA), scheduler step, log one
 line to ``metrics.jsonl``, maybe capture the weights (IMP's early-rewind point) and checkpoint,
-then run the callbacks. Per epoch: evaluate on validation and test, checkpoint.
+then run the callbacks. Per epoch: evaluate on validation (and on test when validation improves),
+checkpoint.
 
 With a run folder the loop resumes exactly: the checkpoint holds the model, the objective's
 modules, optimizer, scheduler, mask, global RNG states, the data position and the size of
@@ -178,7 +179,9 @@ def train(
             for module in (model, *extra.values()):
                 distributed.sync_buffers(module, env)
             if state.epoch % training.eval_every_epochs == 0 or state.epoch == training.epochs:
-                record = _evaluate(net, model, extra, objective, state.epoch, val_data, test_data)
+                record = _evaluate(
+                    net, model, extra, objective, state.epoch, val_data, test_data, state.history
+                )
                 state.history.append(record)
                 metrics_log.write(record)
             save_checkpoint()
@@ -261,18 +264,36 @@ def _evaluate(
     epoch: int,
     val_data: BatchSource | None,
     test_data: BatchSource | None,
+    history: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    """Evaluate the bare model (not the DDP wrapper: no collectives, every rank sees all data)."""
+    """Evaluate the bare model (not the DDP wrapper: no collectives, every rank sees all data).
+
+    The test split is evaluated only when validation improves on every earlier epoch (or there is
+    no validation split): the result reports test at the best-validation epoch, and on detection
+    a test pass costs a tenth of an epoch's training.
+    """
     model.eval()
     for module in extra.values():
         module.eval()
     record: dict[str, Any] = {"epoch": epoch}
     if val_data is not None:
         record["val"] = objective.evaluate(model, val_data)
-    if test_data is not None:
+    if test_data is not None and _improves(record, history, objective.selection):
         record["test"] = objective.evaluate(model, test_data)
     net.train()
     return record
+
+
+def _improves(record: dict[str, Any], history: list[dict[str, Any]], selection: tuple[str, str]) -> bool:
+    """Whether ``record`` would become the best-validation epoch (earlier epochs win ties)."""
+    if "val" not in record:
+        return True
+    name, direction = selection
+    value = record["val"].get(name, math.nan)
+    scored = [r["val"][name] for r in history if "val" in r and math.isfinite(r["val"].get(name, math.nan))]
+    if not math.isfinite(value) or not scored:
+        return not scored  # with nothing scored, summarize() reports the last epoch
+    return value > max(scored) if direction == "max" else value < min(scored)
 
 
 def summarize(

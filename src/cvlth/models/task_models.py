@@ -1,0 +1,106 @@
+"""The dense-prediction model a downstream task fine-tunes, chosen by the task's objective.
+
+``detection`` → :func:`cvlth.models.detection.build_detector` (Faster R-CNN + FPN),
+``segmentation`` → :func:`cvlth.models.segmentation.build_segmenter` (DeepLabV3+); classification
+tasks get :func:`cvlth.models.transfer.transfer_model` instead. A task recipe's ``model:`` mapping
+is passed to the builder as keyword options (e.g. ``returned_layers: [2, 3, 4]`` or
+``box_batch_size_per_image: 32`` for the detector, ``head_channels: 16`` for the segmenter), over
+the defaults derived from the dataset (image size, normalisation statistics).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from cvlth.errors import ConfigError
+from cvlth.models.backbones import BackboneSpec
+from cvlth.models.checkpoints import ImportedCheckpoint
+
+if TYPE_CHECKING:
+    from cvlth.data.samples import SampleSplits
+
+DENSE_OBJECTIVES: tuple[str, ...] = ("detection", "segmentation")
+# Builder parameters a recipe cannot set: the study supplies them (θ_p, its spec, the classes, the seed).
+_FIXED = frozenset({"source", "spec", "num_classes", "seed", "options"})
+
+
+def _detector(
+    theta: ImportedCheckpoint, spec: BackboneSpec, data: SampleSplits, seed: int, options: Mapping[str, Any]
+) -> nn.Module:
+    from cvlth.models.detection import build_detector
+
+    size = max(data.image_shape[1:])
+    defaults = {"min_size": size, "max_size": size, "image_mean": data.mean, "image_std": data.std}
+    return build_detector(theta, spec, data.num_classes, seed=seed, **{**defaults, **options})
+
+
+def _segmenter(
+    theta: ImportedCheckpoint, spec: BackboneSpec, data: SampleSplits, seed: int, options: Mapping[str, Any]
+) -> nn.Module:
+    from cvlth.models.segmentation import build_segmenter
+
+    return build_segmenter(theta, spec, data.num_classes, seed=seed, **options)
+
+
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {"detection": _detector, "segmentation": _segmenter}
+
+
+def model_options(objective: str) -> frozenset[str]:
+    """The ``model:`` option names a task with this objective accepts (empty: none)."""
+    if objective == "detection":
+        from torchvision.models.detection import FasterRCNN
+
+        from cvlth.models.detection import build_detector
+
+        # build_detector passes the rest on to torchvision's FasterRCNN.
+        own = set(inspect.signature(build_detector).parameters)
+        built_here = {"backbone", "num_classes", "rpn_anchor_generator", "box_head", "box_predictor"}
+        names = own | (set(inspect.signature(FasterRCNN).parameters) - built_here - {"kwargs"})
+    elif objective == "segmentation":
+        from cvlth.models.segmentation import build_segmenter
+
+        names = set(inspect.signature(build_segmenter).parameters)
+    else:
+        names = set()
+    return frozenset(names - _FIXED)
+
+
+def check_model_options(objective: str, options: Mapping[str, Any]) -> None:
+    """ConfigError naming the first unknown option (checked when a study is loaded)."""
+    if not options:
+        return
+    allowed = model_options(objective)
+    if not allowed:
+        raise ConfigError(
+            f"model: options apply to detection and segmentation tasks only (objective is {objective!r})",
+            hint="remove `model:` from this task, or use a detection/segmentation objective",
+        )
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"model: unknown option {', '.join(unknown)} for a {objective} task",
+            hint=f"options are: {', '.join(sorted(allowed))}",
+        )
+
+
+def build_task_model(
+    objective: str,
+    theta: ImportedCheckpoint,
+    spec: BackboneSpec,
+    data: SampleSplits,
+    seed: int,
+    options: Mapping[str, Any] | None = None,
+) -> nn.Module:
+    """The detector / segmenter for a dense task (objective in :data:`DENSE_OBJECTIVES`) from θ_p."""
+    builder = _BUILDERS.get(objective)
+    if builder is None:
+        raise ConfigError(f"no dense-prediction model for objective {objective!r}")
+    check_model_options(objective, options or {})
+    try:
+        return builder(theta, spec, data, seed, dict(options or {}))
+    except (TypeError, ValueError) as error:  # a value of the wrong type or out of range
+        raise ConfigError(f"model: bad options {dict(options or {})} for {objective}: {error}") from error

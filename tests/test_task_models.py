@@ -1,0 +1,82 @@
+"""Task models by objective and their `model:` options, from a study recipe to the built model."""
+
+import pytest
+import torch
+
+from cvlth.config import config_hash, validate_config
+from cvlth.data.samples import SampleSplits
+from cvlth.errors import ConfigError
+from cvlth.models.backbones import BackboneSpec, build_backbone
+from cvlth.models.checkpoints import import_checkpoint, save_checkpoint
+from cvlth.models.task_models import build_task_model, check_model_options, model_options
+from cvlth.study.runs import Recipe
+
+SPEC = BackboneSpec("resnet18", width=4, stem="cifar", in_channels=1)
+DATA = SampleSplits(
+    "tiny", [], None, [], ["background", "a", "b"], (0.1,), (0.3,), ("detection",), (1, 32, 32)
+)
+
+
+@pytest.fixture(scope="module")
+def theta(tmp_path_factory):
+    path = tmp_path_factory.mktemp("theta") / "theta.pt"
+    save_checkpoint(path, build_backbone(SPEC, 10).state_dict(), SPEC, source="cvlth")
+    return import_checkpoint(path, source="cvlth")
+
+
+def test_detector_options_reach_torchvision_and_the_dataset_sets_the_defaults(theta):
+    options = {"returned_layers": [2, 3, 4], "box_batch_size_per_image": 32, "box_score_thresh": 0.1}
+    detector = build_task_model("detection", theta, SPEC, DATA, seed=0, options=options)
+    assert detector.roi_heads.fg_bg_sampler.batch_size_per_image == 32
+    assert detector.roi_heads.score_thresh == 0.1
+    assert len(detector.rpn.anchor_generator.sizes) == 4
+    assert detector.transform.min_size == (32,) and detector.transform.max_size == 32  # the image size
+    assert detector.transform.image_mean == [0.1] and detector.transform.image_std == [0.3]
+    body = detector.backbone.body
+    assert torch.equal(body.layer2[0].conv1.weight, theta.state_dict["layer2.0.conv1.weight"])
+
+
+def test_segmenter_options(theta):
+    segmenter = build_task_model("segmentation", theta, SPEC, DATA, seed=0, options={"head_channels": 8})
+    assert segmenter.decoder.classifier.in_channels == 8
+    assert segmenter(torch.zeros(2, 1, 32, 32)).shape == (2, 3, 32, 32)
+
+
+def test_option_names_come_from_the_builders():
+    assert {"returned_layers", "box_batch_size_per_image", "rpn_pre_nms_top_n_train"} <= model_options(
+        "detection"
+    )
+    assert {"head_channels", "output_stride", "atrous_rates"} <= model_options("segmentation")
+    assert not {"seed", "source", "num_classes", "backbone"} & (
+        model_options("detection") | model_options("segmentation")
+    )
+    assert model_options("supervised") == frozenset()
+
+
+@pytest.mark.parametrize(
+    "objective, options, message",
+    [
+        ("detection", {"box_batch_size": 32}, "unknown option box_batch_size for a detection task"),
+        ("segmentation", {"seed": 3}, "unknown option seed"),
+        ("supervised", {"head_channels": 8}, "detection and segmentation tasks only"),
+    ],
+)
+def test_bad_model_options_are_named(objective, options, message):
+    with pytest.raises(ConfigError, match=message):
+        check_model_options(objective, options)
+    with pytest.raises(ConfigError, match=message):  # already when the study's recipe is validated
+        validate_config(
+            Recipe, {"data": {"name": "world_scenes"}, "objective": {"name": objective}, "model": options}
+        )
+
+
+def test_a_bad_option_value_is_a_config_error(theta):
+    with pytest.raises(ConfigError, match="returned_layers"):
+        build_task_model("detection", theta, SPEC, DATA, seed=0, options={"returned_layers": [1, 3]})
+
+
+def test_model_options_are_part_of_the_run_identity():
+    base = {"data": {"name": "world_scenes"}, "objective": {"name": "detection"}}
+    plain = validate_config(Recipe, base)
+    tuned = validate_config(Recipe, {**base, "model": {"box_batch_size_per_image": 32}})
+    assert plain.model == {} and config_hash(plain) != config_hash(tuned)
