@@ -126,7 +126,7 @@ def test_upstream_imp_cannot_rewind_to_init():
 
 def test_packaged_studies_validate_and_plan_without_data(monkeypatch, tmp_path):
     monkeypatch.setenv("CVLTH_DATA", str(tmp_path / "nowhere"))
-    for name in ("demo", "smoke", "paper-resnet50"):
+    for name in ("demo", "smoke", "cpu-study", "paper-resnet50"):
         study = load_study(name)
         summary = summarize_plan(expand(study), Store(tmp_path / "store"))
         assert summary.runs_left == sum(summary.total.values()) > 0
@@ -136,6 +136,9 @@ def test_packaged_studies_validate_and_plan_without_data(monkeypatch, tmp_path):
     # 3 pre-trainings x 4 tasks x 3 seeds x (dense + 3 global sources x 18 levels + task IMP x 18 levels)
     assert len(transfers) == 3 * 4 * 3 * (1 + 3 * 18 + 18)
     assert str(tmp_path / "nowhere") in paper.tasks["cifar10"].data.root
+    cpu = expand(load_study("cpu-study"))
+    dense_levels = {p.level for p in cpu if p.task in ("detection", "segmentation") and p.level}
+    assert dense_levels == {3, 6}  # task_levels narrow the expensive transfers
 
 
 def test_mask_variants_keep_counts():
