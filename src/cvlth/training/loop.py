@@ -269,8 +269,8 @@ def _evaluate(
     """Evaluate the bare model (not the DDP wrapper: no collectives, every rank sees all data).
 
     The test split is evaluated only when validation improves on every earlier epoch (or there is
-    no validation split): the result reports test at the best-validation epoch, and on detection
-    a test pass costs a tenth of an epoch's training.
+    no validation split): the result reports test at the best-validation epoch only, and a
+    detection test pass costs about as much as training on the same number of images.
     """
     model.eval()
     for module in extra.values():
@@ -285,15 +285,18 @@ def _evaluate(
 
 
 def _improves(record: dict[str, Any], history: list[dict[str, Any]], selection: tuple[str, str]) -> bool:
-    """Whether ``record`` would become the best-validation epoch (earlier epochs win ties)."""
-    if "val" not in record:
-        return True
+    """Whether ``record`` would become the epoch :func:`summarize` reports."""
+    return best_record([*history, record], selection) is record
+
+
+def best_record(history: list[dict[str, Any]], selection: tuple[str, str]) -> dict[str, Any]:
+    """The best-validation evaluation (the first one wins a tie); the last one if none is scored."""
     name, direction = selection
-    value = record["val"].get(name, math.nan)
-    scored = [r["val"][name] for r in history if "val" in r and math.isfinite(r["val"].get(name, math.nan))]
-    if not math.isfinite(value) or not scored:
-        return not scored  # with nothing scored, summarize() reports the last epoch
-    return value > max(scored) if direction == "max" else value < min(scored)
+    scored = [r for r in history if "val" in r and math.isfinite(r["val"].get(name, math.nan))]
+    if not scored:
+        return history[-1]
+    pick = max if direction == "max" else min
+    return pick(scored, key=lambda r: r["val"][name])
 
 
 def summarize(
@@ -304,12 +307,7 @@ def summarize(
     if not history:
         return result
     name, direction = selection
-    scored = [r for r in history if "val" in r and math.isfinite(r["val"].get(name, math.nan))]
-    if scored:
-        pick = max if direction == "max" else min
-        best = pick(scored, key=lambda r: r["val"][name])  # first epoch wins a tie
-    else:
-        best = history[-1]
+    best = best_record(history, selection)
     result.update(
         final=history[-1],
         best_epoch=best["epoch"],
