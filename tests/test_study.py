@@ -131,3 +131,97 @@ def test_killed_study_resumes_to_the_same_results(tiny_study, tmp_path):
         return json.loads((store / "studies" / "tiny" / "matching.json").read_text())
 
     assert table(killed) == table(reference)
+
+
+@pytest.mark.slow
+def test_two_workers_give_the_serial_results(tiny_study, tmp_path, monkeypatch):
+    """Runs seed themselves from their configs: the worker count changes no number."""
+    from cvlth.study.run import run_study
+
+    study = load_study(tiny_study)
+    parallel = run_study(
+        study, Store(tmp_path / "parallel"), quiet=True, log=lambda _: None, workers=2, threads=1
+    )
+    assert parallel.computed == parallel.runs == len(expand(study))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each worker: the same kernels, so the same floating-point sums
+    try:
+        serial = run_study(study, Store(tmp_path / "serial"), quiet=True, log=lambda _: None)
+    finally:
+        torch.set_num_threads(threads)
+
+    def table(outcome) -> list:
+        return json.loads((outcome.folder / "matching.json").read_text())
+
+    assert table(parallel) == table(serial)
+    for item in expand(study):
+        if isinstance(item.run, ImpRun):
+            for level in (1, 3):
+                masks = [
+                    Mask.load(execute.mask_path(Path(Store(root).run_dir(item.run)), level))
+                    for root in (tmp_path / "parallel", tmp_path / "serial")
+                ]
+                assert all(torch.equal(masks[0][name], masks[1][name]) for name in masks[0])
+
+
+@pytest.mark.slow
+def test_a_failing_run_stops_a_parallel_study_with_its_error(tiny_study, tmp_path, capsys):
+    config = yaml.safe_load(tiny_study.read_text())
+    config["tasks"]["digits"]["optim"]["lr"] = 1.0e30  # the downstream loss overflows
+    config["finders"] = [{"name": "omp", "method": "omp"}]
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(yaml.safe_dump(config))
+    store = tmp_path / "store"
+    assert run_cli(["study", str(broken), "--store", str(store), "--workers", "2"]) == 2
+    out = capsys.readouterr()
+    assert "FAILED: transfer supervised" in out.out
+    assert "loss" in (out.out + out.err).lower()
+    pretrain = next(i.run for i in expand(load_study(broken)) if isinstance(i.run, PretrainRun))
+    assert Store(store).is_done(pretrain)  # finished runs are kept
+    assert not (store / "studies" / "tiny" / "matching.json").exists()
+
+
+def _state(pid: int) -> str | None:
+    """The /proc state letter of a process (None when it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc")
+def test_killed_parallel_study_stops_its_workers_and_resumes(tiny_study, tmp_path):
+    store = tmp_path / "store"
+    command = [sys.executable, "-m", "cvlth.cli", "study", str(tiny_study), "--store", str(store)]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    process = subprocess.Popen([*command, "--workers", "2"], stdout=subprocess.PIPE, text=True, env=env)
+    starts = 0
+    for line in process.stdout:
+        starts += line.startswith("start:")
+        if starts == 3:  # the pre-training, then two runs at once: both workers are computing
+            break
+    assert starts == 3, "the study ended before two runs ran at once"
+    workers = _children(process.pid)
+    assert len(workers) >= 2
+    process.kill()
+    process.wait()
+    deadline = time.monotonic() + 20
+    while any(_state(pid) not in (None, "Z") for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert all(_state(pid) in (None, "Z") for pid in workers), "workers kept running after the study died"
+
+    assert run_cli(["study", str(tiny_study), "--store", str(store), "--quiet", "--workers", "2"]) == 0
+    assert (store / "studies" / "tiny" / "matching.json").is_file()

@@ -138,7 +138,8 @@ def test_packaged_studies_validate_and_plan_without_data(monkeypatch, tmp_path):
     assert str(tmp_path / "nowhere") in paper.tasks["cifar10"].data.root
     cpu = expand(load_study("cpu-study"))
     dense_levels = {p.level for p in cpu if p.task in ("detection", "segmentation") and p.level}
-    assert dense_levels == {3, 6}  # task_levels narrow the expensive transfers
+    assert dense_levels == {8}  # task_levels narrow the expensive transfers
+    assert {p.level for p in cpu if p.task == "mnist" and p.level} == {3, 5, 8}
 
 
 def test_mask_variants_keep_counts():

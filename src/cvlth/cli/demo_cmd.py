@@ -16,6 +16,7 @@ from cvlth.study.config import builtin_study_path
 def demo(
     store: Annotated[Path, typer.Option("--store", help="Run store root.")] = Path("runs"),
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes (see `cvlth study --help`).")] = 1,
 ) -> None:
     """Run the built-in miniature study (configs/demo.yaml): pre-training, tickets, transfer, matching."""
-    study(builtin_study_path("demo"), store=store, plan=False, quiet=quiet, device="cpu")
+    study(builtin_study_path("demo"), store=store, plan=False, quiet=quiet, device="cpu", workers=workers)

@@ -29,6 +29,14 @@ def study(
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Worker processes running independent runs at once, each with cores/workers "
+            "threads (one line per run, no progress bars). Pays on many cores, little on 2.",
+        ),
+    ] = 1,
 ) -> None:
     """Run every pre-training, ticket search and transfer of a study, then print the matching table."""
     console = Console()
@@ -39,7 +47,9 @@ def study(
         return
     from cvlth.study.run import run_study
 
-    outcome = run_study(study_config, run_store, device=device, quiet=quiet, log=console.print)
+    outcome = run_study(
+        study_config, run_store, device=device, quiet=quiet, log=console.print, workers=workers
+    )
     console.print(matching_rich_table(outcome.matching))
     if outcome.report is not None:
         console.print(f"report: {outcome.report}")

@@ -46,28 +46,45 @@ def run_study(
     device: str = "cpu",
     quiet: bool = False,
     log: Callable[[str], None] = print,
+    workers: int = 1,
+    threads: int | None = None,
 ) -> StudyOutcome:
+    """Run every planned run not done yet, then the tables.
+
+    With ``workers`` > 1 the runs go to that many processes with ``threads`` torch threads each
+    (default: the cores divided among them); see :mod:`cvlth.study.parallel`.
+    """
     start = time.perf_counter()
     folder = study_folder(study, store)
     atomic_write_text(folder / "study.yaml", study_to_yaml(study))
     planned = expand(study)
-    ctx = Context(store=store, device=device, quiet=quiet, log=log)
-    computed = 0
-    results: dict[int, dict[str, Any]] = {}
-    for index, item in enumerate(planned, start=1):
-        done = store.is_done(item.run)
-        if not done:
-            log(f"[{index}/{len(planned)}] {describe(item)}")
-            computed += 1
-        results[index] = ensure(item.run, ctx)
-    table = matching_table(study, planned, list(results.values()))
+    if workers > 1:
+        from cvlth.study.parallel import run_parallel
+
+        computed = run_parallel(
+            planned, store, workers=workers, threads=threads, device=device, log=log, describe=describe
+        )
+        results = [store.result(item.run) for item in planned]
+    else:
+        computed, results = _run_serially(planned, Context(store=store, device=device, quiet=quiet, log=log))
+    table = matching_table(study, planned, results)
     write_matching(folder, table)
     atomic_write_text(folder / "tickets.json", json.dumps(ticket_index(study, planned, store), indent=2))
     if study.perturbation is not None:
-        curves = perturbation_curves(study, planned, list(results.values()))
+        curves = perturbation_curves(study, planned, results)
         atomic_write_text(folder / "perturbation.json", json.dumps(curves, indent=2))
     report = _write_report(folder, store, log)
     return StudyOutcome(folder, table, len(planned), computed, time.perf_counter() - start, report)
+
+
+def _run_serially(planned: list[PlannedRun], ctx: Context) -> tuple[int, list[dict[str, Any]]]:
+    computed, results = 0, []
+    for index, item in enumerate(planned, start=1):
+        if not ctx.store.is_done(item.run):
+            ctx.log(f"[{index}/{len(planned)}] {describe(item)}")
+            computed += 1
+        results.append(ensure(item.run, ctx))
+    return computed, results
 
 
 def _write_report(folder: Path, store: Store, log: Callable[[str], None]) -> Path | None:
