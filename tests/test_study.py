@@ -134,7 +134,7 @@ def test_killed_study_resumes_to_the_same_results(tiny_study, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_workers_give_the_serial_results(tiny_study, tmp_path, monkeypatch):
+def test_two_workers_give_the_serial_results(tiny_study, tmp_path):
     """Runs seed themselves from their configs: the worker count changes no number."""
     from cvlth.study.run import run_study
 

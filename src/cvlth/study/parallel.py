@@ -9,9 +9,9 @@ Why processes: one run of a small model cannot use many cores (much of a detecti
 Python in torchvision, and small convolutions split poorly across threads), so on a machine with
 more cores than one run uses, several runs at once finish the study sooner. On 2 cores it gains
 little: a one-thread run of the CPU study takes 1.7-2.1x as long as a two-thread run (measured:
-detection IMP 340 vs 203 s, segmentation IMP 247 vs 117 s), so two workers are only ~1.1x as fast
-(``benchmarks/study_workers.py --upstream 2000 --scenes 200``: 97.7 vs 108.3 s for 15 runs). Every run still goes through
-:meth:`cvlth.store.Store.execute` (lock, result written last), so a killed parallel study resumes
+detection IMP 340 vs 203 s, segmentation IMP 247 vs 117 s), so two workers are only ~1.1x as
+fast (``benchmarks/study_workers.py --upstream 2000 --scenes 200``: 97.7 vs 108.3 s, 15 runs).
+Every run still goes through :meth:`cvlth.store.Store.execute` (lock, result written last), so a killed parallel study resumes
 like a serial one, and results do not depend on the worker count: each run seeds itself from its
 config.
 """
@@ -99,10 +99,12 @@ def _execute_in_worker(run: RunConfig) -> float:
 
 
 def _ready(pending: dict[str, PlannedRun], waiting_on: dict[str, set[str]], running: set[str]) -> list[str]:
-    """Hashes of the pending runs whose dependencies are all done, in scheduling order."""
-    order = {key: index for index, key in enumerate(pending)}
+    """Hashes of the pending runs whose dependencies are all done, in scheduling order.
+
+    The sort is stable: within a kind, runs keep the plan's order.
+    """
     ready = [key for key in pending if not waiting_on[key] and key not in running]
-    return sorted(ready, key=lambda key: (_KIND_RANK.get(pending[key].run.kind, 9), order[key]))
+    return sorted(ready, key=lambda key: _KIND_RANK.get(pending[key].run.kind, 9))
 
 
 def run_parallel(

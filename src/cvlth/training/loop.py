@@ -269,8 +269,8 @@ def _evaluate(
     """Evaluate the bare model (not the DDP wrapper: no collectives, every rank sees all data).
 
     The test split is evaluated only when validation improves on every earlier epoch (or there is
-    no validation split): the result reports test at the best-validation epoch only, and a
-    detection test pass costs about as much as training on the same number of images.
+    no validation split): the result reports test at the best-validation epoch only, and on the
+    CPU study's detector a test image costs about a third of a training image (~75 vs ~26 img/s).
     """
     model.eval()
     for module in extra.values():
