@@ -1,7 +1,8 @@
 """Does ``cvlth study --workers N`` finish a study sooner than one process?
 
 Runs the same small study twice, in fresh temporary stores, in this one process: serially (one
-process with all the cores' threads) and on ``--workers`` processes (cores / workers threads each),
+process with all the cores' threads) and on ``--workers`` processes (cores / workers threads each,
+passed as ``--threads``: so the parallel numbers are not the serial ones, only the times compare),
 and prints both wall times and their ratio. The study is a slice of ``configs/cpu-study.yaml``: its
 backbone and supervised pre-training (on ``--upstream`` images), its MNIST and detection tasks
 (MNIST on 2000 images, ``--scenes`` detection scenes), OMP and random tickets at one sparsity,
@@ -19,9 +20,9 @@ from pathlib import Path
 
 import yaml
 
+from cvlth.cores import available_cores
 from cvlth.store import Store
 from cvlth.study.config import load_study
-from cvlth.study.parallel import available_cores
 from cvlth.study.plan import expand
 from cvlth.study.run import run_study
 
@@ -54,7 +55,10 @@ def slice_of_cpu_study(upstream: int, scenes: int) -> dict:
 
 def timed_study(study_path: Path, store: Path, workers: int) -> float:
     start = time.perf_counter()
-    outcome = run_study(load_study(study_path), Store(store), quiet=True, log=lambda _: None, workers=workers)
+    threads = max(1, available_cores() // workers)
+    outcome = run_study(
+        load_study(study_path), Store(store), quiet=True, log=lambda _: None, workers=workers, threads=threads
+    )
     assert outcome.computed == outcome.runs, "the store was not empty"
     return time.perf_counter() - start
 

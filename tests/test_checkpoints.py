@@ -185,8 +185,14 @@ def test_moco_training_checkpoint_reports_what_it_dropped(files, reference) -> N
     assert len(groups[key_encoder[0]]) == len(_backbone(reference)) + 4
     assert sorted(groups["MoCo queue of negative keys"]) == ["module.queue", "module.queue_ptr"]
     mlp = [k for r, ks in groups.items() if "MLP" in r for k in ks]
-    assert sorted(mlp) == sorted(_mlp_head("module.encoder_q."))
-    assert "MLP" in report.head
+    assert mlp == []  # encoder_q's MLP head is kept as the projection head (encoder_k's is dropped above)
+    assert "MLP" in report.head and "kept" in report.head
+    saved = torch.load(files["moco_training"], weights_only=True)["state_dict"]
+    head = import_checkpoint(files["moco_training"]).projection_head
+    assert sorted(head) == ["0.bias", "0.weight", "2.bias", "2.weight"]
+    for name, value in head.items():
+        layer, param = name.split(".")
+        assert torch.equal(value, saved[f"module.encoder_q.fc.{layer}.{param}"])
     assert any("epoch" in n and "optimizer" in n for n in report.notes)
 
 

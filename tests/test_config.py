@@ -5,6 +5,7 @@ from typing import Literal
 import pytest
 
 from cvlth.config import (
+    IDENTITY_VERSION,
     AdamWConfig,
     DataRef,
     MultiStepSchedule,
@@ -36,8 +37,9 @@ def paper_config() -> TrainConfig:
 
 
 def test_hash_is_pinned() -> None:
-    # A literal: if this changes, every existing run folder is orphaned. Change it only on purpose.
-    assert config_hash(paper_config()) == "b2702ab306d2969d"
+    # A literal: if this changes, every existing run folder is orphaned. Change it only on purpose
+    # (identity version 2: seeds, θ_5% and the complement changed meaning; was b2702ab306d2969d).
+    assert config_hash(paper_config()) == "e76b9dace7fad5a5"
 
 
 def test_hash_is_sha256_of_sorted_canonical_json() -> None:
@@ -45,7 +47,8 @@ def test_hash_is_sha256_of_sorted_canonical_json() -> None:
     data = json.loads(text)
     assert list(data) == sorted(data)
     assert data["optim"]["lr"] == "float:0.1" and data["train"]["epochs"] == 182
-    assert config_hash(paper_config()) == hashlib.sha256(text.encode()).hexdigest()[:16]
+    versioned = f"cvlth-identity/{IDENTITY_VERSION}\n{text}"
+    assert config_hash(paper_config()) == hashlib.sha256(versioned.encode()).hexdigest()[:16]
 
 
 def test_hash_ignores_key_order_float_spelling_and_explicit_defaults(tmp_path) -> None:

@@ -285,14 +285,45 @@ def _parse_yaml(text: str, where: str) -> dict[str, Any]:
 # --- canonical hash -----------------------------------------------------------------------
 
 
+#: Part of every hash: bumped when what a config means changes (2: independent seeds per run, θ_5%
+#: from θ_0, exact complement, identity normalisation), so older stores are not silently reused.
+IDENTITY_VERSION = 2
+
+
 def canonical_json(cfg: BaseModel) -> str:
-    """Sorted keys, defaults included, every float written as ``repr(float(x))``."""
-    return json.dumps(_canonical(cfg.model_dump(mode="python")), sort_keys=True, separators=(",", ":"))
+    """Sorted keys, defaults included, every float written as ``repr(float(x))``, over the config's
+    *identity* (see :func:`identity`)."""
+    return json.dumps(_canonical(identity(cfg)), sort_keys=True, separators=(",", ":"))
 
 
 def config_hash(cfg: BaseModel) -> str:
     """First 16 hex digits of sha256 over :func:`canonical_json`: stable across runs and machines."""
-    return hashlib.sha256(canonical_json(cfg).encode("utf-8")).hexdigest()[:HASH_LENGTH]
+    text = f"cvlth-identity/{IDENTITY_VERSION}\n{canonical_json(cfg)}"
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:HASH_LENGTH]
+
+
+def identity(value: Any) -> Any:
+    """What a config *is*, as plain data: its fields, recursively, after each model's
+    ``normalize_identity(data)`` hook (if it has one) removed what does not change the run — an
+    option at its default value, a field the run does not use, a file's path instead of its content."""
+    if isinstance(value, BaseModel):
+        data = {name: identity(getattr(value, name)) for name in type(value).model_fields}
+        normalize = getattr(value, "normalize_identity", None)
+        return normalize(data) if normalize is not None else data
+    if isinstance(value, dict):
+        return {key: identity(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [identity(item) for item in value]
+    return value
+
+
+def without_defaults(options: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """``options`` minus the entries equal to their default (``[0.3, 1.0]`` equals ``(0.3, 1.0)``)."""
+    return {
+        key: value
+        for key, value in options.items()
+        if key not in defaults or _canonical(identity(value)) != _canonical(identity(defaults[key]))
+    }
 
 
 def _canonical(value: Any) -> Any:

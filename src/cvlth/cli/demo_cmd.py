@@ -19,4 +19,12 @@ def demo(
     workers: Annotated[int, typer.Option(min=1, help="Worker processes (see `cvlth study --help`).")] = 1,
 ) -> None:
     """Run the built-in miniature study (configs/demo.yaml): pre-training, tickets, transfer, matching."""
-    study(builtin_study_path("demo"), store=store, plan=False, quiet=quiet, device="cpu", workers=workers)
+    study(
+        builtin_study_path("demo"),
+        store=store,
+        plan=False,
+        quiet=quiet,
+        device="cpu",
+        workers=workers,
+        threads=None,
+    )

@@ -33,10 +33,18 @@ def study(
         int,
         typer.Option(
             min=1,
-            help="Worker processes running independent runs at once, each with cores/workers "
-            "threads (one line per run, no progress bars). Pays on many cores, little on 2.",
+            help="Worker processes running independent runs at once (one line per run, no progress "
+            "bars). Each uses --threads threads, so the numbers equal a serial study's.",
         ),
     ] = 1,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Intra-op threads every run computes with (default: all cores). Results depend on it "
+            "(CPU kernels reduce in a thread-dependent order): a run resumes only with the same count.",
+        ),
+    ] = None,
 ) -> None:
     """Run every pre-training, ticket search and transfer of a study, then print the matching table."""
     console = Console()
@@ -48,7 +56,13 @@ def study(
     from cvlth.study.run import run_study
 
     outcome = run_study(
-        study_config, run_store, device=device, quiet=quiet, log=console.print, workers=workers
+        study_config,
+        run_store,
+        device=device,
+        quiet=quiet,
+        log=console.print,
+        workers=workers,
+        threads=threads,
     )
     console.print(matching_rich_table(outcome.matching))
     if outcome.report is not None:

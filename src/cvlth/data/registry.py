@@ -18,6 +18,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cvlth.data import world
 from cvlth.data.classification import (
@@ -79,6 +80,17 @@ def get_spec(name: str) -> DatasetSpec:
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}", hint=f"choose one of: {', '.join(DATASETS)}")
     return DATASETS[name]
+
+
+def option_defaults(name: str) -> dict[str, Any]:
+    """The default value of each option of dataset ``name``, with the study's subset options
+    (``max_train`` ...: all images); empty for an unknown name."""
+    spec = DATASETS.get(name)
+    if spec is None:
+        return {}
+    parameters = inspect.signature(spec.load).parameters
+    defaults = {n: p.default for n, p in parameters.items() if n in spec.options and p.default is not p.empty}
+    return {**defaults, "max_train": None, "max_val": None, "max_test": None}
 
 
 def resolve_root(name: str, root: str | os.PathLike[str] | None = None) -> Path:

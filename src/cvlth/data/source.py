@@ -15,6 +15,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from cvlth.seeds import mix
+
 
 @runtime_checkable
 class BatchSource(Protocol):
@@ -59,7 +61,7 @@ class TensorBatchSource:
     def order(self, epoch: int) -> torch.Tensor:
         if not self.shuffle:
             return torch.arange(self.num_examples)
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        generator = torch.Generator().manual_seed(mix(self.seed, epoch))
         return torch.randperm(self.num_examples, generator=generator)
 
     def epoch_batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, ...]]:

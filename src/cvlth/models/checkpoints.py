@@ -303,6 +303,9 @@ class ImportedCheckpoint:
 
     state_dict: dict[str, torch.Tensor]
     report: ImportReport
+    #: A MoCo v2 / SimCLR MLP projection head (``fc.0``, ``fc.2`` of the chosen backbone copy) as
+    #: ``nn.Sequential(Linear, ReLU, Linear)`` keys (``0.weight`` ...); empty when the file has none.
+    projection_head: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def spec(self) -> BackboneSpec | None:
@@ -324,10 +327,11 @@ def import_checkpoint(path: str | os.PathLike[str], source: str = "auto") -> Imp
     header = _cvlth_header(obj, metadata)
     state, extras = _unwrap(obj, file)
     kept, dropped, wrapper = _select_backbone(state, file)
+    projection_head = _projection_head(state, wrapper, dropped)
     filled = _fill_num_batches_tracked(kept)
     architecture = _infer_or_explain(kept, state, file)
     fmt = _decide_format(source, header, wrapper, extras, metadata, file)
-    head = _describe_head(state, architecture, fmt)
+    head = _describe_head(state, architecture, fmt, projection_head)
     expected = expected_shapes(architecture.spec, architecture.fc_classes) if architecture.spec else {}
     report = ImportReport(
         path=str(file),
@@ -347,7 +351,28 @@ def import_checkpoint(path: str | os.PathLike[str], source: str = "auto") -> Imp
         metadata={str(k): str(v) for k, v in (header or metadata).items()},
         notes=_notes(fmt, extras, architecture) + _header_notes(header, architecture),
     )
-    return ImportedCheckpoint(kept, report)
+    return ImportedCheckpoint(kept, report, projection_head)
+
+
+_PROJECTION_KEY = re.compile(r"^fc\.(\d+)\.(weight|bias)$")
+_PROJECTION_LAYOUT = frozenset({"0.weight", "0.bias", "2.weight", "2.bias"})
+
+
+def _projection_head(
+    state: Mapping[str, object], wrapper: str, dropped: dict[str, str]
+) -> dict[str, torch.Tensor]:
+    """The chosen copy's MLP head (``fc.0``/``fc.2``: Linear-ReLU-Linear), taken out of ``dropped``.
+    A head of another layout stays dropped."""
+    found: dict[str, tuple[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        match = _PROJECTION_KEY.match(strip_wrappers(key))
+        if match and isinstance(value, torch.Tensor) and wrapper_of(key).replace("module.", "") == wrapper:
+            found[f"{match[1]}.{match[2]}"] = (key, value)
+    if set(found) != _PROJECTION_LAYOUT:
+        return {}
+    for key, _ in found.values():
+        dropped.pop(key, None)
+    return {name: value for name, (_, value) in found.items()}
 
 
 def _cvlth_header(obj: object, metadata: Mapping[str, str]) -> dict[str, object] | None:
@@ -507,7 +532,22 @@ def _normalization(fmt: str, header: Mapping[str, object] | None) -> str:
     return "none" if fmt == "simclr" else "imagenet"
 
 
-def _describe_head(state: Mapping[str, object], architecture: ArchitectureInfo, fmt: str) -> str:
+def _describe_head(
+    state: Mapping[str, object],
+    architecture: ArchitectureInfo,
+    fmt: str,
+    projection: Mapping[str, torch.Tensor],
+) -> str:
+    if projection:
+        sizes = (
+            projection["0.weight"].shape[1],
+            projection["0.weight"].shape[0],
+            projection["2.weight"].shape[0],
+        )
+        return (
+            "MLP projection head fc.0/fc.2 ({}→{}→{}) kept as the objective's projection head "
+            "(MoCo: query and key heads; SimCLR: projection), rewound with the backbone".format(*sizes)
+        )
     if any(re.match(r"^fc\.\d+\.", strip_wrappers(k)) for k in state):
         return "MLP projection head (fc.0/fc.2) dropped"
     if architecture.fc_classes is None:

@@ -69,6 +69,31 @@ def model_options(objective: str) -> frozenset[str]:
     return frozenset(names - _FIXED)
 
 
+def model_option_defaults(objective: str) -> dict[str, Any]:
+    """The default value of each ``model:`` option with a fixed default (the detector's sizes and
+    normalisation come from the dataset, so they have none here)."""
+    if objective == "detection":
+        from torchvision.models.detection import FasterRCNN
+
+        from cvlth.models.detection import build_detector
+
+        signatures = [inspect.signature(FasterRCNN), inspect.signature(build_detector)]
+        dataset_derived = {"min_size", "max_size", "image_mean", "image_std"}
+    elif objective == "segmentation":
+        from cvlth.models.segmentation import build_segmenter
+
+        signatures, dataset_derived = [inspect.signature(build_segmenter)], set()
+    else:
+        return {}
+    names = model_options(objective) - dataset_derived
+    defaults: dict[str, Any] = {}
+    for signature in signatures:  # build_detector's own defaults override FasterRCNN's
+        defaults.update(
+            {n: p.default for n, p in signature.parameters.items() if n in names and p.default is not p.empty}
+        )
+    return defaults
+
+
 def check_model_options(objective: str, options: Mapping[str, Any]) -> None:
     """ConfigError naming the first unknown option (checked when a study is loaded)."""
     if not options:

@@ -7,6 +7,7 @@ normalisation statistics and image size) and returns an object that satisfies
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +29,15 @@ def register_objective(name: str) -> Callable[[Builder], Builder]:
         return builder
 
     return decorate
+
+
+def objective_option_defaults(name: str) -> dict[str, Any]:
+    """The default value of each option of objective ``name`` (empty for an unknown name)."""
+    builder = OBJECTIVES.get(name)
+    if builder is None:
+        return {}
+    parameters = inspect.signature(builder).parameters.items()
+    return {n: p.default for n, p in parameters if p.kind is p.KEYWORD_ONLY and p.default is not p.empty}
 
 
 def build_objective(

@@ -5,21 +5,29 @@
 passed between runs are files in their run folders:
 
 * ``pretrain`` / ``import``: ``theta_p.pt`` (cvlth-checkpoint/1) and ``heads.pt`` (objective heads);
-* ``imp`` / ``baseline``: ``masks/level-XX.safetensors`` (cvlth-mask/1), ``rewind.pt`` (downstream
-  IMP: the weights every round starts from), ``round-XX/`` (one training folder per IMP round);
+* ``imp`` / ``baseline``: ``masks/level-XX.safetensors`` (cvlth-mask/1), ``rewind.safetensors``
+  (IMP: the weights every round starts from — θ_p, θ_0, or θ_5% captured from the first round trained
+  from θ_0 — as ``model.<key>`` and ``heads.<head>.<key>`` tensors, readable without cvlth),
+  ``round-XX/`` (one training folder per IMP round);
 * ``transfer``: only metrics and ``result.json``.
+
+Every random choice of a run derives from its seeds (:func:`run_seeds`, see :mod:`cvlth.seeds`),
+and each result records them under ``seeds``.
 """
 
 from __future__ import annotations
 
 import copy
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from cvlth.atomic import atomic_path
@@ -36,6 +44,7 @@ from cvlth.models.transfer import transfer_model
 from cvlth.objectives.registry import build_objective
 from cvlth.pruning.scope import prunable_parameters, prunable_state
 from cvlth.pruning.strategies import global_magnitude, one_shot_magnitude, random_global, random_like
+from cvlth.seeds import RunSeeds, derive_seeds, mix
 from cvlth.store import RunFolder, Store
 from cvlth.study.runs import (
     BaselineRun,
@@ -52,8 +61,11 @@ from cvlth.training.loop import capture_path, train
 AnySplits = DatasetSplits | SampleSplits
 THETA_P = "theta_p.pt"
 HEADS = "heads.pt"
-REWIND = "rewind.pt"
+REWIND = "rewind.safetensors"
+REWIND_FORMAT = "cvlth-rewind/1"
 LATEST_HEADS = "heads-latest.pt"
+PROJECTION = "projection"  # SimCLR's head name, and the name an imported projection head is saved under
+_PROJECTION_ALIASES = frozenset({"query_head", "key_head"})
 EVAL_BATCH_SIZE = 512
 _SUBSET_OPTIONS = ("max_train", "max_val", "max_test")
 
@@ -65,6 +77,7 @@ class Context:
     store: Store
     device: str = "cpu"
     quiet: bool = False
+    threads: int | None = None  # intra-op threads every run computes with (None: torch's default)
     log: Callable[[str], None] = print
     _datasets: dict[str, AnySplits] = field(default_factory=dict)
 
@@ -101,6 +114,8 @@ def ensure(run: RunConfig, ctx: Context) -> dict[str, Any]:
     for dependency in dependencies(run):
         ensure(dependency, ctx)
     executor = EXECUTORS[run.kind]
+    if ctx.threads is not None:
+        torch.set_num_threads(ctx.threads)
     start = time.perf_counter()
     result = ctx.store.execute(run, lambda f: executor(run, f, ctx))
     if folder.checkpoint_path.is_file():  # done: the optimizer state is no longer needed
@@ -111,6 +126,17 @@ def ensure(run: RunConfig, ctx: Context) -> dict[str, Any]:
 
 def run_folder(ctx: Context, run: RunConfig) -> Path:
     return Path(ctx.store.run_dir(run))
+
+
+def run_seeds(run: PretrainRun | ImpRun | BaselineRun | TransferRun) -> RunSeeds:
+    """A run's seeds. Root entropy: a pre-training's ``train.seed``; a baseline's ``seed``; an IMP
+    run's or a transfer's (``seed``, recipe ``train.seed``) — so the study's seeds are independent runs."""
+    if isinstance(run, PretrainRun):
+        return derive_seeds(run.recipe.train.seed)
+    if isinstance(run, BaselineRun):
+        return derive_seeds(run.seed)
+    recipe = run.task if isinstance(run, TransferRun) else run.recipe
+    return derive_seeds(run.seed, recipe.train.seed)
 
 
 # --- θ_p ------------------------------------------------------------------------------------
@@ -132,11 +158,12 @@ def _spec(run: PretrainRun) -> BackboneSpec:
 def execute_pretrain(run: PretrainRun, folder: RunFolder, ctx: Context) -> dict[str, Any]:
     data = ctx.dataset(run.recipe.data)
     spec = _spec(run)
-    model = _seeded(run.recipe.train.seed, lambda: build_backbone(spec, data.num_classes))
+    seeds = run_seeds(run)
+    model = _seeded(seeds.init, lambda: build_backbone(spec, data.num_classes))
     objective = build_objective(
-        run.recipe.objective, feature_dim=feature_dim(spec), data=data, seed=run.recipe.train.seed
+        run.recipe.objective, feature_dim=feature_dim(spec), data=data, seed=seeds.objective
     )
-    result = _train(model, objective, data, run.recipe, folder, ctx, mask=None)
+    result = _train(model, objective, data, run.recipe, folder, ctx, mask=None, seeds=seeds)
     source = run.recipe.objective.name
     save_checkpoint(Path(folder) / THETA_P, model.state_dict(), spec, normalization="imagenet", source=source)
     _save_heads(Path(folder) / HEADS, objective)
@@ -160,12 +187,15 @@ def execute_import(run: ImportRun, folder: RunFolder, ctx: Context) -> dict[str,
         normalization=report.normalization,
         source=report.format,
     )
+    if imported.projection_head:  # MoCo v2 / SimCLR: rewound with θ_p by upstream IMP
+        _save_torch({PROJECTION: imported.projection_head}, Path(folder) / HEADS)
     return {
         "checkpoint": THETA_P,
         "format": report.format,
         "spec": imported.spec.label,
         "dropped": len(report.dropped),
         "normalization": report.normalization,
+        "head": report.head,
     }
 
 
@@ -183,34 +213,38 @@ def load_ticket_mask(ticket: ImpRun | BaselineRun, level: int, ctx: Context) -> 
 def execute_baseline(run: BaselineRun, folder: RunFolder, ctx: Context) -> dict[str, Any]:
     theta = load_pretrained(run.pretrained, ctx)
     weights = prunable_state(theta.state_dict)
+    seeds = run_seeds(run)
     mask: Mask | None = None
     levels = []
     for level in range(1, run.rounds + 1):
         if run.method == "omp":
             mask = one_shot_magnitude(weights, level_sparsity(level, run.fraction))
         else:
-            mask = random_global(weights, run.fraction, mask, seed=run.seed * 1000 + level)
+            mask = random_global(weights, run.fraction, mask, seed=mix(seeds.mask, level))
         mask.save(mask_path(Path(folder), level), method=run.method, round=level)
         levels.append({"level": level, "sparsity": mask.sparsity})
-    return {"levels": levels}
+    return {"levels": levels, "seeds": seeds.as_dict()}
 
 
 def execute_imp(run: ImpRun, folder: RunFolder, ctx: Context) -> dict[str, Any]:
+    """IMP levels 1..K. Every round trains from the rewind point (``rewind.safetensors``): θ_p, θ_0,
+    or for ``early`` the weights after ``rewind_fraction`` of round 0, which trains from θ_0."""
     root = Path(folder)
     theta = load_pretrained(run.pretrained, ctx)
     data = ctx.dataset(run.recipe.data)
+    seeds = run_seeds(run)
     if run.stage == "upstream":
-        model, heads = _upstream_model(run, theta, data, ctx)
+        model, heads = _upstream_model(run, theta, data, ctx, seeds)
         first_trained_level = 1
         if not mask_path(root, 1).is_file():  # the paper prunes θ_p once before any training
             mask = _magnitude_step(model, run.fraction, None)
             mask.save(mask_path(root, 1), method="imp", round=1, rewind="pretrained")
     else:
-        model, heads = _downstream_model(run, theta, data), {}
+        model, heads = _downstream_model(run, theta, data, seeds), {}
         first_trained_level = 0
     rewind_file = root / REWIND
     if not rewind_file.is_file() and run.rewind != "early":
-        _save_torch({"model": model.state_dict(), "heads": heads}, rewind_file)
+        save_rewind(rewind_file, {"model": model.state_dict(), "heads": heads}, point=run.rewind)
 
     for level in range(first_trained_level, run.rounds):
         if mask_path(root, level + 1).is_file():
@@ -218,18 +252,20 @@ def execute_imp(run: ImpRun, folder: RunFolder, ctx: Context) -> dict[str, Any]:
         prev = None if level == 0 else Mask.load(mask_path(root, level))
         round_folder = RunFolder(root / f"round-{level:02d}")
         capture = _early_capture_step(run, data) if (run.rewind == "early" and level == 0) else None
-        if capture is None:
-            _restore(model, heads, torch.load(rewind_file, map_location="cpu", weights_only=True))
+        if capture is None:  # round 0 of an early-rewind IMP trains from θ_0 as built
+            _restore(model, heads, load_rewind(rewind_file))
         objective = build_objective(
-            run.recipe.objective, feature_dim=_feature_dim(model), data=data, seed=run.recipe.train.seed
+            run.recipe.objective, feature_dim=_feature_dim(model), data=data, seed=seeds.objective
         )
         _load_objective_heads(objective, heads if run.rewind_heads else _latest_heads(root, heads))
-        result = _train(model, objective, data, run.recipe, round_folder, ctx, mask=prev, capture=capture)
+        result = _train(
+            model, objective, data, run.recipe, round_folder, ctx, mask=prev, capture=capture, seeds=seeds
+        )
         if not run.rewind_heads:
             _save_heads(root / LATEST_HEADS, objective)
         if capture is not None:  # θ_k: the weights after rewind_fraction of the first round
             captured = torch.load(capture_path(round_folder, capture), map_location="cpu", weights_only=True)
-            _save_torch({"model": captured["model"], "heads": {}}, rewind_file)
+            save_rewind(rewind_file, {"model": captured["model"], "heads": {}}, point="early", step=capture)
         round_folder.write_result({"trained_with_level": level, "sparsity": _sparsity(prev), **result})
         mask = _magnitude_step(model, run.fraction, prev)
         mask.save(mask_path(root, level + 1), method="imp", round=level + 1, rewind=run.rewind)
@@ -241,7 +277,30 @@ def execute_imp(run: ImpRun, folder: RunFolder, ctx: Context) -> dict[str, Any]:
         RunFolder(root / f"round-{level:02d}").read_result()
         for level in range(first_trained_level, run.rounds)
     ]
-    return {"levels": levels, "rounds": rounds}
+    return {"levels": levels, "rounds": rounds, "rewind": REWIND, "seeds": seeds.as_dict()}
+
+
+def save_rewind(path: Path, state: dict[str, Any], *, point: str, step: int = 0) -> None:
+    """The rewind weights as a plain safetensors file: ``model.<key>`` and ``heads.<head>.<key>``."""
+    tensors = {f"model.{key}": value for key, value in state["model"].items()}
+    for head, head_state in state.get("heads", {}).items():
+        tensors.update({f"heads.{head}.{key}": value for key, value in head_state.items()})
+    tensors = {key: value.detach().cpu().contiguous().clone() for key, value in tensors.items()}
+    metadata = {"format": REWIND_FORMAT, "point": point, "step": str(step)}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def load_rewind(path: Path) -> dict[str, Any]:
+    """``{"model": state_dict, "heads": {head: state_dict}}`` as :func:`save_rewind` wrote it."""
+    state: dict[str, Any] = {"model": {}, "heads": {}}
+    for key, value in load_file(str(path)).items():
+        if key.startswith("model."):
+            state["model"][key.removeprefix("model.")] = value
+        else:
+            head, _, name = key.removeprefix("heads.").partition(".")
+            state["heads"].setdefault(head, {})[name] = value
+    return state
 
 
 def _latest_heads(root: Path, rewind_heads: dict[str, Any]) -> dict[str, Any]:
@@ -265,7 +324,7 @@ def _early_capture_step(run: ImpRun, data: DatasetSplits) -> int:
 
 
 def _upstream_model(
-    run: ImpRun, theta: ImportedCheckpoint, data: DatasetSplits, ctx: Context
+    run: ImpRun, theta: ImportedCheckpoint, data: DatasetSplits, ctx: Context, seeds: RunSeeds
 ) -> tuple[nn.Module, dict[str, dict[str, torch.Tensor]]]:
     spec = theta.spec
     fc = theta.state_dict.get("fc.weight")
@@ -275,18 +334,23 @@ def _upstream_model(
             f"θ_p has {fc.shape[0]}",
             hint="upstream IMP runs on the pre-training task; use the pre-training's dataset",
         )
-    model = _seeded(0, lambda: build_backbone(spec, fc.shape[0] if fc is not None else data.num_classes))
+    model = _seeded(
+        seeds.init, lambda: build_backbone(spec, fc.shape[0] if fc is not None else data.num_classes)
+    )
     load_into(model, theta.state_dict, strict=fc is not None, skip=())  # the pre-training head too
     return model, load_heads(run.pretrained, ctx)
 
 
-def _downstream_model(run: ImpRun | TransferRun, theta: ImportedCheckpoint, data: AnySplits) -> nn.Module:
+def _downstream_model(
+    run: ImpRun | TransferRun, theta: ImportedCheckpoint, data: AnySplits, seeds: RunSeeds
+) -> nn.Module:
     """θ_p adapted to the task: a classifier, a Faster R-CNN or a DeepLabV3+ (by the objective's
-    name), its new parts drawn from the run's seed; θ_0 instead for IMP rewound to ``init``."""
+    name), its new parts drawn from the run's seeds; θ_0 instead for IMP rewound to ``init`` or
+    ``early`` (θ_5% is captured while training from θ_0)."""
     recipe = run.recipe if isinstance(run, ImpRun) else run.task
     if recipe.objective.name in DENSE_OBJECTIVES:
         spec = replace(theta.spec, in_channels=data.image_shape[0])
-        model = build_task_model(recipe.objective.name, theta, spec, data, run.seed, recipe.model)
+        model = build_task_model(recipe.objective.name, theta, spec, data, seeds.init, recipe.model)
     else:
         spec = (
             replace(theta.spec, in_channels=data.image_shape[0])
@@ -299,10 +363,10 @@ def _downstream_model(run: ImpRun | TransferRun, theta: ImportedCheckpoint, data
             data.num_classes,
             small_images=run.adapt.small_images,
             keep_stem=run.adapt.keep_stem,
-            seed=run.seed,
+            seed=seeds.init,
         )
-    if isinstance(run, ImpRun) and run.rewind == "init":
-        model = _seeded(run.seed, lambda: _fresh_like(model))
+    if isinstance(run, ImpRun) and run.rewind in ("init", "early"):
+        model = _seeded(seeds.init, lambda: _fresh_like(model))
     return model
 
 
@@ -324,22 +388,25 @@ def _fresh_like(model: nn.Module) -> nn.Module:
 def execute_transfer(run: TransferRun, folder: RunFolder, ctx: Context) -> dict[str, Any]:
     theta = load_pretrained(run.pretrained, ctx)
     data = ctx.dataset(run.task.data)
-    model = _downstream_model(run, theta, data)
+    seeds = run_seeds(run)
+    model = _downstream_model(run, theta, data, seeds)
     mask = None
     if run.ticket is not None:
         mask = vary_mask(
-            load_ticket_mask(run.ticket, run.level, ctx), run.variant, run.seed, run.perturb_fraction
+            load_ticket_mask(run.ticket, run.level, ctx), run.variant, seeds.mask, run.perturb_fraction
         )
         if (
             isinstance(run.ticket, ImpRun)
             and run.ticket.stage == "downstream"
             and run.ticket.rewind != "pretrained"
         ):
-            rewind = torch.load(run_folder(ctx, run.ticket) / REWIND, map_location="cpu", weights_only=True)
+            rewind = load_rewind(run_folder(ctx, run.ticket) / REWIND)
             backbone = {k: v for k, v in rewind["model"].items() if not k.startswith("fc.")}
             model.load_state_dict(backbone, strict=False)
-    objective = build_objective(run.task.objective, feature_dim=_feature_dim(model), data=data, seed=run.seed)
-    result = _train(model, objective, data, run.task, folder, ctx, mask=mask)
+    objective = build_objective(
+        run.task.objective, feature_dim=_feature_dim(model), data=data, seed=seeds.objective
+    )
+    result = _train(model, objective, data, run.task, folder, ctx, mask=mask, seeds=seeds)
     return {"level": run.level, "sparsity": _sparsity(mask), "seed": run.seed, **result}
 
 
@@ -351,7 +418,9 @@ def vary_mask(mask: Mask, variant: str, seed: int, fraction: float = 0.1) -> Mas
         return random_like(mask, seed=seed)
     if variant == "perturbed":
         return mask.perturb(fraction, seed=seed)
-    if variant == "complement":
+    if variant == "complement":  # the paper's m^c = 1 - m: sparsity 1 - s
+        return mask.complement()
+    if variant == "complement_matched":
         return restricted_complement(mask, seed=seed)
     raise CvlthError(f"unknown mask variant {variant!r}")
 
@@ -383,14 +452,17 @@ def _train(
     folder: RunFolder,
     ctx: Context,
     mask: Mask | None,
+    seeds: RunSeeds,
     capture: int | None = None,
 ) -> dict[str, Any]:
-    training = recipe.train
+    """One training of ``recipe`` whose every random choice comes from ``seeds``."""
+    training = recipe.train.model_copy(update={"seed": seeds.augmentation})
+    _seed_global_rngs(seeds.torch_global)
     start = time.perf_counter()
     result = train(
         model,
         objective,
-        _batches(data, "train", training.batch_size, seed=training.seed),
+        _batches(data, "train", training.batch_size, seed=seeds.data_order),
         training=training,
         optim=recipe.optim,
         schedule=recipe.schedule,
@@ -403,6 +475,8 @@ def _train(
         quiet=ctx.quiet,
     )
     result["wall_seconds"] = time.perf_counter() - start
+    result["seeds"] = seeds.as_dict()
+    result["threads"] = torch.get_num_threads()
     result["images_per_epoch"] = len(data.train)
     result["data"] = recipe.data.name  # lets `--plan` estimate time per dataset
     return result
@@ -425,6 +499,16 @@ def _save_torch(obj: Any, path: Path) -> None:
         torch.save(obj, tmp)
 
 
+def _seed_global_rngs(seed: int) -> None:
+    """torch's, numpy's and Python's global RNGs (dropout, RoI samplers, ...) from the run's seed.
+
+    Set before every training (a resumed training then restores them from its checkpoint), so
+    neither what ran before in this process nor a restart between IMP rounds changes a number."""
+    torch.manual_seed(seed)
+    np.random.seed(mix(seed) % (1 << 32))
+    random.seed(seed)
+
+
 def _seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -444,9 +528,20 @@ def _save_heads(path: Path, objective: Any) -> None:
 
 
 def _load_objective_heads(objective: Any, heads: dict[str, dict[str, torch.Tensor]]) -> None:
+    """Load each head the objective has from ``heads``; an imported projection head (saved once, as
+    ``projection``) goes into MoCo's query and key heads alike, as the reference code does."""
     for name, module in objective.modules().items():
-        if name in heads:
-            module.load_state_dict(heads[name])
+        state = heads.get(name, heads.get(PROJECTION) if name in _PROJECTION_ALIASES else None)
+        if state is None:
+            continue
+        try:
+            module.load_state_dict(state)
+        except RuntimeError as error:
+            raise CvlthError(
+                f"θ_p's {name} does not fit the objective's: {str(error).splitlines()[0]}",
+                hint="set the objective's head size options (e.g. MoCo `dim`, SimCLR `projection_dim`) "
+                "to the checkpoint's",
+            ) from error
 
 
 def _restore(model: nn.Module, heads: dict[str, Any], state: dict[str, Any]) -> None:

@@ -3,7 +3,11 @@
 The parent process only schedules: a run is handed to a worker once every run it depends on is
 done, ticket searches (IMP first: its chains of rounds are the longest) before transfers, so the
 long runs start early and the tail stays short. Each worker is a fresh (spawned) process that runs
-one run at a time with ``threads`` torch threads, by default the cores divided among the workers.
+one run at a time with ``threads`` torch threads: by default as many as a serial study uses (all
+the cores), because CPU kernels reduce in an order that depends on the thread count, and a run's
+numbers must not depend on how it was scheduled. So on N cores, ``--workers 2`` oversubscribes them
+unless ``--threads`` is lowered (idle OpenMP threads wait passively, so it does not collapse);
+the numbers then equal a serial study run with the same ``--threads``.
 
 Why processes: one run of a small model cannot use many cores (much of a detection step is serial
 Python in torchvision, and small convolutions split poorly across threads), so on a machine with
@@ -13,7 +17,7 @@ detection IMP 340 vs 203 s, segmentation IMP 247 vs 117 s), so two workers are o
 fast (``benchmarks/study_workers.py --upstream 2000 --scenes 200``: 97.7 vs 108.3 s, 15 runs).
 Every run still goes through :meth:`cvlth.store.Store.execute` (lock, result written last), so a killed parallel study resumes
 like a serial one, and results do not depend on the worker count: each run seeds itself from its
-config.
+config and computes with the same thread count (recorded in its result and checkpoints).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
 from cvlth.config import RunConfig, config_hash
+from cvlth.cores import available_cores
 from cvlth.store import Store
 from cvlth.study.plan import PlannedRun
 from cvlth.study.runs import dependencies
@@ -36,18 +41,6 @@ _KIND_RANK = {"pretrain": 0, "import": 0, "imp": 1, "baseline": 2, "transfer": 3
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 _worker_context = None  # the Context of this worker process, set by _start_worker
-
-
-def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity, else the machine's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def threads_per_worker(workers: int, cores: int | None = None) -> int:
-    return max(1, (cores or available_cores()) // workers)
 
 
 @contextlib.contextmanager
@@ -87,7 +80,9 @@ def _start_worker(parent: int, store_root: str, device: str, threads: int) -> No
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     torch.set_num_threads(threads)
     # No progress bars: several processes would draw over each other; the parent logs each run.
-    _worker_context = Context(store=Store(store_root), device=device, quiet=True, log=lambda _: None)
+    _worker_context = Context(
+        store=Store(store_root), device=device, quiet=True, log=lambda _: None, threads=threads
+    )
 
 
 def _execute_in_worker(run: RunConfig) -> float:
@@ -129,7 +124,7 @@ def run_parallel(
         key: {config_hash(dep) for dep in dependencies(item.run)} & pending.keys()
         for key, item in pending.items()
     }
-    threads = threads or threads_per_worker(workers)
+    threads = threads or available_cores()
     total, computed = len(pending), 0
     failures: list[tuple[PlannedRun, BaseException]] = []
     log(f"{total} runs to compute on {workers} workers x {threads} thread(s)")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cvlth.atomic import atomic_write_text
+from cvlth.cores import available_cores
 from cvlth.store import Store
 from cvlth.study.config import StudyConfig, study_to_yaml
 from cvlth.study.execute import Context, ensure
@@ -51,9 +52,10 @@ def run_study(
 ) -> StudyOutcome:
     """Run every planned run not done yet, then the tables.
 
-    With ``workers`` > 1 the runs go to that many processes with ``threads`` torch threads each
-    (default: the cores divided among them); see :mod:`cvlth.study.parallel`.
+    Every run computes with ``threads`` intra-op threads (default: the cores this process may use),
+    serially or on ``workers`` processes (see :mod:`cvlth.study.parallel`): the same numbers either way.
     """
+    threads = threads or available_cores()
     start = time.perf_counter()
     folder = study_folder(study, store)
     atomic_write_text(folder / "study.yaml", study_to_yaml(study))
@@ -66,7 +68,8 @@ def run_study(
         )
         results = [store.result(item.run) for item in planned]
     else:
-        computed, results = _run_serially(planned, Context(store=store, device=device, quiet=quiet, log=log))
+        context = Context(store=store, device=device, quiet=quiet, log=log, threads=threads)
+        computed, results = _run_serially(planned, context)
     table = matching_table(study, planned, results)
     write_matching(folder, table)
     atomic_write_text(folder / "tickets.json", json.dumps(ticket_index(study, planned, store), indent=2))

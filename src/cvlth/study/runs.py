@@ -17,6 +17,9 @@ kind              computes
 
 from __future__ import annotations
 
+import hashlib
+import os
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
@@ -32,8 +35,12 @@ from cvlth.config import (
     Strict,
     TrainingConfig,
     register_run_kind,
+    without_defaults,
 )
+from cvlth.data.registry import option_defaults
 from cvlth.errors import ConfigError
+from cvlth.models.task_models import check_model_options, model_option_defaults
+from cvlth.objectives.registry import objective_option_defaults
 
 ArchName = Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 
@@ -61,13 +68,25 @@ class Recipe(Strict):
     @model_validator(mode="after")
     def _known_model_options(self) -> Recipe:
         if self.model:
-            from cvlth.models.task_models import check_model_options
-
             try:
                 check_model_options(self.objective.name, self.model)
             except ConfigError as error:
                 raise ValueError(f"{error.message} ({error.hint})" if error.hint else error.message) from None
         return self
+
+    def normalize_identity(self, data: dict[str, Any]) -> dict[str, Any]:
+        """An option at its default value is the same run as the option left out; where the data are
+        cached (``cache``, ``cache_dir``) does not change a number."""
+        data_options = {k: v for k, v in data["data"]["options"].items() if k not in _CACHE_OPTIONS}
+        data["data"]["options"] = without_defaults(data_options, option_defaults(self.data.name))
+        data["objective"]["options"] = without_defaults(
+            data["objective"]["options"], objective_option_defaults(self.objective.name)
+        )
+        data["model"] = without_defaults(data["model"], model_option_defaults(self.objective.name))
+        return data
+
+
+_CACHE_OPTIONS = frozenset({"cache", "cache_dir"})
 
 
 class AdaptConfig(Strict):
@@ -89,6 +108,33 @@ class ImportRun(RunConfig):
     kind: Literal["import"] = "import"
     path: str = Field(description="checkpoint file; any format cvlth.models.checkpoints reads")
     source: Literal["auto", "torchvision", "moco", "simclr", "timm", "cvlth"] = "auto"
+
+    def normalize_identity(self, data: dict[str, Any]) -> dict[str, Any]:
+        """The checkpoint is identified by its content (sha256), not its path: moving the file
+        recomputes nothing. A file not present here (``--plan`` elsewhere) keeps its path."""
+        digest = file_digest(os.path.expandvars(self.path))
+        if digest is not None:
+            data["path"] = f"sha256:{digest}"
+        return data
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def file_digest(path: str) -> str | None:
+    """sha256 of a file's content (cached per path, size and mtime); None if it is not a file."""
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return None
+    key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        sha = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                sha.update(block)
+        _DIGESTS[key] = sha.hexdigest()
+    return _DIGESTS[key]
 
 
 Pretrained = Annotated[PretrainRun | ImportRun, Field(discriminator="kind")]
@@ -142,10 +188,11 @@ class BaselineRun(RunConfig):
 
 Finder = Annotated[ImpRun | BaselineRun, Field(discriminator="kind")]
 
-#: ``ticket``: the mask itself; ``complement``: the weights it prunes, subsampled per layer to the
-#: ticket's kept count where possible; ``random``: random with the ticket's per-layer counts;
-#: ``perturbed``: ``perturb_fraction`` of its kept entries swapped with as many pruned ones.
-MaskVariant = Literal["ticket", "complement", "random", "perturbed"]
+#: ``ticket``: the mask itself; ``complement``: the paper's m^c = 1 - m (every weight the ticket
+#: prunes, so its sparsity is 1 - s); ``complement_matched``: the weights it prunes, subsampled per
+#: layer to the ticket's kept count where possible; ``random``: random with the ticket's per-layer
+#: counts; ``perturbed``: ``perturb_fraction`` of its kept entries swapped with as many pruned ones.
+MaskVariant = Literal["ticket", "complement", "complement_matched", "random", "perturbed"]
 
 
 @register_run_kind
@@ -178,6 +225,11 @@ class TransferRun(RunConfig):
         if self.ticket.pretrained != self.pretrained:
             raise ValueError("the ticket was found on another pre-training than `pretrained`")
         return self
+
+    def normalize_identity(self, data: dict[str, Any]) -> dict[str, Any]:
+        if self.variant != "perturbed":
+            data.pop("perturb_fraction")  # only a perturbed mask reads it
+        return data
 
 
 AnyRun = PretrainRun | ImportRun | ImpRun | BaselineRun | TransferRun

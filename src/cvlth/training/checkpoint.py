@@ -14,6 +14,7 @@
     rng             {"torch": ByteTensor, "cuda": [ByteTensor], "numpy": {...}, "python": [...]}
     history         [{"epoch": e, "val": {...}, "test": {...}}] evaluations so far
     metrics_offset  size of metrics.jsonl when saved (lines after it are dropped on resume)
+    threads         torch's intra-op thread count (a resume with another count is refused)
 """
 
 from __future__ import annotations

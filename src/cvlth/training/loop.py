@@ -344,6 +344,7 @@ def _save_checkpoint(
         "rng": capture_rng(),
         "history": state.history,
         "metrics_offset": metrics_offset,
+        "threads": torch.get_num_threads(),
     }
     folder.write_file_atomically(folder.checkpoint_path.name, lambda tmp: torch.save(payload, tmp))
     state.last_checkpoint = f"{folder.checkpoint_path} at step {state.step}"
@@ -358,6 +359,7 @@ def _resume(
     mask: Mask | None,
 ) -> tuple[_State, Mask | None]:
     saved = load_checkpoint(folder.checkpoint_path)
+    _check_threads(folder, saved.get("threads"))
     saved_mask = Mask(saved["mask"]) if saved["mask"] is not None else None
     if (saved_mask is None) != (mask is None) or (mask is not None and saved_mask != mask):
         raise TrainingError(
@@ -374,6 +376,18 @@ def _resume(
     state = _State(epoch=saved["epoch"], batch=saved["batch"], step=saved["step"], history=saved["history"])
     state.last_checkpoint = f"{folder.checkpoint_path} at step {state.step}"
     return state, saved_mask
+
+
+def _check_threads(folder: RunFolder, saved: int | None) -> None:
+    """CPU kernels reduce in an order that depends on the intra-op thread count: a run resumed with
+    another count would not finish with the numbers it would have had."""
+    if saved is not None and saved != torch.get_num_threads():
+        raise TrainingError(
+            f"{folder.checkpoint_path} was computed with {saved} intra-op threads, this process uses "
+            f"{torch.get_num_threads()}",
+            hint=f"resume with the same count (cvlth study --threads {saved}), or delete the checkpoint "
+            "to restart the run",
+        )
 
 
 def _truncate(path: Path, size: int) -> None:
