@@ -324,6 +324,7 @@ def import_checkpoint(path: str | os.PathLike[str], source: str = "auto") -> Imp
     header = _cvlth_header(obj, metadata)
     state, extras = _unwrap(obj, file)
     kept, dropped, wrapper = _select_backbone(state, file)
+    _refuse_non_finite(kept, file)
     filled = _fill_num_batches_tracked(kept)
     architecture = _infer_or_explain(kept, state, file)
     fmt = _decide_format(source, header, wrapper, extras, metadata, file)
@@ -348,6 +349,17 @@ def import_checkpoint(path: str | os.PathLike[str], source: str = "auto") -> Imp
         notes=_notes(fmt, extras, architecture) + _header_notes(header, architecture),
     )
     return ImportedCheckpoint(kept, report)
+
+
+def _refuse_non_finite(state: Mapping[str, torch.Tensor], file: Path) -> None:
+    """NaN/Inf weights would pass silently into masks (magnitude of NaN) and training."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise CheckpointError(
+            f"{file}: {len(bad)} tensor(s) hold NaN or Inf values: {', '.join(bad[:5])}{more}",
+            hint="the checkpoint is corrupted or was saved after training diverged; use an earlier one",
+        )
 
 
 def _cvlth_header(obj: object, metadata: Mapping[str, str]) -> dict[str, object] | None:
