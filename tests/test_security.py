@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from cvlth.cli import run_cli
-from cvlth.config import MAX_CONFIG_NODES
+from cvlth.config import MAX_CONFIG_NODES, MAX_LIST_ITEMS
 from cvlth.data.classification import read_cifar10
 from cvlth.data.registry import load_dataset
 from cvlth.data.voc import read_annotation, read_rgb
@@ -168,10 +168,11 @@ BILLION_LAUGHS = "name: lol\na: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]
         (BILLION_LAUGHS, f"its aliases expand to more than {MAX_CONFIG_NODES:,} YAML nodes"),
         ("name: s\nseeds: [" + ", ".join(map(str, range(10**6))) + "]\n", "bytes, more than the 1,048,576"),
         ("name: s\nseeds: [" + ", ".join(map(str, range(20_000))) + "]\n", "more than 10,000 YAML nodes"),
+        ("name: s\nseeds: [" + ", ".join(map(str, range(1001))) + "]\n", "list at line 2 has 1,001 items"),
         ("name: s\nseeds: " + "[" * 1000 + "]" * 1000 + "\n", "nested deeper than 50 levels (line 2)"),
         ("name: s\nseeds: &s [1, *s]\n", "an alias refers to a mapping or list that contains it (line 2)"),
     ],
-    ids=["billion-laughs", "million-seeds", "20k-seeds", "deep", "recursive-alias"],
+    ids=["billion-laughs", "million-seeds", "20k-seeds", "1001-seeds", "deep", "recursive-alias"],
 )
 def test_study_yaml_bombs_are_refused_quickly(tmp_path: Path, capsys, text: str, message: str) -> None:
     study, store = tmp_path / "bomb.yaml", tmp_path / "store"
@@ -199,6 +200,13 @@ def test_aliases_within_the_bound_still_work(tmp_path: Path) -> None:
         text.replace(pretrain_optim, "optim: &o " + pretrain_optim[7:]).replace(task_optim, "optim: *o")
     )
     assert load_study(study).tasks["mnist"].optim.lr == 0.1
+
+
+def test_a_list_at_the_bound_still_loads(tmp_path: Path) -> None:
+    study = tmp_path / "s.yaml"
+    seeds = list(range(MAX_LIST_ITEMS))
+    study.write_text(builtin_study_path("smoke").read_text().replace("seeds: [0, 1]", f"seeds: {seeds}"))
+    assert load_study(study).seeds == seeds
 
 
 # --- 4. decompression bombs in image folders ------------------------------------------------------

@@ -267,6 +267,8 @@ def _is_union_tag(part: str) -> bool:
 MAX_CONFIG_BYTES = 1 << 20
 MAX_CONFIG_NODES = 10_000
 MAX_CONFIG_DEPTH = 50
+#: Seeds multiply every run of a study: 9,500 seeds (within the node bound) take ~2 min to plan.
+MAX_LIST_ITEMS = 1_000
 
 
 class _Refused(yaml.YAMLError):
@@ -300,6 +302,15 @@ class _Loader(yaml.SafeLoader):
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
+
+    def compose_sequence_node(self, anchor: Any) -> yaml.SequenceNode:
+        node = super().compose_sequence_node(anchor)
+        if len(node.value) > MAX_LIST_ITEMS:
+            raise _Refused(
+                f"the list at {_line(node)} has {len(node.value):,} items, more than {MAX_LIST_ITEMS:,}",
+                hint=f"a config list (seeds, levels, finders, ...) may hold at most {MAX_LIST_ITEMS:,} items",
+            )
+        return node
 
     def construct_document(self, node: yaml.Node) -> Any:
         # Aliases share one node, so the file's own size says nothing about what they expand to.
