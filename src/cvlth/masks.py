@@ -5,12 +5,14 @@ cvlth-mask/1 is a safetensors file that any tool can read without cvlth:
 * one ``uint8`` tensor per prunable weight, named by its canonical torchvision name, holding
   ``numpy.packbits(mask.flatten(), bitorder="little")`` (bit 1 = kept);
 * metadata ``format = "cvlth-mask/1"``, ``shapes`` = JSON object name -> shape list,
-  ``sparsity`` = global sparsity as a decimal string, plus free provenance strings
-  (source checkpoint sha256, method, round, ...).
+  ``sparsity`` = global sparsity as a decimal string, ``bits_sha256`` = sha256 (hex) of every
+  tensor's packed bytes concatenated in sorted name order, plus free provenance strings (source
+  checkpoint sha256, method, round, ...). Files written before ``bits_sha256`` existed still load.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -26,7 +28,7 @@ from cvlth.errors import MaskError
 from cvlth.pruning.scope import DEFAULT_SCOPE, Scope, iter_prunable
 
 FORMAT_TAG = "cvlth-mask/1"
-_RESERVED_METADATA = {"format", "shapes", "sparsity"}
+_RESERVED_METADATA = {"format", "shapes", "sparsity", "bits_sha256"}
 
 
 class Mask(Mapping[str, torch.Tensor]):
@@ -232,6 +234,7 @@ def save_mask(mask: Mask, path: str | os.PathLike[str], **provenance: object) ->
         format=FORMAT_TAG,
         shapes=json.dumps({name: list(shape) for name, shape in mask.shapes.items()}),
         sparsity=repr(mask.sparsity),
+        bits_sha256=_bits_sha256(packed),
     )
     target = Path(path)
     with atomic_path(target) as tmp:
@@ -244,6 +247,8 @@ def load_mask(path: str | os.PathLike[str]) -> tuple[Mask, dict[str, str]]:
     from safetensors import SafetensorError, safe_open
 
     file = Path(path)
+    if file.is_dir():
+        raise MaskError(f"{file} is a directory, not a mask file", hint="give the .safetensors file itself")
     if not file.is_file():
         raise MaskError(f"mask file not found: {file}", hint="check the path; masks end in .safetensors")
     try:
@@ -257,12 +262,7 @@ def load_mask(path: str | os.PathLike[str]) -> tuple[Mask, dict[str, str]]:
         ) from exc
     if metadata.get("format") != FORMAT_TAG:
         raise MaskError(f"{file} has format {metadata.get('format')!r}, expected {FORMAT_TAG!r}")
-    try:
-        shapes = {
-            name: tuple(int(d) for d in shape) for name, shape in json.loads(metadata["shapes"]).items()
-        }
-    except (KeyError, ValueError, TypeError, AttributeError) as exc:
-        raise MaskError(f"{file}: metadata 'shapes' is missing or not a JSON object of lists") from exc
+    shapes = _read_shapes(file, metadata)
     if set(shapes) != set(packed):
         raise MaskError(
             f"{file}: tensors and 'shapes' metadata disagree:\n"
@@ -281,6 +281,13 @@ def load_mask(path: str | os.PathLike[str]) -> tuple[Mask, dict[str, str]]:
         if bits[numel:].any():
             raise MaskError(f"{file}: {name} has bits set past its {numel} entries (corrupted)")
         tensors[name] = torch.from_numpy(bits[:numel].astype(bool)).reshape(shape)
+    # Checked after the dtypes: the checksum is over uint8 bytes.
+    stored_sha = metadata.get("bits_sha256")
+    if stored_sha is not None and stored_sha != _bits_sha256(packed):
+        raise MaskError(
+            f"{file}: the mask bits do not match the file's bits_sha256 checksum (altered or corrupted)",
+            hint="re-create the mask, e.g. with `cvlth prune`, or restore it from a copy",
+        )
     mask = Mask(tensors)
     stated = metadata.get("sparsity")
     if stated is not None:
@@ -293,3 +300,28 @@ def load_mask(path: str | os.PathLike[str]) -> tuple[Mask, dict[str, str]]:
     provenance = {k: v for k, v in metadata.items() if k not in _RESERVED_METADATA}
     provenance["format"] = FORMAT_TAG
     return mask, provenance
+
+
+def _bits_sha256(packed: Mapping[str, torch.Tensor]) -> str:
+    """sha256 of the packed bytes of every tensor, concatenated in sorted name order."""
+    digest = hashlib.sha256()
+    for name in sorted(packed):
+        digest.update(packed[name].numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _read_shapes(file: Path, metadata: Mapping[str, str]) -> dict[str, tuple[int, ...]]:
+    """The ``shapes`` metadata as name -> tuple of non-negative ints, or a MaskError."""
+    try:
+        raw = json.loads(metadata["shapes"])
+        shapes = {str(name): tuple(shape) for name, shape in raw.items()}
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise MaskError(f"{file}: metadata 'shapes' is missing or not a JSON object of lists") from exc
+    for name, shape in shapes.items():
+        if not all(type(d) is int and d >= 0 for d in shape):
+            raise MaskError(
+                f"{file}: metadata 'shapes' gives {name} the shape {list(shape)}; "
+                "dimensions must be non-negative integers (corrupted)",
+                hint="re-create the mask, e.g. with `cvlth prune`",
+            )
+    return shapes

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cvlth.cli import app
+from cvlth.cli.checks import input_file
 from cvlth.models.backbones import BackboneSpec, build_backbone
 from cvlth.models.checkpoints import NORMALIZATION, SOURCES, ImportedCheckpoint, import_checkpoint, load_into
 from cvlth.pruning.scope import prunable_state
@@ -35,7 +36,7 @@ def inspect(
     keys: Annotated[bool, typer.Option(help="List every dropped key, not only a count per reason.")] = False,
 ) -> None:
     """Print a checkpoint's format, architecture, parameter counts and import report."""
-    imported = import_checkpoint(checkpoint, source)
+    imported = import_checkpoint(input_file(checkpoint, "a checkpoint file"), source)
     report = imported.report
     console = Console()
     total, in_fc = parameter_counts(imported)

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cvlth.cli import app
+from cvlth.cli.checks import input_file, output_file
 from cvlth.errors import CvlthError
 from cvlth.masks import load_mask
 from cvlth.models.checkpoints import SOURCES, import_checkpoint
@@ -39,10 +40,13 @@ def prune(
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the cvlth-mask/1 file."),
     seed: int = typer.Option(0, help="Seed for the random method."),
     source: str = typer.Option("auto", help=f"Checkpoint format: {' | '.join(SOURCES)}."),
+    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists (never an input)."),
 ) -> None:
     """Compute a one-shot mask for a ResNet checkpoint and write it as a cvlth-mask/1 file."""
     if not 0.0 <= sparsity < 1.0:
         raise CvlthError(f"--sparsity must be in [0, 1), got {sparsity}")
+    input_file(checkpoint, "a checkpoint file")
+    output_file(out, [checkpoint], force)
     strategy = get_strategy(method)
     # Any supported format (torchvision, MoCo, SimCLR, timm, cvlth) -> canonical keys; non-ResNets fail here.
     imported = import_checkpoint(checkpoint, source)
@@ -65,7 +69,7 @@ def show(
     layers: bool = typer.Option(True, help="Print the per-layer table."),
 ) -> None:
     """Print the global and per-layer sparsity of a mask file."""
-    mask, provenance = load_mask(path)
+    mask, provenance = load_mask(input_file(path, "a mask file"))
     console = Console()
     console.print(f"[bold]{path}[/]  {provenance.get('format')}")
     for key, value in sorted(provenance.items()):

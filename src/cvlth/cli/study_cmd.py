@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cvlth.cli import app
+from cvlth.cli.checks import check_device
 from cvlth.config import DataRef
 from cvlth.store import Store
 from cvlth.study.config import StudyConfig, load_study
@@ -48,6 +49,8 @@ def study(
 ) -> None:
     """Run every pre-training, ticket search and transfer of a study, then print the matching table."""
     console = Console()
+    if not plan:
+        check_device(device)
     study_config = load_study(config)
     run_store = Store(store)
     if plan:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import pickle
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cvlth.data.safe_pickle import RefusedGlobal, load_restricted
 from cvlth.data.source import TensorBatchSource
 from cvlth.errors import DatasetError
 
@@ -167,8 +167,12 @@ def _malformed(dataset: str, path: Path, what: str) -> DatasetError:
 
 def _unpickle(dataset: str, path: Path) -> dict[str, object]:
     try:
-        with open(path, "rb") as handle:
-            raw = pickle.load(handle, encoding="bytes")
+        raw = load_restricted(path)
+    except RefusedGlobal as error:
+        raise DatasetError(
+            f"{dataset}: {path} was refused: {error}; nothing in it was run",
+            hint="genuine CIFAR files hold only numpy arrays, lists and strings; re-copy the official file",
+        ) from None
     except Exception as error:  # pickle raises many types on garbage input
         raise _malformed(dataset, path, f"not a python pickle ({type(error).__name__}: {error})") from None
     if not isinstance(raw, dict):
@@ -334,13 +338,12 @@ def default_cache_dir() -> Path:
 
 
 def _decode_resized(path: Path, size: int, dataset: str) -> torch.Tensor:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
-    try:
-        with Image.open(path) as image:
-            rgb = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
-    except (OSError, UnidentifiedImageError) as error:
-        raise _malformed(dataset, path, f"not a readable image ({error})") from None
+    from cvlth.data.images import open_image
+
+    with open_image(path, dataset) as image:
+        rgb = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
     return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
@@ -385,14 +388,23 @@ def _scan_class_tree(dataset: str, folder: Path) -> tuple[list[str], list[Path],
     classes = sorted(d.name for d in folder.iterdir() if d.is_dir()) if folder.is_dir() else []
     files: list[Path] = []
     labels: list[int] = []
+    empty: list[Path] = []
     for label, name in enumerate(classes):
         found = sorted(p for p in (folder / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        empty += [] if found else [folder / name]
         files += found
         labels += [label] * len(found)
     if not files:
         raise DatasetError(
             f"{dataset}: no images found in {folder}; expected {folder}/<class>/*.png|jpg",
             hint="point --root at a folder holding train/<class>/... and val/<class>/...",
+        )
+    if empty:
+        # An empty folder would silently become a class that no image teaches or tests.
+        more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
+        raise DatasetError(
+            f"{dataset}: class folder {empty[0]}{more} holds no images ({', '.join(IMAGE_SUFFIXES)})",
+            hint="remove the empty class folder or fill it; every class needs images in train/ and val/",
         )
     return classes, files, labels
 

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cvlth.data.images import open_image
 from cvlth.data.registry import IMAGENET_STATS
 from cvlth.data.samples import SampleSplits, hold_out
 from cvlth.errors import DatasetError
@@ -135,7 +136,7 @@ def read_rgb(path: Path, max_size: int | None = None) -> tuple[torch.Tensor, tup
     """A JPEG/PNG as uint8 [3, H, W] fitted to ``max_size``, and its native (width, height)."""
     if not path.is_file():
         raise DatasetError(f"VOC image not found: {path}", hint="is the devkit fully extracted?")
-    with Image.open(path) as image:
+    with open_image(path, "voc") as image:
         rgb = image.convert("RGB")
     native = rgb.size
     size = fitted_size(*native, max_size)
@@ -148,7 +149,7 @@ def read_label_png(path: Path, max_size: int | None = None) -> torch.Tensor:
     """A palette PNG's indices as uint8 (H, W) fitted to ``max_size`` by nearest neighbour (255 stays)."""
     if not path.is_file():
         raise DatasetError(f"VOC segmentation label not found: {path}", hint="is the devkit fully extracted?")
-    with Image.open(path) as image:
+    with open_image(path, "voc") as image:
         if image.mode not in ("P", "L"):
             raise DatasetError(f"{path}: expected a palette (mode P) PNG, got mode {image.mode}")
         labels = image.copy()

@@ -328,6 +328,7 @@ def import_checkpoint(path: str | os.PathLike[str], source: str = "auto") -> Imp
     state, extras = _unwrap(obj, file)
     kept, dropped, wrapper = _select_backbone(state, file)
     projection_head = _projection_head(state, wrapper, dropped)
+    _refuse_non_finite({**kept, **projection_head}, file)
     filled = _fill_num_batches_tracked(kept)
     architecture = _infer_or_explain(kept, state, file)
     fmt = _decide_format(source, header, wrapper, extras, metadata, file)
@@ -373,6 +374,17 @@ def _projection_head(
     for key, _ in found.values():
         dropped.pop(key, None)
     return {name: value for name, (_, value) in found.items()}
+
+
+def _refuse_non_finite(state: Mapping[str, torch.Tensor], file: Path) -> None:
+    """NaN/Inf weights would pass silently into masks (magnitude of NaN) and training."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise CheckpointError(
+            f"{file}: {len(bad)} tensor(s) hold NaN or Inf values: {', '.join(bad[:5])}{more}",
+            hint="the checkpoint is corrupted or was saved after training diverged; use an earlier one",
+        )
 
 
 def _cvlth_header(obj: object, metadata: Mapping[str, str]) -> dict[str, object] | None:
