@@ -111,3 +111,17 @@ def test_contrastive_options_reach_the_view(name):
     assert not torch.allclose(blurred, view, atol=1e-3)
     with pytest.raises(ConfigError, match="bad options"):
         build_objective(ObjectiveRef(name=name, options={"blur": 0.5}), feature_dim=16, data=data)
+
+
+def test_supervised_resized_crop_scale_option():
+    data = _rgb_data()
+    x = data.train.images
+    options = {"augment": "resized_crop", "crop_scale": [1.0, 1.0], "flip": False, "normalize": "none"}
+    objective = build_objective(ObjectiveRef(name="supervised", options=options), feature_dim=16, data=data)
+    # Whole-area crops of square images are the images themselves (only the square ratio fits).
+    assert torch.allclose(objective.augment(x, torch.Generator().manual_seed(0)), x.float() / 255, atol=1e-5)
+    options["crop_scale"] = [0.08, 0.1]
+    objective = build_objective(ObjectiveRef(name="supervised", options=options), feature_dim=16, data=data)
+    assert not torch.allclose(
+        objective.augment(x, torch.Generator().manual_seed(0)), x.float() / 255, atol=1e-2
+    )

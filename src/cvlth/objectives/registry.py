@@ -96,9 +96,10 @@ def _supervised(
     flip: bool = True,
     label_smoothing: float = 0.0,
     normalize: NormalizeOption = "dataset",
+    crop_scale: tuple[float, float] = (0.08, 1.0),
 ) -> Objective:
     """Cross-entropy. ``augment``: ``crop_flip`` (the paper's 32x32 recipe: padded crop + flip),
-    ``resized_crop`` (RandomResizedCrop + flip, upstream ImageNet style) or ``none``;
+    ``resized_crop`` (RandomResizedCrop(crop_scale) + flip, upstream ImageNet style) or ``none``;
     ``normalize``: see :func:`resolve_normalization`."""
     from cvlth.objectives.supervised import SupervisedObjective
 
@@ -107,7 +108,7 @@ def _supervised(
     if augment == "crop_flip":
         steps.append(lambda x, g: T.random_crop(x, g, padding=padding))
     elif augment == "resized_crop":
-        steps.append(lambda x, g: T.random_resized_crop(x, g, size))
+        steps.append(lambda x, g: T.random_resized_crop(x, g, size, scale=tuple(crop_scale)))
     elif augment != "none":
         raise ConfigError(
             f"objective.options.augment: must be one of 'crop_flip', 'resized_crop', 'none' (got {augment!r})"
