@@ -1,10 +1,12 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
 from cvlth import pruning
 from cvlth.config import AdamWConfig, ConstantSchedule, SGDConfig, TrainingConfig
 from cvlth.data.source import TensorBatchSource
-from cvlth.data.transforms import contrastive_augment
+from cvlth.data.transforms import MOCO_V2_VIEW, contrastive_augment
 from cvlth.objectives.features import feature_dim, features
 from cvlth.objectives.moco import KeyQueue, MoCoObjective
 from cvlth.pruning.enforcer import MaskEnforcer
@@ -171,7 +173,7 @@ def test_moco_on_digits_through_the_loop_learns_with_a_mask() -> None:
     train_data, val_data = digit_sources()
     model = NarrowResNet()
     mask = pruning.magnitude(model, 0.5)
-    augment = contrastive_augment(mean=(0.5,), std=(0.25,), scale=(0.4, 1.0))
+    augment = contrastive_augment(((0.5,), (0.25,)), replace(MOCO_V2_VIEW, scale=(0.4, 1.0), blur_p=0.0))
     # Short run: a faster EMA and a small queue than the paper's 0.999 / 65,536.
     objective = MoCoObjective(feature_dim(model), dim=32, queue_size=512, momentum=0.95, augment=augment)
     result = train(

@@ -8,7 +8,7 @@ from torch import nn
 from torchvision.models import resnet18
 
 from cvlth.config import AdamWConfig, ConstantSchedule, TrainingConfig
-from cvlth.data.transforms import contrastive_augment
+from cvlth.data.transforms import ContrastiveView, contrastive_augment
 from cvlth.objectives.features import feature_dim, features
 from cvlth.objectives.simclr import SimCLRObjective, nt_xent, retrieval_accuracy
 from cvlth.training.loop import train
@@ -133,7 +133,7 @@ def test_features_through_ddp_syncs_and_leaves_fc_untouched() -> None:
 
 def test_augment_views_are_deterministic_and_independent() -> None:
     images = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)
-    augment = contrastive_augment(mean=(0.5,), std=(0.25,))
+    augment = contrastive_augment(((0.5,), (0.25,)))  # SimCLR's view, blur included
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     a, b = augment(images, g1), augment(images, g1)
     assert a.shape == images.shape and a.dtype == torch.float32
@@ -164,7 +164,9 @@ def test_simclr_on_digits_through_the_loop_learns() -> None:
     torch.manual_seed(0)
     train_data, val_data = digit_sources()
     model = NarrowResNet()
-    augment = contrastive_augment(mean=(0.5,), std=(0.25,), scale=(0.4, 1.0))  # 16x16 digits: milder crops
+    # 16x16 digits: milder crops and jitter than SimCLR's, no blur (the test's pre-blur setting)
+    view = ContrastiveView(scale=(0.4, 1.0), jitter=(0.4, 0.4, 0.4, 0.1), blur_p=0.0)
+    augment = contrastive_augment(((0.5,), (0.25,)), view)
     objective = SimCLRObjective(feature_dim(model), projection_dim=32, augment=augment)
     before = objective.evaluate(model.eval(), val_data)
     result = train(

@@ -133,8 +133,13 @@ def test_packaged_studies_validate_and_plan_without_data(monkeypatch, tmp_path):
     paper = load_study("paper-resnet50")
     assert paper.rounds == 18 and paper.seeds == [0, 1, 2]
     transfers = [p for p in expand(paper) if isinstance(p.run, TransferRun)]
-    # 3 pre-trainings x 4 tasks x 3 seeds x (dense + 3 global sources x 18 levels + task IMP x 18 levels)
-    assert len(transfers) == 3 * 4 * 3 * (1 + 3 * 18 + 18)
+    # Per pre-training and seed: 4 small classification tasks x (dense + upstream IMP, random, OMP at
+    # 18 levels + task IMP from θ_p, θ_0, θ_5% at 18 levels x 4 perturbation variants); VisDA and the
+    # two VOC tasks x (dense + upstream IMP, random and task IMP at 18 levels).
+    assert len(transfers) == 3 * 3 * (4 * (1 + 3 * 18 + 3 * 18 * 4) + 3 * (1 + 3 * 18))
+    finders = {(p.finder, p.variant) for p in transfers if p.task == "cifar10"}
+    assert {(f, "complement") for f in ("imp-task", "imp-task-init", "imp-task-early")} <= finders
+    assert {p.level for p in transfers if p.task == "voc_detection" and p.level} == set(range(1, 19))
     assert str(tmp_path / "nowhere") in paper.tasks["cifar10"].data.root
     cpu = expand(load_study("cpu-study"))
     dense_levels = {p.level for p in cpu if p.task in ("detection", "segmentation") and p.level}

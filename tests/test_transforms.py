@@ -84,34 +84,38 @@ def test_random_resized_crop_boxes_follow_scale_and_ratio() -> None:
     assert out.shape == (N, 3, 24, 24) and out.dtype == torch.uint8
 
 
-def test_color_jitter_matches_torchvision_functional_ops() -> None:
-    x = T.to_float(_images())
-    b, c, s, h = 0.4, 0.4, 0.4, 0.1
-    out = T.color_jitter(x, _gen(), b, c, s, h, p=0.8)
-    g = _gen()  # replay the draws: 4 factors per image, then which images are jittered
-    factors, applied = torch.rand((4, N), generator=g), torch.rand(N, generator=g) < 0.8
-    assert 0 < int(applied.sum()) < N
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
+def test_color_jitter_matches_torchvision_functional_ops(dtype) -> None:
+    x = _images() if dtype == torch.uint8 else T.to_float(_images())
+    b, c, s, h = 0.8, 0.8, 0.8, 0.2  # SimCLR's strength: factors 0.2..1.8, hue shifts up to 0.2
+    params = T.jitter_params(_gen(), N, b, c, s, h, p=0.8)
+    out = T.apply_color_jitter(x, params)
+    assert torch.equal(out, T.color_jitter(x, _gen(), b, c, s, h, p=0.8))  # same draws
+    assert 0 < int(params.applied.sum()) < N
+    # Parameters in torchvision's ranges; hue shifts of both signs.
+    assert ((params.factors[:3] >= 0.2) & (params.factors[:3] <= 1.8)).all()
+    hue = params.factors[3]
+    assert hue.abs().max() <= 0.2 and hue.min() < 0 < hue.max()
     for i in range(N):
-        if not applied[i]:
+        if not params.applied[i]:
             assert torch.equal(out[i], x[i])
             continue
-        f = factors[:, i].tolist()
-        y = TF.adjust_brightness(x[i], 1 - b + 2 * b * f[0])
-        y = TF.adjust_contrast(y, 1 - c + 2 * c * f[1])
-        y = TF.adjust_saturation(y, 1 - s + 2 * s * f[2])
-        y = TF.adjust_hue(y, (2 * f[3] - 1) * h)
-        assert torch.allclose(out[i], y, atol=3e-4), i  # float32 summation order only
+        f = params.factors[:, i].tolist()
+        y = TF.adjust_brightness(T.to_float(x[i]), f[0])
+        y = TF.adjust_hue(TF.adjust_saturation(TF.adjust_contrast(y, f[1]), f[2]), f[3])
+        if dtype == torch.uint8:  # computed in float, rounded once (torchvision rounds every op)
+            assert (out[i].float() - (255 * y).round()).abs().max() <= 1, i
+        else:
+            assert torch.allclose(out[i], y, atol=3e-4), i  # float32 summation order only
 
 
 def test_color_jitter_one_channel_is_brightness_and_contrast() -> None:
     x = T.to_float(_images(channels=1))
-    out = T.color_jitter(x, _gen(), 0.5, 0.5, 0.5, 0.5, p=1.0)
-    factors = torch.rand((4, N), generator=_gen())
-    for i in range(N):
-        y = TF.adjust_contrast(
-            TF.adjust_brightness(x[i], 0.5 + factors[0, i].item()), 0.5 + factors[1, i].item()
-        )
-        assert torch.allclose(out[i], y, atol=3e-4)
+    params = T.jitter_params(_gen(), N, 0.5, 0.5, 0.5, 0.5, p=1.0)
+    out = T.apply_color_jitter(x, params)
+    for i in range(N):  # saturation and hue do not apply to one channel (and do not crash)
+        f = params.factors[:, i].tolist()
+        assert torch.allclose(out[i], TF.adjust_contrast(TF.adjust_brightness(x[i], f[0]), f[1]), atol=3e-4)
     as_uint8 = T.color_jitter(_images(channels=1), _gen(), p=1.0)
     assert as_uint8.dtype == torch.uint8 and as_uint8.shape == (N, 1, 32, 32)
 
@@ -132,15 +136,17 @@ def test_pipelines_keep_shapes_dtypes_and_ranges(channels: int) -> None:
     x = _images(channels)
     mean, std = (0.5,) * channels, (0.25,) * channels
     for pipeline in (
-        T.simclr_augment(32, mean, std),
+        T.contrastive_augment((mean, std), size=32),
+        T.contrastive_augment((mean, std), T.MOCO_V2_VIEW, size=24),
         T.cifar_augment(mean, std),
         T.supervised_augment(24, mean, std),
     ):
         out = pipeline(x, _gen())
-        assert out.dtype == torch.float32 and out.shape[:2] == (N, channels)
+        assert out.dtype == torch.float32 and out.shape[:2] == (N, channels) and torch.isfinite(out).all()
         assert out.min() >= -2.0 - 1e-6 and out.max() <= 2.0 + 1e-6  # (0 - .5)/.25 .. (1 - .5)/.25
         assert torch.equal(out, pipeline(x, _gen()))  # one generator state, one result
-    for op in (lambda a, g: T.random_crop(a, g), T.horizontal_flip, T.color_jitter, T.random_grayscale):
+    ops = (lambda a, g: T.random_crop(a, g), T.horizontal_flip, T.color_jitter, T.random_grayscale)
+    for op in (*ops, lambda a, g: T.random_gaussian_blur(a, g, p=0.5, kernel_size=5)):
         y = op(x, _gen())
         assert y.dtype == torch.uint8 and y.shape == x.shape
         z = op(T.to_float(x), _gen())
@@ -150,7 +156,81 @@ def test_pipelines_keep_shapes_dtypes_and_ranges(channels: int) -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_same_result_on_gpu_with_a_cpu_generator() -> None:
     x = _images()
-    pipeline = T.simclr_augment(32, (0.5,) * 3, (0.25,) * 3)
+    pipeline = T.contrastive_augment(((0.5,) * 3, (0.25,) * 3))
     assert torch.allclose(pipeline(x.cuda(), _gen()).cpu(), pipeline(x, _gen()), atol=1e-4)
     cuda_generator = torch.Generator(device="cuda").manual_seed(0)
     assert pipeline(x.cuda(), cuda_generator).device.type == "cuda"
+
+
+# --- Gaussian blur ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("channels", "kernel"), [(3, 23), (3, 3), (1, 7)])
+def test_gaussian_blur_matches_torchvision_per_image(channels: int, kernel: int) -> None:
+    x8 = _images(channels, size=40)
+    x = T.to_float(x8)
+    sigma = torch.linspace(0.1, 2.0, N)  # SimCLR's range, one sigma per image
+    out, out8 = T.gaussian_blur(x, sigma, kernel), T.gaussian_blur(x8, sigma, kernel)
+    assert out8.dtype == torch.uint8
+    for i in range(N):
+        s = [sigma[i].item()] * 2
+        assert torch.allclose(out[i], TF.gaussian_blur(x[i], [kernel, kernel], s), atol=1e-5), i
+        expected8 = TF.gaussian_blur(x8[i], [kernel, kernel], s)
+        assert (out8[i].int() - expected8.int()).abs().max() <= 1, i
+
+
+def test_random_gaussian_blur_applies_drawn_parameters() -> None:
+    x = T.to_float(_images(size=32))
+    params = T.blur_params(_gen(), N, (0.1, 2.0), p=0.5)
+    assert ((params.sigma >= 0.1) & (params.sigma <= 2.0)).all() and 0 < int(params.applied.sum()) < N
+    out = T.random_gaussian_blur(x, _gen(), p=0.5)  # same draws; kernel 10% of 32 px -> 3
+    for i in range(N):
+        expected = TF.gaussian_blur(x[i], [3, 3], [params.sigma[i].item()] * 2) if params.applied[i] else x[i]
+        assert torch.allclose(out[i], expected, atol=1e-5), i
+    assert [T.simclr_kernel_size(s) for s in (224, 32, 28, 19)] == [23, 3, 3, 1]
+    small = x[:, :, :8, :8]
+    assert torch.equal(T.random_gaussian_blur(small, _gen(), p=1.0), small)  # kernel 1: no blur
+
+
+# --- probabilities (fixed generators, many images) ---------------------------------------------------
+
+
+def _assert_rate(applied: torch.Tensor, p: float) -> None:
+    n = applied.numel()
+    assert abs(applied.float().mean().item() - p) <= 4 * (p * (1 - p) / n) ** 0.5
+
+
+@pytest.mark.parametrize("p", [0.0, 0.2, 0.5, 0.8, 1.0])
+def test_probabilities_are_met(p: float) -> None:
+    n = 20_000
+    _assert_rate(T.jitter_params(_gen(1), n, p=p).applied, p)
+    _assert_rate(T.blur_params(_gen(2), n, p=p).applied, p)
+    # Grayscale and flip: count the images the op changed (all channels equal / mirrored).
+    x = _images(size=8)[:1].expand(n, 3, 8, 8)
+    gray = T.random_grayscale(x, _gen(3), p=p)
+    _assert_rate(((gray[:, 0] == gray[:, 1]) & (gray[:, 1] == gray[:, 2])).flatten(1).all(1), p)
+    _assert_rate((T.horizontal_flip(x, _gen(4), p=p) != x).flatten(1).any(1), p)
+    # The pipeline's blur: with everything else off, changed images are blurred ones (sigma >= 1:
+    # sigma 0.1 leaves an image as it is).
+    only_blur = T.ContrastiveView(
+        scale=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, grayscale_p=0.0, blur_p=p, blur_sigma=(1.0, 2.0)
+    )
+    xf = T.to_float(_images(size=32)[:1]).expand(4000, 3, 32, 32)
+    views = T.contrastive_augment(None, only_blur)(xf, _gen(5))
+    _assert_rate(((views - xf).abs() > 1e-3).flatten(1).any(1), p)
+
+
+def test_contrastive_views_without_normalisation_stay_raw() -> None:
+    x = _images()
+    identity = T.ContrastiveView(scale=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)
+    assert torch.allclose(T.contrastive_augment(None, identity)(x, _gen()), T.to_float(x), atol=1e-5)
+    normalised = T.contrastive_augment(((0.5,), (0.25,)), identity)(x, _gen())
+    assert torch.allclose(normalised, (T.to_float(x) - 0.5) / 0.25, atol=1e-4)
+    view = T.contrastive_augment(None)(x, _gen())  # SimCLR's full view, unnormalised: pixels in [0, 1]
+    assert view.min() >= 0 and view.max() <= 1 and view.shape == (N, 3, 32, 32)
+
+
+def test_the_views_are_the_papers() -> None:
+    simclr = T.ContrastiveView((0.08, 1.0), 0.5, (0.8, 0.8, 0.8, 0.2), 0.8, 0.2, 0.5, (0.1, 2.0), None)
+    moco = T.ContrastiveView((0.2, 1.0), 0.5, (0.4, 0.4, 0.4, 0.1), 0.8, 0.2, 0.5, (0.1, 2.0), None)
+    assert simclr == T.SIMCLR_VIEW and moco == T.MOCO_V2_VIEW

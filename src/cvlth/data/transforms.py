@@ -6,16 +6,21 @@ ops compute in float and round back). Random numbers are drawn on the generator'
 fixed count per call whatever the image content, then moved to the images' device: a CPU
 generator drives GPU batches too, and a given (generator state, batch shape) gives one result.
 
+The random colour ops and the blur draw their parameters with ``*_params`` functions and apply
+them with ``apply_*`` (so tests can hand the same parameters to torchvision's per-image ops).
+
 This replaces per-image PIL pipelines (see benchmarks/augment_speed.py). Known departures from
 torchvision: colour-jitter factors are applied in the fixed order brightness, contrast,
 saturation, hue (torchvision shuffles the order per image); random_resized_crop samples with
-bilinear ``grid_sample`` (no antialiasing when it shrinks).
+bilinear ``grid_sample`` (no antialiasing when it shrinks); the blur is a true Gaussian (MoCo's
+PIL ``GaussianBlur(radius=sigma)`` approximates one with box filters).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -178,6 +183,50 @@ def _hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
     return v - v * s * torch.minimum(k, 4.0 - k).clamp_(0, 1)
 
 
+@dataclass(frozen=True)
+class JitterParams:
+    """Colour-jitter draws for N images: ``factors`` (4, N) are the brightness, contrast and
+    saturation factors and the hue shift (torchvision's ``adjust_*`` arguments); ``applied`` (N,)
+    says which images are jittered at all."""
+
+    factors: torch.Tensor
+    applied: torch.Tensor
+
+
+def jitter_params(
+    generator: torch.Generator,
+    n: int,
+    brightness: float = 0.4,
+    contrast: float = 0.4,
+    saturation: float = 0.4,
+    hue: float = 0.1,
+    p: float = 0.8,
+) -> JitterParams:
+    """Factors from [1-x, 1+x] (hue shift from [-hue, hue]), then which images, as ColorJitter."""
+    draw = _uniform(generator, (4, n), generator.device)
+    low = torch.tensor([1 - brightness, 1 - contrast, 1 - saturation, -hue], device=draw.device)
+    span = torch.tensor([2 * brightness, 2 * contrast, 2 * saturation, 2 * hue], device=draw.device)
+    factors = low[:, None] + span[:, None] * draw
+    return JitterParams(factors, _uniform(generator, (n,), generator.device) < p)
+
+
+def apply_color_jitter(images: torch.Tensor, params: JitterParams) -> torch.Tensor:
+    """Brightness, contrast, saturation, hue (in that fixed order) on the ``applied`` images.
+    1-channel images get brightness and contrast only (saturation and hue mean nothing there)."""
+    n, c = images.shape[:2]
+    factors = params.factors.to(images.device).view(4, n, 1, 1, 1)
+    applied = params.applied.to(images.device).view(n, 1, 1, 1)
+    out = to_float(images).clamp(0, 1).mul(factors[0]).clamp_(0, 1)
+    mean = grayscale(out).mean((1, 2, 3), keepdim=True)
+    out = _blend(out, mean, factors[1])
+    if c == 3:
+        out = _blend(out, grayscale(out), factors[2])
+        hsv = _rgb_to_hsv(out)
+        hue = torch.remainder(hsv[:, 0] + factors[3].view(n, 1, 1), 1.0)
+        out = _hsv_to_rgb(torch.stack([hue, hsv[:, 1], hsv[:, 2]], 1))
+    return torch.where(applied, _like(out, images), images)
+
+
 def color_jitter(
     images: torch.Tensor,
     generator: torch.Generator,
@@ -187,25 +236,10 @@ def color_jitter(
     hue: float = 0.1,
     p: float = 0.8,
 ) -> torch.Tensor:
-    """With probability ``p`` per image, scale brightness, contrast, saturation by factors drawn from
-    [1-x, 1+x] and shift hue by [-hue, hue] (torchvision's meanings). 1-channel images get brightness
-    and contrast only."""
-    n, c = images.shape[:2]
-    device = images.device
-    factors = _uniform(generator, (4, n), device).view(4, n, 1, 1, 1)
-    applied = _chosen(generator, n, p, device)
-    x = to_float(images)
-    out = x.clamp(0, 1) * (1 - brightness + 2 * brightness * factors[0])
-    out = out.clamp_(0, 1)
-    mean = grayscale(out).mean((1, 2, 3), keepdim=True)
-    out = _blend(out, mean, 1 - contrast + 2 * contrast * factors[1])
-    if c == 3:
-        out = _blend(out, grayscale(out), 1 - saturation + 2 * saturation * factors[2])
-        hsv = _rgb_to_hsv(out)
-        shift = (2 * factors[3] - 1).view(n, 1, 1) * hue
-        hsv = torch.stack([torch.remainder(hsv[:, 0] + shift, 1.0), hsv[:, 1], hsv[:, 2]], 1)
-        out = _hsv_to_rgb(hsv)
-    return torch.where(applied, _like(out, images), images)
+    """With probability ``p`` per image, torchvision's ColorJitter(brightness, contrast, saturation,
+    hue) in a fixed order (see :func:`jitter_params` and :func:`apply_color_jitter`)."""
+    params = jitter_params(generator, images.shape[0], brightness, contrast, saturation, hue, p)
+    return apply_color_jitter(images, params)
 
 
 def random_grayscale(images: torch.Tensor, generator: torch.Generator, p: float = 0.2) -> torch.Tensor:
@@ -215,6 +249,71 @@ def random_grayscale(images: torch.Tensor, generator: torch.Generator, p: float 
         return images
     gray = _like(grayscale(to_float(images)).expand_as(images), images)
     return torch.where(applied, gray, images)
+
+
+# --- blur -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BlurParams:
+    """Gaussian-blur draws for N images: ``sigma`` (N,) and which images are ``applied`` (N,)."""
+
+    sigma: torch.Tensor
+    applied: torch.Tensor
+
+
+def simclr_kernel_size(side: int) -> int:
+    """SimCLR's blur kernel: 10% of the image side, made odd (224 -> 23, 32 -> 3, under 20 -> 1)."""
+    return 2 * ((side // 10) // 2) + 1
+
+
+def blur_params(
+    generator: torch.Generator, n: int, sigma: tuple[float, float] = (0.1, 2.0), p: float = 0.5
+) -> BlurParams:
+    """Sigma uniform in ``sigma`` per image, then which images (SimCLR / MoCo v2's GaussianBlur)."""
+    sigmas = _uniform(generator, (n,), generator.device, *sigma)
+    return BlurParams(sigmas, _uniform(generator, (n,), generator.device) < p)
+
+
+def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """Blur image i with a ``kernel_size`` Gaussian of std ``sigma[i]``, reflect-padded, as
+    torchvision's ``gaussian_blur``: one separable pass per axis, as grouped convolutions over all
+    N x C planes at once (a per-image kernel needs no loop)."""
+    n, c, h, w = images.shape
+    radius = min(kernel_size // 2, h - 1, w - 1)  # reflect padding needs radius < side
+    if radius <= 0:
+        return images
+    x = to_float(images).reshape(1, n * c, h, w)
+    offsets = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    sigma = sigma.to(x.device, x.dtype).clamp(min=1e-6)
+    kernels = torch.softmax(-0.5 * (offsets[None, :] / sigma[:, None]) ** 2, dim=1)  # normalised
+    kernels = kernels.repeat_interleave(c, dim=0)  # one kernel per (image, channel) plane
+    size = 2 * radius + 1
+    x = F.conv2d(
+        F.pad(x, (radius, radius, 0, 0), mode="reflect"), kernels.view(n * c, 1, 1, size), groups=n * c
+    )
+    x = F.conv2d(
+        F.pad(x, (0, 0, radius, radius), mode="reflect"), kernels.view(n * c, 1, size, 1), groups=n * c
+    )
+    return _like(x.view(n, c, h, w), images)
+
+
+def random_gaussian_blur(
+    images: torch.Tensor,
+    generator: torch.Generator,
+    p: float = 0.5,
+    sigma: tuple[float, float] = (0.1, 2.0),
+    kernel_size: int | None = None,
+) -> torch.Tensor:
+    """With probability ``p`` per image, a Gaussian blur with sigma uniform in ``sigma``; the kernel
+    defaults to SimCLR's 10% of the image side (:func:`simclr_kernel_size`)."""
+    params = blur_params(generator, images.shape[0], sigma, p)
+    return apply_blur(images, params, kernel_size or simclr_kernel_size(min(images.shape[-2:])))
+
+
+def apply_blur(images: torch.Tensor, params: BlurParams, kernel_size: int) -> torch.Tensor:
+    applied = params.applied.to(images.device).view(-1, 1, 1, 1)
+    return torch.where(applied, gaussian_blur(images, params.sigma, kernel_size), images)
 
 
 def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -248,39 +347,49 @@ def cifar_augment(mean: Sequence[float], std: Sequence[float], padding: int = 4)
     )
 
 
-def simclr_augment(
-    size: int, mean: Sequence[float], std: Sequence[float], strength: float = 1.0
-) -> Transform:
-    """SimCLR's view: RandomResizedCrop, flip, ColorJitter(0.8s, 0.8s, 0.8s, 0.2s) p=0.8, grayscale p=0.2."""
-    return compose(
-        lambda x, g: to_float(x),
-        lambda x, g: random_resized_crop(x, g, size),
-        horizontal_flip,
-        lambda x, g: color_jitter(
-            x, g, 0.8 * strength, 0.8 * strength, 0.8 * strength, 0.2 * strength, p=0.8
-        ),
-        random_grayscale,
-        lambda x, g: normalize(x, mean, std),
-    )
+Normalization = tuple[Sequence[float], Sequence[float]] | None  # (mean, std), or None: raw [0, 1]
+
+
+@dataclass(frozen=True)
+class ContrastiveView:
+    """One contrastive view's recipe. The defaults are SimCLR's (Chen et al. 2020, appendix A);
+    :data:`MOCO_V2_VIEW` is MoCo v2's "aug+". ``blur_kernel`` None: 10% of the image side."""
+
+    scale: tuple[float, float] = (0.08, 1.0)
+    flip_p: float = 0.5
+    jitter: tuple[float, float, float, float] = (0.8, 0.8, 0.8, 0.2)  # brightness, contrast, saturation, hue
+    jitter_p: float = 0.8
+    grayscale_p: float = 0.2
+    blur_p: float = 0.5
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    blur_kernel: int | None = None
+
+
+SIMCLR_VIEW = ContrastiveView()
+MOCO_V2_VIEW = ContrastiveView(scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.4, 0.1))
 
 
 def contrastive_augment(
-    mean: Sequence[float],
-    std: Sequence[float],
-    scale: tuple[float, float] = (0.2, 1.0),
-    strength: float = 0.5,
+    normalization: Normalization,
+    view: ContrastiveView = SIMCLR_VIEW,
+    size: int | tuple[int, int] | None = None,
 ) -> Transform:
-    """One view for SimCLR / MoCo v2 ("aug+") at the input's own size: RandomResizedCrop(scale),
-    flip, colour jitter (0.8s, 0.8s, 0.8s, 0.2s) with p=0.8, grayscale p=0.2, normalise.
-    Two calls with one generator give two independent views."""
+    """One SimCLR / MoCo v2 view: RandomResizedCrop(view.scale) to ``size`` (default: the input's),
+    flip, colour jitter, grayscale, Gaussian blur (skipped, with its draws, when ``blur_p`` is 0),
+    then ``normalize`` by ``normalization`` (None: the raw [0, 1] pixels, for weights trained that
+    way). Two calls with one generator give two independent views."""
 
-    def view(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        x = random_resized_crop(to_float(images), generator, tuple(images.shape[-2:]), scale=scale)
-        x = horizontal_flip(x, generator)
-        x = color_jitter(x, generator, 0.8 * strength, 0.8 * strength, 0.8 * strength, 0.2 * strength, p=0.8)
-        return normalize(random_grayscale(x, generator), mean, std)
+    def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        out_size = size or tuple(images.shape[-2:])
+        x = random_resized_crop(to_float(images), generator, out_size, scale=view.scale)
+        x = horizontal_flip(x, generator, p=view.flip_p)
+        x = color_jitter(x, generator, *view.jitter, p=view.jitter_p)
+        x = random_grayscale(x, generator, p=view.grayscale_p)
+        if view.blur_p > 0:
+            x = random_gaussian_blur(x, generator, view.blur_p, view.blur_sigma, view.blur_kernel)
+        return x if normalization is None else normalize(x, *normalization)
 
-    return view
+    return augment
 
 
 def supervised_augment(size: int, mean: Sequence[float], std: Sequence[float]) -> Transform:

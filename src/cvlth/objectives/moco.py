@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cvlth.data.source import BatchSource
-from cvlth.data.transforms import contrastive_augment
+from cvlth.data.transforms import MOCO_V2_VIEW, contrastive_augment
 from cvlth.masks import Mask
 from cvlth.objectives.features import features, freeze_classifier, unwrap
 from cvlth.objectives.simclr import eval_generator, retrieval_accuracy
@@ -113,7 +113,7 @@ class MoCoObjective:
     ) -> None:
         self.momentum = momentum
         self.temperature = temperature
-        self.augment = augment or contrastive_augment(mean=(0.5,), std=(0.25,))
+        self.augment = augment or contrastive_augment(((0.5,), (0.25,)), MOCO_V2_VIEW)
         self.key_bn_groups = key_bn_groups
         self.eval_seed = eval_seed
         self.query_head = moco_head(feature_dim, dim, mlp)

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import torch
 
 from cvlth.config import ObjectiveRef
+from cvlth.data import transforms as T
 from cvlth.data.classification import DatasetSplits
 from cvlth.data.samples import SampleSplits
 from cvlth.errors import ConfigError
+from cvlth.objectives.supervised import IMAGENET_MEAN, IMAGENET_STD
 from cvlth.training.objective import Objective
 
 Builder = Callable[..., Objective]
@@ -56,6 +59,43 @@ def build_objective(
             raise ConfigError(f"objective {ref.name!r}: bad options {sorted(ref.options)}: {exc}") from exc
 
 
+NormalizeOption = str | dict[str, list[float]]
+
+
+def resolve_normalization(option: NormalizeOption, data: DatasetSplits) -> T.Normalization:
+    """The ``normalize`` option of the classification objectives as (mean, std), or None.
+
+    ``dataset`` (default): the dataset's own statistics; ``imagenet``: ImageNet's (averaged over
+    channels for 1-channel images); ``none``: raw [0, 1] pixels (SimCLR's converted weights expect
+    them; a study passes its θ_p's recorded normalisation); ``{mean: [...], std: [...]}``: given
+    constants (e.g. a reference implementation's), one value or one per channel."""
+    channels = data.image_shape[0]
+    if option == "dataset":
+        return data.mean, data.std
+    if option == "none":
+        return None
+    if option == "imagenet":
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+        if channels != len(mean):
+            mean, std = (sum(mean) / len(mean),) * channels, (sum(std) / len(std),) * channels
+        return mean, std
+    if isinstance(option, dict) and set(option) == {"mean", "std"}:
+        mean, std = tuple(option["mean"]), tuple(option["std"])
+        if {len(mean), len(std)} <= {1, channels} and len(mean) == len(std) and min(std) > 0:
+            return mean, std
+    raise ConfigError(
+        f"objective.options.normalize: {option!r} does not fit {data.name} ({channels}-channel images)",
+        hint="use dataset, imagenet, none or {mean: [...], std: [...]} with 1 or "
+        f"{channels} values each and std > 0",
+    )
+
+
+def _finish(normalization: T.Normalization) -> T.Transform:
+    if normalization is None:
+        return lambda x, g=None: T.to_float(x)
+    return lambda x, g=None: T.normalize(x, *normalization)
+
+
 @register_objective("supervised")
 def _supervised(
     *,
@@ -65,31 +105,60 @@ def _supervised(
     padding: int = 4,
     flip: bool = True,
     label_smoothing: float = 0.0,
+    normalize: NormalizeOption = "dataset",
+    crop_scale: tuple[float, float] = (0.08, 1.0),
 ) -> Objective:
     """Cross-entropy. ``augment``: ``crop_flip`` (the paper's 32x32 recipe: padded crop + flip),
-    ``resized_crop`` (RandomResizedCrop + flip, upstream ImageNet style) or ``none``."""
-    from cvlth.data import transforms as T
+    ``resized_crop`` (RandomResizedCrop(crop_scale) + flip, upstream ImageNet style) or ``none``;
+    ``normalize``: see :func:`resolve_normalization`."""
     from cvlth.objectives.supervised import SupervisedObjective
 
-    mean, std = data.mean, data.std
     size = data.image_shape[-1]
     steps: list[Any] = []
     if augment == "crop_flip":
         steps.append(lambda x, g: T.random_crop(x, g, padding=padding))
     elif augment == "resized_crop":
-        steps.append(lambda x, g: T.random_resized_crop(x, g, size))
+        steps.append(lambda x, g: T.random_resized_crop(x, g, size, scale=tuple(crop_scale)))
     elif augment != "none":
         raise ConfigError(
             f"objective.options.augment: must be one of 'crop_flip', 'resized_crop', 'none' (got {augment!r})"
         )
     if flip and augment != "none":
         steps.append(T.horizontal_flip)
-    steps.append(lambda x, g: T.normalize(x, mean, std))
-    return SupervisedObjective(
-        augment=T.compose(*steps),
-        preprocess=lambda x, g=None: T.normalize(x, mean, std),
-        label_smoothing=label_smoothing,
-    )
+    finish = _finish(resolve_normalization(normalize, data))
+    steps.append(finish)
+    return SupervisedObjective(augment=T.compose(*steps), preprocess=finish, label_smoothing=label_smoothing)
+
+
+def _contrastive_augment(
+    data: DatasetSplits,
+    base: T.ContrastiveView,
+    normalize: NormalizeOption = "dataset",
+    crop_scale: tuple[float, float] | None = None,
+    jitter_strength: float | None = None,
+    jitter_p: float | None = None,
+    grayscale_p: float | None = None,
+    blur_p: float | None = None,
+    blur_sigma: tuple[float, float] | None = None,
+    blur_kernel: int | None = None,
+    flip_p: float | None = None,
+) -> T.Transform:
+    """The view of ``base`` (the paper's values) with the options given in a config replacing them.
+    ``jitter_strength`` s is SimCLR's: jitter (0.8s, 0.8s, 0.8s, 0.2s); SimCLR s = 1, MoCo v2 s = 0.5."""
+    given = {
+        "scale": None if crop_scale is None else tuple(crop_scale),
+        "jitter": None
+        if jitter_strength is None
+        else tuple(f * jitter_strength for f in (0.8, 0.8, 0.8, 0.2)),
+        "jitter_p": jitter_p,
+        "grayscale_p": grayscale_p,
+        "blur_p": blur_p,
+        "blur_sigma": None if blur_sigma is None else tuple(blur_sigma),
+        "blur_kernel": blur_kernel,
+        "flip_p": flip_p,
+    }
+    view = replace(base, **{k: v for k, v in given.items() if v is not None})
+    return T.contrastive_augment(resolve_normalization(normalize, data), view)
 
 
 @register_objective("simclr")
@@ -100,14 +169,13 @@ def _simclr(
     projection_dim: int = 128,
     temperature: float = 0.5,
     variant: str = "standard",
-    crop_scale: tuple[float, float] = (0.2, 1.0),
-    jitter_strength: float = 0.5,
+    **augment_options: Any,
 ) -> Objective:
-    """SimCLR: NT-Xent over two augmented views, projection head hidden = feature_dim."""
-    from cvlth.data.transforms import contrastive_augment
+    """SimCLR: NT-Xent over two augmented views, projection head hidden = feature_dim. Augmentation
+    options (see :func:`_contrastive_augment`) default to SimCLR's paper values."""
     from cvlth.objectives.simclr import SimCLRObjective
 
-    augment = contrastive_augment(data.mean, data.std, scale=tuple(crop_scale), strength=jitter_strength)
+    augment = _contrastive_augment(data, T.SIMCLR_VIEW, **augment_options)
     return SimCLRObjective(
         feature_dim, projection_dim=projection_dim, temperature=temperature, augment=augment, variant=variant
     )
@@ -124,14 +192,13 @@ def _moco(
     temperature: float = 0.2,
     mlp: bool = True,
     key_bn_groups: int = 8,
-    crop_scale: tuple[float, float] = (0.2, 1.0),
-    jitter_strength: float = 0.5,
+    **augment_options: Any,
 ) -> Objective:
-    """MoCo v2: EMA key encoder, a queue of negatives, InfoNCE at temperature 0.2, "aug+" views."""
-    from cvlth.data.transforms import contrastive_augment
+    """MoCo v2: EMA key encoder, a queue of negatives, InfoNCE at temperature 0.2; augmentation
+    options (see :func:`_contrastive_augment`) default to MoCo v2's "aug+"."""
     from cvlth.objectives.moco import MoCoObjective
 
-    augment = contrastive_augment(data.mean, data.std, scale=tuple(crop_scale), strength=jitter_strength)
+    augment = _contrastive_augment(data, T.MOCO_V2_VIEW, **augment_options)
     return MoCoObjective(
         feature_dim,
         dim=dim,

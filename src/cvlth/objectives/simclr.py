@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cvlth.data.source import BatchSource
-from cvlth.data.transforms import contrastive_augment
+from cvlth.data.transforms import SIMCLR_VIEW, contrastive_augment
 from cvlth.masks import Mask
 from cvlth.objectives.features import features, freeze_classifier
 from cvlth.objectives.supervised import Augment
@@ -106,7 +106,7 @@ class SimCLRObjective:
     ) -> None:
         self.head = ProjectionHead(feature_dim, feature_dim, projection_dim)
         self.temperature = temperature
-        self.augment = augment or contrastive_augment(mean=(0.5,), std=(0.25,))
+        self.augment = augment or contrastive_augment(((0.5,), (0.25,)), SIMCLR_VIEW)
         self.variant: Variant = variant
         self.eval_seed = eval_seed
 
