@@ -11,7 +11,7 @@ import yaml
 
 from cvlth.cli import run_cli
 from cvlth.masks import Mask
-from cvlth.report import iou_levels, write_report
+from cvlth.report import write_report
 from cvlth.study.config import StudyConfig, study_to_yaml
 from cvlth.study.matching import matching
 from study_fixtures import NEEDS_FASHION_MNIST
@@ -154,7 +154,12 @@ def test_report_from_fabricated_study(tmp_path):
     names = {p.name for p in (folder / "figures").glob("*.png")}
     assert {"accuracy-digits.png", "accuracy-shapes.png", "layer-sparsity.png", "zero-kernels.png"} <= names
     assert {"kernel-heatmap.png", "perturbation-supervised_imp-task-digits.png"} <= names
-    assert sorted(n for n in names if n.startswith("iou-")) == ["iou-level-03.png", "iou-level-04.png"]
+    # IoU curves: the same finder across pre-trainings, and tickets of one pre-training
+    assert sorted(n for n in names if n.startswith("iou-")) == [
+        "iou-across_pre-trainings.png",
+        "iou-within_a_pre-training.png",
+    ]
+    assert "zero-kernel-ratio.png" in names
     # The matching numbers of matching.json are in both documents.
     for result in json.loads((folder / "matching.json").read_text()):
         extreme = result["extreme_matching_sparsity"]
@@ -189,12 +194,6 @@ def test_rewriting_removes_stale_figures(tmp_path):
     write_report(folder)
     assert not list((folder / "figures").glob("perturbation-*"))
     _check_report(folder)
-
-
-def test_iou_levels():
-    levels = {k: _sparsity(k) for k in range(1, 21)}
-    assert iou_levels(levels) == [3, 6, 8]  # 48.8%, 73.8%, 83.2%
-    assert iou_levels({1: 0.2, 2: 0.36}) == [1, 2]
 
 
 def test_cli_report(tmp_path, capsys):

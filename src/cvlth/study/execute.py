@@ -47,6 +47,7 @@ from cvlth.study.runs import (
     dependencies,
     level_sparsity,
 )
+from cvlth.study.upstream import evaluate_on_pretraining
 from cvlth.training.loop import capture_path, train
 
 AnySplits = DatasetSplits | SampleSplits
@@ -241,7 +242,13 @@ def execute_imp(run: ImpRun, folder: RunFolder, ctx: Context) -> dict[str, Any]:
         RunFolder(root / f"round-{level:02d}").read_result()
         for level in range(first_trained_level, run.rounds)
     ]
-    return {"levels": levels, "rounds": rounds}
+    result = {"levels": levels, "rounds": rounds}
+    if run.stage == "upstream":  # Fig. 2's dense row: θ_p, untrained, on the pre-training task
+        test = _batches(data, "test", EVAL_BATCH_SIZE)
+        result["dense_upstream"] = evaluate_on_pretraining(
+            *_upstream_model(run, theta, data, ctx), run.recipe, data, test, ctx.device
+        )
+    return result
 
 
 def _latest_heads(root: Path, rewind_heads: dict[str, Any]) -> dict[str, Any]:
