@@ -112,3 +112,61 @@ def test_expected_random_zero_kernels_matches_random_masks():
     mean = sum(observed) / len(observed)
     # std of one count is < sqrt(1024 * p) ~ 12; the mean of 100 is within ~1.2 at 1 sigma
     assert mean == pytest.approx(expected, abs=4.0)
+
+
+RESNET101_LIKE = [
+    "layer3.10.conv2.weight",
+    "layer3.2.conv2.weight",
+    "layer3.22.conv2.weight",
+    "layer3.0.downsample.0.weight",
+    "layer3.1.conv2.weight",
+    "layer4.0.conv2.weight",
+    "layer3.0.conv2.weight",
+]
+NATURAL = [
+    "layer3.0.conv2.weight",
+    "layer3.0.downsample.0.weight",
+    "layer3.1.conv2.weight",
+    "layer3.2.conv2.weight",
+    "layer3.10.conv2.weight",
+    "layer3.22.conv2.weight",
+    "layer4.0.conv2.weight",
+]
+
+
+def test_layers_in_natural_order_for_resnet101_names():
+    from cvlth.analysis.layers import natural_sorted
+    from cvlth.analysis.plots import _layer_order
+
+    assert natural_sorted(RESNET101_LIKE) == NATURAL
+    assert sorted(RESNET101_LIKE) != NATURAL  # plain string order puts layer3.10 before layer3.2
+    mask = Mask(
+        {
+            name: torch.ones(2, 2, 1 if "downsample" in name else 3, 3, dtype=torch.bool)
+            for name in RESNET101_LIKE
+        }
+    )
+    assert [layer.name for layer in kernel_report(mask).layers] == NATURAL
+    assert list(kernel_report(mask).layer_sparsity()) == NATURAL
+    assert list(kernel_maps(mask, include_pointwise=True)) == NATURAL
+    assert (
+        _layer_order(
+            {"a": dict.fromkeys(RESNET101_LIKE[:4], 0.5), "b": dict.fromkeys(RESNET101_LIKE[3:], 0.5)}
+        )
+        == NATURAL
+    )
+
+
+def test_zero_kernel_ratio_by_hand():
+    mask = Mask(
+        {
+            "layer1.0.conv2.weight": torch.tensor(HAND, dtype=torch.bool),  # 2 of 4 kernels fully pruned
+            "layer1.0.conv3.weight": torch.zeros(2, 3, 3, 3, dtype=torch.bool),  # 6 of 6
+            "layer1.0.conv1.weight": torch.zeros(4, 4, 1, 1, dtype=torch.bool),  # 1x1: not counted
+        }
+    )
+    report = kernel_report(mask)
+    assert report.zero_kernel_ratio == pytest.approx(8 / 10)
+    # random: HAND layer as in test_report_of_a_hand_written_mask, the empty layer certainly all pruned
+    expected = 4 * math.comb(27, 10) / math.comb(36, 10) + 6
+    assert report.expected_random_zero_kernel_ratio == pytest.approx(expected / 10)

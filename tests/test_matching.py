@@ -33,3 +33,39 @@ def test_matching_rule_and_extreme_sparsity_by_hand():
     assert "| imagenet | cifar10 | accuracy | 0.8000 ± 0.0200 | 59.04% |" in text
     assert "| x | y | accuracy | 0.5000 ± 0.0000 | none |" in text
     assert result.to_dict()["rows"][2]["matching"] is False
+
+
+def _table(source, task, dense, by_sparsity):
+    return matching(source, task, dense, {s: [v] for s, v in by_sparsity.items()})
+
+
+def test_universal_matching_sparsity_by_hand():
+    from cvlth.study.matching import PRETRAINING_TASK, universal_matching
+
+    # dense 0.80 ± 0 on every task: a ticket matches where its value is >= 0.80.
+    dense = [0.80, 0.80]
+    results = [
+        #   sparsity:                0.2    0.36   0.488  0.5904 0.6723
+        _table("a", "t1", dense, {0.2: 0.9, 0.36: 0.9, 0.488: 0.9, 0.5904: 0.9, 0.6723: 0.7}),
+        _table("a", "t2", dense, {0.2: 0.9, 0.36: 0.7, 0.488: 0.9, 0.5904: 0.7}),  # no 0.6723
+        _table("a", "t3", dense, {0.2: 0.9, 0.36: 0.9, 0.488: 0.85, 0.5904: 0.9, 0.6723: 0.9}),
+        # on the pre-training task it would match up to 0.6723: left out of universality
+        _table("a", PRETRAINING_TASK, [0.5], {0.2: 0.9, 0.6723: 0.9}),
+        _table("b", "t1", dense, {0.2: 0.7, 0.36: 0.9}),
+        _table("b", "t2", dense, {0.2: 0.9, 0.36: 0.7}),
+        _table("c", "t1", dense, {0.36: 0.9}),
+    ]
+    universal = {u.source: u for u in universal_matching(results)}
+    a = universal["a"]
+    assert a.tasks == ("t1", "t2", "t3")
+    assert a.sparsities == (0.2, 0.36, 0.488, 0.5904)  # 0.6723 was not evaluated on t2
+    assert a.matching_all == (0.2, 0.488)  # 0.36 fails on t2, 0.5904 on t2
+    assert a.universal_matching_sparsity == 0.488
+    assert [r.extreme_matching_sparsity for r in results[:3]] == [0.5904, 0.488, 0.6723]
+    assert universal["b"].universal_matching_sparsity is None  # each level fails on one task
+    assert universal["c"].universal_matching_sparsity == 0.36
+    assert universal["a"].to_dict()["universal_matching_sparsity"] == 0.488
+    text = matching_markdown(results)
+    assert "| a | t1, t2, t3 | 4 | 48.80% |" in text
+    assert "| b | t1, t2 | 2 | none |" in text
+    assert f"| a | {PRETRAINING_TASK} | accuracy | 0.5000 ± 0.0000 | 67.23% |" in text

@@ -88,3 +88,14 @@ def test_global_random_baseline_matches_monte_carlo():
     p = single.density
     ious = [random_like(single, seed=2 * i).iou(random_like(single, seed=2 * i + 1)) for i in range(50)]
     assert sum(ious) / len(ious) == pytest.approx(p / (2 - p), abs=0.005)
+
+
+def test_per_layer_values_in_natural_order():
+    names = ["layer3.10.conv1.weight", "layer3.2.conv1.weight", "layer3.1.conv1.weight"]
+    a = Mask({n: torch.tensor([True, False, True, False]) for n in names})
+    b = Mask({n: torch.tensor([True, True, False, False]) for n in names})
+    natural = ["layer3.1.conv1.weight", "layer3.2.conv1.weight", "layer3.10.conv1.weight"]
+    pair = pair_overlap(a, b)
+    assert list(pair.layer_iou) == natural and list(pair.layer_random_iou) == natural
+    assert list(random_iou(a, b, per_layer=True)) == natural
+    assert pair.layer_iou["layer3.10.conv1.weight"] == pytest.approx(1 / 3)

@@ -5,15 +5,16 @@ import re
 from pathlib import Path
 
 import matplotlib.image as mpimg
+import numpy as np
 import pytest
 import torch
 import yaml
 
 from cvlth.cli import run_cli
 from cvlth.masks import Mask
-from cvlth.report import iou_levels, write_report
+from cvlth.report import read_study_files, scan_levels, write_report
 from cvlth.study.config import StudyConfig, study_to_yaml
-from cvlth.study.matching import matching
+from cvlth.study.matching import PRETRAINING_TASK, matching
 from study_fixtures import NEEDS_FASHION_MNIST
 from study_fixtures import TINY as TINY_STUDY
 
@@ -110,6 +111,11 @@ def _fabricate(root: Path, perturbation: bool = True) -> Path:
                     for level in range(1, study.rounds + 1)
                 }
                 results.append(matching(f"{pretraining}/{finder}", task, dense, values).to_dict())
+    for p, pretraining in enumerate(study.pretrainings):  # Fig. 2: θ_p evaluated once (std 0)
+        values = {_sparsity(level): [0.65 - 0.03 * level] for level in range(1, 4)}
+        metric = "accuracy" if pretraining == "supervised" else "retrieval_accuracy"
+        fig2 = matching(f"{pretraining}/imp-up", PRETRAINING_TASK, [0.60 - 0.05 * p], values, metric)
+        results.append(fig2.to_dict())
     (folder / "matching.json").write_text(json.dumps(results))
     if perturbation:
         curves = []
@@ -154,7 +160,12 @@ def test_report_from_fabricated_study(tmp_path):
     names = {p.name for p in (folder / "figures").glob("*.png")}
     assert {"accuracy-digits.png", "accuracy-shapes.png", "layer-sparsity.png", "zero-kernels.png"} <= names
     assert {"kernel-heatmap.png", "perturbation-supervised_imp-task-digits.png"} <= names
-    assert sorted(n for n in names if n.startswith("iou-")) == ["iou-level-03.png", "iou-level-04.png"]
+    # IoU curves: the same finder across pre-trainings, and tickets of one pre-training
+    assert sorted(n for n in names if n.startswith("iou-")) == [
+        "iou-across_pre-trainings.png",
+        "iou-within_a_pre-training.png",
+    ]
+    assert "zero-kernel-ratio.png" in names
     # The matching numbers of matching.json are in both documents.
     for result in json.loads((folder / "matching.json").read_text()):
         extreme = result["extreme_matching_sparsity"]
@@ -176,8 +187,17 @@ def test_report_summary_table_values(tmp_path):
     table = json.loads((folder / "matching.json").read_text())
     extreme = {(r["source"], r["task"]): r["extreme_matching_sparsity"] for r in table}
     assert extreme[("supervised/imp-up", "digits")] == pytest.approx(_sparsity(1))
-    assert "| supervised/imp-up | 20.00% | 20.00% |" in markdown
-    assert "| supervised/random | none | none |" in markdown
+    # columns: pre-training task (Fig. 2), digits, shapes, universal. Hand-made numbers: dense
+    # 0.91 + 0.01 p ± 0.0141; imp-up at 20% is 0.9075 on digits, 0.9025 on shapes. So for
+    # supervised (threshold 0.8959) both match at 20%; for moco (0.9059) only digits does.
+    # Fig. 2: 0.62, 0.59, 0.56 against θ_p's 0.60 (supervised) and 0.55 (moco).
+    assert "| supervised/imp-up | 20.00% | 20.00% | 20.00% | 20.00% |" in markdown
+    assert "| moco/imp-up | 48.80% | 20.00% | none | none |" in markdown
+    assert "| supervised/random | – | none | none | none |" in markdown
+    assert f"{PRETRAINING_TASK} (retrieval_accuracy)" in markdown
+    assert "0.5500 ± 0.0000 (n=1)" in markdown
+    names = {p.name for p in (folder / "figures").glob("accuracy-*.png")}
+    assert {"accuracy-pretraining-supervised.png", "accuracy-pretraining-moco.png"} <= names
     assert "Perturbation" not in markdown
     assert not list((folder / "figures").glob("perturbation-*"))
 
@@ -191,10 +211,67 @@ def test_rewriting_removes_stale_figures(tmp_path):
     _check_report(folder)
 
 
-def test_iou_levels():
-    levels = {k: _sparsity(k) for k in range(1, 21)}
-    assert iou_levels(levels) == [3, 6, 8]  # 48.8%, 73.8%, 83.2%
-    assert iou_levels({1: 0.2, 2: 0.36}) == [1, 2]
+def test_perturbation_variants_at_measured_sparsity(tmp_path):
+    folder = _fabricate(tmp_path)
+    curves = []
+    for variant, measured in [
+        ("ticket", _sparsity),
+        ("complement", lambda level: 1 - _sparsity(level)),  # the exact 1 - m
+        ("complement_matched", _sparsity),
+        ("shuffled", _sparsity),  # a variant this report does not know
+    ]:
+        points = [
+            {"level": level, "sparsity": measured(level), "mean": 0.5 + 0.1 * level, "std": 0.01, "n": 2}
+            for level in (1, 3)
+        ]
+        curves.append(
+            {"source": "supervised/imp-task", "task": "digits", "variant": variant, "points": points}
+        )
+    (folder / "perturbation.json").write_text(json.dumps(curves))
+    write_report(folder)
+    markdown = (folder / "report.md").read_text()
+    header = "| level | imp ticket | complement 1 − m | complement, count-matched | shuffled |"
+    assert header in markdown
+    row = markdown.split(header, 1)[1].splitlines()[2]
+    assert row.startswith("| 1 | 0.6000 ± 0.0100 (n=2) at 20.00% | 0.6000 ± 0.0100 (n=2) at 80.00% |")
+    assert "at 51.20%" in markdown  # level 3's complement: 1 - 48.80%
+    assert (folder / "figures" / "perturbation-supervised_imp-task-digits.png").is_file()
+
+
+def _iou_by_hand(a: Mask, b: Mask) -> float:
+    inter = sum(int(np.logical_and(a[n].numpy(), b[n].numpy()).sum()) for n in a)
+    union = sum(int(np.logical_or(a[n].numpy(), b[n].numpy()).sum()) for n in a)
+    return inter / union
+
+
+def test_structure_at_every_level_against_the_mask_files(tmp_path):
+    folder = _fabricate(tmp_path, perturbation=False)
+    files = read_study_files(folder)
+    tickets = files.tickets[:3]
+    scan = scan_levels(files, tickets, tickets[:2])
+    assert list(scan.levels) == [1, 2, 3, 4]
+    masks = {
+        (t.label, level): Mask.load(tmp_path / t.levels[level][1]) for t in tickets for level in range(1, 5)
+    }
+    labels = [t.label for t in tickets]
+    assert set(scan.pairs) == {(labels[0], labels[1]), (labels[0], labels[2]), (labels[1], labels[2])}
+    for (a, b), by_level in scan.pairs.items():
+        assert list(by_level) == [1, 2, 3, 4]
+        for level, (iou, _) in by_level.items():
+            assert iou == pytest.approx(_iou_by_hand(masks[(a, level)], masks[(b, level)]))
+    for label in labels[:2]:
+        for level, report in scan.kernels[label].items():
+            mask = masks[(label, level)]
+            spatial = [n for n in mask if mask[n].shape[2] * mask[n].shape[3] > 1]
+            zero = sum(int((~mask[n].numpy().any(axis=(2, 3))).sum()) for n in spatial)
+            total = sum(mask[n].shape[0] * mask[n].shape[1] for n in spatial)
+            assert report.zero_kernel_ratio == pytest.approx(zero / total)
+    assert not files._masks  # one level of masks in memory at a time
+    write_report(folder)
+    markdown = (folder / "report.md").read_text()
+    for level in range(1, 5):  # every level, with the random baseline p / (2 - p)
+        p = 1 - _sparsity(level)
+        assert f"| {level} ({_sparsity(level):.2%}) | {p / (2 - p):.3f} |" in markdown
 
 
 def test_cli_report(tmp_path, capsys):

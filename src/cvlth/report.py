@@ -4,8 +4,10 @@
 (``study.yaml``, ``matching.json``, ``tickets.json`` and, if present, ``perturbation.json``), loads
 the ticket masks it needs from the store and writes, into that same folder:
 
-* ``figures/*.png`` -- accuracy vs remaining weights per task, IoU heatmaps at up to three
-  sparsities, per-layer sparsity, fully pruned kernels, a kernel heatmap, perturbation curves;
+* ``figures/*.png`` -- accuracy vs remaining weights per task and on each pre-training task
+  (Fig. 2), IoU between tickets and the share of fully pruned kernels at every level (curves
+  against sparsity, beside their random-mask baselines), per-layer sparsity and pruned kernels at
+  the level nearest 79.03%, a kernel heatmap, perturbation curves at the measured sparsity;
 * ``report.md`` -- tables and links to the figures;
 * ``report.html`` -- the same, self-contained: figures embedded as ``data:`` URIs, inline CSS, no
   external reference of any kind, so it opens offline and can be mailed as one file.
@@ -27,11 +29,17 @@ from typing import Any
 
 from cvlth.atomic import atomic_write_text
 from cvlth.errors import CvlthError
-from cvlth.study.matching import MatchingResult, MatchingRow, SeedStats
+from cvlth.study.matching import (
+    PRETRAINING_TASK,
+    MatchingResult,
+    MatchingRow,
+    SeedStats,
+    universal_matching,
+)
 
 REPRESENTATIVE_SPARSITY = 0.7903  # the paper shows kernels and layer sparsity at 79.03% (level 7)
-IOU_TARGETS = (0.50, 0.74, 0.83)  # IoU heatmaps at the levels nearest these sparsities
-MAX_IOU_TICKETS = 10  # beyond this a heatmap is unreadable
+MAX_IOU_TICKETS = 10  # tickets whose pairwise IoU is computed at every level
+MAX_IOU_PAIRS = 12  # curves per IoU figure
 MAX_LAYER_TICKETS = 6  # bars per layer
 FINDER_STYLES: tuple[tuple[str, str], ...] = (
     ("-", "o"),
@@ -44,9 +52,28 @@ FINDER_STYLES: tuple[tuple[str, str], ...] = (
     ("-.", "*"),
 )
 SHADES = (0.0, -0.4, 0.45, -0.65, 0.7)  # per finder within one pre-training: base, darker, lighter, ...
-VARIANT_ORDER = ("ticket", "complement", "random", "perturbed")
+VARIANT_ORDER = ("ticket", "complement", "complement_matched", "random", "perturbed")
 METHOD_PRIORITY = {"imp-upstream": 0, "omp": 1, "imp-downstream": 2, "random": 3}
-VARIANT_LABELS = {"ticket": "imp ticket"}
+# Labels of the mask variants; a variant not listed (a newer one) is shown under its own name.
+VARIANT_LABELS = {
+    "ticket": "imp ticket",
+    "complement": "complement 1 − m",
+    "complement_matched": "complement, count-matched",
+}
+PAIR_COLORS = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#17becf",
+    "#bcbd22",
+    "#393b79",
+    "#7f7f7f",
+    "#ad494a",
+)
 
 
 class ReportError(CvlthError):
@@ -69,6 +96,17 @@ class Ticket:
     levels: dict[int, tuple[float, str]]  # level -> (sparsity, mask path relative to the store)
 
 
+@dataclass(frozen=True)
+class PerturbationPoint:
+    """One point of a perturbation curve: at the sparsity of the mask actually fine-tuned."""
+
+    sparsity: float
+    mean: float
+    std: float
+    n: int
+    level: int | None = None  # the ticket's level (None in files written before levels were stored)
+
+
 @dataclass
 class StudyFiles:
     folder: Path
@@ -76,7 +114,7 @@ class StudyFiles:
     study: Any  # StudyConfig
     matching: list[MatchingResult]
     tickets: list[Ticket]
-    perturbation: list[dict[str, Any]] | None
+    perturbation: list[dict[str, Any]] | None  # source, task, variant, points: list[PerturbationPoint]
     results_time: datetime
     _masks: dict[str, Any] = field(default_factory=dict)
 
@@ -137,6 +175,7 @@ def _parse_matching(data: Any, path: Path, hint: str) -> list[MatchingResult]:
                     task=str(entry["task"]),
                     dense=SeedStats(mean=float(dense["mean"]), std=float(dense["std"]), n=int(dense["n"])),
                     rows=rows,
+                    metric=str(entry.get("metric", "accuracy")),
                 )
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -182,14 +221,20 @@ def _parse_perturbation(data: Any, path: Path, hint: str) -> list[dict[str, Any]
     for index, entry in enumerate(data):
         try:
             points = [
-                (float(p["sparsity"]), float(p["mean"]), float(p["std"]), int(p["n"]))
+                PerturbationPoint(
+                    float(p["sparsity"]),
+                    float(p["mean"]),
+                    float(p["std"]),
+                    int(p["n"]),
+                    None if p.get("level") is None else int(p["level"]),
+                )
                 for p in entry["points"]
             ]
             curves.append(
                 {"source": str(entry["source"]), "task": str(entry["task"]), "variant": str(entry["variant"])}
                 | {"points": points}
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise _malformed(path, index, exc, hint) from exc
     return curves
 
@@ -296,7 +341,8 @@ def _header(files: StudyFiles, now: datetime) -> Section:
                 "metric",
                 "test "
                 + ", ".join(f"{study.task_metric(t)} ({t})" for t in study.tasks)
-                + " at the best validation epoch",
+                + " at the best validation epoch; on the pre-training task (upstream IMP): the objective's "
+                "metric (top-1 accuracy, or retrieval accuracy for SimCLR/MoCo)",
             ],
             ["perturbation", "yes" if study.perturbation is not None else "no"],
             ["results written", files.results_time.strftime("%Y-%m-%d %H:%M")],
@@ -371,8 +417,16 @@ def _ticket_colors(files: StudyFiles, tickets: Sequence[Ticket]) -> dict[str, st
 
 
 def _tasks(files: StudyFiles) -> list[str]:
-    ordered = [t for t in files.study.tasks if any(r.task == t for r in files.matching)]
+    """Fig. 2's pre-training task first, then the study's tasks, then any other task named."""
+    ordered = [t for t in (PRETRAINING_TASK, *files.study.tasks) if any(r.task == t for r in files.matching)]
     return ordered + sorted({r.task for r in files.matching} - set(ordered))
+
+
+def _metric_label(results: Sequence[MatchingResult]) -> str:
+    """``test accuracy``, or every metric with its sources when they differ (Fig. 2: top-1 for
+    supervised, retrieval accuracy for SimCLR/MoCo)."""
+    metrics = list(dict.fromkeys(r.metric for r in results))
+    return f"test {metrics[0]}" if len(metrics) == 1 else "test " + " / ".join(metrics)
 
 
 def _accuracy_section(files: StudyFiles, figures: Path, emit: Callable[[Path], None]) -> Section:
@@ -384,10 +438,20 @@ def _accuracy_section(files: StudyFiles, figures: Path, emit: Callable[[Path], N
         "One line per ticket source (mean ± std over seeds as a band); colour = pre-training, line style "
         "and marker = ticket finder. Dashed horizontal lines: each pre-training's dense model; the hatched "
         "band below each is its matching band [mean − std, mean]: a ticket whose mean is at or above the "
-        "band's lower edge matches."
+        "band's lower edge matches. The pre-training task (the paper's Fig. 2) has one figure per "
+        "pre-training: its upstream IMP tickets after their round's training against θ_p untrained."
     )
+    panels: list[tuple[str, str, list[MatchingResult]]] = []  # (figure name, title, results)
     for task in _tasks(files):
         results = [r for r in files.matching if r.task == task]
+        if task == PRETRAINING_TASK:
+            for pretraining in dict.fromkeys(_pretraining_of(r.source) for r in results):
+                own = [r for r in results if _pretraining_of(r.source) == pretraining]
+                panels.append((f"pretraining-{pretraining}", f"{pretraining}: its own {task}", own))
+        else:
+            panels.append((task, task, results))
+    for name, title, results in panels:
+        metric = _metric_label(results)
         curves = {
             r.source: [(row.sparsity, row.stats.mean, row.stats.std) for row in r.rows] for r in results
         }
@@ -402,16 +466,14 @@ def _accuracy_section(files: StudyFiles, figures: Path, emit: Callable[[Path], N
         path = plot_accuracy_by_source(
             curves,
             dense,
-            figures / f"accuracy-{_slug(task)}.png",
-            title=f"{task}: test {files.study.task_metric(task)} vs remaining weights",
-            metric=f"test {files.study.task_metric(task)}",
+            figures / f"accuracy-{_slug(name)}.png",
+            title=f"{title}: {metric} vs remaining weights",
+            metric=metric,
             colors=line_colors,
             styles=styles,
         )
         emit(path)
-        section.blocks.append(
-            Figure(path, f"{task}: test {files.study.task_metric(task)} of every ticket source.")
-        )
+        section.blocks.append(Figure(path, f"{title}: {metric} of every ticket source."))
     return section
 
 
@@ -425,20 +487,37 @@ def _matching_section(files: StudyFiles) -> Section:
     tasks = _tasks(files)
     sources = list(dict.fromkeys(r.source for r in files.matching))
     by_key = {(r.source, r.task): r for r in files.matching}
+    universal = {u.source: u for u in universal_matching(files.matching)}
+    if PRETRAINING_TASK in tasks:
+        section.blocks.append(
+            f"The {PRETRAINING_TASK} column is the paper's Fig. 2: each upstream IMP ticket after its "
+            "round's training and θ_p untrained, on the pre-training task's test split, in the "
+            "objective's metric (top-1 accuracy supervised, Eq. 2 retrieval accuracy for SimCLR/MoCo); "
+            "θ_p is evaluated once, so its std is 0 and the threshold is its value."
+        )
+    section.blocks.append(
+        "Universal: the highest sparsity, among those evaluated on every downstream task of the source, "
+        "at which it matches on all of them at once (for a task-specific finder each task has its own ticket)."
+    )
     rows = []
     for source in sources:
-        rows.append(
-            [source]
-            + [
-                _pct(by_key[(source, t)].extreme_matching_sparsity) if (source, t) in by_key else "–"
-                for t in tasks
-            ]
+        cells = [
+            _pct(by_key[(source, t)].extreme_matching_sparsity) if (source, t) in by_key else "–"
+            for t in tasks
+        ]
+        u = universal.get(source)
+        rows.append([source, *cells, "–" if u is None else _pct(u.universal_matching_sparsity)])
+    section.blocks.append(
+        Table(
+            ["ticket source", *tasks, "universal (all downstream tasks)"],
+            rows,
+            "Extreme matching sparsity (rows: source)",
         )
-    section.blocks.append(Table(["ticket source", *tasks], rows, "Extreme matching sparsity (rows: source)"))
+    )
     for source in sources:
         results = {t: by_key[(source, t)] for t in tasks if (source, t) in by_key}
         sparsities = sorted({row.sparsity for r in results.values() for row in r.rows})
-        header = ["sparsity", "remaining", *results]
+        header = ["sparsity", "remaining", *(f"{t} ({r.metric})" for t, r in results.items())]
         table_rows = [
             [
                 "dense",
@@ -473,11 +552,19 @@ def _nearest(levels: dict[int, float], target: float) -> int:
     return min(levels, key=lambda level: (abs(levels[level] - target), level))
 
 
-def iou_levels(levels: dict[int, float]) -> list[int]:
-    """All levels if there are at most three, else those nearest 50%, 74% and 83% sparsity."""
-    if len(levels) <= len(IOU_TARGETS):
-        return list(levels)
-    return sorted({_nearest(levels, target) for target in IOU_TARGETS})
+def _heatmap_ticket(files: StudyFiles, level: int) -> Ticket | None:
+    candidates = [t for t in files.tickets if level in t.levels]
+    first = next(iter(files.study.pretrainings), None)
+    for test in (
+        lambda t: t.method == "imp-upstream" and t.pretraining == first,
+        lambda t: t.method == "imp-upstream",
+        lambda t: t.method.startswith("imp"),
+        lambda t: True,
+    ):
+        found = next((t for t in candidates if test(t)), None)
+        if found is not None:
+            return found
+    return None
 
 
 def _ranked(tickets: Sequence[Ticket], limit: int) -> tuple[list[Ticket], list[Ticket]]:
@@ -499,130 +586,252 @@ def _masks_at(files: StudyFiles, tickets: Sequence[Ticket], level: int) -> dict[
     return masks
 
 
-def _iou_section(files: StudyFiles, figures: Path, emit: Callable[[Path], None], facts: list[str]) -> Section:
-    from cvlth.analysis.overlap import iou_table
-    from cvlth.analysis.plots import plot_iou_heatmap
+@dataclass
+class LevelScan:
+    """Mask structure at every level: pairwise IoU and fully pruned kernels of the chosen tickets."""
 
-    section = Section("Mask overlap (IoU)", "iou")
+    levels: dict[int, float]  # level -> nominal sparsity
+    pairs: dict[tuple[str, str], dict[int, tuple[float, float]]]  # (a, b) -> level -> (IoU, random IoU)
+    kernels: dict[str, dict[int, Any]]  # ticket label -> level -> KernelReport
+
+
+def scan_levels(
+    files: StudyFiles, iou_tickets: Sequence[Ticket], kernel_tickets: Sequence[Ticket]
+) -> LevelScan:
+    """One pass over the levels, holding one level's masks at a time (a ResNet-50 mask is ~25 MB:
+    every ticket at every level would not fit). The random IoU keeps each pair's per-layer densities."""
+    from cvlth.analysis.kernels import kernel_report
+    from cvlth.analysis.overlap import random_iou
+
     levels = _levels(files)
+    pairs: dict[tuple[str, str], dict[int, tuple[float, float]]] = {}
+    kernels: dict[str, dict[int, Any]] = {t.label: {} for t in kernel_tickets}
+    for level in levels:
+        masks = _masks_at(files, iou_tickets, level)
+        names = list(masks)
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                pairs.setdefault((a, b), {})[level] = (masks[a].iou(masks[b]), random_iou(masks[a], masks[b]))
+        for ticket in kernel_tickets:
+            if level in ticket.levels:
+                kernels[ticket.label][level] = kernel_report(files.mask(ticket, level))
+        files._masks.clear()
+    return LevelScan(levels, pairs, kernels)
+
+
+def _pair_groups(
+    tickets: Sequence[Ticket], pairs: Sequence[tuple[str, str]]
+) -> dict[str, list[tuple[str, str]]]:
+    """The paper's two comparisons: the same finder across pre-trainings, and the tickets of one
+    pre-training against each other (upstream vs downstream, IMP vs OMP, ...). Other pairs (other
+    pre-training and other finder) are drawn only when there is neither; the table has them all."""
+    by_label = {t.label: t for t in tickets}
+    groups: dict[str, list[tuple[str, str]]] = {
+        "across pre-trainings": [],
+        "within a pre-training": [],
+        "other pairs": [],
+    }
+    for a, b in pairs:
+        ta, tb = by_label[a], by_label[b]
+        if ta.pretraining == tb.pretraining:
+            groups["within a pre-training"].append((a, b))
+        elif ta.finder == tb.finder and ta.task == tb.task:
+            groups["across pre-trainings"].append((a, b))
+        else:
+            groups["other pairs"].append((a, b))
+    other = groups.pop("other pairs")
+    kept = {name: group for name, group in groups.items() if group}
+    return kept or ({"other pairs": other} if other else {})
+
+
+def _equal_density_iou(sparsity: float) -> float:
+    """p / (2 - p): the IoU of two independent random masks of density p = 1 - sparsity."""
+    p = 1.0 - sparsity
+    return p / (2.0 - p) if p < 2.0 else 1.0
+
+
+def _iou_section(
+    files: StudyFiles, scan: LevelScan, figures: Path, emit: Callable[[Path], None], facts: list[str]
+) -> Section:
+    from cvlth.analysis.plots import plot_against_sparsity
+
+    section = Section("Mask overlap (IoU) against sparsity", "iou")
     chosen, left_out = _ranked(files.tickets, MAX_IOU_TICKETS)
     text = (
-        "IoU of kept weights between tickets at the same sparsity; below each value, in brackets, the IoU two "
-        "independent random masks with the same per-layer densities would have (the diagonal shows a "
-        "ticket's baseline against a random mask of its own densities)."
+        "IoU of kept weights between two tickets at the same level, at every level, against remaining "
+        "weights; the black dashed line is the IoU two independent random masks of density p would "
+        "have, p/(2−p). The table also gives, per level, the random IoU with each pair's own per-layer "
+        "densities."
     )
     if left_out:
-        text += f" Left out to keep the maps readable: {', '.join(t.label for t in left_out)}."
+        text += f" Left out to keep the figures readable: {', '.join(t.label for t in left_out)}."
     section.blocks.append(text)
-    if len(chosen) < 2:
-        section.blocks.append("Fewer than two tickets: no overlap to show.")
+    if not scan.pairs:
+        section.blocks.append("Fewer than two tickets of the same weights: no overlap to show.")
         return section
-    summary = []
-    for level in iou_levels(levels):
-        masks = _masks_at(files, chosen, level)
-        if len(masks) < 2:
-            continue
-        table = iou_table(masks)
-        path = plot_iou_heatmap(
-            table.names,
-            table.iou,
-            table.random_iou,
-            figures / f"iou-level-{level:02d}.png",
-            title=f"IoU of kept weights at {_pct(levels[level])} sparsity (level {level})",
+    baseline = {"random masks: p/(2−p)": [(s, _equal_density_iou(s), None) for s in scan.levels.values()]}
+    for name, group in _pair_groups(chosen, list(scan.pairs)).items():
+        shown, hidden = group[:MAX_IOU_PAIRS], group[MAX_IOU_PAIRS:]
+        curves = {
+            f"{a} / {b}": [
+                (scan.levels[level], iou, None) for level, (iou, _) in sorted(scan.pairs[(a, b)].items())
+            ]
+            for a, b in shown
+        }
+        colors = {label: PAIR_COLORS[k % len(PAIR_COLORS)] for k, label in enumerate(curves)}
+        path = plot_against_sparsity(
+            curves,
+            figures / f"iou-{_slug(name)}.png",
+            title=f"IoU of kept weights, {name}",
+            ylabel="IoU of kept weights",
+            baselines=baseline,
+            colors=colors,
         )
         emit(path)
-        section.blocks.append(
-            Figure(path, f"Pairwise IoU at level {level} ({_pct(levels[level])} sparsity).")
-        )
-        pairs = table.pairs
-        mean_iou = sum(p.iou for p in pairs) / len(pairs)
-        mean_random = sum(p.random_iou for p in pairs) / len(pairs)
-        top = max(pairs, key=lambda p: p.iou - p.random_iou)
-        summary.append(
+        caption = f"IoU against remaining weights, {name} ({len(shown)} pairs)."
+        if hidden:
+            caption += f" Left out: {len(hidden)} more pairs."
+        section.blocks.append(Figure(path, caption))
+    rows = []
+    for level, sparsity in scan.levels.items():
+        at = {pair: values[level] for pair, values in scan.pairs.items() if level in values}
+        if not at:
+            continue
+        mean_iou = sum(iou for iou, _ in at.values()) / len(at)
+        mean_random = sum(r for _, r in at.values()) / len(at)
+        (a, b), (iou, rand) = max(at.items(), key=lambda item: item[1][0] - item[1][1])
+        rows.append(
             [
-                f"{level} ({_pct(levels[level])})",
-                str(len(masks)),
+                f"{level} ({_pct(sparsity)})",
+                f"{_equal_density_iou(sparsity):.3f}",
+                str(len(at)),
                 f"{mean_iou:.3f}",
                 f"{mean_random:.3f}",
-                f"{top.a} / {top.b}: {top.iou:.3f} (random {top.random_iou:.3f})",
+                f"{a} / {b}: {iou:.3f} (random {rand:.3f})",
             ]
         )
-        facts.append(
-            f"At {_pct(levels[level])} sparsity the mean IoU over the {len(pairs)} pairs of {len(masks)} tickets "
-            f"is {mean_iou:.3f}, against {mean_random:.3f} for random masks of the same per-layer densities; "
-            f"the pair furthest above its baseline is {top.a} / {top.b} ({top.iou:.3f} vs {top.random_iou:.3f})."
+    section.blocks.append(
+        Table(
+            [
+                "level",
+                "p/(2−p)",
+                "pairs",
+                "mean IoU",
+                "mean random IoU (per-layer densities)",
+                "pair furthest above random",
+            ],
+            rows,
+            "Overlap at every level",
         )
-    if summary:
-        section.blocks.append(
-            Table(
-                ["level", "tickets", "mean IoU", "mean random IoU", "pair furthest above random"],
-                summary,
-                "Overlap summary (off-diagonal pairs)",
-            )
-        )
+    )
+    last = rows[-1]
+    facts.append(
+        f"At level {last[0]} the mean IoU over {last[2]} pairs of tickets is {last[3]}, against {last[1]} "
+        f"for two random masks of that density (p/(2−p)) and {last[4]} with the pairs' per-layer densities."
+    )
     return section
 
 
-def _heatmap_ticket(files: StudyFiles, level: int) -> Ticket | None:
-    candidates = [t for t in files.tickets if level in t.levels]
-    first = next(iter(files.study.pretrainings), None)
-    for test in (
-        lambda t: t.method == "imp-upstream" and t.pretraining == first,
-        lambda t: t.method == "imp-upstream",
-        lambda t: t.method.startswith("imp"),
-        lambda t: True,
-    ):
-        found = next((t for t in candidates if test(t)), None)
-        if found is not None:
-            return found
-    return None
-
-
-def _structure_section(
-    files: StudyFiles, figures: Path, emit: Callable[[Path], None], facts: list[str]
-) -> Section:
-    from cvlth.analysis.kernels import kernel_report
-    from cvlth.analysis.plots import plot_kernel_heatmaps, plot_layer_sparsity, plot_zero_kernels
-
-    section = Section("Layer sparsity and pruned kernels", "structure")
+def _kernel_tickets(files: StudyFiles) -> tuple[list[Ticket], list[Ticket], Ticket | None]:
+    """(tickets shown, tickets left out, the one whose kernel maps are drawn)."""
     levels = _levels(files)
-    if not levels:
-        section.blocks.append("No ticket masks in tickets.json.")
-        return section
     level = _nearest(levels, REPRESENTATIVE_SPARSITY)
-    sparsity = levels[level]
     reference = _heatmap_ticket(files, level)
     chosen, left_out = _ranked(files.tickets, MAX_LAYER_TICKETS)
     if reference is not None and reference not in chosen:
         chosen = [reference, *chosen[:-1]]
         left_out = [t for t in files.tickets if t not in chosen]
-    masks = _masks_at(files, chosen, level)
+    return chosen, left_out, reference
+
+
+def _structure_section(
+    files: StudyFiles, scan: LevelScan, figures: Path, emit: Callable[[Path], None], facts: list[str]
+) -> Section:
+    from cvlth.analysis.plots import (
+        plot_against_sparsity,
+        plot_kernel_heatmaps,
+        plot_layer_sparsity,
+        plot_zero_kernels,
+    )
+
+    section = Section("Fully pruned kernels and layer sparsity", "structure")
+    if not scan.levels:
+        section.blocks.append("No ticket masks in tickets.json.")
+        return section
+    chosen, left_out, reference = _kernel_tickets(files)
+    colors = _ticket_colors(files, chosen)
     text = (
-        f"All at level {level} ({_pct(sparsity)} sparsity, the level nearest the paper's 79.03%). "
-        "Fully pruned kernels count k×k kernels (k > 1) with no weight kept; 1×1 convolutions are left out."
+        "Fully pruned kernels count k×k kernels (k > 1) with no weight kept; 1×1 convolutions are left out. "
+        "The share of such kernels is shown at every level, beside (dotted) "
+        "the share expected for a random mask with the same per-layer densities."
     )
     if left_out:
         text += f" Left out: {', '.join(t.label for t in left_out)}."
     section.blocks.append(text)
-    reports = {name: kernel_report(mask) for name, mask in masks.items()}
-    bar_colors = _ticket_colors(files, chosen)
+    reports = {label: by_level for label, by_level in scan.kernels.items() if by_level}
+    curves = {
+        label: [(scan.levels[k], 100.0 * r.zero_kernel_ratio, None) for k, r in sorted(by_level.items())]
+        for label, by_level in reports.items()
+    }
+    baselines = {
+        label: [
+            (scan.levels[k], 100.0 * r.expected_random_zero_kernel_ratio, None)
+            for k, r in sorted(by_level.items())
+        ]
+        for label, by_level in reports.items()
+    }
+    path = plot_against_sparsity(
+        curves,
+        figures / "zero-kernel-ratio.png",
+        title="Fully pruned k×k kernels against sparsity",
+        ylabel="fully pruned k×k kernels (%)",
+        baselines=baselines,
+        baseline_label="random mask, same per-layer densities",
+        colors=colors,
+    )
+    emit(path)
+    section.blocks.append(
+        Figure(path, "Share of fully pruned k×k kernels at every level, one line per ticket.")
+    )
+    rows = []
+    for level, sparsity in scan.levels.items():
+        cells = []
+        for label in reports:
+            r = reports[label].get(level)
+            cells.append(
+                "–"
+                if r is None
+                else f"{100 * r.zero_kernel_ratio:.2f}% (random {100 * r.expected_random_zero_kernel_ratio:.2f}%)"
+            )
+        rows.append([f"{level} ({_pct(sparsity)})", *cells])
+    section.blocks.append(
+        Table(["level", *reports], rows, "Fully pruned k×k kernels (share of all k×k kernels)")
+    )
+
+    level = _nearest(scan.levels, REPRESENTATIVE_SPARSITY)
+    sparsity = scan.levels[level]
+    at = {label: by_level[level] for label, by_level in reports.items() if level in by_level}
+    if not at:
+        return section
+    section.blocks.append(
+        f"Per layer, at level {level} ({_pct(sparsity)} sparsity, the level nearest the paper's 79.03%); "
+        "layers in network order."
+    )
     path = plot_layer_sparsity(
-        {name: mask.layer_sparsity() for name, mask in masks.items()},
+        {label: r.layer_sparsity() for label, r in at.items()},
         figures / "layer-sparsity.png",
         title=f"Per-layer sparsity at {_pct(sparsity)} (level {level})",
-        colors=bar_colors,
+        colors=colors,
     )
     emit(path)
     section.blocks.append(Figure(path, "Sparsity of every pruned layer, one bar per ticket."))
-    ref_name = (
-        reference.label if reference is not None and reference.label in reports else next(iter(reports))
-    )
+    ref_name = reference.label if reference is not None and reference.label in at else next(iter(at))
     path = plot_zero_kernels(
-        {name: report.zero_kernel_counts() for name, report in reports.items()},
-        reports[ref_name].expected_random_counts(),
+        {label: r.zero_kernel_counts() for label, r in at.items()},
+        at[ref_name].expected_random_counts(),
         figures / "zero-kernels.png",
         title=f"Fully pruned kernels per layer at {_pct(sparsity)} (level {level})",
-        colors=bar_colors,
+        colors=colors,
     )
     emit(path)
     section.blocks.append(
@@ -632,46 +841,44 @@ def _structure_section(
             f"with the per-layer densities of {ref_name}.",
         )
     )
-    rows = []
-    for name, report in reports.items():
-        ratio = (
-            report.zero_kernels / report.expected_random_zero_kernels
-            if report.expected_random_zero_kernels
-            else None
-        )
-        rows.append(
-            [
-                name,
-                _pct(report.sparsity),
-                f"{report.zero_kernels:,} / {report.kernels:,}",
-                f"{report.expected_random_zero_kernels:,.1f}",
-                "–" if ratio is None else f"{ratio:.2f}×",
-            ]
-        )
-    section.blocks.append(
-        Table(
-            ["ticket", "sparsity", "fully pruned k×k kernels", "expected at random", "ratio"],
-            rows,
-            "Fully pruned kernels in total (random: same per-layer densities as the ticket)",
-        )
-    )
-    ref = reports[ref_name]
+    ref = at[ref_name]
     facts.append(
         f"At {_pct(sparsity)} sparsity, {ref_name} has {ref.zero_kernels:,} fully pruned k×k kernels of "
         f"{ref.kernels:,}, against {ref.expected_random_zero_kernels:,.1f} expected for a random mask with the "
         "same per-layer densities."
     )
-    if reference is not None:
+    if reference is not None and level in reference.levels:
         path = plot_kernel_heatmaps(
-            masks[reference.label] if reference.label in masks else files.mask(reference, level),
+            files.mask(reference, level),
             figures / "kernel-heatmap.png",
             title=f"{reference.label}: fully pruned kernels (bright) at {_pct(sparsity)} sparsity",
         )
+        files._masks.clear()
         emit(path)
         section.blocks.append(
             Figure(path, f"Kernel maps of {reference.label}: rows = output, columns = input channels.")
         )
     return section
+
+
+def _perturbation_rows(curves: Sequence[Sequence[PerturbationPoint]]) -> list[list[str]]:
+    """One row per ticket level (per sparsity for points without a level), one cell per variant."""
+
+    def key(point: PerturbationPoint) -> tuple[int, float]:
+        return (0, point.level) if point.level is not None else (1, point.sparsity)
+
+    rows = []
+    for k in sorted({key(p) for points in curves for p in points}):
+        cells = []
+        for points in curves:
+            p = next((p for p in points if key(p) == k), None)
+            cells.append("–" if p is None else f"{_pm(p.mean, p.std)} (n={p.n}) at {_pct(p.sparsity)}")
+        rows.append([str(k[1]) if k[0] == 0 else "–", *cells])
+    return rows
+
+
+def _variant_label(variant: str) -> str:
+    return VARIANT_LABELS.get(variant, variant)
 
 
 def _perturbation_section(
@@ -681,47 +888,43 @@ def _perturbation_section(
 
     section = Section("Perturbation sensitivity", "perturbation")
     section.blocks.append(
-        "Each IMP ticket fine-tuned beside its complement, a random mask of the same sparsity and the ticket "
-        "with a share of its kept and pruned entries swapped (mean ± std over seeds)."
+        "Each IMP ticket fine-tuned beside variants of its mask (mean ± std over seeds): the complement "
+        "1 − m (sparsity 1 − s), the complement subsampled per layer to the ticket's kept count, a random "
+        "mask with the ticket's per-layer counts and the ticket with a share of its kept and pruned "
+        "entries swapped. Every point sits at the sparsity of the mask actually fine-tuned."
     )
     dense = {(_pretraining_of(r.source), r.task): (r.dense.mean, r.dense.std) for r in files.matching}
-    groups: dict[tuple[str, str], dict[str, list[tuple[float, float, float, int]]]] = {}
+    groups: dict[tuple[str, str], dict[str, list[PerturbationPoint]]] = {}
     for curve in files.perturbation or []:
         groups.setdefault((curve["source"], curve["task"]), {})[curve["variant"]] = curve["points"]
+    rank = {v: i for i, v in enumerate(VARIANT_ORDER)}
     for (source, task), unordered in groups.items():
-        rank = {v: i for i, v in enumerate(VARIANT_ORDER)}
-        variants = dict(sorted(unordered.items(), key=lambda item: rank.get(item[0], len(rank))))
+        variants = dict(sorted(unordered.items(), key=lambda item: (rank.get(item[0], len(rank)), item[0])))
         curves = {
-            VARIANT_LABELS.get(v, v): [(s, m, sd) for s, m, sd, _ in points] for v, points in variants.items()
+            _variant_label(v): [(p.sparsity, p.mean, p.std) for p in points] for v, points in variants.items()
         }
         path = plot_perturbation(
             curves,
             figures / f"perturbation-{_slug(source)}-{_slug(task)}.png",
             title=f"{source} → {task}",
-            metric=f"test {files.study.task_metric(task)}",
+            metric=f"test {files.study.task_metric(task) if task in files.study.tasks else 'metric'}",
             dense=dense.get((_pretraining_of(source), task)),
         )
         emit(path)
-        section.blocks.append(Figure(path, f"{source} → {task}: mask variants."))
-        sparsities = sorted({p[0] for points in variants.values() for p in points})
-        rows = []
-        for s in sparsities:
-            cells = []
-            for points in variants.values():
-                point = next((p for p in points if p[0] == s), None)
-                cells.append("–" if point is None else f"{_pm(point[1], point[2])} (n={point[3]})")
-            rows.append([_pct(s), *cells])
+        section.blocks.append(Figure(path, f"{source} → {task}: mask variants at their measured sparsity."))
+        rows = _perturbation_rows(list(variants.values()))
         section.blocks.append(
-            Table(["sparsity", *(VARIANT_LABELS.get(v, v) for v in variants)], rows, f"{source} → {task}")
+            Table(
+                ["level", *(_variant_label(v) for v in variants)],
+                rows,
+                f"{source} → {task}: mean ± std (seeds) at the measured sparsity",
+            )
         )
-        last = sparsities[-1] if sparsities else None
-        if last is not None:
-            values = []
-            for v, points in variants.items():
-                point = next((p for p in points if p[0] == last), None)
-                if point is not None:
-                    values.append(f"{VARIANT_LABELS.get(v, v)} {_num(point[1])}")
-            facts.append(f"{source} → {task} at {_pct(last)} sparsity: " + ", ".join(values) + ".")
+        if rows:
+            shown = [
+                f"{_variant_label(v)} {c}" for v, c in zip(variants, rows[-1][1:], strict=True) if c != "–"
+            ]
+            facts.append(f"{source} → {task} at level {rows[-1][0]}: " + "; ".join(shown) + ".")
     if not groups:
         section.blocks.append("perturbation.json holds no curves.")
     return section
@@ -748,6 +951,13 @@ def _matching_facts(files: StudyFiles) -> list[str]:
         if never:
             parts.append("no match at any sparsity tested: " + ", ".join(never))
         facts.append(f"{task} (sparsities tested up to {_pct(tested)}): " + "; ".join(parts) + ".")
+    universal = [u for u in universal_matching(files.matching) if len(u.tasks) > 1]
+    if universal:
+        facts.append(
+            "Universal (matching on every downstream task at once): "
+            + "; ".join(f"{u.source} up to {_pct(u.universal_matching_sparsity)}" for u in universal)
+            + "."
+        )
     return facts
 
 
@@ -864,8 +1074,10 @@ def write_report(study_dir: Path, store_root: Path | None = None) -> Path:
     sections.append(summary)
     sections.append(_accuracy_section(files, figures, written.add))
     sections.append(_matching_section(files))
-    sections.append(_iou_section(files, figures, written.add, facts))
-    sections.append(_structure_section(files, figures, written.add, facts))
+    kernel_tickets, _, _ = _kernel_tickets(files) if files.tickets else ([], [], None)
+    scan = scan_levels(files, _ranked(files.tickets, MAX_IOU_TICKETS)[0], kernel_tickets)
+    sections.append(_iou_section(files, scan, figures, written.add, facts))
+    sections.append(_structure_section(files, scan, figures, written.add, facts))
     if files.perturbation is not None:
         sections.append(_perturbation_section(files, figures, written.add, facts))
     if not facts:

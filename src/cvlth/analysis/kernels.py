@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from cvlth.analysis.layers import natural_sorted
 from cvlth.errors import MaskError
 from cvlth.masks import Mask
 
@@ -40,9 +41,9 @@ def kernel_map(tensor: torch.Tensor) -> np.ndarray:
 def kernel_maps(mask: Mask, include_pointwise: bool = False) -> dict[str, np.ndarray]:
     """Layer name -> :func:`kernel_map` for every 4-D layer (1×1 convs only if asked)."""
     return {
-        name: kernel_map(tensor)
-        for name, tensor in mask.items()
-        if tensor.ndim == 4 and (include_pointwise or not _is_pointwise(tensor))
+        name: kernel_map(mask[name])
+        for name in natural_sorted(mask)
+        if mask[name].ndim == 4 and (include_pointwise or not _is_pointwise(mask[name]))
     }
 
 
@@ -97,6 +98,16 @@ class KernelReport:
     pointwise_kernels: int
     zero_pointwise: int
 
+    @property
+    def zero_kernel_ratio(self) -> float:
+        """Share of the spatial k×k kernels that are fully pruned."""
+        return self.zero_kernels / self.kernels if self.kernels else 0.0
+
+    @property
+    def expected_random_zero_kernel_ratio(self) -> float:
+        """The same share expected for a random mask with this mask's per-layer kept counts."""
+        return self.expected_random_zero_kernels / self.kernels if self.kernels else 0.0
+
     def layer_sparsity(self) -> dict[str, float]:
         return {layer.name: layer.sparsity for layer in self.layers}
 
@@ -142,11 +153,12 @@ def _layer_kernels(name: str, tensor: torch.Tensor) -> LayerKernels:
 
 
 def kernel_report(mask: Mask) -> KernelReport:
-    """Sparsity, fully pruned kernels and the random expectation for every 4-D layer of ``mask``.
+    """Sparsity, fully pruned kernels and the random expectation for every 4-D layer of ``mask``,
+    layers in natural order (``layer3.2`` before ``layer3.10``).
 
     Non-4-D entries (e.g. a linear head, if a scope includes one) have no kernels and are skipped.
     """
-    layers = [_layer_kernels(name, tensor) for name, tensor in mask.items() if tensor.ndim == 4]
+    layers = [_layer_kernels(name, mask[name]) for name in natural_sorted(mask) if mask[name].ndim == 4]
     spatial = [layer for layer in layers if not layer.pointwise]
     pointwise = [layer for layer in layers if layer.pointwise]
     return KernelReport(

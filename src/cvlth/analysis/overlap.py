@@ -19,6 +19,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
+from cvlth.analysis.layers import in_natural_order
 from cvlth.errors import MaskError
 from cvlth.masks import Mask
 
@@ -68,7 +69,7 @@ def random_iou(mask_a: Mask, mask_b: Mask, per_layer: bool = False) -> float | d
     """
     layers = _expected_layer_counts(mask_a, mask_b)
     if per_layer:
-        return {name: _ratio(*counts) for name, counts in layers.items()}
+        return in_natural_order({name: _ratio(*counts) for name, counts in layers.items()})
     return _global_random_iou(layers)
 
 
@@ -124,8 +125,8 @@ def pair_overlap(mask_a: Mask, mask_b: Mask, name_a: str = "a", name_b: str = "b
         b=name_b,
         iou=mask_a.iou(mask_b),
         random_iou=_global_random_iou(layers),
-        layer_iou=mask_a.layer_iou(mask_b),
-        layer_random_iou={name: _ratio(*counts) for name, counts in layers.items()},
+        layer_iou=in_natural_order(mask_a.layer_iou(mask_b)),
+        layer_random_iou=in_natural_order({name: _ratio(*counts) for name, counts in layers.items()}),
     )
 
 

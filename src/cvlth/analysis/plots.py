@@ -22,6 +22,8 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import LinearSegmentedColormap  # noqa: E402
 from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
 
+from cvlth.analysis.layers import natural_sorted  # noqa: E402
+
 DPI = 120
 
 SOURCE_COLORS: dict[str, str] = {
@@ -34,7 +36,12 @@ SOURCE_COLORS: dict[str, str] = {
 }
 EXTRA_COLORS: tuple[str, ...] = ("#d62728", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#393b79")
 # Mask kinds of the perturbation study; "random" keeps its grey.
-KIND_COLORS: dict[str, str] = {"imp": "#1f77b4", "complement": "#d62728", "perturbed": "#ff7f0e"}
+KIND_COLORS: dict[str, str] = {
+    "imp": "#1f77b4",
+    "complement": "#d62728",
+    "count-matched": "#8c564b",  # the count-matched complement (longest key wins over "complement")
+    "perturbed": "#ff7f0e",
+}
 
 Curve = Sequence[tuple[float, float, float | None]]  # (sparsity, mean, std or None)
 PathLike = str | os.PathLike[str]
@@ -110,6 +117,16 @@ def _thin_ticks(values: list[float], max_ticks: int = 12) -> list[float]:
     return kept if kept[-1] == values[-1] else [*kept, values[-1]]
 
 
+def _spread(values: list[float], min_ratio: float = 1.06) -> list[float]:
+    """Drop ticks (descending) closer than ``min_ratio`` to the last one kept: measured sparsities
+    of several masks differ by a few weights and would print on top of each other."""
+    kept: list[float] = []
+    for value in values:
+        if not kept or kept[-1] / max(value, 1e-12) >= min_ratio:
+            kept.append(value)
+    return kept
+
+
 def _curve_arrays(curve: Curve) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """x = remaining % (points at 100% sparsity dropped: log axis), mean, std (None if no std)."""
     points = sorted((p for p in curve if _remaining_percent(p[0]) > 0), key=lambda p: p[0])
@@ -151,7 +168,7 @@ def _plot_curves(
 def _remaining_axis(ax: plt.Axes, xs: list[float]) -> None:
     """Log x axis of remaining weights, decreasing to the right, ticks at the plotted values."""
     ax.set_xscale("log")
-    ticks = _thin_ticks(sorted({round(x, 6) for x in xs}, reverse=True))
+    ticks = _thin_ticks(_spread(sorted({round(x, 6) for x in xs}, reverse=True)))
     if ticks:
         ax.set_xlim(max(ticks) * 1.08, min(ticks) / 1.08)  # inverted: 100% on the left
     ax.xaxis.set_major_locator(FixedLocator(ticks))
@@ -248,6 +265,47 @@ def plot_perturbation(
     return _save(fig, path)
 
 
+def plot_against_sparsity(
+    curves: Mapping[str, Curve],
+    path: PathLike,
+    title: str = "",
+    ylabel: str = "",
+    baselines: Mapping[str, Curve] | None = None,
+    baseline_label: str = "random mask",
+    colors: Mapping[str, str] | None = None,
+    styles: Mapping[str, tuple[str, str]] | None = None,
+) -> Path:
+    """A quantity of each ticket (IoU of a pair, share of zero kernels, ...) against remaining weights.
+
+    ``baselines``: what random masks would give. A key that names a curve is drawn dotted in that
+    curve's colour (one legend entry, ``baseline_label``, for all of them); any other key is drawn
+    black and dashed with the key as its label (e.g. ``"random masks: p/(2−p)"``).
+    """
+    palette = {**_colors(list(curves)), **(colors or {})}
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    xs = _plot_curves(ax, curves, palette, styles=styles, band_alpha=0.1)
+    dotted = False
+    for name, curve in (baselines or {}).items():
+        x, mean, _ = _curve_arrays(curve)
+        if not x.size:
+            continue
+        if name in curves:
+            ax.plot(x, mean, ls=":", lw=1.3, color=palette[name])
+            dotted = True
+        else:
+            ax.plot(x, mean, ls="--", lw=1.5, color="black", label=name)
+        xs.extend(x.tolist())
+    if dotted:
+        ax.plot([], [], ls=":", lw=1.3, color="#555555", label=baseline_label)  # legend entry only
+    _remaining_axis(ax, xs)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="major", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _save(fig, path)
+
+
 def plot_iou_heatmap(
     names: Sequence[str],
     matrix: Sequence[Sequence[float]] | np.ndarray,
@@ -301,11 +359,8 @@ def _grouped_bars(
 
 
 def _layer_order(data: Mapping[str, Mapping[str, float]]) -> list[str]:
-    """Layers in first-seen order (callers' dicts follow network order)."""
-    order: dict[str, None] = {}
-    for values in data.values():
-        order.update(dict.fromkeys(values))
-    return list(order)
+    """Every layer of any source, in natural order (``layer3.2`` before ``layer3.10``)."""
+    return natural_sorted({layer for values in data.values() for layer in values})
 
 
 def _layer_axis(ax: plt.Axes, centres: np.ndarray, layers: list[str]) -> None:
@@ -391,7 +446,7 @@ _KERNEL_CMAP = LinearSegmentedColormap.from_list("kernels", ["#0b0b2b", "#ffe14d
 def _select_kernel_maps(mask: Mapping, blocks: Sequence[str] | None) -> dict[str, np.ndarray]:
     from cvlth.analysis.kernels import kernel_map  # torch-heavy; only needed here
 
-    four_d = {name: t for name, t in mask.items() if t.ndim == 4}
+    four_d = {name: mask[name] for name in natural_sorted(mask) if mask[name].ndim == 4}
     if blocks is not None:
         chosen = {n: t for n, t in four_d.items() if any(n.startswith(b) for b in blocks)}
     else:

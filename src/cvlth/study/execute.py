@@ -56,6 +56,7 @@ from cvlth.study.runs import (
     dependencies,
     level_sparsity,
 )
+from cvlth.study.upstream import evaluate_on_pretraining
 from cvlth.training.loop import capture_path, train
 
 AnySplits = DatasetSplits | SampleSplits
@@ -277,7 +278,16 @@ def execute_imp(run: ImpRun, folder: RunFolder, ctx: Context) -> dict[str, Any]:
         RunFolder(root / f"round-{level:02d}").read_result()
         for level in range(first_trained_level, run.rounds)
     ]
-    return {"levels": levels, "rounds": rounds, "rewind": REWIND, "seeds": seeds.as_dict()}
+    result = {"levels": levels, "rounds": rounds, "rewind": REWIND, "seeds": seeds.as_dict()}
+    if run.stage == "upstream":  # Fig. 2's dense row: θ_p, untrained, on the pre-training task
+        theta_p, theta_p_heads = _upstream_model(run, theta, data, ctx, seeds)
+        objective = build_objective(
+            run.recipe.objective, feature_dim=_feature_dim(theta_p), data=data, seed=seeds.objective
+        )
+        _load_objective_heads(objective, theta_p_heads)
+        test = _batches(data, "test", EVAL_BATCH_SIZE)
+        result["dense_upstream"] = evaluate_on_pretraining(theta_p, objective, test, ctx.device)
+    return result
 
 
 def save_rewind(path: Path, state: dict[str, Any], *, point: str, step: int = 0) -> None:

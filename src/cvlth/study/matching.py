@@ -4,6 +4,15 @@ For one (ticket source, downstream task): at every sparsity the ticket's metric 
 seeds; it matches when ``mean >= dense_mean - dense_std``. The extreme matching sparsity is the
 highest sparsity on the grid at which the ticket still matches (``None`` if none does).
 Standard deviations are sample standard deviations (ddof=1; 0 for a single seed).
+
+Two more readings of the same rule:
+
+* Fig. 2, the pre-training task itself (task :data:`PRETRAINING_TASK`): upstream IMP tickets
+  after their round's training against θ_p untrained, both on the pre-training task's test split.
+  θ_p is evaluated once (deterministic), so its std is 0 and the threshold is its value.
+* The *universal* matching sparsity of a ticket source (:func:`universal_matching`): the highest
+  sparsity, among those evaluated on every downstream task of the source, at which the source
+  matches on all of them at once.
 """
 
 from __future__ import annotations
@@ -11,6 +20,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+
+#: The task name of Fig. 2's results: tickets and θ_p evaluated on their own pre-training task.
+PRETRAINING_TASK = "pre-training task"
 
 
 @dataclass(frozen=True)
@@ -53,6 +65,10 @@ class MatchingResult:
         matching = [row.sparsity for row in self.rows if row.matching]
         return max(matching) if matching else None
 
+    @property
+    def on_pretraining_task(self) -> bool:
+        return self.task == PRETRAINING_TASK
+
     def to_dict(self) -> dict:
         return {
             "source": self.source,
@@ -63,6 +79,45 @@ class MatchingResult:
             "extreme_matching_sparsity": self.extreme_matching_sparsity,
             "rows": [{"sparsity": r.sparsity, **asdict(r.stats), "matching": r.matching} for r in self.rows],
         }
+
+
+@dataclass(frozen=True)
+class UniversalResult:
+    """One ticket source on all its downstream tasks at once."""
+
+    source: str
+    tasks: tuple[str, ...]
+    sparsities: tuple[float, ...]  # the sparsities evaluated on every one of ``tasks``
+    matching_all: tuple[float, ...]  # those at which the source matches on every task
+
+    @property
+    def universal_matching_sparsity(self) -> float | None:
+        return max(self.matching_all) if self.matching_all else None
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "universal_matching_sparsity": self.universal_matching_sparsity}
+
+
+def universal_matching(results: Sequence[MatchingResult]) -> list[UniversalResult]:
+    """Per ticket source (in first-seen order), over its downstream tasks (Fig. 2 rows left out):
+    the sparsities every task was evaluated at, and those matching on all tasks there."""
+    by_source: dict[str, list[MatchingResult]] = {}
+    for result in results:
+        if not result.on_pretraining_task:
+            by_source.setdefault(result.source, []).append(result)
+    universal = []
+    for source, tasks in by_source.items():
+        rows = [{row.sparsity: row.matching for row in r.rows} for r in tasks]
+        common = sorted(set.intersection(*(set(r) for r in rows)))
+        universal.append(
+            UniversalResult(
+                source=source,
+                tasks=tuple(r.task for r in tasks),
+                sparsities=tuple(common),
+                matching_all=tuple(s for s in common if all(r[s] for r in rows)),
+            )
+        )
+    return universal
 
 
 def matching(
@@ -83,16 +138,38 @@ def matching(
 
 
 def matching_markdown(results: Sequence[MatchingResult]) -> str:
-    """One table per (source, task) plus a summary of extreme matching sparsities."""
+    """The summary of extreme matching sparsities, the universal ones, then one table per result."""
     lines = [
         "| ticket source | task | metric | dense | extreme matching sparsity |",
         "|---|---|---|---|---|",
     ]
     for r in results:
-        extreme = "none" if r.extreme_matching_sparsity is None else f"{r.extreme_matching_sparsity:.2%}"
         lines.append(
-            f"| {r.source} | {r.task} | {r.metric} | {r.dense.mean:.4f} ± {r.dense.std:.4f} | {extreme} |"
+            f"| {r.source} | {r.task} | {r.metric} | {r.dense.mean:.4f} ± {r.dense.std:.4f} "
+            f"| {_percent(r.extreme_matching_sparsity)} |"
         )
+    if any(r.on_pretraining_task for r in results):
+        lines += [
+            "",
+            f"Rows on the *{PRETRAINING_TASK}* (the paper's Fig. 2): each upstream IMP ticket after its "
+            "round's training, against θ_p untrained, on the pre-training task's test split. θ_p is "
+            "evaluated once (no training, fixed batches), so its std is 0 and the threshold is its value.",
+        ]
+    universal = universal_matching(results)
+    if universal:
+        lines += [
+            "",
+            "**Universal matching sparsity**: the highest sparsity, among those evaluated on every "
+            "downstream task of the source, at which it matches on all of them at once.",
+            "",
+            "| ticket source | tasks | sparsities on every task | universal matching sparsity |",
+            "|---|---|---|---|",
+        ]
+        for u in universal:
+            lines.append(
+                f"| {u.source} | {', '.join(u.tasks)} | {len(u.sparsities)} "
+                f"| {_percent(u.universal_matching_sparsity)} |"
+            )
     for r in results:
         lines += [
             "",
@@ -107,3 +184,7 @@ def matching_markdown(results: Sequence[MatchingResult]) -> str:
                 f"| {row.sparsity:.2%} | {row.stats.mean:.4f} | {row.stats.std:.4f} | {row.stats.n} | {mark} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _percent(value: float | None) -> str:
+    return "none" if value is None else f"{value:.2%}"

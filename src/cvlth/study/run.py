@@ -1,7 +1,8 @@
 """Run a whole study: execute its DAG in the store, then write the matching table.
 
 The study's own folder, ``<store>/studies/<name>/``, holds ``study.yaml`` (what was run),
-``matching.json`` and ``matching.md``. Everything else lives in the runs' folders, so a killed
+``matching.json`` and ``matching.md`` (downstream tasks, Fig. 2's pre-training task, universal
+sparsity), ``tickets.json``, ``perturbation.json`` and the report. Everything else lives in the runs' folders, so a killed
 study resumes by running the same command again.
 """
 
@@ -21,7 +22,13 @@ from cvlth.cores import available_cores
 from cvlth.store import Store
 from cvlth.study.config import StudyConfig, study_to_yaml
 from cvlth.study.execute import Context, ensure
-from cvlth.study.matching import MatchingResult, matching, matching_markdown
+from cvlth.study.matching import (
+    PRETRAINING_TASK,
+    MatchingResult,
+    matching,
+    matching_markdown,
+    universal_matching,
+)
 from cvlth.study.plan import PlannedRun, expand
 from cvlth.study.runs import level_sparsity
 
@@ -125,9 +132,16 @@ def metric_of(result: dict[str, Any], metric: str) -> float:
     return float(value) if value is not None else math.nan
 
 
+def _selection_metric(result: dict[str, Any]) -> str:
+    """The metric a training chose its best epoch by (``val.accuracy`` -> ``accuracy``)."""
+    return str((result.get("selection") or {}).get("metric", "val.accuracy")).removeprefix("val.")
+
+
 def matching_table(
     study: StudyConfig, planned: list[PlannedRun], results: list[dict[str, Any]]
 ) -> list[MatchingResult]:
+    """Matching per (ticket source, task): Fig. 2's rows on the pre-training task first, then the
+    downstream tasks, each as its transfers' mean over seeds against the dense transfers'."""
     dense: dict[tuple[str, str], list[float]] = defaultdict(list)
     tickets: dict[tuple[str, str, str], dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for item, result in zip(planned, results, strict=True):
@@ -139,33 +153,80 @@ def matching_table(
         else:
             sparsity = round(level_sparsity(item.level, study.fraction), 6)
             tickets[(item.pretraining, item.finder, item.task)][sparsity].append(value)
-    table = []
+    table = pretraining_task_table(study, planned, results)
     for (pretraining, finder, task), values in tickets.items():
         metric = study.task_metric(task)
         table.append(matching(f"{pretraining}/{finder}", task, dense[(pretraining, task)], values, metric))
     return table
 
 
+def pretraining_task_table(
+    study: StudyConfig, planned: list[PlannedRun], results: list[dict[str, Any]]
+) -> list[MatchingResult]:
+    """Fig. 2: every upstream IMP ticket (after its round's training) and θ_p (untrained) on the
+    pre-training task's test split, in the objective's selection metric (top-1 accuracy, or Eq. 2
+    retrieval accuracy for SimCLR/MoCo); a ticket's mean is over the finder's seeds (IMP runs).
+
+    An IMP result written before θ_p was evaluated (no ``dense_upstream``) has no dense reference:
+    its source is left out of this table."""
+    dense: dict[str, list[float]] = defaultdict(list)
+    tickets: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    metrics: dict[str, str] = {}
+    for item, result in zip(planned, results, strict=True):
+        if item.run.kind != "imp" or item.run.stage != "upstream" or "dense_upstream" not in result:
+            continue
+        source = item.source
+        metric = metrics.setdefault(source, result["dense_upstream"]["metric"])
+        dense[source].append(metric_of({"test_at_best_val": result["dense_upstream"]["test"]}, metric))
+        for trained in result.get("rounds", []):
+            if _selection_metric(trained) != metric:
+                continue  # not the same objective: nothing to compare
+            sparsity = round(level_sparsity(trained["trained_with_level"], study.fraction), 6)
+            tickets[source][sparsity].append(metric_of(trained, metric))
+    return [
+        matching(source, PRETRAINING_TASK, dense[source], tickets[source], metrics[source])
+        for source in dense
+        if tickets[source]
+    ]
+
+
 def perturbation_curves(
     study: StudyConfig, planned: list[PlannedRun], results: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    """Per (finder source, task, mask variant): mean ± std over seeds of the metric at each sparsity."""
+    """Per (finder source, task, mask variant): mean ± std over seeds of the metric at each level.
+
+    Each point sits at the sparsity of the mask actually fine-tuned (the transfer's measured
+    ``sparsity``, averaged over seeds; the level's nominal sparsity for results without one): a
+    complement is far sparser or denser than its ticket. ``nominal_sparsity`` is the ticket's."""
     from cvlth.study.matching import SeedStats
 
     listed = set(study.perturbation.finders) if study.perturbation else set()
-    values: dict[tuple[str, str, str], dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    values: dict[tuple[str, str, str], dict[int, list[tuple[float, float]]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
     for item, result in zip(planned, results, strict=True):
         if item.run.kind == "transfer" and item.finder in listed:
-            sparsity = round(level_sparsity(item.level, study.fraction), 6)
-            values[(item.source, item.task, item.variant)][sparsity].append(
-                metric_of(result, study.task_metric(item.task))
-            )
+            nominal = level_sparsity(item.level, study.fraction)
+            measured = float(result.get("sparsity", nominal))
+            value = metric_of(result, study.task_metric(item.task))
+            values[(item.source, item.task, item.variant)][item.level].append((measured, value))
     curves = []
-    for (source, task, variant), by_sparsity in sorted(values.items()):
+    for (source, task, variant), by_level in sorted(values.items()):
         points = []
-        for sparsity in sorted(by_sparsity):
-            stats = SeedStats.of(by_sparsity[sparsity])
-            points.append({"sparsity": sparsity, "mean": stats.mean, "std": stats.std, "n": stats.n})
+        for level in sorted(by_level):
+            measured = [s for s, _ in by_level[level]]
+            stats = SeedStats.of([v for _, v in by_level[level]])
+            points.append(
+                {
+                    "level": level,
+                    "nominal_sparsity": round(level_sparsity(level, study.fraction), 6),
+                    "sparsity": round(math.fsum(measured) / len(measured), 6),
+                    "mean": stats.mean,
+                    "std": stats.std,
+                    "n": stats.n,
+                }
+            )
+        points.sort(key=lambda p: p["sparsity"])
         curves.append({"source": source, "task": task, "variant": variant, "points": points})
     return curves
 
@@ -202,5 +263,16 @@ def ticket_index(study: StudyConfig, planned: list[PlannedRun], store: Store) ->
 
 
 def write_matching(folder: Path, table: list[MatchingResult]) -> None:
-    atomic_write_text(folder / "matching.json", json.dumps([r.to_dict() for r in table], indent=2))
+    """matching.json: one entry per (source, task); a downstream entry also holds its source's
+    universal matching sparsity and the tasks it covers. matching.md: the same as tables."""
+    universal = {u.source: u for u in universal_matching(table)}
+    entries = []
+    for result in table:
+        entry = result.to_dict()
+        if result.source in universal and not result.on_pretraining_task:
+            u = universal[result.source]
+            entry["universal_matching_sparsity"] = u.universal_matching_sparsity
+            entry["universal_tasks"] = list(u.tasks)
+        entries.append(entry)
+    atomic_write_text(folder / "matching.json", json.dumps(entries, indent=2))
     atomic_write_text(folder / "matching.md", "# Matching tickets\n\n" + matching_markdown(table))
