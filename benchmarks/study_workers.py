@@ -14,13 +14,13 @@ two seeds: 1 pre-training, 2 baselines, 12 transfers.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
 
-from cvlth.cores import available_cores
 from cvlth.store import Store
 from cvlth.study.config import load_study
 from cvlth.study.plan import expand
@@ -55,7 +55,7 @@ def slice_of_cpu_study(upstream: int, scenes: int) -> dict:
 
 def timed_study(study_path: Path, store: Path, workers: int) -> float:
     start = time.perf_counter()
-    threads = max(1, available_cores() // workers)
+    threads = max(1, len(os.sched_getaffinity(0)) // workers)
     outcome = run_study(
         load_study(study_path), Store(store), quiet=True, log=lambda _: None, workers=workers, threads=threads
     )
@@ -72,7 +72,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         study_path = Path(tmp) / "study.yaml"
         study_path.write_text(yaml.safe_dump(slice_of_cpu_study(args.upstream, args.scenes)))
-        print(f"{available_cores()} cores; {len(expand(load_study(study_path)))} runs per study")
+        print(f"{len(os.sched_getaffinity(0))} cores; {len(expand(load_study(study_path)))} runs per study")
         serial = timed_study(study_path, Path(tmp) / "serial", workers=1)
         print(f"serial (1 process): {serial:.1f} s", flush=True)
         parallel = timed_study(study_path, Path(tmp) / "parallel", workers=args.workers)

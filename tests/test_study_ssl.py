@@ -85,13 +85,33 @@ def test_simclr_and_moco_pretrain_prune_upstream_and_transfer(tmp_path):
             assert Mask.load(execute.mask_path(folder, 2)).sparsity == pytest.approx(0.36, abs=1e-4)
 
 
-def test_imported_moco_checkpoint_continues_upstream_imp(tmp_path):
+def test_imported_moco_checkpoint_continues_upstream_imp(tmp_path, monkeypatch):
     model = build_backbone(BackboneSpec("resnet18", 4, "cifar", 1), num_classes=10)
     released = {f"module.encoder_q.{k}": v for k, v in model.state_dict().items() if not k.startswith("fc.")}
     released |= {
         f"module.encoder_k.{k}": v.clone() for k, v in model.state_dict().items() if not k.startswith("fc.")
     }
     released["module.queue"] = torch.randn(128, 256)
+    # MoCo v2's MLP head (width-4 ResNet-18: 32 features -> 32 -> 128), different in encoder_k.
+    head = {"0.weight": torch.randn(32, 32), "0.bias": torch.randn(32), "2.weight": torch.randn(128, 32)}
+    head["2.bias"] = torch.randn(128)
+    released |= {f"module.encoder_q.fc.{k}": v for k, v in head.items()}
+    released |= {f"module.encoder_k.fc.{k}": v + 1 for k, v in head.items()}
+    heads_at_start: list[dict] = []
+    real_train = execute.train
+
+    def recording_train(model, objective, train_data, **kwargs):
+        modules = objective.modules()
+        if "query_head" in modules:  # the IMP rounds (transfers are supervised)
+            heads_at_start.append(
+                {
+                    n: {k: v.clone() for k, v in modules[n].state_dict().items()}
+                    for n in ("query_head", "key_head")
+                }
+            )
+        return real_train(model, objective, train_data, **kwargs)
+
+    monkeypatch.setattr(execute, "train", recording_train)
     checkpoint = tmp_path / "moco_v2.pth.tar"
     torch.save({"epoch": 800, "arch": "resnet18", "state_dict": released}, checkpoint)
     upstream = {
@@ -101,7 +121,12 @@ def test_imported_moco_checkpoint_continues_upstream_imp(tmp_path):
         "train": TRAIN,
     }
     study = _study({"moco": {"import_path": str(checkpoint), "import_source": "moco", "upstream": upstream}})
+    study["rounds"] = 3  # two IMP trainings: the head must be restored before each
     path = _run(tmp_path, study)
+    assert len(heads_at_start) == 2
+    for heads in heads_at_start:  # θ_MoCo's own encoder_q head, in the query and the key head alike
+        for name in ("query_head", "key_head"):
+            assert all(torch.equal(heads[name][k], v) for k, v in head.items()), name
     store = Store(tmp_path / "store")
     imp = next(item.run for item in expand(load_study(path)) if isinstance(item.run, ImpRun))
     first = Mask.load(execute.mask_path(Path(store.run_dir(imp)), 1))

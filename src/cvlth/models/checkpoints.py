@@ -57,7 +57,12 @@ from cvlth.pruning.scope import WRAPPER_PREFIXES, strip_wrappers, wrapper_of
 
 CHECKPOINT_FORMAT = "cvlth-checkpoint/1"
 SOURCES: tuple[str, ...] = ("auto", "torchvision", "moco", "simclr", "timm", "cvlth")
-NORMALIZATION = {"imagenet": "ImageNet mean/std", "none": "unnormalised [0, 1] pixels"}
+NORMALIZATION = {
+    "imagenet": "ImageNet mean/std",
+    "none": "unnormalised [0, 1] pixels",
+    "dataset": "its pre-training set's own per-channel mean/std",
+    "custom": "the mean/std its pre-training recipe gives",
+}
 
 _BN = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
 _BACKBONE_KEY = re.compile(

@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from cvlth.atomic import atomic_path
-from cvlth.config import DataRef, RunConfig
+from cvlth.config import DataRef, ObjectiveRef, RunConfig
 from cvlth.data.classification import DatasetSplits
 from cvlth.data.registry import load_dataset
 from cvlth.data.samples import SampleSplits
@@ -41,7 +41,7 @@ from cvlth.models.backbones import BackboneSpec, build_backbone, feature_dim, in
 from cvlth.models.checkpoints import ImportedCheckpoint, import_checkpoint, load_into, save_checkpoint
 from cvlth.models.task_models import DENSE_OBJECTIVES, build_task_model
 from cvlth.models.transfer import transfer_model
-from cvlth.objectives.registry import build_objective
+from cvlth.objectives.registry import build_objective, objective_option_defaults
 from cvlth.pruning.scope import prunable_parameters, prunable_state
 from cvlth.pruning.strategies import global_magnitude, one_shot_magnitude, random_global, random_like
 from cvlth.seeds import RunSeeds, derive_seeds, mix
@@ -166,7 +166,11 @@ def execute_pretrain(run: PretrainRun, folder: RunFolder, ctx: Context) -> dict[
     )
     result = _train(model, objective, data, run.recipe, folder, ctx, mask=None, seeds=seeds)
     source = run.recipe.objective.name
-    save_checkpoint(Path(folder) / THETA_P, model.state_dict(), spec, normalization="imagenet", source=source)
+    normalize = run.recipe.objective.options.get("normalize", "dataset")  # what it was trained with
+    normalization = normalize if isinstance(normalize, str) else "custom"
+    save_checkpoint(
+        Path(folder) / THETA_P, model.state_dict(), spec, normalization=normalization, source=source
+    )
     _save_heads(Path(folder) / HEADS, objective)
     return {"checkpoint": THETA_P, "spec": spec.label, **result}
 
@@ -256,7 +260,7 @@ def execute_imp(run: ImpRun, folder: RunFolder, ctx: Context) -> dict[str, Any]:
         if capture is None:  # round 0 of an early-rewind IMP trains from θ_0 as built
             _restore(model, heads, load_rewind(rewind_file))
         objective = build_objective(
-            run.recipe.objective, feature_dim=_feature_dim(model), data=data, seed=seeds.objective
+            _objective_ref(run, theta, ctx), feature_dim=_feature_dim(model), data=data, seed=seeds.objective
         )
         _load_objective_heads(objective, heads if run.rewind_heads else _latest_heads(root, heads))
         result = _train(
@@ -282,7 +286,10 @@ def execute_imp(run: ImpRun, folder: RunFolder, ctx: Context) -> dict[str, Any]:
     if run.stage == "upstream":  # Fig. 2's dense row: θ_p, untrained, on the pre-training task
         theta_p, theta_p_heads = _upstream_model(run, theta, data, ctx, seeds)
         objective = build_objective(
-            run.recipe.objective, feature_dim=_feature_dim(theta_p), data=data, seed=seeds.objective
+            _objective_ref(run, theta, ctx),
+            feature_dim=_feature_dim(theta_p),
+            data=data,
+            seed=seeds.objective,
         )
         _load_objective_heads(objective, theta_p_heads)
         test = _batches(data, "test", EVAL_BATCH_SIZE)
@@ -311,6 +318,24 @@ def load_rewind(path: Path) -> dict[str, Any]:
             head, _, name = key.removeprefix("heads.").partition(".")
             state["heads"].setdefault(head, {})[name] = value
     return state
+
+
+def _objective_ref(run: ImpRun, theta: ImportedCheckpoint, ctx: Context) -> ObjectiveRef:
+    """Upstream IMP feeds θ_p the input it was trained on: the normalisation its checkpoint records
+    (``none`` for SimCLR v1, ``imagenet`` for torchvision), unless the recipe sets ``normalize``."""
+    ref = run.recipe.objective
+    recorded = theta.report.normalization
+    if run.stage != "upstream" or "normalize" not in objective_option_defaults(ref.name):
+        return ref
+    if recorded not in ("imagenet", "none"):  # cvlth's own θ_p: its recipe says it
+        return ref
+    if "normalize" in ref.options:
+        if ref.options["normalize"] != recorded:
+            ctx.log(
+                f"  note: θ_p records normalisation {recorded!r}; the recipe's {ref.options['normalize']!r} is used"
+            )
+        return ref
+    return ref.model_copy(update={"options": {**ref.options, "normalize": recorded}})
 
 
 def _latest_heads(root: Path, rewind_heads: dict[str, Any]) -> dict[str, Any]:

@@ -3,8 +3,8 @@
 The parent process only schedules: a run is handed to a worker once every run it depends on is
 done, ticket searches (IMP first: its chains of rounds are the longest) before transfers, so the
 long runs start early and the tail stays short. Each worker is a fresh (spawned) process that runs
-one run at a time with ``threads`` torch threads: by default as many as a serial study uses (all
-the cores), because CPU kernels reduce in an order that depends on the thread count, and a run's
+one run at a time with ``threads`` torch threads: by default as many as a serial study uses (this
+process's count: the cores, or ``OMP_NUM_THREADS``), because CPU kernels reduce in an order that depends on the thread count, and a run's
 numbers must not depend on how it was scheduled. So on N cores, ``--workers 2`` oversubscribes them
 unless ``--threads`` is lowered (idle OpenMP threads wait passively, so it does not collapse);
 the numbers then equal a serial study run with the same ``--threads``.
@@ -30,8 +30,9 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
+import torch
+
 from cvlth.config import RunConfig, config_hash
-from cvlth.cores import available_cores
 from cvlth.store import Store
 from cvlth.study.plan import PlannedRun
 from cvlth.study.runs import dependencies
@@ -124,7 +125,7 @@ def run_parallel(
         key: {config_hash(dep) for dep in dependencies(item.run)} & pending.keys()
         for key, item in pending.items()
     }
-    threads = threads or available_cores()
+    threads = threads or torch.get_num_threads()
     total, computed = len(pending), 0
     failures: list[tuple[PlannedRun, BaseException]] = []
     log(f"{total} runs to compute on {workers} workers x {threads} thread(s)")

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from cvlth.atomic import atomic_write_text
-from cvlth.cores import available_cores
 from cvlth.store import Store
 from cvlth.study.config import StudyConfig, study_to_yaml
 from cvlth.study.execute import Context, ensure
@@ -59,10 +60,11 @@ def run_study(
 ) -> StudyOutcome:
     """Run every planned run not done yet, then the tables.
 
-    Every run computes with ``threads`` intra-op threads (default: the cores this process may use),
+    Every run computes with ``threads`` intra-op threads (default: this process's, i.e. torch's
+    default: the cores, or ``OMP_NUM_THREADS``),
     serially or on ``workers`` processes (see :mod:`cvlth.study.parallel`): the same numbers either way.
     """
-    threads = threads or available_cores()
+    threads = threads or torch.get_num_threads()
     start = time.perf_counter()
     folder = study_folder(study, store)
     atomic_write_text(folder / "study.yaml", study_to_yaml(study))
