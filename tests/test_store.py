@@ -1,4 +1,5 @@
 import errno
+import hashlib
 import json
 import os
 import subprocess
@@ -43,7 +44,12 @@ def test_execute_writes_config_result_and_skips_a_finished_run(tmp_path) -> None
     assert store.execute(cfg(), work) == {"accuracy": 0.5}
     folder = store.run_dir(cfg())
     assert TrainConfig.from_yaml(folder.config_path.read_text()) == cfg()
-    assert json.loads(folder.result_path.read_text()) == {"accuracy": 0.5}
+    stored = json.loads(folder.result_path.read_text())
+    assert stored["accuracy"] == 0.5 and set(stored) == {"accuracy", "integrity"}
+    assert stored["integrity"]["artefacts"] == {  # every file the run wrote, but not its lock
+        name: hashlib.sha256((folder.path / name).read_bytes()).hexdigest()
+        for name in ("config.yaml", "metrics.jsonl")
+    }
     metrics_before = folder.metrics_path.read_bytes()
 
     assert store.execute(cfg(), work) == {"accuracy": 0.5}
@@ -174,10 +180,11 @@ def test_result_write_reports_disk_full(tmp_path, monkeypatch) -> None:
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("cvlth.store.atomic_write_text", full)
+    monkeypatch.setattr("cvlth.atomic.os.fsync", full)  # the data of every atomic write reaches the disk here
     with pytest.raises(CvlthError, match=r"cannot write .*config.yaml: the disk is full"):
         store.execute(cfg(), lambda folder: {"ok": 1})
     assert not store.is_done(cfg())
+    assert sorted(p.name for p in store.run_dir(cfg()).path.iterdir()) == [".lock"]  # no temporary file left
 
 
 def test_runs_command_lists_runs_with_status(tmp_path, capsys) -> None:

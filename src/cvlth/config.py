@@ -27,9 +27,10 @@ HASH_LENGTH = 16
 
 
 class Strict(BaseModel):
-    """Base of every config model: unknown keys are errors and instances are immutable."""
+    """Base of every config model: unknown keys are errors, instances are immutable, and float fields
+    (lr, weight decay, momentum, ...) must be finite: ``.inf`` and ``.nan`` would train silently to NaN."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # --- optimizers ---------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from typing import Any
 
 from cvlth.atomic import atomic_write_text
 from cvlth.errors import CvlthError
+from cvlth.store import Store
 from cvlth.study.matching import (
     PRETRAINING_TASK,
     MatchingResult,
@@ -126,7 +127,7 @@ class StudyFiles:
 
         relative = ticket.levels[level][1]
         if relative not in self._masks:
-            path = self.store / relative
+            path = Store(self.store).artefact_path(relative, f"mask path in {self.folder / 'tickets.json'}")
             if not path.is_file():
                 raise ReportError(
                     f"mask file {path} (ticket {ticket.label}, level {level}, listed in "

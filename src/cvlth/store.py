@@ -10,45 +10,76 @@ Layout of ``<root>/<kind>/<hash>/``::
 
 A finished run is never recomputed: :meth:`Store.execute` returns the stored result. Two processes
 asked for the same run serialise on the lock; the second waits, then finds the result.
+
+``result.json`` also records, under ``"integrity"``, the sha256 of every file the run wrote in its
+folder (its *artefacts*: weights, masks, metrics, ...) and a sha256 of the result and that list. Every
+read checks them (:meth:`RunFolder.read_result`, :meth:`RunFolder.verified_path`), so a flipped byte,
+an edited or truncated result is reported as a damaged run (:class:`StoreError`), never used.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
+import hashlib
 import json
 import os
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from cvlth.atomic import atomic_path, atomic_write_text
+from cvlth.atomic import atomic_path, atomic_write_text, reported_io
 from cvlth.config import RunConfig, config_hash
 from cvlth.errors import CvlthError
 
+__all__ = ["DEFAULT_STORE_ROOT", "RunBusyError", "RunFolder", "RunLock", "Store", "StoreError", "reported_io"]
+
 DEFAULT_STORE_ROOT = "./runs"
-
-_DISK_ERRORS = {
-    errno.ENOSPC: ("the disk is full", "free some space, or point --store at another disk"),
-    errno.EDQUOT: ("the disk quota is exceeded", "free some space, or point --store at another disk"),
-    errno.EACCES: ("permission denied", "check the folder's owner and mode, or choose another --store"),
-    errno.EPERM: ("operation not permitted", "check the folder's owner and mode, or choose another --store"),
-    errno.EROFS: ("the file system is read-only", "choose a writable --store"),
-}
+INTEGRITY_KEY = "integrity"  # reserved key of result.json: {"artefacts": {path: sha256}, "sha256": ...}
+_NOT_ARTEFACTS = (".lock", "checkpoint.pt")  # lock and resumable state: not results of the run
+_HASH_CHUNK = 1 << 20
 
 
-@contextlib.contextmanager
-def reported_io(path: str | os.PathLike[str]) -> Iterator[None]:
-    """Re-raise disk-full and permission errors as a CvlthError that names ``path``."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.errno not in _DISK_ERRORS:
-            raise
-        what, hint = _DISK_ERRORS[exc.errno]
-        raise CvlthError(f"cannot write {path}: {what} ({exc.strerror})", hint=hint) from exc
+class StoreError(CvlthError):
+    """A run folder is damaged (a changed artefact, an edited result) or a path leaves the store."""
+
+
+def resolve_inside(root: str | os.PathLike[str], relative: str | os.PathLike[str], what: str) -> Path:
+    """``root / relative``, refused (StoreError) if it leads outside ``root`` (``..``, an absolute
+    path elsewhere, a symbolic link out)."""
+    base = Path(root)
+    path = base / relative
+    real_base, real = base.resolve(), path.resolve()
+    if real != real_base and real_base not in real.parents:
+        raise StoreError(
+            f"{what} {os.fspath(relative)!r} leads outside {base}; refusing to read it",
+            hint="paths in a store are relative to the store and stay inside it; the file naming it "
+            "was edited or comes from elsewhere",
+        )
+    return path
+
+
+_hash_cache: dict[tuple[str, int, int, int, int, int], str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes; cached per process by (path, inode, size, mtime, ctime)."""
+    info = path.stat()
+    key = (str(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+    if key not in _hash_cache:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            while chunk := handle.read(_HASH_CHUNK):
+                digest.update(chunk)
+        _hash_cache[key] = digest.hexdigest()
+    return _hash_cache[key]
+
+
+def _record_digest(result: dict[str, Any], artefacts: dict[str, str]) -> str:
+    canonical = json.dumps({"result": result, "artefacts": artefacts}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 class RunFolder:
@@ -89,29 +120,117 @@ class RunFolder:
         return self.path / ".lock"
 
     def is_done(self) -> bool:
+        """result.json exists (cheap; whether it is intact is :attr:`status` / :meth:`read_result`)."""
         return self.result_path.is_file()
 
     @property
     def status(self) -> str:
-        """``done``, ``resumable`` (has a checkpoint) or ``started``."""
+        """``done``, ``damaged`` (a result that fails its checks), ``resumable`` (has a checkpoint)
+        or ``started``."""
         if self.is_done():
-            return "done"
+            return "damaged" if self.damage() else "done"
         return "resumable" if self.checkpoint_path.is_file() else "started"
 
-    def read_result(self) -> dict[str, Any]:
+    def damage(self) -> str | None:
+        """Why the finished run is damaged, or None when its result and artefacts check out."""
         try:
-            return json.loads(self.result_path.read_text(encoding="utf-8"))
+            self.read_result()
+        except StoreError as error:
+            return error.message
+        return None
+
+    # --- the result and its artefacts ---------------------------------------------------------
+
+    def read_result(self, verify_artefacts: bool = True) -> dict[str, Any]:
+        """The stored result, after checking its hash and (by default) every artefact's hash."""
+        result, artefacts = self._read_record()
+        if verify_artefacts:
+            for relative, digest in artefacts.items():
+                self._check_artefact(relative, digest)
+        return result
+
+    def verified_path(self, name: str | os.PathLike[str]) -> Path:
+        """The path of artefact ``name`` (relative to the folder, or absolute inside it) of this
+        finished run, after checking its hash. A name the run did not write is returned as is if no
+        such file exists (callers test ``is_file()`` for optional artefacts) and refused if one does."""
+        path = resolve_inside(self.path, name, f"artefact of run {self.name}")
+        _, artefacts = self._read_record()
+        relative = path.resolve().relative_to(self.path.resolve()).as_posix()
+        if relative in artefacts:
+            self._check_artefact(relative, artefacts[relative])
+        elif path.exists():
+            raise self._damaged(f"{path} is not one of the files the run wrote")
+        return path
+
+    def write_result(self, result: dict[str, Any]) -> dict[str, Any]:
+        """Write ``result`` with the hashes of the folder's artefacts; return it as later reads see it."""
+        if INTEGRITY_KEY in result:
+            raise ValueError(f"{INTEGRITY_KEY!r} is a reserved key of result.json")
+        stored = json.loads(json.dumps(result))  # str keys, lists for tuples: what a read gives back
+        artefacts = {path.relative_to(self.path).as_posix(): file_sha256(path) for path in self._artefacts()}
+        record = {"artefacts": artefacts, "sha256": _record_digest(stored, artefacts)}
+        text = json.dumps({**stored, INTEGRITY_KEY: record}, indent=2, sort_keys=True) + "\n"
+        atomic_write_text(self.result_path, text)
+        return stored
+
+    def _artefacts(self) -> list[Path]:
+        """Every regular file of the folder except result.json itself, locks, checkpoints and
+        temporary files of interrupted atomic writes."""
+        files = []
+        for path in sorted(self.path.rglob("*")):
+            name = path.name
+            if path.is_symlink() or not path.is_file() or path == self.result_path:
+                continue
+            if name in _NOT_ARTEFACTS or (name.startswith(".") and name.endswith(".tmp")):
+                continue
+            files.append(path)
+        return files
+
+    def _read_record(self) -> tuple[dict[str, Any], dict[str, str]]:
+        """The result and its artefact hashes, once the record's own hash checks out."""
+        try:
+            text = self.result_path.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise CvlthError(f"run {self.name} has no result yet ({self.result_path} is missing)") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise self._damaged(f"{self.result_path} cannot be read ({exc})") from exc
+        try:
+            stored = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise self._damaged(
+                f"{self.result_path} is not valid JSON (truncated or edited: {exc})"
+            ) from None
+        record = stored.pop(INTEGRITY_KEY, None) if isinstance(stored, dict) else None
+        artefacts = record.get("artefacts") if isinstance(record, dict) else None
+        if not isinstance(artefacts, dict) or not all(isinstance(v, str) for v in artefacts.values()):
+            raise self._damaged(
+                f"{self.result_path} has no content hashes (edited, or written before cvlth recorded them)"
+            )
+        if record.get("sha256") != _record_digest(stored, artefacts):
+            raise self._damaged(f"{self.result_path} was edited or damaged: it no longer matches its sha256")
+        return stored, artefacts
 
-    def write_result(self, result: dict[str, Any]) -> None:
-        with reported_io(self.result_path):
-            atomic_write_text(self.result_path, json.dumps(result, indent=2, sort_keys=True) + "\n")
+    def _check_artefact(self, relative: str, digest: str) -> None:
+        path = resolve_inside(self.path, relative, f"artefact of run {self.name}")
+        if not path.is_file():
+            raise self._damaged(f"{path} is missing")
+        if file_sha256(path) != digest:
+            raise self._damaged(f"{path} changed after the run finished (its sha256 differs)")
+
+    def _damaged(self, what: str) -> StoreError:
+        parent = RunFolder(self.path.parent)
+        run = parent if parent.config_path.is_file() else self  # an IMP round: name the IMP run
+        store = run.path.parent.parent
+        return StoreError(
+            f"run {run.name} is damaged: {what}",
+            hint=f"recompute it: `cvlth runs --store {store} --forget {run.name}` deletes its folder, then "
+            "run the study again",
+        )
 
     def write_file_atomically(self, name: str, write: Callable[[Path], None]) -> Path:
         """Call ``write(tmp)`` and rename the temporary file to ``<folder>/<name>``."""
         target = self.path / name
-        with reported_io(target), atomic_path(target) as tmp:
+        with atomic_path(target) as tmp:
             write(tmp)
         return target
 
@@ -181,6 +300,11 @@ class Store:
 
     def __init__(self, root: str | os.PathLike[str] = DEFAULT_STORE_ROOT) -> None:
         self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(
+                f"the store {self.root} is a file, not a folder",
+                hint="give --store a folder (it is created if it does not exist)",
+            )
 
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r})"
@@ -199,6 +323,37 @@ class Store:
     def result(self, cfg: RunConfig) -> dict[str, Any]:
         return self.run_dir(cfg).read_result()
 
+    def artefact_path(self, relative: str | os.PathLike[str], what: str = "store path") -> Path:
+        """The store file ``relative`` (``<kind>/<hash>/...``; ``what`` names it in errors), refused if
+        it leads outside the store, and hash-checked when its run has finished. A missing file is
+        returned as is (callers report it in their own words)."""
+        path = resolve_inside(self.root, relative, what)
+        parts = path.resolve().relative_to(self.root.resolve()).parts
+        if len(parts) < 3:
+            raise StoreError(
+                f"{what} {os.fspath(relative)!r} names no file inside a run folder (<kind>/<hash>/...)"
+            )
+        folder = RunFolder(self.root / parts[0] / parts[1])
+        if path.exists() and folder.is_done():
+            return folder.verified_path(Path(*parts[2:]))
+        return path
+
+    def forget(self, name: str) -> Path:
+        """Delete run ``<kind>/<hash>`` (e.g. a damaged one) so that the next study computes it again."""
+        folder = RunFolder(resolve_inside(self.root, name, "run"))
+        if len(Path(name).parts) != 2 or not folder.config_path.is_file():
+            raise StoreError(
+                f"no run {name} under {self.root}", hint="`cvlth runs` lists the runs (kind/hash)"
+            )
+        lock = RunLock(folder)
+        lock.acquire(wait=False)  # refuses a run another process is computing
+        try:
+            with reported_io(folder.path):
+                shutil.rmtree(folder.path)
+        finally:
+            lock.release()
+        return folder.path
+
     @contextlib.contextmanager
     def lock(self, cfg: RunConfig, wait: bool = True) -> Iterator[RunFolder]:
         folder = self.run_dir(cfg)
@@ -215,11 +370,14 @@ class Store:
         fn: Callable[[RunFolder], dict[str, Any]],
         *,
         wait: bool = True,
+        drop_checkpoint: bool = False,
     ) -> dict[str, Any]:
         """Return the run's result, computing it with ``fn(folder)`` only if it is not done.
 
         ``fn`` may resume from ``folder.checkpoint_path``; its return value (a JSON-able dict)
-        becomes ``result.json``, written last and atomically.
+        becomes ``result.json``, written last and atomically, with the hashes of the folder's files.
+        ``drop_checkpoint`` then deletes ``checkpoint.pt`` (the optimiser state a finished run no longer
+        needs), still under the run's lock, so that no other process can race on it.
         """
         folder = self.run_dir(cfg)
         if folder.is_done():
@@ -233,8 +391,11 @@ class Store:
                 raise TypeError(
                     f"the function run for {folder.name} returned {type(result).__name__}, not a dict"
                 )
-            folder.write_result(result)
-            return result
+            stored = folder.write_result(result)
+            if drop_checkpoint:
+                with reported_io(folder.checkpoint_path):
+                    folder.checkpoint_path.unlink(missing_ok=True)
+            return stored
 
     @staticmethod
     def _write_config(folder: RunFolder, cfg: RunConfig) -> None:
@@ -247,5 +408,4 @@ class Store:
                     hint="the folder was edited by hand or the hash changed; move the folder away",
                 )
             return
-        with reported_io(folder.config_path):
-            atomic_write_text(folder.config_path, text)
+        atomic_write_text(folder.config_path, text)

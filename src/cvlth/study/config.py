@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from cvlth.config import (
     DataRef,
@@ -117,10 +117,21 @@ class StudyConfig(Strict):
     task_levels: dict[str, list[int]] = Field(
         default_factory=dict, description="per task, the levels fine-tuned on it (default: transfer_levels)"
     )
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     adapt: AdaptConfig = Field(default_factory=AdaptConfig)
     perturbation: PerturbationEntry | None = None
     metric: str | None = Field(None, description="test metric for matching; default: by task objective")
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
+        repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+        if repeated:
+            raise ValueError(
+                f"seed {', '.join(map(str, repeated))} is listed more than once; a repeated seed is the same "
+                f"run, so it would count once and the seed-to-seed std would be wrong (got {seeds})"
+            )
+        return seeds
 
     @model_validator(mode="after")
     def _references(self) -> StudyConfig:

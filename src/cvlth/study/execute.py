@@ -118,9 +118,7 @@ def ensure(run: RunConfig, ctx: Context) -> dict[str, Any]:
     if ctx.threads is not None:
         torch.set_num_threads(ctx.threads)
     start = time.perf_counter()
-    result = ctx.store.execute(run, lambda f: executor(run, f, ctx))
-    if folder.checkpoint_path.is_file():  # done: the optimizer state is no longer needed
-        folder.checkpoint_path.unlink()
+    result = ctx.store.execute(run, lambda f: executor(run, f, ctx), drop_checkpoint=True)
     ctx.log(f"  {run.kind} {folder.name} finished in {time.perf_counter() - start:.1f} s")
     return result
 

@@ -7,14 +7,19 @@ table needs (pre-training, finder, task, level, seed).
 
 from __future__ import annotations
 
-import json
+import inspect
+import typing
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from cvlth.config import DataRef, RunConfig
-from cvlth.store import Store
+from pydantic import ValidationError
+
+from cvlth.config import DataRef, ObjectiveRef, RunConfig, format_error
+from cvlth.errors import ConfigError, CvlthError
+from cvlth.store import RunFolder, Store
 from cvlth.study.config import FinderEntry, StudyConfig
 from cvlth.study.runs import (
     BaselineRun,
@@ -113,7 +118,20 @@ def _transfer_grid(study: StudyConfig, finder: FinderEntry, task: str) -> list[t
 
 
 def expand(study: StudyConfig) -> list[PlannedRun]:
-    """Every run of the study, in dependency order, without duplicates."""
+    """Every run of the study, in dependency order, without duplicates, once the study has passed
+    every check that can be made before a run (:func:`check_study`): `--plan` and `cvlth study`
+    both fail here, not runs later."""
+    check_study(study)
+    try:
+        planned = _expand(study)
+    except ValidationError as exc:  # a combination the study's own validation let through
+        lines = [format_error(err) for err in exc.errors()]
+        raise ConfigError("\n  ".join([f"study {study.name}: a run cannot be built:", *lines])) from None
+    check_input_channels(planned)
+    return planned
+
+
+def _expand(study: StudyConfig) -> list[PlannedRun]:
     planned: list[PlannedRun] = []
     for name in study.pretrainings:
         pretrained = pretrained_run(study, name)
@@ -149,6 +167,178 @@ def expand(study: StudyConfig) -> list[PlannedRun]:
     for item in planned:
         unique.setdefault(f"{item.run.kind}/{item.run.hash()}", item)
     return sorted(unique.values(), key=lambda item: KIND_ORDER.index(item.run.kind))
+
+
+# --- checks made before the first run ----------------------------------------------------------
+
+
+def check_study(study: StudyConfig) -> None:
+    """Dataset and objective names and option names of every recipe of the study (ConfigError)."""
+    for where, data, objective in _study_recipes(study):
+        if data is not None:
+            check_data_ref(data, f"{where}.data")
+        if objective is not None:
+            check_objective_ref(objective, f"{where}.objective")
+
+
+def _study_recipes(study: StudyConfig) -> list[tuple[str, DataRef | None, ObjectiveRef | None]]:
+    recipes: list[tuple[str, DataRef | None, ObjectiveRef | None]] = []
+    for name, entry in study.pretrainings.items():
+        for part in ("recipe", "upstream"):
+            recipe = getattr(entry, part)
+            if recipe is not None:
+                recipes.append((f"pretrainings.{name}.{part}", recipe.data, recipe.objective))
+    recipes += [(f"tasks.{name}", recipe.data, recipe.objective) for name, recipe in study.tasks.items()]
+    recipes += [(f"finders.{f.name}", f.data, f.objective) for f in study.finders]
+    return recipes
+
+
+def data_options(name: str) -> list[str]:
+    """The options dataset ``name`` takes in a study: its loader's, plus ``max_train`` / ``max_val`` /
+    ``max_test`` (deterministic subsets) for classification datasets."""
+    from cvlth.data.registry import get_spec
+    from cvlth.data.samples import SampleSplits
+    from cvlth.study.execute import _SUBSET_OPTIONS
+
+    spec = get_spec(name)
+    try:
+        returns = typing.get_type_hints(spec.load).get("return")
+    except (NameError, TypeError):
+        returns = None
+    per_image = returns is SampleSplits  # detection / segmentation samples: no subset options
+    return list(spec.options) + ([] if per_image else list(_SUBSET_OPTIONS))
+
+
+def check_data_ref(ref: DataRef, where: str) -> None:
+    from cvlth.data.registry import DATASETS
+
+    if ref.name not in DATASETS:
+        raise ConfigError(
+            f"{where}.name: unknown dataset {ref.name!r}",
+            hint=f"choose one of: {', '.join(DATASETS)} (`cvlth datasets` lists them)",
+        )
+    _check_options(where, f"dataset {ref.name}", ref.options, data_options(ref.name))
+
+
+def check_objective_ref(ref: ObjectiveRef, where: str) -> None:
+    from cvlth.objectives.registry import OBJECTIVES
+
+    if ref.name not in OBJECTIVES:
+        raise ConfigError(
+            f"{where}.name: unknown objective {ref.name!r}", hint=f"choose one of: {', '.join(OBJECTIVES)}"
+        )
+    parameters = inspect.signature(OBJECTIVES[ref.name]).parameters
+    allowed = [name for name in parameters if name not in ("feature_dim", "data")]
+    _check_options(where, f"objective {ref.name}", ref.options, allowed)
+
+
+def _check_options(where: str, what: str, given: dict[str, Any], allowed: list[str]) -> None:
+    unknown = sorted(set(given) - set(allowed))
+    if unknown:
+        raise ConfigError(
+            f"{where}.options: {what} has no option {', '.join(map(repr, unknown))}",
+            hint=f"its options are: {', '.join(allowed) or 'none'}",
+        )
+
+
+def _classifier_adapt(run: RunConfig) -> Any:
+    """The ``adapt`` settings of a run that turns θ_p into a downstream classifier, else None
+    (pre-training, upstream IMP and dense tasks keep θ_p's stem as it is)."""
+    from cvlth.models.task_models import DENSE_OBJECTIVES
+
+    if isinstance(run, TransferRun) or (isinstance(run, ImpRun) and run.stage == "downstream"):
+        recipe = run.recipe if isinstance(run, ImpRun) else run.task
+        return None if recipe.objective.name in DENSE_OBJECTIVES else run.adapt
+    return None
+
+
+def needs_same_channels(run: RunConfig) -> bool:
+    """Whether ``run`` feeds its images to θ_p's own stem (so their channels must match), rather than
+    to a stem rebuilt for the task (classification with ``adapt.small_images`` and no ``keep_stem``)."""
+    if training_data(run) is None:
+        return False
+    adapt = _classifier_adapt(run)
+    return adapt is None or not adapt.small_images or adapt.keep_stem
+
+
+def input_adaptations(run: RunConfig, theta_channels: int, image_channels: int) -> list[str]:
+    """What cvlth changes in θ_p so that ``run`` can feed it its training images, one sentence each
+    (for the run's log and result). ``theta_channels``: the input channels of θ_p's stem (the study's
+    backbone for a pre-training); ``image_channels``: those of the run's training data.
+
+    Raises ConfigError when the images cannot be fed to θ_p at all (its own stem with another
+    channel count: dense tasks, ``small_images: false``, ``keep_stem: true``, upstream IMP).
+    """
+    ref = training_data(run)
+    if ref is None:
+        return []
+    adapt = _classifier_adapt(run)
+    if needs_same_channels(run):
+        if theta_channels != image_channels:
+            raise ConfigError(
+                f"{run.kind} run on {ref.name}: θ_p's stem takes {theta_channels}-channel images, {ref.name} "
+                f"has {image_channels}-channel images",
+                hint="use a θ_p (or backbone.in_channels) that fits the data; classification tasks can "
+                "instead rebuild the stem with adapt: {small_images: true, keep_stem: false}",
+            )
+        return ["max-pool removed (adapt.small_images)"] if adapt is not None and adapt.small_images else []
+    adaptations = ["stem conv re-initialised as a 3x3 stride-1 conv, max-pool removed (adapt.small_images)"]
+    if theta_channels != image_channels:
+        adaptations.append(
+            f"stem built for {image_channels} input channels ({ref.name}) instead of θ_p's {theta_channels}"
+        )
+    return adaptations
+
+
+def check_input_channels(
+    planned: list[PlannedRun], image_channels: Callable[[DataRef], int | None] | None = None
+) -> None:
+    """For every imported θ_p whose file exists: it is a ResNet cvlth can build, and every run that
+    feeds images to its own stem has images with its channel count (see :func:`input_adaptations`).
+    ``image_channels`` gives a dataset's channels or None when it is not available here (default:
+    load it); datasets are loaded only for those runs."""
+    channels_of = image_channels or _image_channels
+    checkpoints: dict[str, int] = {}
+    for item in planned:
+        run = item.run
+        pretrained = getattr(run, "pretrained", run)
+        if not isinstance(pretrained, ImportRun) or not Path(pretrained.path).is_file():
+            continue
+        if pretrained.path not in checkpoints:
+            checkpoints[pretrained.path] = _checkpoint_channels(pretrained)
+        if not needs_same_channels(run):
+            continue
+        images = channels_of(training_data(run))
+        if images is not None:
+            try:
+                input_adaptations(run, checkpoints[pretrained.path], images)
+            except ConfigError as error:
+                where = f"pre-training {item.pretraining!r} ({pretrained.path})"
+                task = f"task {item.task!r}" if item.task else f"finder {item.finder!r}"
+                raise ConfigError(f"{where} → {task}: {error.message}", error.hint) from None
+
+
+def _checkpoint_channels(run: ImportRun) -> int:
+    from cvlth.models.checkpoints import import_checkpoint
+
+    imported = import_checkpoint(run.path, source=run.source)
+    if imported.spec is None:
+        raise ConfigError(
+            f"{run.path}: {imported.report.architecture.description} is not a ResNet cvlth can build",
+            hint="import a torchvision-style ResNet (resnet18/34/50/101/152)",
+        )
+    return imported.spec.in_channels
+
+
+def _image_channels(ref: DataRef) -> int | None:
+    from cvlth.data.registry import load_dataset
+    from cvlth.study.execute import _SUBSET_OPTIONS
+
+    options = {k: v for k, v in ref.options.items() if k not in _SUBSET_OPTIONS}
+    try:
+        return int(load_dataset(ref.name, ref.root, **options).image_shape[0])
+    except CvlthError:  # not present here: checked when the run loads it
+        return None
 
 
 @dataclass(frozen=True)
@@ -234,7 +424,10 @@ def measured_seconds_per_image(store: Store) -> dict[str, float]:
     images: Counter = Counter()
     for kind in ("transfer", "pretrain"):
         for result_path in (Path(store.root) / kind).glob("*/result.json"):
-            result = json.loads(result_path.read_text(encoding="utf-8"))
+            try:
+                result = RunFolder(result_path.parent).read_result(verify_artefacts=False)
+            except CvlthError:  # a damaged run: `cvlth runs` reports it, the estimate skips it
+                continue
             if result.get("wall_seconds") and result.get("images_per_epoch") and result.get("data"):
                 seconds[result["data"]] += result["wall_seconds"]
                 images[result["data"]] += result["images_per_epoch"] * result.get("epochs", 1)
