@@ -194,3 +194,15 @@ def test_adaptations_refuse_what_cannot_be_adapted() -> None:
 def test_valid_studies_pass_every_check() -> None:
     planned = expand(StudyConfig.model_validate(TINY))  # no false alarm on the shared tiny study
     assert len(planned) == 1 + 2 + 5 * (1 + 2)  # θ_p, dense x 2 seeds, 5 finders x (finder + 2 seeds)
+
+
+def test_a_study_too_large_to_plan_is_refused_before_building_runs() -> None:
+    from cvlth.errors import ConfigError
+    from cvlth.study.config import StudyConfig
+    from cvlth.study.plan import MAX_PLANNED_RUNS, expand
+    from study_fixtures import TINY
+
+    huge = TINY | {"seeds": list(range(900)), "rounds": 30, "transfer_levels": [1]}
+    huge["tasks"] = {f"t{i}": TINY["tasks"]["digits"] for i in range(20)}
+    with pytest.raises(ConfigError, match=f"up to 54,018,101 runs.*at most {MAX_PLANNED_RUNS:,}"):
+        expand(StudyConfig.model_validate(huge))  # refused from its sizes, before building a run

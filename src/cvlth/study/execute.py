@@ -46,6 +46,7 @@ from cvlth.pruning.scope import prunable_parameters, prunable_state
 from cvlth.pruning.strategies import global_magnitude, one_shot_magnitude, random_global, random_like
 from cvlth.seeds import RunSeeds, derive_seeds, mix
 from cvlth.store import RunFolder, Store
+from cvlth.study.plan import input_adaptations
 from cvlth.study.runs import (
     BaselineRun,
     ImportRun,
@@ -245,6 +246,7 @@ def execute_imp(run: ImpRun, folder: RunFolder, ctx: Context) -> dict[str, Any]:
     else:
         model, heads = _downstream_model(run, theta, data, seeds), {}
         first_trained_level = 0
+    adaptations = _adaptations(run, theta, data, ctx)
     rewind_file = root / REWIND
     if not rewind_file.is_file() and run.rewind != "early":
         save_rewind(rewind_file, {"model": model.state_dict(), "heads": heads}, point=run.rewind)
@@ -280,7 +282,13 @@ def execute_imp(run: ImpRun, folder: RunFolder, ctx: Context) -> dict[str, Any]:
         RunFolder(root / f"round-{level:02d}").read_result()
         for level in range(first_trained_level, run.rounds)
     ]
-    result = {"levels": levels, "rounds": rounds, "rewind": REWIND, "seeds": seeds.as_dict()}
+    result = {
+        "levels": levels,
+        "rounds": rounds,
+        "rewind": REWIND,
+        "seeds": seeds.as_dict(),
+        "adaptations": adaptations,
+    }
     if run.stage == "upstream":  # Fig. 2's dense row: θ_p, untrained, on the pre-training task
         theta_p, theta_p_heads = _upstream_model(run, theta, data, ctx, seeds)
         objective = build_objective(
@@ -422,6 +430,7 @@ def execute_transfer(run: TransferRun, folder: RunFolder, ctx: Context) -> dict[
     theta = load_pretrained(run.pretrained, ctx)
     data = ctx.dataset(run.task.data)
     seeds = run_seeds(run)
+    adaptations = _adaptations(run, theta, data, ctx)
     model = _downstream_model(run, theta, data, seeds)
     mask = None
     if run.ticket is not None:
@@ -440,7 +449,23 @@ def execute_transfer(run: TransferRun, folder: RunFolder, ctx: Context) -> dict[
         run.task.objective, feature_dim=_feature_dim(model), data=data, seed=seeds.objective
     )
     result = _train(model, objective, data, run.task, folder, ctx, mask=mask, seeds=seeds)
-    return {"level": run.level, "sparsity": _sparsity(mask), "seed": run.seed, **result}
+    return {
+        "level": run.level,
+        "sparsity": _sparsity(mask),
+        "seed": run.seed,
+        "adaptations": adaptations,
+        **result,
+    }
+
+
+def _adaptations(
+    run: ImpRun | TransferRun, theta: ImportedCheckpoint, data: AnySplits, ctx: Context
+) -> list[str]:
+    """What is changed in θ_p to feed it the run's images: said in the log and kept in the result."""
+    adaptations = input_adaptations(run, theta.spec.in_channels, data.image_shape[0])
+    for line in adaptations:
+        ctx.log(f"  adapted: {line}")
+    return adaptations
 
 
 def vary_mask(mask: Mask, variant: str, seed: int, fraction: float = 0.1) -> Mask:

@@ -117,11 +117,31 @@ def _transfer_grid(study: StudyConfig, finder: FinderEntry, task: str) -> list[t
     return grid
 
 
+MAX_PLANNED_RUNS = 100_000  # the paper's whole study is ~11,000 runs
+
+
+def _check_size(study: StudyConfig) -> None:
+    """Refuse, before building any run, a study whose grid would take minutes and gigabytes to plan."""
+    variants = 1 + (len(study.perturbation.variants) if study.perturbation else 0)
+    transfers_per_ticket = len(study.tasks) * study.rounds * variants * len(study.seeds)
+    per_finder = len(study.tasks) * (1 + transfers_per_ticket)  # one ticket per task at most, its transfers
+    bound = len(study.pretrainings) * (
+        1 + len(study.tasks) * len(study.seeds) + len(study.finders) * per_finder
+    )
+    if bound > MAX_PLANNED_RUNS:
+        raise ConfigError(
+            f"the study expands to up to {bound:,} runs (pre-trainings x finders x tasks x levels x mask "
+            f"variants x seeds); cvlth plans at most {MAX_PLANNED_RUNS:,}",
+            hint="split it into several studies (they can share one store) or narrow seeds, tasks or levels",
+        )
+
+
 def expand(study: StudyConfig) -> list[PlannedRun]:
     """Every run of the study, in dependency order, without duplicates, once the study has passed
     every check that can be made before a run (:func:`check_study`): `--plan` and `cvlth study`
     both fail here, not runs later."""
     check_study(study)
+    _check_size(study)
     try:
         planned = _expand(study)
     except ValidationError as exc:  # a combination the study's own validation let through

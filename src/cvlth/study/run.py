@@ -67,8 +67,8 @@ def run_study(
     threads = threads or torch.get_num_threads()
     start = time.perf_counter()
     folder = study_folder(study, store)
+    planned = expand(study)  # validates the whole study first: nothing is written for a refused one
     atomic_write_text(folder / "study.yaml", study_to_yaml(study))
-    planned = expand(study)
     if workers > 1:
         from cvlth.study.parallel import run_parallel
 
