@@ -204,5 +204,7 @@ def test_a_study_too_large_to_plan_is_refused_before_building_runs() -> None:
 
     huge = TINY | {"seeds": list(range(900)), "rounds": 30, "transfer_levels": [1]}
     huge["tasks"] = {f"t{i}": TINY["tasks"]["digits"] for i in range(20)}
-    with pytest.raises(ConfigError, match=f"up to 54,018,101 runs.*at most {MAX_PLANNED_RUNS:,}"):
+    # 18,001 θ_p + dense; per finder 20 tasks x 1 level x 900 seeds = 18,000 transfers + its tickets
+    # (1, or 20 for the two downstream IMP finders): 18,001 + 3 x 18,001 + 2 x 18,020 = 108,044.
+    with pytest.raises(ConfigError, match=f"up to 108,044 runs.*at most {MAX_PLANNED_RUNS:,}"):
         expand(StudyConfig.model_validate(huge))  # refused from its sizes, before building a run

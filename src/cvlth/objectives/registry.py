@@ -35,12 +35,19 @@ def register_objective(name: str) -> Callable[[Builder], Builder]:
 
 
 def objective_option_defaults(name: str) -> dict[str, Any]:
-    """The default value of each option of objective ``name`` (empty for an unknown name)."""
+    """Every option of objective ``name`` with its default value (empty for an unknown name). A
+    builder's ``**options`` are the contrastive view's (:func:`_contrastive_augment`)."""
     builder = OBJECTIVES.get(name)
     if builder is None:
         return {}
-    parameters = inspect.signature(builder).parameters.items()
-    return {n: p.default for n, p in parameters if p.kind is p.KEYWORD_ONLY and p.default is not p.empty}
+    options: dict[str, Any] = {}
+    for option, parameter in inspect.signature(builder).parameters.items():
+        if parameter.kind is parameter.VAR_KEYWORD:
+            view = inspect.signature(_contrastive_augment).parameters.items()
+            options.update({n: p.default for n, p in view if n not in ("data", "base")})
+        elif parameter.kind is parameter.KEYWORD_ONLY and option not in ("feature_dim", "data"):
+            options[option] = parameter.default
+    return options
 
 
 def build_objective(

@@ -7,7 +7,6 @@ table needs (pre-training, finder, task, level, seed).
 
 from __future__ import annotations
 
-import inspect
 import typing
 from collections import Counter
 from collections.abc import Callable
@@ -122,12 +121,15 @@ MAX_PLANNED_RUNS = 100_000  # the paper's whole study is ~11,000 runs
 
 def _check_size(study: StudyConfig) -> None:
     """Refuse, before building any run, a study whose grid would take minutes and gigabytes to plan."""
-    variants = 1 + (len(study.perturbation.variants) if study.perturbation else 0)
-    transfers_per_ticket = len(study.tasks) * study.rounds * variants * len(study.seeds)
-    per_finder = len(study.tasks) * (1 + transfers_per_ticket)  # one ticket per task at most, its transfers
-    bound = len(study.pretrainings) * (
-        1 + len(study.tasks) * len(study.seeds) + len(study.finders) * per_finder
-    )
+    seeds, analysis = len(study.seeds), study.perturbation
+    bound = len(study.pretrainings) * (1 + len(study.tasks) * seeds)  # θ_p and the dense transfers
+    for finder in study.finders:
+        tasks = len(finder.tasks or study.tasks)
+        levels = len(finder.levels or study.transfer_levels or range(study.rounds))
+        if analysis is not None and finder.name in analysis.finders:
+            levels += len(analysis.levels or []) + levels * len(analysis.variants)
+        tickets = tasks if finder.stage == "downstream" and finder.method == "imp" else 1
+        bound += len(finder.pretrainings or study.pretrainings) * (tickets + tasks * levels * seeds)
     if bound > MAX_PLANNED_RUNS:
         raise ConfigError(
             f"the study expands to up to {bound:,} runs (pre-trainings x finders x tasks x levels x mask "
@@ -241,15 +243,13 @@ def check_data_ref(ref: DataRef, where: str) -> None:
 
 
 def check_objective_ref(ref: ObjectiveRef, where: str) -> None:
-    from cvlth.objectives.registry import OBJECTIVES
+    from cvlth.objectives.registry import OBJECTIVES, objective_option_defaults
 
     if ref.name not in OBJECTIVES:
         raise ConfigError(
             f"{where}.name: unknown objective {ref.name!r}", hint=f"choose one of: {', '.join(OBJECTIVES)}"
         )
-    parameters = inspect.signature(OBJECTIVES[ref.name]).parameters
-    allowed = [name for name in parameters if name not in ("feature_dim", "data")]
-    _check_options(where, f"objective {ref.name}", ref.options, allowed)
+    _check_options(where, f"objective {ref.name}", ref.options, list(objective_option_defaults(ref.name)))
 
 
 def _check_options(where: str, what: str, given: dict[str, Any], allowed: list[str]) -> None:
