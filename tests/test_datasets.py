@@ -301,3 +301,15 @@ def test_cli_lists_availability(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert run_cli(["datasets"]) == 0
     rows = {line.split("│")[1].strip(): line for line in capsys.readouterr().out.splitlines() if "│" in line}
     assert "yes" in rows["fashion_mnist"] and "no" in rows["cifar10"] and "yes" in rows["world_digits"]
+
+
+def test_val_split_last_takes_the_last_training_images() -> None:
+    """The reference code's split: the last N training images are validation (paper: 5,000)."""
+    from cvlth.data.classification import ImageSet, split_train_val
+
+    images = torch.arange(20, dtype=torch.uint8).reshape(20, 1, 1, 1)
+    full = ImageSet(images, torch.arange(20), [str(i) for i in range(20)])
+    train, val = split_train_val(full, 5, seed=3, val_split="last")
+    assert val.labels.tolist() == [15, 16, 17, 18, 19] and train.labels.tolist() == list(range(15))
+    _, random_val = split_train_val(full, 5, seed=3)
+    assert random_val.labels.tolist() != [15, 16, 17, 18, 19]

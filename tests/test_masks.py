@@ -137,3 +137,10 @@ def test_wrong_shape_and_wrong_format_are_refused(tmp_path, random_mask):
     (tmp_path / "text.safetensors").write_text("hello, I am not a mask")
     with pytest.raises(MaskError, match="not a readable"):
         Mask.load(tmp_path / "text.safetensors")
+
+
+def test_layers_are_in_natural_order() -> None:
+    """ResNet-101/152 name layer3.10 after layer3.9, not between layer3.1 and layer3.2."""
+    names = [f"layer3.{i}.conv1.weight" for i in (10, 2, 1, 22, 9)]
+    mask = Mask({name: torch.ones(2, 2, dtype=torch.bool) for name in names})
+    assert list(mask.layer_counts()) == [f"layer3.{i}.conv1.weight" for i in (1, 2, 9, 10, 22)]

@@ -260,3 +260,18 @@ def test_voc_annotation_entity_bomb_is_refused(tmp_path: Path) -> None:
     xml.write_text(f'<?xml version="1.0"?><!DOCTYPE a [{entities}]><annotation><x>&i;</x></annotation>')
     with pytest.raises(DatasetError, match=rf"malformed VOC annotation {xml}: limit on input amplification"):
         read_annotation(xml)
+
+
+@pytest.mark.parametrize("entry", ["../outside.png", "ABSOLUTE"])
+def test_visda_image_list_cannot_name_files_outside_its_folder(tmp_path: Path, entry: str) -> None:
+    outside = tmp_path / "outside.png"
+    Image.new("RGB", (4, 4)).save(outside)
+    root = tmp_path / "visda"
+    for split in ("train", "validation"):
+        (root / split).mkdir(parents=True)
+        Image.new("RGB", (4, 4)).save(root / split / "ok.png")
+    named = str(outside) if entry == "ABSOLUTE" else entry
+    (root / "train" / "image_list.txt").write_text(f"ok.png 0\n{named} 1\n")
+    (root / "validation" / "image_list.txt").write_text("ok.png 0\n")
+    with pytest.raises(DatasetError, match=r"line 2 names .*outside"):
+        load_dataset("visda2017", root, cache=False, image_size=8)

@@ -137,29 +137,6 @@ def test_killed_study_resumes_to_the_same_results(tiny_study, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_workers_give_the_serial_results(tiny_study, tmp_path):
-    """At the default settings: runs seed themselves from their configs and compute with the same
-    thread count, so the worker count changes no number (byte-identical matching.json)."""
-    from cvlth.study.run import run_study
-
-    study = load_study(tiny_study)
-    parallel = run_study(study, Store(tmp_path / "parallel"), quiet=True, log=lambda _: None, workers=2)
-    assert parallel.computed == parallel.runs == len(expand(study))
-    serial = run_study(study, Store(tmp_path / "serial"), quiet=True, log=lambda _: None)
-    assert (parallel.folder / "matching.json").read_bytes() == (serial.folder / "matching.json").read_bytes()
-    threads = {Store(tmp_path / "parallel").result(i.run).get("threads") for i in expand(study)}
-    assert threads - {None} == {torch.get_num_threads()}  # recorded by every training run
-    for item in expand(study):
-        if isinstance(item.run, ImpRun):
-            for level in (1, 3):
-                masks = [
-                    Mask.load(execute.mask_path(Path(Store(root).run_dir(item.run)), level))
-                    for root in (tmp_path / "parallel", tmp_path / "serial")
-                ]
-                assert all(torch.equal(masks[0][name], masks[1][name]) for name in masks[0])
-
-
-@pytest.mark.slow
 def test_a_failing_run_stops_a_parallel_study_with_its_error(tiny_study, tmp_path, capsys):
     config = yaml.safe_load(tiny_study.read_text())
     config["tasks"]["digits"]["optim"]["lr"] = 1.0e30  # the downstream loss overflows

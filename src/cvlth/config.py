@@ -190,11 +190,7 @@ register_run_kind(TrainConfig)
 def load_config(path: str | os.PathLike[str]) -> RunConfig:
     """Read a YAML run config and validate it as the run kind its ``kind`` names."""
     file = Path(path)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {file}: {exc.strerror}") from exc
-    data = _parse_yaml(text, str(file))
+    data = _parse_yaml(read_config_text(file, "config"), str(file))
     import cvlth.study.runs  # noqa: F401 - registers the study's run kinds
 
     kind = data.get("kind")
@@ -270,6 +266,22 @@ MAX_CONFIG_NODES = 10_000
 MAX_CONFIG_DEPTH = 50
 #: Seeds multiply every run of a study: 9,500 seeds (within the node bound) take ~2 min to plan.
 MAX_LIST_ITEMS = 1_000
+
+
+def read_config_text(file: Path, what: str, hint: str | None = None) -> str:
+    """A config file's text; one that is too large is refused from its size, before it is read."""
+    try:
+        size = file.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"{file}: refused: {size:,} bytes, more than the {MAX_CONFIG_BYTES:,} a {what} may have",
+                hint="is this the right file?",
+            )
+        return file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {file}: {exc.strerror}", hint=hint) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{file}: not a text file ({exc.reason})", hint="is this the right file?") from exc
 
 
 class _Refused(yaml.YAMLError):

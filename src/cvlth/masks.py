@@ -25,7 +25,7 @@ from torch import nn
 
 from cvlth.atomic import atomic_path
 from cvlth.errors import MaskError
-from cvlth.pruning.scope import DEFAULT_SCOPE, Scope, iter_prunable
+from cvlth.pruning.scope import DEFAULT_SCOPE, Scope, in_natural_order, iter_prunable
 
 FORMAT_TAG = "cvlth-mask/1"
 _RESERVED_METADATA = {"format", "shapes", "sparsity", "bits_sha256"}
@@ -40,7 +40,7 @@ class Mask(Mapping[str, torch.Tensor]):
             if not isinstance(tensor, torch.Tensor):
                 raise MaskError(f"mask entry {name!r} is a {type(tensor).__name__}, not a tensor")
             converted[name] = tensor.detach().to(device="cpu", dtype=torch.bool)
-        self._tensors = dict(sorted(converted.items()))
+        self._tensors = in_natural_order(converted)
 
     # --- construction -------------------------------------------------------------------
     @classmethod

@@ -26,9 +26,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from cvlth.analysis.layers import natural_sorted
 from cvlth.errors import MaskError
 from cvlth.masks import Mask
+from cvlth.pruning.scope import natural_sorted
 
 
 def kernel_map(tensor: torch.Tensor) -> np.ndarray:

@@ -19,9 +19,9 @@ import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
-from cvlth.analysis.layers import in_natural_order
 from cvlth.errors import MaskError
 from cvlth.masks import Mask
+from cvlth.pruning.scope import in_natural_order
 
 
 def expected_random_iou(p: float, q: float) -> float:

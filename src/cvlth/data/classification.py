@@ -108,14 +108,21 @@ def default_val_size(num_train: int, paper_val_size: int = PAPER_VAL_SIZE) -> in
     return min(paper_val_size, num_train // 10)
 
 
-def split_train_val(full: ImageSet, val_size: int | None, seed: int) -> tuple[ImageSet, ImageSet]:
-    """A seeded random ``val_size`` subset of ``full`` becomes val; the rest (in file order) is train."""
+def split_train_val(
+    full: ImageSet, val_size: int | None, seed: int, val_split: str = "random"
+) -> tuple[ImageSet, ImageSet]:
+    """``val_size`` images of ``full`` become val, the rest (in file order) is train: a seeded random
+    subset (``val_split="random"``) or the last ``val_size`` images (``"last"``, the reference code's)."""
     n = len(full)
     size = default_val_size(n) if val_size is None else val_size
     if not 0 <= size < n:
         raise DatasetError(
             f"val_size={size} does not fit a training set of {n} images", hint=f"use 0..{n - 1}"
         )
+    if val_split == "last":
+        return full.subset(torch.arange(n - size)), full.subset(torch.arange(n - size, n))
+    if val_split != "random":
+        raise DatasetError(f"val_split must be 'random' or 'last' (got {val_split!r})")
     permutation = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     val_indices = permutation[:size].sort().values
     train_indices = permutation[size:].sort().values
@@ -435,7 +442,12 @@ def _read_image_list(dataset: str, list_path: Path) -> tuple[list[Path], list[in
             raise _malformed(
                 dataset, list_path, f"line {number} is {line!r}, expected 'relative/path.jpg label'"
             )
-        files.append(list_path.parent / parts[0])
+        path = list_path.parent / parts[0]
+        if not path.resolve().is_relative_to(list_path.parent.resolve()):  # `../x`, `/etc/x`, a link out
+            raise _malformed(
+                dataset, list_path, f"line {number} names {parts[0]!r}, outside {list_path.parent}"
+            )
+        files.append(path)
         labels.append(int(parts[1]))
     missing = [p for p in files if not p.is_file()]
     if missing:

@@ -150,11 +150,12 @@ def _finish(
     seed: int,
     val_size: int | None,
     size: int | None,
+    val_split: str = "random",
 ) -> DatasetSplits:
     if size is not None:
         train_full = ImageSet(fit_images(train_full.images, size), train_full.labels, train_full.classes)
         test = ImageSet(fit_images(test.images, size), test.labels, test.classes)
-    train, val = split_train_val(train_full, val_size, seed)
+    train, val = split_train_val(train_full, val_size, seed, val_split)
     return DatasetSplits(name, train, val, test, *stats)
 
 
@@ -162,9 +163,13 @@ def _small_images_loader(
     name: str, reader: Callable[[Path], tuple[ImageSet, ImageSet]], stats: tuple
 ) -> Callable:
     def load(
-        root: Path, seed: int = 0, val_size: int | None = None, image_size: int | None = None
+        root: Path,
+        seed: int = 0,
+        val_size: int | None = None,
+        image_size: int | None = None,
+        val_split: str = "random",
     ) -> DatasetSplits:
-        return _finish(name, *reader(root), stats, seed, val_size, image_size)
+        return _finish(name, *reader(root), stats, seed, val_size, image_size, val_split)
 
     return load
 
@@ -179,9 +184,10 @@ def _large_images_loader(
         image_size: int = LARGE_IMAGE_SIZE,
         cache_dir: str | os.PathLike[str] | None = None,
         cache: bool = True,
+        val_split: str = "random",
     ) -> DatasetSplits:
         directory = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) if cache else None
-        return _finish(name, *reader(root, image_size, directory), stats, seed, val_size, None)
+        return _finish(name, *reader(root, image_size, directory), stats, seed, val_size, None, val_split)
 
     return load
 

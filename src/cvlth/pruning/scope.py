@@ -26,6 +26,7 @@ import fnmatch
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -166,3 +167,26 @@ def count_prunable(shapes: Iterable[torch.Size | tuple[int, ...]]) -> int:
             n *= int(dim)
         total += n
     return total
+
+
+# --- layer order ---------------------------------------------------------------------------------
+# Natural order: ``layer3.2`` before ``layer3.10`` (ResNet-101/152 have 23 and 36 blocks in
+# ``layer3``), where plain string order would interleave them. Masks, analyses and figures list
+# layers in this order.
+
+V = TypeVar("V")
+_NUMBER = re.compile(r"(\d+)")
+
+
+def natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key: digit runs compare as numbers, the rest as text (``layer3.10`` > ``layer3.2``)."""
+    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in _NUMBER.split(name) if part)
+
+
+def natural_sorted(names: Iterable[str]) -> list[str]:
+    return sorted(names, key=natural_key)
+
+
+def in_natural_order(values: Mapping[str, V]) -> dict[str, V]:
+    """The same mapping, keys in natural order."""
+    return {name: values[name] for name in natural_sorted(values)}

@@ -23,6 +23,7 @@ from cvlth.config import (
     Strict,
     TrainingConfig,
     _parse_yaml,
+    read_config_text,
     validate_config,
 )
 from cvlth.errors import ConfigError
@@ -211,13 +212,8 @@ def load_study(path: str | os.PathLike[str], overrides: dict[str, Any] | None = 
     file = Path(path)
     if not file.exists() and str(path) in builtin_studies():
         file = builtin_study_path(str(path))
-    try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot read study config {file}: {exc.strerror}",
-            hint=f"give a YAML path or one of the packaged studies: {', '.join(builtin_studies())}",
-        ) from exc
+    hint = f"give a YAML path or one of the packaged studies: {', '.join(builtin_studies())}"
+    text = read_config_text(file, "study config", hint)
     data = _expand_variables(_parse_yaml(text, str(file)))
     data.update(overrides or {})
     try:
