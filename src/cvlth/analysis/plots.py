@@ -237,8 +237,15 @@ def plot_accuracy_by_source(
         ax.axhline(mean, color=color, ls="--", lw=1.1, alpha=0.9, label=label)
         if std:
             ax.axhspan(mean - std, mean, facecolor="none", edgecolor=color, hatch="///", alpha=0.45, lw=0)
+    return _finish_remaining_plot(fig, ax, xs, metric, title, path)
+
+
+def _finish_remaining_plot(
+    fig: plt.Figure, ax: plt.Axes, xs: list[float], ylabel: str, title: str, path: PathLike
+) -> Path:
+    """Remaining-weights x axis, labels, grid, the legend outside on the right; saved to ``path``."""
     _remaining_axis(ax, xs)
-    ax.set_ylabel(metric)
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, which="major", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
@@ -297,13 +304,7 @@ def plot_against_sparsity(
         xs.extend(x.tolist())
     if dotted:
         ax.plot([], [], ls=":", lw=1.3, color="#555555", label=baseline_label)  # legend entry only
-    _remaining_axis(ax, xs)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(True, which="major", alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    return _save(fig, path)
+    return _finish_remaining_plot(fig, ax, xs, ylabel, title, path)
 
 
 def plot_iou_heatmap(
