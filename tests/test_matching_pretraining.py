@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import cvlth.pruning.imp as imp_module
 from cvlth.data.classification import DatasetSplits, ImageSet
 from cvlth.models.backbones import BackboneSpec, build_backbone
 from cvlth.models.checkpoints import import_checkpoint
@@ -176,7 +177,8 @@ def test_fig2_numbers_of_a_tiny_study_against_direct_evaluation(tmp_path, monkey
         trained[Path(run).name] = {k: v.detach().clone() for k, v in model.state_dict().items()}
         return result
 
-    monkeypatch.setattr(execute, "train", spy)
+    monkeypatch.setattr(execute, "train", spy)  # the pre-training
+    monkeypatch.setattr(imp_module, "train", spy)  # the IMP rounds
     store = Store(tmp_path / "store")
     outcome = run_study(study, store, quiet=True, log=lambda _: None)
     fig2 = next(r for r in outcome.matching if r.task == PRETRAINING_TASK)

@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+import cvlth.pruning.imp as imp_module
 from cvlth.cli import run_cli
 from cvlth.masks import Mask
 from cvlth.models.checkpoints import import_checkpoint
@@ -81,7 +82,8 @@ def test_rewinding_restores_theta_p_exactly(tiny_study, tmp_path, monkeypatch):
         starts.append({k: v.clone() for k, v in model.state_dict().items()})
         return real_train(model, objective, train_data, **kwargs)
 
-    monkeypatch.setattr(execute, "train", recording_train)
+    monkeypatch.setattr(execute, "train", recording_train)  # the pre-training
+    monkeypatch.setattr(imp_module, "train", recording_train)  # the IMP rounds
     study = load_study(tiny_study)
     store = Store(tmp_path / "store")
     ctx = execute.Context(store=store, quiet=True, log=lambda _: None)

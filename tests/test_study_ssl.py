@@ -7,6 +7,7 @@ import pytest
 import torch
 import yaml
 
+import cvlth.pruning.imp as imp_module
 from cvlth.cli import run_cli
 from cvlth.masks import Mask
 from cvlth.models.backbones import BackboneSpec, build_backbone
@@ -111,7 +112,7 @@ def test_imported_moco_checkpoint_continues_upstream_imp(tmp_path, monkeypatch):
             )
         return real_train(model, objective, train_data, **kwargs)
 
-    monkeypatch.setattr(execute, "train", recording_train)
+    monkeypatch.setattr(imp_module, "train", recording_train)  # the IMP rounds
     checkpoint = tmp_path / "moco_v2.pth.tar"
     torch.save({"epoch": 800, "arch": "resnet18", "state_dict": released}, checkpoint)
     upstream = {

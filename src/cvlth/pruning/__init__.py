@@ -3,6 +3,7 @@
 >>> from cvlth import pruning
 >>> mask = pruning.magnitude(model, sparsity=0.2)             # one-shot global magnitude
 >>> mask = pruning.magnitude(model, sparsity=0.2, mask=mask)  # next IMP step (20% of the rest)
+>>> from cvlth.pruning.imp import imp   # the whole IMP loop (module and function share the name)
 
 Names are resolved lazily so that ``cvlth.masks`` can import ``cvlth.pruning.scope`` without a cycle.
 """

@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from cvlth.atomic import atomic_path
@@ -42,8 +41,9 @@ from cvlth.models.checkpoints import ImportedCheckpoint, import_checkpoint, load
 from cvlth.models.task_models import DENSE_OBJECTIVES, build_task_model
 from cvlth.models.transfer import transfer_model
 from cvlth.objectives.registry import build_objective, objective_option_defaults
-from cvlth.pruning.scope import prunable_parameters, prunable_state
-from cvlth.pruning.strategies import global_magnitude, one_shot_magnitude, random_global, random_like
+from cvlth.pruning.imp import REWIND, imp, load_rewind, mask_path
+from cvlth.pruning.scope import prunable_state
+from cvlth.pruning.strategies import one_shot_magnitude, random_global, random_like
 from cvlth.seeds import RunSeeds, derive_seeds, mix
 from cvlth.store import RunFolder, Store
 from cvlth.study.plan import input_adaptations
@@ -58,16 +58,12 @@ from cvlth.study.runs import (
     level_sparsity,
 )
 from cvlth.study.upstream import evaluate_on_pretraining
-from cvlth.training.loop import capture_path, train
+from cvlth.training.loop import train
+from cvlth.training.objective import PROJECTION, head_states, load_heads
 
 AnySplits = DatasetSplits | SampleSplits
 THETA_P = "theta_p.pt"
 HEADS = "heads.pt"
-REWIND = "rewind.safetensors"
-REWIND_FORMAT = "cvlth-rewind/1"
-LATEST_HEADS = "heads-latest.pt"
-PROJECTION = "projection"  # SimCLR's head name, and the name an imported projection head is saved under
-_PROJECTION_ALIASES = frozenset({"query_head", "key_head"})
 EVAL_BATCH_SIZE = 512
 _SUBSET_OPTIONS = ("max_train", "max_val", "max_test")
 
@@ -146,7 +142,7 @@ def load_pretrained(run: PretrainRun | ImportRun, ctx: Context) -> ImportedCheck
     return import_checkpoint(run_folder(ctx, run) / THETA_P, source="cvlth")
 
 
-def load_heads(run: PretrainRun | ImportRun, ctx: Context) -> dict[str, dict[str, torch.Tensor]]:
+def pretrained_heads(run: PretrainRun | ImportRun, ctx: Context) -> dict[str, dict[str, torch.Tensor]]:
     path = run_folder(ctx, run) / HEADS
     return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else {}
 
@@ -170,7 +166,8 @@ def execute_pretrain(run: PretrainRun, folder: RunFolder, ctx: Context) -> dict[
     save_checkpoint(
         Path(folder) / THETA_P, model.state_dict(), spec, normalization=normalization, source=source
     )
-    _save_heads(Path(folder) / HEADS, objective)
+    if objective.modules():
+        _save_torch(head_states(objective), Path(folder) / HEADS)
     return {"checkpoint": THETA_P, "spec": spec.label, **result}
 
 
@@ -206,10 +203,6 @@ def execute_import(run: ImportRun, folder: RunFolder, ctx: Context) -> dict[str,
 # --- ticket finders ---------------------------------------------------------------------------
 
 
-def mask_path(folder: Path, level: int) -> Path:
-    return folder / "masks" / f"level-{level:02d}.safetensors"
-
-
 def load_ticket_mask(ticket: ImpRun | BaselineRun, level: int, ctx: Context) -> Mask:
     return Mask.load(mask_path(run_folder(ctx, ticket), level))
 
@@ -231,60 +224,49 @@ def execute_baseline(run: BaselineRun, folder: RunFolder, ctx: Context) -> dict[
 
 
 def execute_imp(run: ImpRun, folder: RunFolder, ctx: Context) -> dict[str, Any]:
-    """IMP levels 1..K. Every round trains from the rewind point (``rewind.safetensors``): θ_p, θ_0,
-    or for ``early`` the weights after ``rewind_fraction`` of round 0, which trains from θ_0."""
-    root = Path(folder)
+    """IMP levels 1..K through :func:`cvlth.pruning.imp.imp`, from θ_p (upstream: with its heads, on
+    the pre-training task, pruned once before training) or from θ_p adapted to the task; rewound to
+    θ_p, to θ_0, or to θ_5% (the weights after ``rewind_fraction`` of round 0, trained from θ_0)."""
     theta = load_pretrained(run.pretrained, ctx)
     data = ctx.dataset(run.recipe.data)
     seeds = run_seeds(run)
     if run.stage == "upstream":
         model, heads = _upstream_model(run, theta, data, ctx, seeds)
-        first_trained_level = 1
-        if not mask_path(root, 1).is_file():  # the paper prunes θ_p once before any training
-            mask = _magnitude_step(model, run.fraction, None)
-            mask.save(mask_path(root, 1), method="imp", round=1, rewind="pretrained")
     else:
         model, heads = _downstream_model(run, theta, data, seeds), {}
-        first_trained_level = 0
     adaptations = _adaptations(run, theta, data, ctx)
-    rewind_file = root / REWIND
-    if not rewind_file.is_file() and run.rewind != "early":
-        save_rewind(rewind_file, {"model": model.state_dict(), "heads": heads}, point=run.rewind)
+    objective_ref = _objective_ref(run, theta, ctx)
 
-    for level in range(first_trained_level, run.rounds):
-        if mask_path(root, level + 1).is_file():
-            continue  # a finished level is never recomputed
-        prev = None if level == 0 else Mask.load(mask_path(root, level))
-        round_folder = RunFolder(root / f"round-{level:02d}")
-        capture = _early_capture_step(run, data) if (run.rewind == "early" and level == 0) else None
-        if capture is None:  # round 0 of an early-rewind IMP trains from θ_0 as built
-            _restore(model, heads, load_rewind(rewind_file))
-        objective = build_objective(
-            _objective_ref(run, theta, ctx), feature_dim=_feature_dim(model), data=data, seed=seeds.objective
+    def make_objective() -> Any:
+        return build_objective(
+            objective_ref, feature_dim=_feature_dim(model), data=data, seed=seeds.objective
         )
-        _load_objective_heads(objective, heads if run.rewind_heads else _latest_heads(root, heads))
-        result = _train(
-            model, objective, data, run.recipe, round_folder, ctx, mask=prev, capture=capture, seeds=seeds
-        )
-        if not run.rewind_heads:
-            _save_heads(root / LATEST_HEADS, objective)
-        if capture is not None:  # θ_k: the weights after rewind_fraction of the first round
-            captured = torch.load(capture_path(round_folder, capture), map_location="cpu", weights_only=True)
-            save_rewind(rewind_file, {"model": captured["model"], "heads": {}}, point="early", step=capture)
-        round_folder.write_result({"trained_with_level": level, "sparsity": _sparsity(prev), **result})
-        mask = _magnitude_step(model, run.fraction, prev)
-        mask.save(mask_path(root, level + 1), method="imp", round=level + 1, rewind=run.rewind)
-        round_folder.checkpoint_path.unlink(missing_ok=True)  # the level's mask is what lasts
-    levels = [
-        {"level": k, "sparsity": Mask.load(mask_path(root, k)).sparsity} for k in range(1, run.rounds + 1)
-    ]
-    rounds = [
-        RunFolder(root / f"round-{level:02d}").read_result()
-        for level in range(first_trained_level, run.rounds)
-    ]
+
+    found = imp(
+        model,
+        make_objective,
+        _batches(data, "train", run.recipe.train.batch_size, seed=seeds.data_order),
+        training=run.recipe.train.model_copy(update={"seed": seeds.augmentation}),
+        optim=run.recipe.optim,
+        schedule=run.recipe.schedule,
+        rounds=run.rounds,
+        folder=Path(folder),
+        fraction=run.fraction,
+        prune_first=run.stage == "upstream",  # the paper prunes θ_p once before any training
+        rewind_step=_early_capture_step(run, data) if run.rewind == "early" else None,
+        heads=heads,
+        rewind_heads=run.rewind_heads,
+        val_data=_batches(data, "val", EVAL_BATCH_SIZE) if data.val is not None else None,
+        test_data=_batches(data, "test", EVAL_BATCH_SIZE),
+        device=ctx.device,
+        quiet=ctx.quiet,
+        label=run.rewind,
+        before_round=lambda level: _seed_global_rngs(seeds.torch_global),
+        round_info=_round_info(run.recipe, data, seeds),
+    )
     result = {
-        "levels": levels,
-        "rounds": rounds,
+        "levels": [{"level": k, "sparsity": mask.sparsity} for k, mask in found.masks.items()],
+        "rounds": found.rounds,
         "rewind": REWIND,
         "seeds": seeds.as_dict(),
         "adaptations": adaptations,
@@ -292,38 +274,12 @@ def execute_imp(run: ImpRun, folder: RunFolder, ctx: Context) -> dict[str, Any]:
     if run.stage == "upstream":  # Fig. 2's dense row: θ_p, untrained, on the pre-training task
         theta_p, theta_p_heads = _upstream_model(run, theta, data, ctx, seeds)
         objective = build_objective(
-            _objective_ref(run, theta, ctx),
-            feature_dim=_feature_dim(theta_p),
-            data=data,
-            seed=seeds.objective,
+            objective_ref, feature_dim=_feature_dim(theta_p), data=data, seed=seeds.objective
         )
-        _load_objective_heads(objective, theta_p_heads)
+        load_heads(objective, theta_p_heads)
         test = _batches(data, "test", EVAL_BATCH_SIZE)
         result["dense_upstream"] = evaluate_on_pretraining(theta_p, objective, test, ctx.device)
     return result
-
-
-def save_rewind(path: Path, state: dict[str, Any], *, point: str, step: int = 0) -> None:
-    """The rewind weights as a plain safetensors file: ``model.<key>`` and ``heads.<head>.<key>``."""
-    tensors = {f"model.{key}": value for key, value in state["model"].items()}
-    for head, head_state in state.get("heads", {}).items():
-        tensors.update({f"heads.{head}.{key}": value for key, value in head_state.items()})
-    tensors = {key: value.detach().cpu().contiguous().clone() for key, value in tensors.items()}
-    metadata = {"format": REWIND_FORMAT, "point": point, "step": str(step)}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
-
-
-def load_rewind(path: Path) -> dict[str, Any]:
-    """``{"model": state_dict, "heads": {head: state_dict}}`` as :func:`save_rewind` wrote it."""
-    state: dict[str, Any] = {"model": {}, "heads": {}}
-    for key, value in load_file(str(path)).items():
-        if key.startswith("model."):
-            state["model"][key.removeprefix("model.")] = value
-        else:
-            head, _, name = key.removeprefix("heads.").partition(".")
-            state["heads"].setdefault(head, {})[name] = value
-    return state
 
 
 def _objective_ref(run: ImpRun, theta: ImportedCheckpoint, ctx: Context) -> ObjectiveRef:
@@ -342,21 +298,6 @@ def _objective_ref(run: ImpRun, theta: ImportedCheckpoint, ctx: Context) -> Obje
             )
         return ref
     return ref.model_copy(update={"options": {**ref.options, "normalize": recorded}})
-
-
-def _latest_heads(root: Path, rewind_heads: dict[str, Any]) -> dict[str, Any]:
-    """The heads as the previous round left them (the reference SimCLR code's behaviour)."""
-    path = root / LATEST_HEADS
-    return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else rewind_heads
-
-
-def _sparsity(mask: Mask | None) -> float:
-    return 0.0 if mask is None else mask.sparsity
-
-
-def _magnitude_step(model: nn.Module, fraction: float, mask: Mask | None) -> Mask:
-    weights = {n: p.detach() for n, p in prunable_parameters(model).items()}
-    return global_magnitude(weights, fraction, mask)
 
 
 def _early_capture_step(run: ImpRun, data: DatasetSplits) -> int:
@@ -379,7 +320,7 @@ def _upstream_model(
         seeds.init, lambda: build_backbone(spec, fc.shape[0] if fc is not None else data.num_classes)
     )
     load_into(model, theta.state_dict, strict=fc is not None, skip=())  # the pre-training head too
-    return model, load_heads(run.pretrained, ctx)
+    return model, pretrained_heads(run.pretrained, ctx)
 
 
 def _downstream_model(
@@ -451,7 +392,7 @@ def execute_transfer(run: TransferRun, folder: RunFolder, ctx: Context) -> dict[
     result = _train(model, objective, data, run.task, folder, ctx, mask=mask, seeds=seeds)
     return {
         "level": run.level,
-        "sparsity": _sparsity(mask),
+        "sparsity": 0.0 if mask is None else mask.sparsity,
         "seed": run.seed,
         "adaptations": adaptations,
         **result,
@@ -511,7 +452,6 @@ def _train(
     ctx: Context,
     mask: Mask | None,
     seeds: RunSeeds,
-    capture: int | None = None,
 ) -> dict[str, Any]:
     """One training of ``recipe`` whose every random choice comes from ``seeds``."""
     training = recipe.train.model_copy(update={"seed": seeds.augmentation})
@@ -529,15 +469,20 @@ def _train(
         test_data=_batches(data, "test", EVAL_BATCH_SIZE),
         mask=mask,
         device=ctx.device,
-        capture_at_step=capture,
         quiet=ctx.quiet,
     )
-    result["wall_seconds"] = time.perf_counter() - start
-    result["seeds"] = seeds.as_dict()
-    result["threads"] = torch.get_num_threads()
-    result["images_per_epoch"] = len(data.train)
-    result["data"] = recipe.data.name  # lets `--plan` estimate time per dataset
+    result.update(wall_seconds=time.perf_counter() - start, **_round_info(recipe, data, seeds))
     return result
+
+
+def _round_info(recipe: Recipe, data: AnySplits, seeds: RunSeeds) -> dict[str, Any]:
+    """What every training result records besides its metrics."""
+    return {
+        "seeds": seeds.as_dict(),
+        "threads": torch.get_num_threads(),
+        "images_per_epoch": len(data.train),
+        "data": recipe.data.name,  # lets `--plan` estimate time per dataset
+    }
 
 
 def _batches(data: AnySplits, split: str, batch_size: int, seed: int = 0) -> Any:
@@ -577,35 +522,6 @@ def _feature_dim(model: nn.Module) -> int:
     """Width of the pooled features (classifiers; dense-prediction objectives ignore it)."""
     fc = getattr(model, "fc", None)
     return int(fc.in_features) if isinstance(fc, nn.Linear) else 0
-
-
-def _save_heads(path: Path, objective: Any) -> None:
-    heads = {name: module.state_dict() for name, module in objective.modules().items()}
-    if heads:
-        _save_torch(heads, path)
-
-
-def _load_objective_heads(objective: Any, heads: dict[str, dict[str, torch.Tensor]]) -> None:
-    """Load each head the objective has from ``heads``; an imported projection head (saved once, as
-    ``projection``) goes into MoCo's query and key heads alike, as the reference code does."""
-    for name, module in objective.modules().items():
-        state = heads.get(name, heads.get(PROJECTION) if name in _PROJECTION_ALIASES else None)
-        if state is None:
-            continue
-        try:
-            module.load_state_dict(state)
-        except RuntimeError as error:
-            raise CvlthError(
-                f"θ_p's {name} does not fit the objective's: {str(error).splitlines()[0]}",
-                hint="set the objective's head size options (e.g. MoCo `dim`, SimCLR `projection_dim`) "
-                "to the checkpoint's",
-            ) from error
-
-
-def _restore(model: nn.Module, heads: dict[str, Any], state: dict[str, Any]) -> None:
-    model.load_state_dict(state["model"])
-    heads.clear()
-    heads.update(state.get("heads", {}))
 
 
 EXECUTORS: dict[str, Callable[[Any, RunFolder, Context], dict[str, Any]]] = {

@@ -22,12 +22,14 @@ Two optional hooks, called by the loop only when the objective defines them:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from cvlth.data.source import BatchSource
+from cvlth.errors import CvlthError
 
 
 @runtime_checkable
@@ -48,3 +50,31 @@ class Objective(Protocol):
     def evaluate(self, model: nn.Module, batches: BatchSource) -> dict[str, float]:
         """Metrics over every batch of epoch 0 of ``batches`` (the model is in eval mode)."""
         ...
+
+
+#: SimCLR's head name, and the name an imported projection head (MoCo v2 / SimCLR ``fc.0``/``fc.2``) is
+#: saved under; MoCo loads it into its query and key heads alike, as the reference code does.
+PROJECTION = "projection"
+_PROJECTION_ALIASES = frozenset({"query_head", "key_head"})
+
+
+def head_states(objective: Objective) -> dict[str, dict[str, torch.Tensor]]:
+    """The state of each module the objective owns, by name."""
+    return {name: module.state_dict() for name, module in objective.modules().items()}
+
+
+def load_heads(objective: Objective, heads: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
+    """Load each module the objective has from ``heads`` (a projection head saved once as
+    ``projection`` goes into MoCo's query and key heads); modules not in ``heads`` keep their init."""
+    for name, module in objective.modules().items():
+        state = heads.get(name, heads.get(PROJECTION) if name in _PROJECTION_ALIASES else None)
+        if state is None:
+            continue
+        try:
+            module.load_state_dict(state)
+        except RuntimeError as error:
+            raise CvlthError(
+                f"θ_p's {name} does not fit the objective's: {str(error).splitlines()[0]}",
+                hint="set the objective's head size options (e.g. MoCo `dim`, SimCLR `projection_dim`) "
+                "to the checkpoint's",
+            ) from error

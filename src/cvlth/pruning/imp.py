@@ -1,0 +1,192 @@
+"""Iterative magnitude pruning (IMP): the lottery-ticket loop as a library function.
+
+:func:`imp` trains ``model`` round after round; after each round it removes ``fraction`` of the
+weights that are still kept (one global magnitude threshold over the prunable scope) and rewinds
+every surviving weight, BN statistic and objective head to the *rewind point* before the next
+round. The rewind point is the model as given (θ_p, or a random θ_0), or, with ``rewind_step``, the
+weights after that many steps of round 0 (θ_5%: round 0 trains from the model as given).
+
+Everything lasting goes to ``folder``, so a killed call resumes where it stopped (a finished level
+is never recomputed; a round in progress resumes from its checkpoint):
+
+* ``masks/level-XX.safetensors`` — the cvlth-mask/1 file of each level (sparsity 1 - (1-f)^k);
+* ``rewind.safetensors`` — the rewind weights, ``model.<key>`` and ``heads.<head>.<key>`` tensors
+  with metadata ``format`` = cvlth-rewind/1, ``point`` and ``step``: readable without cvlth;
+* ``round-XX/`` — one training folder per round (``metrics.jsonl``, ``result.json``).
+
+>>> result = imp(model, lambda: SupervisedObjective(), batches, training=TrainingConfig(epochs=1),
+...              optim=SGDConfig(lr=0.01), schedule=ConstantSchedule(), rounds=3, folder="imp")
+>>> [mask.sparsity for mask in result.masks.values()]   # ~[0.2, 0.36, 0.488]
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from cvlth.atomic import atomic_path
+from cvlth.config import OptimConfig, ScheduleConfig, TrainingConfig
+from cvlth.data.source import BatchSource
+from cvlth.masks import Mask
+from cvlth.pruning.scope import prunable_parameters
+from cvlth.pruning.strategies import global_magnitude
+from cvlth.store import RunFolder
+from cvlth.training.loop import capture_path, train
+from cvlth.training.objective import Objective, head_states, load_heads
+
+REWIND = "rewind.safetensors"
+REWIND_FORMAT = "cvlth-rewind/1"
+LATEST_HEADS = "heads-latest.pt"  # the heads as the last round left them (``rewind_heads=False``)
+
+Heads = dict[str, dict[str, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class ImpResult:
+    masks: dict[int, Mask]  # level k -> its mask (sparsity 1 - (1 - fraction)^k)
+    rounds: list[dict[str, Any]]  # one training result per round, in order
+
+
+def mask_path(folder: str | os.PathLike[str], level: int) -> Path:
+    return Path(folder) / "masks" / f"level-{level:02d}.safetensors"
+
+
+def round_folder(folder: str | os.PathLike[str], level: int) -> RunFolder:
+    """The training folder of the round that trains with the level-``level`` mask."""
+    return RunFolder(Path(folder) / f"round-{level:02d}")
+
+
+def imp(
+    model: nn.Module,
+    make_objective: Callable[[], Objective],
+    train_data: BatchSource,
+    *,
+    training: TrainingConfig,
+    optim: OptimConfig,
+    schedule: ScheduleConfig,
+    rounds: int,
+    folder: str | os.PathLike[str],
+    fraction: float = 0.2,
+    prune_first: bool = False,
+    rewind_step: int | None = None,
+    heads: Heads | None = None,
+    rewind_heads: bool = True,
+    val_data: BatchSource | None = None,
+    test_data: BatchSource | None = None,
+    device: str | torch.device = "cpu",
+    quiet: bool = False,
+    label: str = "pretrained",
+    before_round: Callable[[int], None] | None = None,
+    round_info: Mapping[str, Any] | None = None,
+) -> ImpResult:
+    """Masks at levels 1..``rounds`` of ``model`` (trained in place; it ends rewound and trained
+    in the last round), saved and resumable in ``folder`` (see the module docstring).
+
+    ``make_objective()`` builds the objective of one round (its heads are then loaded from the
+    rewind point's ``heads``, or from the previous round's with ``rewind_heads=False``).
+    ``prune_first`` prunes the model once before any training (the paper's upstream IMP: K levels
+    take K-1 trainings); otherwise round 0 trains the dense model. ``rewind_step``: rewind to the
+    weights after that step of round 0 instead of the model as given. ``label`` names the rewind
+    point in the files (``pretrained``, ``init``, ``early``). ``before_round(level)`` runs before
+    each round's training (e.g. to seed global RNGs); ``round_info`` is added to each round's result.
+    """
+    root = Path(folder)
+    heads = dict(heads or {})
+    if prune_first and not mask_path(root, 1).is_file():
+        _magnitude_step(model, fraction, None).save(mask_path(root, 1), method="imp", round=1, rewind=label)
+    rewind_file = root / REWIND
+    if rewind_step is None and not rewind_file.is_file():
+        save_rewind(rewind_file, {"model": model.state_dict(), "heads": heads}, point=label)
+
+    first = 1 if prune_first else 0
+    for level in range(first, rounds):
+        if mask_path(root, level + 1).is_file():
+            continue  # a finished level is never recomputed
+        previous = None if level == 0 else Mask.load(mask_path(root, level))
+        folder_k = round_folder(root, level)
+        capture = rewind_step if level == 0 else None
+        if capture is None:  # round 0 of an early-rewind IMP trains from the model as given
+            state = load_rewind(rewind_file)
+            model.load_state_dict(state["model"])
+            heads = state["heads"]
+        objective = make_objective()
+        load_heads(objective, heads if rewind_heads else _latest_heads(root, heads))
+        if before_round is not None:
+            before_round(level)
+        start = time.perf_counter()
+        result = train(
+            model,
+            objective,
+            train_data,
+            training=training,
+            optim=optim,
+            schedule=schedule,
+            run=folder_k,
+            val_data=val_data,
+            test_data=test_data,
+            mask=previous,
+            device=device,
+            capture_at_step=capture,
+            quiet=quiet,
+        )
+        result.update(wall_seconds=time.perf_counter() - start, **(round_info or {}))
+        if not rewind_heads:
+            _save_torch(head_states(objective), root / LATEST_HEADS)
+        if capture is not None:  # θ_k: the weights after `rewind_step` steps of round 0
+            captured = torch.load(capture_path(folder_k, capture), map_location="cpu", weights_only=True)
+            save_rewind(rewind_file, {"model": captured["model"], "heads": {}}, point=label, step=capture)
+        sparsity = 0.0 if previous is None else previous.sparsity
+        folder_k.write_result({"trained_with_level": level, "sparsity": sparsity, **result})
+        mask = _magnitude_step(model, fraction, previous)
+        mask.save(mask_path(root, level + 1), method="imp", round=level + 1, rewind=label)
+        folder_k.checkpoint_path.unlink(missing_ok=True)  # the level's mask is what lasts
+    masks = {k: Mask.load(mask_path(root, k)) for k in range(1, rounds + 1)}
+    return ImpResult(masks, [round_folder(root, k).read_result() for k in range(first, rounds)])
+
+
+def save_rewind(path: Path, state: Mapping[str, Any], *, point: str, step: int = 0) -> None:
+    """The rewind weights as a plain safetensors file: ``model.<key>`` and ``heads.<head>.<key>``."""
+    tensors = {f"model.{key}": value for key, value in state["model"].items()}
+    for head, head_state in state.get("heads", {}).items():
+        tensors.update({f"heads.{head}.{key}": value for key, value in head_state.items()})
+    tensors = {key: value.detach().cpu().contiguous().clone() for key, value in tensors.items()}
+    metadata = {"format": REWIND_FORMAT, "point": point, "step": str(step)}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def load_rewind(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """``{"model": state_dict, "heads": {head: state_dict}}`` as :func:`save_rewind` wrote it."""
+    state: dict[str, Any] = {"model": {}, "heads": {}}
+    for key, value in load_file(str(path)).items():
+        if key.startswith("model."):
+            state["model"][key.removeprefix("model.")] = value
+        else:
+            head, _, name = key.removeprefix("heads.").partition(".")
+            state["heads"].setdefault(head, {})[name] = value
+    return state
+
+
+def _magnitude_step(model: nn.Module, fraction: float, mask: Mask | None) -> Mask:
+    weights = {name: parameter.detach() for name, parameter in prunable_parameters(model).items()}
+    return global_magnitude(weights, fraction, mask)
+
+
+def _latest_heads(root: Path, rewind_heads: Heads) -> Heads:
+    """The heads as the previous round left them (the reference SimCLR code's behaviour)."""
+    path = root / LATEST_HEADS
+    return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else rewind_heads
+
+
+def _save_torch(obj: Any, path: Path) -> None:
+    if obj:
+        with atomic_path(path) as tmp:
+            torch.save(obj, tmp)
