@@ -80,13 +80,13 @@ def test_pretraining_task_rows_and_measured_perturbation_sparsity():
     assert digits.threshold == pytest.approx(0.82 - (0.02 * 2**0.5))
     assert digits.extreme_matching_sparsity == pytest.approx(0.488)
 
-    curves = {c["variant"]: c["points"] for c in perturbation_curves(study, planned, results)}
+    curves = {c.variant: c.points for c in perturbation_curves(study, planned, results)}
     assert set(curves) == {"ticket", "complement", "random"}
     (complement,) = curves["complement"]
-    assert complement["sparsity"] == pytest.approx(1 - 0.488) and complement["nominal_sparsity"] == 0.488
-    assert complement["level"] == 3 and complement["n"] == 2
-    assert complement["mean"] == pytest.approx(0.80 - 0.3)
-    assert curves["random"][0]["sparsity"] == pytest.approx(0.488)
+    assert complement.sparsity == pytest.approx(1 - 0.488) and complement.nominal_sparsity == 0.488
+    assert complement.level == 3 and complement.n == 2
+    assert complement.mean == pytest.approx(0.80 - 0.3)
+    assert curves["random"][0].sparsity == pytest.approx(0.488)
 
 
 def test_matching_json_holds_fig2_and_universal(tmp_path):

@@ -35,7 +35,7 @@ def test_source_colors_are_fixed_and_unknown_names_cycle():
     assert plots.source_color("imagenet") == plots.source_color("supervised") == "#1f77b4"
     assert plots.source_color("MoCo_v2") == plots.SOURCE_COLORS["moco"]
     assert plots.source_color("byol", index=1) == plots.EXTRA_COLORS[1]
-    colors = plots._colors(["simclr", "byol", "swav", "random"])
+    colors = plots.palette_colors(["simclr", "byol", "swav", "random"])
     assert colors == {
         "simclr": "#ff7f0e",
         "byol": plots.EXTRA_COLORS[0],

@@ -251,7 +251,7 @@ def test_structure_at_every_level_against_the_mask_files(tmp_path):
     scan = scan_levels(files, tickets, tickets[:2])
     assert list(scan.levels) == [1, 2, 3, 4]
     masks = {
-        (t.label, level): Mask.load(tmp_path / t.levels[level][1]) for t in tickets for level in range(1, 5)
+        (t.label, level): Mask.load(tmp_path / t.levels[level].mask) for t in tickets for level in range(1, 5)
     }
     labels = [t.label for t in tickets]
     assert set(scan.pairs) == {(labels[0], labels[1]), (labels[0], labels[2]), (labels[1], labels[2])}

@@ -1,7 +1,8 @@
 """Figures for the analyses. Every function takes plain data, writes one PNG and returns its path.
 
 Colours are fixed per pre-training source (:data:`SOURCE_COLORS`) so that, e.g., SimCLR is orange
-in every figure of a report; names not in the palette get the next colour of :data:`EXTRA_COLORS`.
+in every figure of a report; names not in the palette get the next colour of :data:`EXTRA_COLORS`
+(:func:`palette_colors` gives a whole set of names their colours, for callers that style figures).
 Sparsities are fractions in [0, 1] (as :attr:`Mask.sparsity`); accuracy axes plot x = remaining
 weights in % on a log scale that decreases to the right (100, 80, 64, ...), as in the paper.
 """
@@ -69,8 +70,9 @@ def source_color(name: str, extra: Mapping[str, str] | None = None, index: int =
     return _palette_color(name, extra) or EXTRA_COLORS[index % len(EXTRA_COLORS)]
 
 
-def _colors(names: Sequence[str], extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Palette colours for known names; unknown names cycle through EXTRA_COLORS in order."""
+def palette_colors(names: Sequence[str], extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A colour per name: the fixed one for known names (see :func:`source_color`); unknown names
+    cycle through EXTRA_COLORS in order. Figures of one report share colours by calling this."""
     result: dict[str, str] = {}
     unknown = 0
     for name in names:
@@ -201,7 +203,7 @@ def plot_accuracy_vs_remaining(
     ``curves``: source -> [(sparsity, mean, std or None), ...]; ``dense``: (mean, std or None).
     """
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    xs = _plot_curves(ax, curves, _colors(list(curves)))
+    xs = _plot_curves(ax, curves, palette_colors(list(curves)))
     _dense_band(ax, dense)
     _remaining_axis(ax, xs)
     ax.set_ylabel(metric)
@@ -228,7 +230,7 @@ def plot_accuracy_by_source(
     with its matching band [mean - std, mean] hatched: a ticket matches where its mean is at or above
     the band's lower edge.
     """
-    palette = {**_colors(list(curves)), **_colors(list(dense)), **(colors or {})}
+    palette = {**palette_colors(list(curves)), **palette_colors(list(dense)), **(colors or {})}
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     xs = _plot_curves(ax, curves, palette, styles=styles, band_alpha=0.1)
     for name, (mean, std) in dense.items():
@@ -262,7 +264,7 @@ def plot_perturbation(
 ) -> Path:
     """Accuracy vs remaining weights per mask kind (imp, complement, random, perturbed)."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    xs = _plot_curves(ax, curves, _colors(list(curves), KIND_COLORS))
+    xs = _plot_curves(ax, curves, palette_colors(list(curves), KIND_COLORS))
     _dense_band(ax, dense)
     _remaining_axis(ax, xs)
     ax.set_ylabel(metric)
@@ -288,7 +290,7 @@ def plot_against_sparsity(
     curve's colour (one legend entry, ``baseline_label``, for all of them); any other key is drawn
     black and dashed with the key as its label (e.g. ``"random masks: p/(2−p)"``).
     """
-    palette = {**_colors(list(curves)), **(colors or {})}
+    palette = {**palette_colors(list(curves)), **(colors or {})}
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     xs = _plot_curves(ax, curves, palette, styles=styles, band_alpha=0.1)
     dotted = False
@@ -348,7 +350,7 @@ def _grouped_bars(
     colors: Mapping[str, str] | None = None,
 ) -> tuple[np.ndarray, float]:
     """Bars per layer, one per source side by side; returns the x centres and the group width."""
-    colors = {**_colors(list(data)), **(colors or {})}
+    colors = {**palette_colors(list(data)), **(colors or {})}
     group = 0.8
     width = group / max(len(data), 1)
     centres = np.arange(len(layers))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 #: The task name of Fig. 2's results: tickets and θ_p evaluated on their own pre-training task.
 PRETRAINING_TASK = "pre-training task"
@@ -39,6 +40,10 @@ class SeedStats:
         mean = math.fsum(values) / n
         var = math.fsum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
         return cls(mean=mean, std=math.sqrt(var), n=n)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SeedStats:
+        return cls(mean=float(data["mean"]), std=float(data["std"]), n=int(data["n"]))
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,20 @@ class MatchingResult:
             "extreme_matching_sparsity": self.extreme_matching_sparsity,
             "rows": [{"sparsity": r.sparsity, **asdict(r.stats), "matching": r.matching} for r in self.rows],
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MatchingResult:
+        """The inverse of :meth:`to_dict` (its derived fields, threshold and extreme, are recomputed)."""
+        return cls(
+            source=str(data["source"]),
+            task=str(data["task"]),
+            dense=SeedStats.from_dict(data["dense"]),
+            rows=tuple(
+                MatchingRow(float(row["sparsity"]), SeedStats.from_dict(row), bool(row["matching"]))
+                for row in data["rows"]
+            ),
+            metric=str(data.get("metric", "accuracy")),
+        )
 
 
 @dataclass(frozen=True)

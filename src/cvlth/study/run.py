@@ -8,7 +8,6 @@ study resumes by running the same command again.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections import defaultdict
@@ -28,7 +27,17 @@ from cvlth.study.matching import (
     MatchingResult,
     matching,
     matching_markdown,
-    universal_matching,
+)
+from cvlth.study.outputs import (
+    MATCHING_FILE,
+    PERTURBATION_FILE,
+    TICKETS_FILE,
+    PerturbationCurve,
+    PerturbationPoint,
+    TicketEntry,
+    TicketLevel,
+    matching_entries,
+    write_entries,
 )
 from cvlth.study.plan import PlannedRun, expand
 from cvlth.study.runs import level_sparsity
@@ -81,10 +90,9 @@ def run_study(
         computed, results = _run_serially(planned, context)
     table = matching_table(study, planned, results)
     write_matching(folder, table)
-    atomic_write_text(folder / "tickets.json", json.dumps(ticket_index(study, planned, store), indent=2))
+    write_entries(folder / TICKETS_FILE, ticket_index(study, planned, store))
     if study.perturbation is not None:
-        curves = perturbation_curves(study, planned, results)
-        atomic_write_text(folder / "perturbation.json", json.dumps(curves, indent=2))
+        write_entries(folder / PERTURBATION_FILE, perturbation_curves(study, planned, results))
     report = _write_report(folder, store, log)
     return StudyOutcome(folder, table, len(planned), computed, time.perf_counter() - start, report)
 
@@ -194,7 +202,7 @@ def pretraining_task_table(
 
 def perturbation_curves(
     study: StudyConfig, planned: list[PlannedRun], results: list[dict[str, Any]]
-) -> list[dict[str, Any]]:
+) -> list[PerturbationCurve]:
     """Per (finder source, task, mask variant): mean ± std over seeds of the metric at each level.
 
     Each point sits at the sparsity of the mask actually fine-tuned (the transfer's measured
@@ -219,21 +227,21 @@ def perturbation_curves(
             measured = [s for s, _ in by_level[level]]
             stats = SeedStats.of([v for _, v in by_level[level]])
             points.append(
-                {
-                    "level": level,
-                    "nominal_sparsity": round(level_sparsity(level, study.fraction), 6),
-                    "sparsity": round(math.fsum(measured) / len(measured), 6),
-                    "mean": stats.mean,
-                    "std": stats.std,
-                    "n": stats.n,
-                }
+                PerturbationPoint(
+                    level=level,
+                    nominal_sparsity=round(level_sparsity(level, study.fraction), 6),
+                    sparsity=round(math.fsum(measured) / len(measured), 6),
+                    mean=stats.mean,
+                    std=stats.std,
+                    n=stats.n,
+                )
             )
-        points.sort(key=lambda p: p["sparsity"])
-        curves.append({"source": source, "task": task, "variant": variant, "points": points})
+        points.sort(key=lambda p: p.sparsity)
+        curves.append(PerturbationCurve(source, task, variant, tuple(points)))
     return curves
 
 
-def ticket_index(study: StudyConfig, planned: list[PlannedRun], store: Store) -> list[dict[str, Any]]:
+def ticket_index(study: StudyConfig, planned: list[PlannedRun], store: Store) -> list[TicketEntry]:
     """Where every ticket's masks are: one entry per finder run, masks as paths relative to the store."""
     from cvlth.study.execute import mask_path
 
@@ -244,22 +252,21 @@ def ticket_index(study: StudyConfig, planned: list[PlannedRun], store: Store) ->
         folder = Path(store.run_dir(item.run))
         method = item.run.method if item.run.kind == "baseline" else f"imp-{item.run.stage}"
         levels = {
-            str(level): {
-                "sparsity": level_sparsity(level, study.fraction),
-                "mask": str(mask_path(folder, level).relative_to(store.root)),
-            }
+            level: TicketLevel(
+                level_sparsity(level, study.fraction), str(mask_path(folder, level).relative_to(store.root))
+            )
             for level in range(1, study.rounds + 1)
         }
         entries.append(
-            {
-                "source": item.source,
-                "pretraining": item.pretraining,
-                "finder": item.finder,
-                "task": item.task,
-                "method": method,
-                "run": str(folder.relative_to(store.root)),
-                "levels": levels,
-            }
+            TicketEntry(
+                source=item.source,
+                pretraining=item.pretraining,
+                finder=item.finder,
+                task=item.task,
+                method=method,
+                run=str(folder.relative_to(store.root)),
+                levels=levels,
+            )
         )
     return entries
 
@@ -267,14 +274,5 @@ def ticket_index(study: StudyConfig, planned: list[PlannedRun], store: Store) ->
 def write_matching(folder: Path, table: list[MatchingResult]) -> None:
     """matching.json: one entry per (source, task); a downstream entry also holds its source's
     universal matching sparsity and the tasks it covers. matching.md: the same as tables."""
-    universal = {u.source: u for u in universal_matching(table)}
-    entries = []
-    for result in table:
-        entry = result.to_dict()
-        if result.source in universal and not result.on_pretraining_task:
-            u = universal[result.source]
-            entry["universal_matching_sparsity"] = u.universal_matching_sparsity
-            entry["universal_tasks"] = list(u.tasks)
-        entries.append(entry)
-    atomic_write_text(folder / "matching.json", json.dumps(entries, indent=2))
+    write_entries(folder / MATCHING_FILE, matching_entries(table))
     atomic_write_text(folder / "matching.md", "# Matching tickets\n\n" + matching_markdown(table))

@@ -1,0 +1,58 @@
+"""The report's sections, computed from a study folder, and the files written from them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+from cvlth.atomic import atomic_write_text
+from cvlth.report.document import Report, Section
+from cvlth.report.inputs import StudyFiles, read_study_files
+from cvlth.report.perturbation import perturbation_section
+from cvlth.report.results import accuracy_section, matching_facts, matching_section, setup_section
+from cvlth.report.structure import (
+    MAX_IOU_TICKETS,
+    iou_section,
+    kernel_tickets,
+    ranked,
+    scan_levels,
+    structure_section,
+)
+from cvlth.report.to_html import render_html
+from cvlth.report.to_markdown import render_markdown
+
+
+def build_report(files: StudyFiles, figures: Path, now: datetime) -> Report:
+    """Every section, its figures drawn into ``figures``; the summary restates the sections' facts."""
+    sections = [setup_section(files, now), accuracy_section(files, figures), matching_section(files)]
+    shown_kernels = kernel_tickets(files)[0] if files.tickets else []
+    scan = scan_levels(files, ranked(files.tickets, MAX_IOU_TICKETS)[0], shown_kernels)
+    sections += [iou_section(files, scan, figures), structure_section(files, scan, figures)]
+    if files.perturbation is not None:
+        sections.append(perturbation_section(files, figures))
+    facts = matching_facts(files) + [fact for section in sections for fact in section.facts]
+    summary = Section("What this shows", "summary", [facts] if facts else ["No results to summarise."])
+    sections.insert(1, summary)
+    return Report(f"Study {files.study.name}: lottery tickets report", sections)
+
+
+def write_report(study_dir: Path, store_root: Path | None = None) -> Path:
+    """Write ``figures/*.png``, ``report.md`` and a self-contained ``report.html`` into the study folder.
+
+    ``store_root`` (default: two folders up, ``<store>/studies/<name>``) is where the mask paths of
+    ``tickets.json`` are resolved. Returns the path of ``report.html``; ``report.md`` lies beside it.
+    Raises :class:`~cvlth.study.outputs.StudyOutputError` (a :class:`CvlthError`; ``ReportError``
+    for a missing study folder or mask) when an input is missing or malformed.
+    """
+    files = read_study_files(Path(study_dir), store_root)
+    figures = files.folder / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    report = build_report(files, figures, datetime.now())
+    written = report.figures()
+    for stale in figures.glob("*.png"):  # figures of an earlier report that this one no longer has
+        if stale not in written:
+            stale.unlink()
+    atomic_write_text(files.folder / "report.md", render_markdown(report, files.folder))
+    html_path = files.folder / "report.html"
+    atomic_write_text(html_path, render_html(report))
+    return html_path

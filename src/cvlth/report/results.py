@@ -1,0 +1,205 @@
+"""The result sections: what was run, accuracy against remaining weights, matching tables, and
+the summary's statements about them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+from cvlth.report.document import Figure, Section, Table, num, pct, pm, slug
+from cvlth.report.inputs import StudyFiles
+from cvlth.report.styles import finder_of, pretraining_of, styles
+from cvlth.study.matching import PRETRAINING_TASK, MatchingResult, universal_matching
+
+
+def setup_section(files: StudyFiles, now: datetime) -> Section:
+    study = files.study
+    b = study.backbone
+    finders = []
+    for f in study.finders:
+        detail = f.method if f.method != "imp" else f"imp, {f.stage}, rewind to {f.rewind}"
+        finders.append(f"{f.name} ({detail})")
+    sparsities = [1.0 - (1.0 - study.fraction) ** level for level in range(1, study.rounds + 1)]
+    grid = (
+        ", ".join(pct(s) for s in sparsities)
+        if len(sparsities) <= 8
+        else (f"{pct(sparsities[0])}, {pct(sparsities[1])}, …, {pct(sparsities[-1])}")
+    )
+    table = Table(
+        ["", ""],
+        [
+            ["backbone", f"{b.arch}, width {b.width}, {b.stem} stem, {b.in_channels} input channel(s)"],
+            ["pre-trainings", ", ".join(study.pretrainings)],
+            ["tasks", ", ".join(study.tasks)],
+            ["ticket finders", "; ".join(finders)],
+            ["rounds", f"{study.rounds} (pruning {study.fraction:.0%} per round: {grid})"],
+            ["transfer levels", ", ".join(str(level) for level in study.levels)],
+            ["seeds", ", ".join(str(s) for s in study.seeds)],
+            [
+                "metric",
+                "test "
+                + ", ".join(f"{study.task_metric(t)} ({t})" for t in study.tasks)
+                + " at the best validation epoch; on the pre-training task (upstream IMP): the objective's "
+                "metric (top-1 accuracy, or retrieval accuracy for SimCLR/MoCo)",
+            ],
+            ["perturbation", "yes" if study.perturbation is not None else "no"],
+            ["results written", files.results_time.strftime("%Y-%m-%d %H:%M")],
+            ["report generated", now.strftime("%Y-%m-%d %H:%M")],
+        ],
+    )
+    return Section("What was run", "setup", [table])
+
+
+def task_order(files: StudyFiles) -> list[str]:
+    """Fig. 2's pre-training task first, then the study's tasks, then any other task named."""
+    ordered = [t for t in (PRETRAINING_TASK, *files.study.tasks) if any(r.task == t for r in files.matching)]
+    return ordered + sorted({r.task for r in files.matching} - set(ordered))
+
+
+def _metric_label(results: Sequence[MatchingResult]) -> str:
+    """``test accuracy``, or every metric with its sources when they differ (Fig. 2: top-1 for
+    supervised, retrieval accuracy for SimCLR/MoCo)."""
+    metrics = list(dict.fromkeys(r.metric for r in results))
+    return f"test {metrics[0]}" if len(metrics) == 1 else "test " + " / ".join(metrics)
+
+
+def accuracy_section(files: StudyFiles, figures: Path) -> Section:
+    from cvlth.analysis.plots import plot_accuracy_by_source
+
+    section = Section("Accuracy vs remaining weights", "accuracy")
+    colors, finder_styles = styles(files)
+    section.blocks.append(
+        "One line per ticket source (mean ± std over seeds as a band); colour = pre-training, line style "
+        "and marker = ticket finder. Dashed horizontal lines: each pre-training's dense model; the hatched "
+        "band below each is its matching band [mean − std, mean]: a ticket whose mean is at or above the "
+        "band's lower edge matches. The pre-training task (the paper's Fig. 2) has one figure per "
+        "pre-training: its upstream IMP tickets after their round's training against θ_p untrained."
+    )
+    panels: list[tuple[str, str, list[MatchingResult]]] = []  # (figure name, title, results)
+    for task in task_order(files):
+        results = [r for r in files.matching if r.task == task]
+        if task == PRETRAINING_TASK:
+            for pretraining in dict.fromkeys(pretraining_of(r.source) for r in results):
+                own = [r for r in results if pretraining_of(r.source) == pretraining]
+                panels.append((f"pretraining-{pretraining}", f"{pretraining}: its own {task}", own))
+        else:
+            panels.append((task, task, results))
+    for name, title, results in panels:
+        metric = _metric_label(results)
+        curves = {
+            r.source: [(row.sparsity, row.stats.mean, row.stats.std) for row in r.rows] for r in results
+        }
+        dense: dict[str, tuple[float, float]] = {}
+        for r in results:
+            dense.setdefault(pretraining_of(r.source), (r.dense.mean, r.dense.std))
+        line_colors = {
+            **{r.source: colors.get(pretraining_of(r.source), "#333333") for r in results},
+            **colors,
+        }
+        line_styles = {r.source: finder_styles.get(finder_of(r.source), ("-", "o")) for r in results}
+        path = plot_accuracy_by_source(
+            curves,
+            dense,
+            figures / f"accuracy-{slug(name)}.png",
+            title=f"{title}: {metric} vs remaining weights",
+            metric=metric,
+            colors=line_colors,
+            styles=line_styles,
+        )
+        section.blocks.append(Figure(path, f"{title}: {metric} of every ticket source."))
+    return section
+
+
+def matching_section(files: StudyFiles) -> Section:
+    section = Section("Extreme matching sparsity", "matching")
+    section.blocks.append(
+        "A ticket matches when its mean over seeds is at least the dense mean minus one standard deviation "
+        "(dense of its own pre-training); the extreme matching sparsity is the highest sparsity at which it "
+        "matches (none: it matches at no sparsity tested)."
+    )
+    tasks = task_order(files)
+    sources = list(dict.fromkeys(r.source for r in files.matching))
+    by_key = {(r.source, r.task): r for r in files.matching}
+    universal = {u.source: u for u in universal_matching(files.matching)}
+    if PRETRAINING_TASK in tasks:
+        section.blocks.append(
+            f"The {PRETRAINING_TASK} column is the paper's Fig. 2: each upstream IMP ticket after its "
+            "round's training and θ_p untrained, on the pre-training task's test split, in the "
+            "objective's metric (top-1 accuracy supervised, Eq. 2 retrieval accuracy for SimCLR/MoCo); "
+            "θ_p is evaluated once, so its std is 0 and the threshold is its value."
+        )
+    section.blocks.append(
+        "Universal: the highest sparsity, among those evaluated on every downstream task of the source, "
+        "at which it matches on all of them at once (for a task-specific finder each task has its own ticket)."
+    )
+    rows = []
+    for source in sources:
+        cells = [
+            pct(by_key[(source, t)].extreme_matching_sparsity) if (source, t) in by_key else "–"
+            for t in tasks
+        ]
+        u = universal.get(source)
+        rows.append([source, *cells, "–" if u is None else pct(u.universal_matching_sparsity)])
+    section.blocks.append(
+        Table(
+            ["ticket source", *tasks, "universal (all downstream tasks)"],
+            rows,
+            "Extreme matching sparsity (rows: source)",
+        )
+    )
+    for source in sources:
+        results = {t: by_key[(source, t)] for t in tasks if (source, t) in by_key}
+        sparsities = sorted({row.sparsity for r in results.values() for row in r.rows})
+        header = ["sparsity", "remaining", *(f"{t} ({r.metric})" for t, r in results.items())]
+        table_rows = [
+            [
+                "dense",
+                "100%",
+                *(f"{pm(r.dense.mean, r.dense.std)} (n={r.dense.n})" for r in results.values()),
+            ],
+            ["threshold", "", *(f"≥ {num(r.threshold)}" for r in results.values())],
+        ]
+        for s in sparsities:
+            cells = []
+            for r in results.values():
+                row = next((row for row in r.rows if row.sparsity == s), None)
+                if row is None:
+                    cells.append("–")
+                else:
+                    mark = "✓ matching" if row.matching else "✗"
+                    cells.append(f"{pm(row.stats.mean, row.stats.std)} (n={row.stats.n}) {mark}")
+            table_rows.append([pct(s), pct(1.0 - s), *cells])
+        section.blocks.append(Table(header, table_rows, f"{source}: test metric per task"))
+    return section
+
+
+def matching_facts(files: StudyFiles) -> list[str]:
+    facts = []
+    for task in task_order(files):
+        results = sorted(
+            (r for r in files.matching if r.task == task),
+            key=lambda r: -1.0 if r.extreme_matching_sparsity is None else r.extreme_matching_sparsity,
+            reverse=True,
+        )
+        matched = [
+            f"{r.source} up to {pct(r.extreme_matching_sparsity)}"
+            for r in results
+            if r.extreme_matching_sparsity is not None
+        ]
+        never = [r.source for r in results if r.extreme_matching_sparsity is None]
+        tested = max((row.sparsity for r in results for row in r.rows), default=None)
+        parts = []
+        if matched:
+            parts.append("highest matching sparsity: " + "; ".join(matched))
+        if never:
+            parts.append("no match at any sparsity tested: " + ", ".join(never))
+        facts.append(f"{task} (sparsities tested up to {pct(tested)}): " + "; ".join(parts) + ".")
+    universal = [u for u in universal_matching(files.matching) if len(u.tasks) > 1]
+    if universal:
+        facts.append(
+            "Universal (matching on every downstream task at once): "
+            + "; ".join(f"{u.source} up to {pct(u.universal_matching_sparsity)}" for u in universal)
+            + "."
+        )
+    return facts

@@ -1,0 +1,228 @@
+"""The study's result files, typed once: the study writes them, the report reads them back.
+
+A study folder ``<store>/studies/<name>/`` holds three JSON lists besides ``study.yaml``:
+
+* ``matching.json`` -- one :class:`MatchingEntry` per (ticket source, task): a
+  :class:`~cvlth.study.matching.MatchingResult` and, for a downstream task, its source's universal
+  matching sparsity and the tasks that covers;
+* ``tickets.json`` -- one :class:`TicketEntry` per ticket finder run: its masks per level, as paths
+  relative to the store;
+* ``perturbation.json`` (only with a perturbation analysis) -- one :class:`PerturbationCurve` per
+  (finder source, task, mask variant).
+
+Every entry type has ``to_json`` (the dict written) and ``from_json`` (which raises ``KeyError``,
+``TypeError``, ``ValueError`` or ``AttributeError`` on a malformed entry); :func:`write_entries`
+and :func:`read_entries` move whole files, the latter raising :class:`StudyOutputError`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, TypeVar
+
+from cvlth.atomic import atomic_write_text
+from cvlth.errors import CvlthError
+from cvlth.study.matching import MatchingResult, universal_matching
+
+MATCHING_FILE = "matching.json"
+TICKETS_FILE = "tickets.json"
+PERTURBATION_FILE = "perturbation.json"
+
+
+class StudyOutputError(CvlthError):
+    """A study folder lacks a result file, or a result file is malformed."""
+
+
+@dataclass(frozen=True)
+class MatchingEntry:
+    """One entry of matching.json."""
+
+    LISTS: ClassVar[str] = "results"  # what the file is a list of, for error messages
+
+    result: MatchingResult
+    universal_matching_sparsity: float | None = None  # downstream entries of a source only
+    universal_tasks: tuple[str, ...] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        entry = self.result.to_dict()
+        if self.universal_tasks is not None:
+            entry["universal_matching_sparsity"] = self.universal_matching_sparsity
+            entry["universal_tasks"] = list(self.universal_tasks)
+        return entry
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> MatchingEntry:
+        tasks = data.get("universal_tasks")
+        universal = data.get("universal_matching_sparsity")
+        return cls(
+            result=MatchingResult.from_dict(data),
+            universal_matching_sparsity=None if universal is None else float(universal),
+            universal_tasks=None if tasks is None else tuple(str(t) for t in tasks),
+        )
+
+
+def matching_entries(table: Sequence[MatchingResult]) -> list[MatchingEntry]:
+    """The table's entries; a downstream one also carries its source's universal matching sparsity."""
+    universal = {u.source: u for u in universal_matching(table)}
+    entries = []
+    for result in table:
+        u = universal.get(result.source) if not result.on_pretraining_task else None
+        if u is None:
+            entries.append(MatchingEntry(result))
+        else:
+            entries.append(MatchingEntry(result, u.universal_matching_sparsity, u.tasks))
+    return entries
+
+
+@dataclass(frozen=True)
+class TicketLevel:
+    sparsity: float  # nominal: 1 - (1 - fraction) ** level
+    mask: str  # the mask file, relative to the store
+
+
+@dataclass(frozen=True)
+class TicketEntry:
+    """One entry of tickets.json: a ticket finder run and its masks per level."""
+
+    LISTS: ClassVar[str] = "ticket finder runs"
+
+    source: str  # <pre-training>/<finder>
+    pretraining: str
+    finder: str
+    task: str | None  # the downstream task of a task-specific finder
+    method: str  # imp-upstream, imp-downstream, or a baseline's method (omp, random, ...)
+    run: str  # the run folder, relative to the store
+    levels: dict[int, TicketLevel]
+
+    @property
+    def label(self) -> str:
+        """The ticket's name in the report: its source, and its task when it has one."""
+        return f"{self.source}→{self.task}" if self.task else self.source
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "pretraining": self.pretraining,
+            "finder": self.finder,
+            "task": self.task,
+            "method": self.method,
+            "run": self.run,
+            "levels": {str(k): {"sparsity": v.sparsity, "mask": v.mask} for k, v in self.levels.items()},
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TicketEntry:
+        task = data.get("task")
+        return cls(
+            source=str(data["source"]),
+            pretraining=str(data["pretraining"]),
+            finder=str(data["finder"]),
+            task=None if task is None else str(task),
+            method=str(data["method"]),
+            run=str(data["run"]),
+            levels={
+                int(level): TicketLevel(float(value["sparsity"]), str(value["mask"]))
+                for level, value in data["levels"].items()
+            },
+        )
+
+
+@dataclass(frozen=True)
+class PerturbationPoint:
+    """One point of a perturbation curve, at the sparsity of the mask actually fine-tuned."""
+
+    sparsity: float  # measured, averaged over seeds
+    mean: float
+    std: float
+    n: int
+    level: int | None = None  # the ticket's level (None in files written before levels were stored)
+    nominal_sparsity: float | None = None  # the ticket's (None in such older files too)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "level": self.level,
+            "nominal_sparsity": self.nominal_sparsity,
+            "sparsity": self.sparsity,
+            "mean": self.mean,
+            "std": self.std,
+            "n": self.n,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PerturbationPoint:
+        level, nominal = data.get("level"), data.get("nominal_sparsity")
+        return cls(
+            sparsity=float(data["sparsity"]),
+            mean=float(data["mean"]),
+            std=float(data["std"]),
+            n=int(data["n"]),
+            level=None if level is None else int(level),
+            nominal_sparsity=None if nominal is None else float(nominal),
+        )
+
+
+@dataclass(frozen=True)
+class PerturbationCurve:
+    """One entry of perturbation.json: a mask variant of one finder source on one task."""
+
+    LISTS: ClassVar[str] = "curves"
+
+    source: str
+    task: str
+    variant: str  # ticket, complement, complement_matched, random, perturbed, ...
+    points: tuple[PerturbationPoint, ...]  # by increasing measured sparsity
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "task": self.task,
+            "variant": self.variant,
+            "points": [p.to_json() for p in self.points],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PerturbationCurve:
+        return cls(
+            source=str(data["source"]),
+            task=str(data["task"]),
+            variant=str(data["variant"]),
+            points=tuple(PerturbationPoint.from_json(p) for p in data["points"]),
+        )
+
+
+class _Entry(Protocol):
+    LISTS: ClassVar[str]
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
+E = TypeVar("E", MatchingEntry, TicketEntry, PerturbationCurve)
+
+
+def write_entries(path: Path, entries: Sequence[_Entry]) -> None:
+    """One result file: a JSON list, written atomically."""
+    atomic_write_text(path, json.dumps([entry.to_json() for entry in entries], indent=2))
+
+
+def read_entries(path: Path, kind: type[E], hint: str) -> list[E]:
+    """The entries of one result file; a missing, unreadable or malformed file raises
+    :class:`StudyOutputError` naming it (and the entry), with ``hint`` as the fix."""
+    if not path.is_file():
+        raise StudyOutputError(f"{path} not found: the study has not finished writing its results", hint=hint)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StudyOutputError(f"{path} is not readable JSON ({exc})", hint=hint) from exc
+    if not isinstance(data, list):
+        raise StudyOutputError(f"{path} is malformed: expected a list of {kind.LISTS}", hint=hint)
+    entries = []
+    for index, entry in enumerate(data):
+        try:
+            entries.append(kind.from_json(entry))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            message = f"{path} is malformed: entry {index}: {type(exc).__name__}: {exc}"
+            raise StudyOutputError(message, hint=hint) from exc
+    return entries
