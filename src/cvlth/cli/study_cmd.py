@@ -12,6 +12,7 @@ from rich.table import Table
 from cvlth.cli import app
 from cvlth.cli.checks import check_device
 from cvlth.config import DataRef
+from cvlth.errors import ConfigError
 from cvlth.store import Store
 from cvlth.study.config import StudyConfig, load_study
 from cvlth.study.plan import KIND_ORDER, expand, summarize_plan
@@ -46,9 +47,25 @@ def study(
             "(CPU kernels reduce in a thread-dependent order): a run resumes only with the same count.",
         ),
     ] = None,
+    executor: Annotated[
+        str,
+        typer.Option(
+            help="local (this machine: serially, or on --workers processes) or ray (every run a Ray task; "
+            "the store must be on a filesystem every node sees).",
+        ),
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(help="With --executor ray: the cluster to join (HOST:6379; default: a local Ray)."),
+    ] = None,
+    retries: Annotated[
+        int, typer.Option(min=0, help="Times a failed run starts again (--workers or --executor ray).")
+    ] = 0,
 ) -> None:
     """Run every pre-training, ticket search and transfer of a study, then print the matching table."""
     console = Console()
+    if executor not in ("local", "ray"):
+        raise ConfigError(f"--executor {executor}: unknown executor", hint="use --executor local or ray")
     if not plan:
         check_device(device)
     study_config = load_study(config)
@@ -66,6 +83,9 @@ def study(
         log=console.print,
         workers=workers,
         threads=threads,
+        executor=executor,
+        address=address,
+        retries=retries,
     )
     console.print(matching_rich_table(outcome.matching))
     if outcome.report is not None:

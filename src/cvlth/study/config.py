@@ -27,6 +27,7 @@ from cvlth.config import (
     validate_config,
 )
 from cvlth.errors import ConfigError
+from cvlth.study.resources import ExecutorSettings
 from cvlth.study.runs import AdaptConfig, BackboneConfig, MaskVariant, Recipe
 
 DEFAULT_METRICS = {"supervised": "accuracy", "detection": "map", "segmentation": "miou"}
@@ -122,6 +123,10 @@ class StudyConfig(Strict):
     adapt: AdaptConfig = Field(default_factory=AdaptConfig)
     perturbation: PerturbationEntry | None = None
     metric: str | None = Field(None, description="test metric for matching; default: by task objective")
+    executor: ExecutorSettings = Field(
+        default_factory=ExecutorSettings,
+        description="what each run asks a Ray cluster for; no run's identity",
+    )
 
     @field_validator("seeds")
     @classmethod
@@ -178,6 +183,9 @@ class StudyConfig(Strict):
             for level in levels:
                 if not 1 <= level <= self.rounds:
                     raise ValueError(f"task_levels.{task}: {level} is outside 1..{self.rounds}")
+        unknown = self.executor.unknown_names(set(self.tasks), set(self.pretrainings))
+        if unknown:
+            raise ValueError(f"{', '.join(unknown)}: no such task or pre-training in this study")
         return self
 
     def transfer_grid_levels(self, finder: FinderEntry, task: str) -> list[int]:

@@ -1,5 +1,7 @@
 """Execute a study's runs on several worker processes (``cvlth study --workers N``).
 
+One scheduler, :func:`schedule`, serves every executor through a :class:`Backend` (submit a run,
+wait for any): the process pool here, Ray's tasks in :mod:`cvlth.study.ray_executor`.
 The parent process only schedules: a run is handed to a worker once every run it depends on is
 done, ticket searches (IMP first: its chains of rounds are the longest) before transfers, so the
 long runs start early and the tail stays short. Each worker is a fresh (spawned) process that runs
@@ -27,8 +29,9 @@ import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Hashable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from typing import Protocol
 
 import torch
 
@@ -103,20 +106,42 @@ def _ready(pending: dict[str, PlannedRun], waiting_on: dict[str, set[str]], runn
     return sorted(ready, key=lambda key: _KIND_RANK.get(pending[key].run.kind, 9))
 
 
-def run_parallel(
+class Backend(Protocol):
+    """Where the scheduler's runs compute: worker processes here, or a Ray cluster."""
+
+    description: str  # for the first log line, e.g. "2 workers x 1 thread(s)"
+
+    def has_room(self, item: PlannedRun, running: Collection[Hashable]) -> bool:
+        """Whether ``item`` can start now, next to the runs in flight."""
+        ...
+
+    def submit(self, item: PlannedRun) -> Hashable:
+        """Start computing the run; returns a handle for :meth:`wait_any`."""
+        ...
+
+    def wait_any(self, running: Collection[Hashable]) -> list[tuple[Hashable, float | BaseException]]:
+        """Block until at least one run in flight ends; each with its seconds or its error."""
+        ...
+
+    def abort(self, running: Collection[Hashable]) -> None:
+        """Stop the runs in flight at once (Ctrl-C); they resume from their checkpoints."""
+        ...
+
+
+def schedule(
     planned: list[PlannedRun],
     store: Store,
+    backend: Backend,
     *,
-    workers: int,
-    device: str = "cpu",
-    threads: int | None = None,
+    retries: int = 0,
     log: Callable[[str], None] = print,
     describe: Callable[[PlannedRun], str] = lambda item: item.run.kind,
 ) -> int:
-    """Compute every planned run that is not done yet on ``workers`` processes; returns how many.
+    """Compute every planned run that is not done yet on ``backend``; returns how many.
 
-    After a failure no new run starts; the runs in flight finish (their results are kept) and the
-    first error is raised again here, after naming the run it came from.
+    A run starts once every run it reads is done. A failed run starts again up to ``retries``
+    times; after that no new run starts, the runs in flight finish (their results are kept) and
+    its error is raised again here, after naming the run it came from.
     """
     pending = {config_hash(item.run): item for item in planned if not store.is_done(item.run)}
     if not pending:
@@ -125,10 +150,82 @@ def run_parallel(
         key: {config_hash(dep) for dep in dependencies(item.run)} & pending.keys()
         for key, item in pending.items()
     }
-    threads = threads or torch.get_num_threads()
     total, computed = len(pending), 0
+    failed_attempts: dict[str, int] = {}
     failures: list[tuple[PlannedRun, BaseException]] = []
-    log(f"{total} runs to compute on {workers} workers x {threads} thread(s)")
+    log(f"{total} runs to compute on {backend.description}")
+    running: dict[Hashable, str] = {}
+    try:
+        while pending:
+            if not failures:
+                for key in _ready(pending, waiting_on, set(running.values())):
+                    if backend.has_room(pending[key], running):
+                        log(f"start: {describe(pending[key])}")
+                        running[backend.submit(pending[key])] = key
+            if not running:
+                break  # after a failure: what is left waits on it
+            for handle, outcome in backend.wait_any(running):
+                key = running.pop(handle)
+                item = pending[key]
+                if isinstance(outcome, BaseException):
+                    failed_attempts[key] = failed_attempts.get(key, 0) + 1
+                    if failed_attempts[key] <= retries and not failures:
+                        log(f"retry {failed_attempts[key]}/{retries} of {describe(item)} after: {outcome}")
+                        continue  # still pending: it starts again in the next round
+                    del pending[key]
+                    failures.append((item, outcome))
+                    log(f"FAILED: {describe(item)}: {outcome}")
+                    continue
+                del pending[key]
+                computed += 1
+                log(f"[{computed}/{total}] done in {outcome:.1f} s: {describe(item)}")
+                for waits in waiting_on.values():
+                    waits.discard(key)
+    except BaseException:  # Ctrl-C: stop at once; killed runs resume from their checkpoints
+        backend.abort(running)
+        raise
+    if failures:
+        item, error = failures[0]
+        log(f"stopped after a failure in: {describe(item)} (finished runs are kept; rerun to resume)")
+        raise error
+    return computed
+
+
+class _PoolBackend:
+    """Spawned worker processes, each running one run at a time."""
+
+    def __init__(self, pool: ProcessPoolExecutor, workers: int, threads: int) -> None:
+        self.pool, self.workers = pool, workers
+        self.description = f"{workers} workers x {threads} thread(s)"
+
+    def has_room(self, item: PlannedRun, running: Collection[Hashable]) -> bool:
+        return len(running) < self.workers
+
+    def submit(self, item: PlannedRun) -> Future[float]:
+        return self.pool.submit(_execute_in_worker, item.run)
+
+    def wait_any(self, running: Collection[Hashable]) -> list[tuple[Hashable, float | BaseException]]:
+        finished, _ = wait(running, return_when=FIRST_COMPLETED)  # type: ignore[arg-type]
+        return [(future, future.exception() or future.result()) for future in finished]
+
+    def abort(self, running: Collection[Hashable]) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def run_parallel(
+    planned: list[PlannedRun],
+    store: Store,
+    *,
+    workers: int,
+    device: str = "cpu",
+    threads: int | None = None,
+    retries: int = 0,
+    log: Callable[[str], None] = print,
+    describe: Callable[[PlannedRun], str] = lambda item: item.run.kind,
+) -> int:
+    """Compute every planned run that is not done yet on ``workers`` processes; returns how many
+    (see :func:`schedule`)."""
+    threads = threads or torch.get_num_threads()
     with (
         _worker_environment(threads),
         ProcessPoolExecutor(
@@ -138,35 +235,5 @@ def run_parallel(
             initargs=(os.getpid(), str(store.root), device, threads),
         ) as pool,
     ):
-        running: dict[Future[float], str] = {}
-        try:
-            while pending:
-                if not failures:
-                    for key in _ready(pending, waiting_on, set(running.values())):
-                        if len(running) >= workers:
-                            break
-                        log(f"start: {describe(pending[key])}")
-                        running[pool.submit(_execute_in_worker, pending[key].run)] = key
-                if not running:
-                    break  # after a failure: what is left waits on it
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    key = running.pop(future)
-                    item = pending.pop(key)
-                    error = future.exception()
-                    if error is not None:
-                        failures.append((item, error))
-                        log(f"FAILED: {describe(item)}: {error}")
-                        continue
-                    computed += 1
-                    log(f"[{computed}/{total}] done in {future.result():.1f} s: {describe(item)}")
-                    for waits in waiting_on.values():
-                        waits.discard(key)
-        except BaseException:  # Ctrl-C: stop at once; killed runs resume from their checkpoints
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-    if failures:
-        item, error = failures[0]
-        log(f"stopped after a failure in: {describe(item)} (finished runs are kept; rerun to resume)")
-        raise error
-    return computed
+        backend = _PoolBackend(pool, workers, threads)
+        return schedule(planned, store, backend, retries=retries, log=log, describe=describe)

@@ -66,24 +66,33 @@ def run_study(
     log: Callable[[str], None] = print,
     workers: int = 1,
     threads: int | None = None,
+    executor: str = "local",
+    address: str | None = None,
+    retries: int = 0,
 ) -> StudyOutcome:
     """Run every planned run not done yet, then the tables.
 
     Every run computes with ``threads`` intra-op threads (default: this process's, i.e. torch's
     default: the cores, or ``OMP_NUM_THREADS``),
-    serially or on ``workers`` processes (see :mod:`cvlth.study.parallel`): the same numbers either way.
+    serially, on ``workers`` processes (see :mod:`cvlth.study.parallel`) or, with ``executor="ray"``,
+    as Ray tasks (:mod:`cvlth.study.ray_executor`): the same numbers either way. On workers or Ray a
+    failed run starts again up to ``retries`` times.
     """
     threads = threads or torch.get_num_threads()
     start = time.perf_counter()
     folder = study_folder(study, store)
     planned = expand(study)  # validates the whole study first: nothing is written for a refused one
     atomic_write_text(folder / "study.yaml", study_to_yaml(study))
-    if workers > 1:
+    scheduled = {"threads": threads, "device": device, "retries": retries, "log": log, "describe": describe}
+    if executor == "ray":
+        from cvlth.study.ray_executor import run_on_ray
+
+        computed = run_on_ray(planned, store, settings=study.executor, address=address, **scheduled)
+        results = [store.result(item.run) for item in planned]
+    elif workers > 1:
         from cvlth.study.parallel import run_parallel
 
-        computed = run_parallel(
-            planned, store, workers=workers, threads=threads, device=device, log=log, describe=describe
-        )
+        computed = run_parallel(planned, store, workers=workers, **scheduled)
         results = [store.result(item.run) for item in planned]
     else:
         context = Context(store=store, device=device, quiet=quiet, log=log, threads=threads)
