@@ -90,7 +90,7 @@ def _to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq would compare numpy arrays element-wise
 class StreamingImageSet:
     """One split as files: the same interface the study uses of an in-memory ``ImageSet``
     (``len``, ``image_shape``, ``subset``, ``batches``, ``classes``), decoding on demand."""
