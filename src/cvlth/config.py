@@ -115,6 +115,15 @@ class TrainingConfig(Strict):
     checkpoint_every_steps: int | None = Field(None, ge=1, description="besides every epoch end")
     eval_every_epochs: int = Field(1, ge=1)
     channels_last: bool = False
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="torch.autocast dtype of the training forward; fp16 adds a gradient scaler"
+    )
+
+    def normalize_identity(self, data: dict[str, Any]) -> dict[str, Any]:
+        """fp32 is every run computed before this setting existed: their hashes stay."""
+        if data.get("precision") == "fp32":
+            del data["precision"]
+        return data
 
 
 # --- references to things other modules build ---------------------------------------------

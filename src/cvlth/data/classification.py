@@ -416,8 +416,11 @@ def _scan_class_tree(dataset: str, folder: Path) -> tuple[list[str], list[Path],
     return classes, files, labels
 
 
-def read_imagefolder(root: Path, image_size: int, cache_dir: Path | None) -> tuple[ImageSet, ImageSet]:
-    """ImageNet-style ``train/<class>/*`` and ``val/<class>/*``; the official val is our test set."""
+FileList = tuple[list[str], tuple[list[Path], list[int]], tuple[list[Path], list[int]]]
+
+
+def list_imagefolder(root: Path) -> FileList:
+    """Classes, (train files, labels) and (test files, labels) of an ImageNet-style tree."""
     classes, train_files, train_labels = _scan_class_tree("imagefolder", root / "train")
     test_classes, test_files, test_labels = _scan_class_tree("imagefolder", root / "val")
     if test_classes != classes:
@@ -425,11 +428,22 @@ def read_imagefolder(root: Path, image_size: int, cache_dir: Path | None) -> tup
             f"imagefolder: {root / 'val'} has classes {test_classes[:5]}... but {root / 'train'} has {classes[:5]}...",
             hint="train/ and val/ need the same class folders",
         )
-    train = ImageSet(
-        *load_image_files("imagefolder", train_files, train_labels, image_size, cache_dir), classes
+    return classes, (train_files, train_labels), (test_files, test_labels)
+
+
+def _decoded(
+    dataset: str, listing: FileList, image_size: int, cache_dir: Path | None
+) -> tuple[ImageSet, ImageSet]:
+    classes, *splits = listing
+    train, test = (
+        ImageSet(*load_image_files(dataset, *files, image_size, cache_dir), classes) for files in splits
     )
-    test = ImageSet(*load_image_files("imagefolder", test_files, test_labels, image_size, cache_dir), classes)
     return train, test
+
+
+def read_imagefolder(root: Path, image_size: int, cache_dir: Path | None) -> tuple[ImageSet, ImageSet]:
+    """ImageNet-style ``train/<class>/*`` and ``val/<class>/*``; the official val is our test set."""
+    return _decoded("imagefolder", list_imagefolder(root), image_size, cache_dir)
 
 
 def _read_image_list(dataset: str, list_path: Path) -> tuple[list[Path], list[int]]:
@@ -458,8 +472,8 @@ def _read_image_list(dataset: str, list_path: Path) -> tuple[list[Path], list[in
     return files, labels
 
 
-def read_visda2017(root: Path, image_size: int, cache_dir: Path | None) -> tuple[ImageSet, ImageSet]:
-    """VisDA-2017 classification: synthetic ``train/`` to real ``validation/`` (our test set)."""
+def list_visda2017(root: Path) -> FileList:
+    """Classes, (train files, labels) and (test files, labels) of VisDA-2017 classification."""
     train_list, test_list = require_files(
         "visda2017", root, ["train/image_list.txt", "validation/image_list.txt"]
     )
@@ -468,9 +482,9 @@ def read_visda2017(root: Path, image_size: int, cache_dir: Path | None) -> tuple
     num_classes = max(train_labels + test_labels, default=-1) + 1
     if min(train_labels + test_labels, default=0) < 0 or num_classes > len(VISDA_CLASSES):
         raise _malformed("visda2017", train_list, f"labels must lie in 0..{len(VISDA_CLASSES) - 1}")
-    classes = VISDA_CLASSES
-    train = ImageSet(
-        *load_image_files("visda2017", train_files, train_labels, image_size, cache_dir), classes
-    )
-    test = ImageSet(*load_image_files("visda2017", test_files, test_labels, image_size, cache_dir), classes)
-    return train, test
+    return VISDA_CLASSES, (train_files, train_labels), (test_files, test_labels)
+
+
+def read_visda2017(root: Path, image_size: int, cache_dir: Path | None) -> tuple[ImageSet, ImageSet]:
+    """VisDA-2017 classification: synthetic ``train/`` to real ``validation/`` (our test set)."""
+    return _decoded("visda2017", list_visda2017(root), image_size, cache_dir)

@@ -9,6 +9,8 @@ Options shared by the file datasets: ``seed`` (which training images become val;
 ``val_size`` (default ``min(5000, n_train // 10)``), ``image_size`` (None keeps the native size;
 imagefolder and visda2017 default to 224 and are resized on load, then cached as uint8 tensors
 under ``cache_dir``, default ``$CVLTH_CACHE`` or ``~/.cache/cvlth``; ``cache=False`` turns that off).
+imagefolder and visda2017 take ``streaming=True`` for sets too large for RAM: images stay in their
+files and are decoded and cropped to ``image_size`` per batch (see :mod:`cvlth.data.streaming`).
 """
 
 from __future__ import annotations
@@ -24,9 +26,12 @@ from cvlth.data import world
 from cvlth.data.classification import (
     FASHION_MNIST_FILES,
     DatasetSplits,
+    FileList,
     ImageSet,
     default_cache_dir,
     fit_images,
+    list_imagefolder,
+    list_visda2017,
     read_cifar10,
     read_cifar100,
     read_fashion_mnist,
@@ -175,7 +180,10 @@ def _small_images_loader(
 
 
 def _large_images_loader(
-    name: str, reader: Callable[..., tuple[ImageSet, ImageSet]], stats: tuple
+    name: str,
+    reader: Callable[..., tuple[ImageSet, ImageSet]],
+    lister: Callable[[Path], FileList],
+    stats: tuple,
 ) -> Callable:
     def load(
         root: Path,
@@ -185,7 +193,12 @@ def _large_images_loader(
         cache_dir: str | os.PathLike[str] | None = None,
         cache: bool = True,
         val_split: str = "random",
+        streaming: bool = False,
     ) -> DatasetSplits:
+        if streaming:  # files decoded per batch in DataLoader workers (cvlth.data.streaming)
+            from cvlth.data.streaming import streaming_splits
+
+            return streaming_splits(name, lister(root), stats, image_size, seed, val_size, val_split)
         directory = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) if cache else None
         return _finish(name, *reader(root, image_size, directory), stats, seed, val_size, None, val_split)
 
@@ -234,14 +247,14 @@ _register_file_dataset(
 _register_file_dataset(
     "imagefolder",
     "ImageNet-style train/<class>/ and val/<class>/ trees, resized to image_size (224)",
-    _large_images_loader("imagefolder", read_imagefolder, IMAGENET_STATS),
+    _large_images_loader("imagefolder", read_imagefolder, list_imagefolder, IMAGENET_STATS),
     ("train/<class>/*.png|jpg", "val/<class>/*.png|jpg"),
     _probe_tree,
 )
 _register_file_dataset(
     "visda2017",
     "VisDA-2017 classification, synthetic train -> real validation (test), 12 classes, 224px",
-    _large_images_loader("visda2017", read_visda2017, IMAGENET_STATS),
+    _large_images_loader("visda2017", read_visda2017, list_visda2017, IMAGENET_STATS),
     ("train/image_list.txt", "validation/image_list.txt"),
     _probe_files(("train/image_list.txt", "validation/image_list.txt")),
 )

@@ -11,6 +11,11 @@ With a run folder the loop resumes exactly: the checkpoint holds the model, the 
 modules, optimizer, scheduler, mask, global RNG states, the data position and the size of
 ``metrics.jsonl``; the data order comes from ``BatchSource.epoch_batches(epoch, start)`` and the
 augmentation generator is re-derived, so a killed run finishes bit-identical on CPU.
+
+``training.precision``: the forward (``objective.train_step``) runs under ``torch.autocast`` in
+bf16 or fp16; fp16 scales the loss with a ``GradScaler`` (its state is checkpointed), which skips
+the optimizer step on overflow. The mask is re-applied after every step either way. Evaluation
+stays in fp32.
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ from cvlth.training.checkpoint import (
 from cvlth.training.distributed import DistEnv
 from cvlth.training.objective import Objective
 from cvlth.training.optim import build_optimizer, build_scheduler
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # fp32: autocast off
 
 
 @dataclass(frozen=True)
@@ -116,11 +123,12 @@ def train(
     for module in (model, *extra.values()):
         module.to(device=device, memory_format=memory_format)
     optimizer = build_optimizer(_parameters(model, extra), optim)
+    scaler = torch.amp.GradScaler(device.type, enabled=training.precision == "fp16")
     scheduler = build_scheduler(optimizer, schedule, steps_per_epoch, training.epochs)
 
     state = _State()
     if folder is not None and folder.checkpoint_path.is_file():
-        state, mask = _resume(folder, model, extra, optimizer, scheduler, mask)
+        state, mask = _resume(folder, model, extra, optimizer, scheduler, mask, scaler)
     elif writer is not None:
         _truncate(writer.metrics_path, 0)  # lines of a run killed before its first checkpoint
     if mask is not None:
@@ -133,7 +141,9 @@ def train(
 
     def save_checkpoint() -> None:
         if writer is not None:
-            _save_checkpoint(writer, state, model, extra, optimizer, scheduler, mask, metrics_log.flush())
+            _save_checkpoint(
+                writer, state, model, extra, optimizer, scheduler, scaler, mask, metrics_log.flush()
+            )
 
     with metrics_log, _progress(total_steps, state.step, quiet or not env.is_writer) as advance:
         while state.epoch < training.epochs:
@@ -145,10 +155,11 @@ def train(
             ):
                 lr = optimizer.param_groups[0]["lr"]
                 loss, metrics = _step(
-                    net, objective, batch, state, training, env, device, memory_format, optimizer
+                    net, objective, batch, state, training, env, device, memory_format, optimizer, scaler
                 )
                 distributed.average_gradients(extra, env)
-                optimizer.step()
+                scaler.step(optimizer)  # optimizer.step(), unless fp16 gradients overflowed
+                scaler.update()
                 if enforcer is not None:
                     enforcer.apply()
                 if after_step is not None:
@@ -202,16 +213,19 @@ def _step(
     device: torch.device,
     memory_format: torch.memory_format,
     optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
 ) -> tuple[float, dict[str, float]]:
-    """Forward and backward of one batch; raises TrainingError on a non-finite loss."""
+    """Forward (under autocast) and backward of one batch; raises TrainingError on a non-finite loss."""
     batch = _to_device(distributed.shard_batch(batch, env), device, memory_format)
     generator = step_generator(training.seed, state.step, env.rank, device)
     optimizer.zero_grad(set_to_none=True)
-    loss, metrics = objective.train_step(net, batch, generator)
-    loss_value = float(distributed.all_mean(loss.detach(), env))
+    dtype = AUTOCAST_DTYPES.get(training.precision)
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        loss, metrics = objective.train_step(net, batch, generator)
+    loss_value = float(distributed.all_mean(loss.detach().float(), env))
     if not math.isfinite(loss_value):
         raise _non_finite(loss_value, state)
-    loss.backward()
+    scaler.scale(loss).backward()
     return loss_value, {name: float(value) for name, value in metrics.items()}
 
 
@@ -328,6 +342,7 @@ def _save_checkpoint(
     extra: dict[str, nn.Module],
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
     mask: Mask | None,
     metrics_offset: int,
 ) -> None:
@@ -340,6 +355,7 @@ def _save_checkpoint(
         "modules": {name: module.state_dict() for name, module in extra.items()},
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),  # empty unless fp16
         "mask": dict(mask) if mask is not None else None,
         "rng": capture_rng(),
         "history": state.history,
@@ -357,6 +373,7 @@ def _resume(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     mask: Mask | None,
+    scaler: torch.amp.GradScaler,
 ) -> tuple[_State, Mask | None]:
     saved = load_checkpoint(folder.checkpoint_path)
     _check_threads(folder, saved.get("threads"))
@@ -371,6 +388,8 @@ def _resume(
         module.load_state_dict(saved["modules"][name])
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
+    if saved.get("scaler"):
+        scaler.load_state_dict(saved["scaler"])
     restore_rng(saved["rng"])
     _truncate(folder.metrics_path, saved["metrics_offset"])
     state = _State(epoch=saved["epoch"], batch=saved["batch"], step=saved["step"], history=saved["history"])
