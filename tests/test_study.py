@@ -16,12 +16,12 @@ import cvlth.pruning.imp as imp_module
 from cvlth.cli import run_cli
 from cvlth.masks import Mask
 from cvlth.models.checkpoints import import_checkpoint
-from cvlth.pruning.scope import iter_prunable
+from cvlth.scope import iter_prunable
 from cvlth.store import Store
 from cvlth.study import execute
 from cvlth.study.config import load_study
 from cvlth.study.plan import expand
-from cvlth.study.runs import ImpRun, PretrainRun
+from cvlth.study.run_kinds import ImpRun, PretrainRun
 from study_fixtures import NEEDS_FASHION_MNIST, TINY
 
 pytestmark = NEEDS_FASHION_MNIST

@@ -25,7 +25,7 @@ from torch import nn
 
 from cvlth.atomic import atomic_path
 from cvlth.errors import MaskError
-from cvlth.pruning.scope import DEFAULT_SCOPE, Scope, in_natural_order, iter_prunable
+from cvlth.scope import DEFAULT_SCOPE, Scope, in_natural_order, iter_prunable
 
 FORMAT_TAG = "cvlth-mask/1"
 _RESERVED_METADATA = {"format", "shapes", "sparsity", "bits_sha256"}

@@ -56,7 +56,7 @@ def study(
     if plan:
         print_plan(console, study_config, run_store)
         return
-    from cvlth.study.run import run_study
+    from cvlth.study.runner import run_study
 
     outcome = run_study(
         study_config,

@@ -46,6 +46,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 from torch import nn
@@ -53,10 +54,12 @@ from torch import nn
 from cvlth.atomic import atomic_path
 from cvlth.errors import CheckpointError
 from cvlth.models.backbones import BackboneSpec, architecture_for, build_backbone
-from cvlth.pruning.scope import WRAPPER_PREFIXES, strip_wrappers, wrapper_of
+from cvlth.scope import WRAPPER_PREFIXES, strip_wrappers, wrapper_of
 
 CHECKPOINT_FORMAT = "cvlth-checkpoint/1"
-SOURCES: tuple[str, ...] = ("auto", "torchvision", "moco", "simclr", "timm", "cvlth")
+#: The checkpoint formats ``import_checkpoint`` reads (``auto``: detect it); run configs take this type.
+CheckpointSource = Literal["auto", "torchvision", "moco", "simclr", "timm", "cvlth"]
+SOURCES: tuple[str, ...] = get_args(CheckpointSource)
 NORMALIZATION = {
     "imagenet": "ImageNet mean/std",
     "none": "unnormalised [0, 1] pixels",
@@ -772,6 +775,7 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "NORMALIZATION",
     "SOURCES",
+    "CheckpointSource",
     "ArchitectureInfo",
     "ImportReport",
     "ImportedCheckpoint",

@@ -18,8 +18,8 @@ from cvlth.config import ObjectiveRef
 from cvlth.data import transforms as T
 from cvlth.data.classification import DatasetSplits
 from cvlth.data.samples import SampleSplits
+from cvlth.data.stats import IMAGENET_MEAN, IMAGENET_STD
 from cvlth.errors import ConfigError
-from cvlth.objectives.supervised import IMAGENET_MEAN, IMAGENET_STD
 from cvlth.training.objective import Objective
 
 Builder = Callable[..., Objective]

@@ -36,8 +36,8 @@ from cvlth.atomic import atomic_path
 from cvlth.config import OptimConfig, ScheduleConfig, TrainingConfig
 from cvlth.data.source import BatchSource
 from cvlth.masks import Mask
-from cvlth.pruning.scope import prunable_parameters
 from cvlth.pruning.strategies import global_magnitude
+from cvlth.scope import prunable_parameters
 from cvlth.store import RunFolder
 from cvlth.training.loop import capture_path, train
 from cvlth.training.objective import Objective, head_states, load_heads

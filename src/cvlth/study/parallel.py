@@ -35,7 +35,7 @@ import torch
 from cvlth.config import RunConfig, config_hash
 from cvlth.store import Store
 from cvlth.study.plan import PlannedRun
-from cvlth.study.runs import dependencies
+from cvlth.study.run_kinds import dependencies
 
 # Scheduling priority by run kind: runs that others wait on first, longest chains (IMP) first.
 _KIND_RANK = {"pretrain": 0, "import": 0, "imp": 1, "baseline": 2, "transfer": 3}

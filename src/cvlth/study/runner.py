@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from cvlth.atomic import atomic_write_text
+from cvlth.pruning.strategies import level_sparsity
 from cvlth.store import Store
 from cvlth.study.config import StudyConfig, study_to_yaml
 from cvlth.study.execute import Context, ensure
@@ -31,7 +32,6 @@ from cvlth.study.matching import (
     universal_matching,
 )
 from cvlth.study.plan import PlannedRun, expand
-from cvlth.study.runs import level_sparsity
 
 
 @dataclass(frozen=True)
