@@ -50,7 +50,9 @@ def _imports(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
 
 
 def _targets(name: str, is_package: bool, node: ast.Import | ast.ImportFrom, modules: set[str]) -> set[str]:
-    """The cvlth modules that executing ``node`` inside module ``name`` runs (its own packages excluded)."""
+    """The modules ``node`` (in module ``name``) imports: what it names, and the packages above that,
+    which importing it runs first, except those ``name`` lives in (already running when it runs).
+    A name taken from one's own package (``from cvlth.cli import app`` in ``cvlth.cli.x``) counts."""
     if isinstance(node, ast.Import):
         wanted = [alias.name for alias in node.names]
     else:
@@ -68,7 +70,8 @@ def _targets(name: str, is_package: bool, node: ast.Import | ast.ImportFrom, mod
         # Importing a.b.c also runs a/__init__ and a/b/__init__, unless the importer lives inside them.
         for depth in range(1, len(parts) + 1):
             prefix = ".".join(parts[:depth])
-            if prefix in modules and not (name == prefix or name.startswith(prefix + ".")):
+            own_package = name == prefix or name.startswith(prefix + ".")
+            if prefix in modules and (prefix == target != name or not own_package):
                 hit.add(prefix)
     return hit
 
@@ -144,13 +147,16 @@ def test_graph_reader_sees_relative_lazy_and_submodule_imports(tmp_path: Path) -
     (pkg / "b.py").write_text(
         "from typing import TYPE_CHECKING\nfrom .sub import x\nif TYPE_CHECKING:\n    import p.a\n"
     )
-    (pkg / "c.py").write_text("import p.sub.leaf\nfrom p.sub import leaf\n")
+    (pkg / "c.py").write_text("import p.sub.leaf\nfrom p.sub import leaf\nfrom p import c\n")
     graph = import_graph(tmp_path)
     assert graph["p.a"] == {"p.b"}  # lazy import counts; from-import of a submodule resolves to it
     assert graph["p.b"] == {"p.sub"}  # TYPE_CHECKING import left out; relative import resolved
     assert graph["p.c"] == {"p.sub", "p.sub.leaf"}  # importing a submodule also runs its package
-    assert graph["p.sub"] == {"p.sub.leaf"}  # a package's own __init__ is never a target of its members
+    assert graph["p.sub"] == {"p.sub.leaf"}  # a package's own __init__ runs before its members: no arrow
+    assert graph["p.sub.leaf"] == set()
     assert cycles(graph) == []
+    (pkg / "sub" / "leaf.py").write_text("def g():\n    from p.sub import x\n")  # a name of its own package
+    assert cycles(import_graph(tmp_path)) == [["p.sub", "p.sub.leaf"]]
     (pkg / "sub" / "leaf.py").write_text("from p.a import f\n")
     (pkg / "a.py").write_text("from p.sub import leaf\n")
     assert cycles(import_graph(tmp_path)) == [["p.a", "p.sub", "p.sub.leaf"]]

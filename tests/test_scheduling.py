@@ -40,7 +40,7 @@ def test_a_run_resumes_only_with_the_thread_count_it_was_computed_with(tmp_path)
     threads = torch.get_num_threads()
     with pytest.raises(_Stop):
         run_tiny(folder, cfg, callbacks=(stop_after_two_steps,))
-    assert torch.load(folder.checkpoint_path, weights_only=True)["threads"] == threads
+    assert torch.load(folder.train_state_path, weights_only=True)["threads"] == threads
     torch.set_num_threads(threads + 1)
     try:
         with pytest.raises(TrainingError, match=f"computed with {threads} intra-op threads") as error:

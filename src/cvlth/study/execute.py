@@ -95,7 +95,7 @@ def ensure(run: RunConfig, ctx: Context) -> dict[str, Any]:
     if ctx.threads is not None:
         torch.set_num_threads(ctx.threads)
     start = time.perf_counter()
-    result = ctx.store.execute(run, lambda f: executor(run, f, ctx), drop_checkpoint=True)
+    result = ctx.store.execute(run, lambda f: executor(run, f, ctx), drop_train_state=True)
     ctx.log(f"  {run.kind} {folder.name} finished in {time.perf_counter() - start:.1f} s")
     return result
 

@@ -267,9 +267,6 @@ class TransferRun(RunConfig):
         return data
 
 
-AnyRun = PretrainRun | ImportRun | ImpRun | BaselineRun | TransferRun
-
-
 def dependencies(run: RunConfig) -> list[RunConfig]:
     """The runs whose results ``run`` reads (direct dependencies only)."""
     if isinstance(run, ImpRun | BaselineRun):
