@@ -137,7 +137,7 @@ def _read_object(path: str | os.PathLike[str]) -> tuple[object, dict[str, str]]:
 
 
 def _read_safetensors(file: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors import safe_open
+    from safetensors import safe_open  # lazy (no cycle): only for .safetensors files
 
     try:
         with safe_open(str(file), framework="pt") as handle:
