@@ -24,7 +24,7 @@ import yaml
 from cvlth.store import Store
 from cvlth.study.config import load_study
 from cvlth.study.plan import expand
-from cvlth.study.run import run_study
+from cvlth.study.runner import run_study
 
 PACKAGED = Path(__file__).resolve().parents[1] / "src" / "cvlth" / "configs" / "cpu-study.yaml"
 

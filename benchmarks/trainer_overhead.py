@@ -122,7 +122,7 @@ def main() -> None:
         return build_backbone(BackboneSpec("resnet18", args.width, "cifar", 3), num_classes=10)
 
     masked_model = fresh()
-    mask = magnitude(masked_model, sparsity=0.8)
+    mask = magnitude(masked_model, fraction=0.8)
     runners = {
         "bare": bare_runner(fresh(), source),
         "dense": loop_runner(fresh(), source),

@@ -10,7 +10,7 @@ from torch import nn
 from cvlth.errors import CheckpointError, ConfigError
 from cvlth.models.backbones import ARCHITECTURES, BackboneSpec, build_backbone, feature_dim
 from cvlth.models.transfer import transfer_model
-from cvlth.pruning.scope import iter_prunable
+from cvlth.scope import iter_prunable
 
 
 def _meta_state(builder, *args, **kwargs) -> dict[str, tuple[int, ...]]:

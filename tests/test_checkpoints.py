@@ -27,8 +27,8 @@ from cvlth.models.checkpoints import (
     read_state_dict,
     save_checkpoint,
 )
-from cvlth.pruning.scope import iter_prunable, prunable_state
 from cvlth.pruning.strategies import global_magnitude
+from cvlth.scope import iter_prunable, prunable_state
 
 SPEC = BackboneSpec("resnet50", width=8)
 

@@ -14,9 +14,9 @@ from cvlth.config import (
     TrainingConfig,
     canonical_json,
     config_hash,
-    load_config,
 )
 from cvlth.errors import ConfigError
+from cvlth.study.run_kinds import load_config
 
 PAPER_TRANSFER_YAML = """
 kind: train

@@ -7,7 +7,7 @@ from cvlth.models.backbones import BackboneSpec, build_backbone
 from cvlth.models.detection import build_detector
 from cvlth.objectives.detection import DetectionObjective, average_precision, flip_boxes
 from cvlth.pruning import MaskEnforcer, magnitude
-from cvlth.pruning.scope import iter_prunable
+from cvlth.scope import iter_prunable
 
 SPEC = BackboneSpec("resnet18", width=4, stem="cifar", in_channels=1)
 BOX = [4.0, 4.0, 20.0, 20.0]

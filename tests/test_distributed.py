@@ -45,7 +45,7 @@ def test_two_process_gloo_training(tmp_path) -> None:
     # Only rank 0 wrote: one metrics line per global step (4 per epoch) plus one per evaluation.
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2 * 4 + 2
-    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    saved = torch.load(tmp_path / "run" / "train-state.pt", weights_only=True)
     assert all(torch.equal(saved["model"][n], t) for n, t in ranks[0]["model"].items())
 
 

@@ -3,7 +3,7 @@ import torch
 import torchvision
 
 from cvlth.pruning import MaskEnforcer, magnitude
-from cvlth.pruning.scope import iter_prunable
+from cvlth.scope import iter_prunable
 
 
 def _train(model, optimizer, enforcer, steps=50):

@@ -35,7 +35,7 @@ def test_streamed_batches_are_pinned_for_the_copy(tmp_path) -> None:
 def test_smoke_study_on_cuda(tmp_path) -> None:
     from cvlth.store import Store
     from cvlth.study.config import load_study
-    from cvlth.study.run import run_study
+    from cvlth.study.runner import run_study
 
     outcome = run_study(load_study("smoke"), Store(tmp_path), device="cuda", quiet=True, log=lambda _: None)
     assert outcome.computed == outcome.runs > 0 and outcome.matching

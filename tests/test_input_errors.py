@@ -19,10 +19,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from cvlth.cli import run_cli
-from cvlth.config import load_config
 from cvlth.errors import ConfigError
 from cvlth.masks import Mask
 from cvlth.study.config import builtin_study_path
+from cvlth.study.run_kinds import load_config
 from hostile_fixtures import cli_error, file_hashes
 
 

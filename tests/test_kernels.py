@@ -136,7 +136,7 @@ NATURAL = [
 
 def test_layers_in_natural_order_for_resnet101_names():
     from cvlth.analysis.plots import _layer_order
-    from cvlth.pruning.scope import natural_sorted
+    from cvlth.scope import natural_sorted
 
     assert natural_sorted(RESNET101_LIKE) == NATURAL
     assert sorted(RESNET101_LIKE) != NATURAL  # plain string order puts layer3.10 before layer3.2

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from cvlth.errors import MaskError
 from cvlth.masks import FORMAT_TAG, Mask, load_mask
-from cvlth.pruning.scope import prunable_parameters
+from cvlth.scope import prunable_parameters
 
 
 def _mask(**layers):

@@ -13,13 +13,14 @@ from cvlth.data.classification import DatasetSplits, ImageSet
 from cvlth.models.backbones import BackboneSpec, build_backbone
 from cvlth.models.checkpoints import import_checkpoint
 from cvlth.objectives.registry import build_objective
+from cvlth.pruning.strategies import level_sparsity
 from cvlth.store import Store
 from cvlth.study import execute
 from cvlth.study.config import StudyConfig
 from cvlth.study.matching import PRETRAINING_TASK
 from cvlth.study.plan import expand
-from cvlth.study.run import matching_table, perturbation_curves, run_study, write_matching
-from cvlth.study.runs import Recipe, level_sparsity
+from cvlth.study.run_kinds import Recipe
+from cvlth.study.runner import matching_table, perturbation_curves, run_study, write_matching
 from cvlth.study.upstream import evaluate_on_pretraining
 from study_fixtures import NEEDS_FASHION_MNIST, TINY
 

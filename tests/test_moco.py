@@ -7,10 +7,11 @@ from cvlth import pruning
 from cvlth.config import AdamWConfig, ConstantSchedule, SGDConfig, TrainingConfig
 from cvlth.data.source import TensorBatchSource
 from cvlth.data.transforms import MOCO_V2_VIEW, contrastive_augment
-from cvlth.objectives.features import feature_dim, features
+from cvlth.models.backbones import feature_dim
+from cvlth.objectives.features import features
 from cvlth.objectives.moco import KeyQueue, MoCoObjective
 from cvlth.pruning.enforcer import MaskEnforcer
-from cvlth.pruning.scope import prunable_parameters
+from cvlth.scope import prunable_parameters
 from cvlth.training.loop import train
 from ssl_fixtures import NarrowResNet, digit_sources
 

@@ -12,7 +12,7 @@ from cvlth.cli import run_cli
 from cvlth.store import Store
 from cvlth.study.config import load_study
 from cvlth.study.plan import expand
-from cvlth.study.runs import PretrainRun
+from cvlth.study.run_kinds import PretrainRun
 from study_fixtures import NEEDS_FASHION_MNIST, TINY
 
 #: TINY cut to a DAG with every dependency kind: pre-training -> upstream IMP / OMP -> transfers.
@@ -40,7 +40,9 @@ def _write(tmp_path: Path, config: dict) -> Path:
 
 
 def test_import_cvlth_does_not_import_ray() -> None:
-    code = "import sys, cvlth, cvlth.cli, cvlth.study.run, cvlth.study.parallel; print('ray' in sys.modules)"
+    code = (
+        "import sys, cvlth, cvlth.cli, cvlth.study.runner, cvlth.study.parallel; print('ray' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 
@@ -67,7 +69,7 @@ def test_executor_resources_change_no_run_and_name_real_tasks(tmp_path) -> None:
 @NEEDS_FASHION_MNIST
 @pytest.mark.slow
 def test_ray_gives_the_serial_results(local_ray, tmp_path) -> None:
-    from cvlth.study.run import run_study
+    from cvlth.study.runner import run_study
 
     study = load_study(_write(tmp_path, SMALL))
     quiet = {"quiet": True, "log": lambda _: None}

@@ -44,10 +44,25 @@ def test_killed_run_resumes_bit_identical(tmp_path, reference, kill_at) -> None:
 
     assert folder.metrics_path.read_bytes() == reference.metrics_path.read_bytes()
     assert folder.read_result() == reference.read_result()
-    resumed = torch.load(folder.checkpoint_path, weights_only=True)
-    expected = torch.load(reference.checkpoint_path, weights_only=True)
+    resumed = torch.load(folder.train_state_path, weights_only=True)
+    expected = torch.load(reference.train_state_path, weights_only=True)
     assert resumed["model"].keys() == expected["model"].keys()
     for name, tensor in expected["model"].items():
         assert torch.equal(resumed["model"][name], tensor), name
     for key, state in expected["optimizer"]["state"].items():
         assert torch.equal(resumed["optimizer"]["state"][key]["momentum_buffer"], state["momentum_buffer"])
+
+
+@pytest.mark.slow
+def test_a_folder_an_older_cvlth_started_resumes_from_its_checkpoint_pt(tmp_path, reference) -> None:
+    # Before the training state was renamed it lived in checkpoint.pt, tagged cvlth-checkpoint/1.
+    assert run_script(tmp_path, kill_at=7) == -9
+    folder = Store(tmp_path).run_dir(tiny_config())
+    state = torch.load(folder.path / "train-state.pt", weights_only=True)
+    assert state["format"] == "cvlth-train-state/1" and state["step"] > 0
+    torch.save({**state, "format": "cvlth-checkpoint/1"}, folder.path / "checkpoint.pt")
+    (folder.path / "train-state.pt").unlink()
+    assert folder.status == "resumable"
+    assert run_script(tmp_path) == 0
+    assert folder.metrics_path.read_bytes() == reference.metrics_path.read_bytes()
+    assert folder.read_result() == reference.read_result()

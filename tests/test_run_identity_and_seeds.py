@@ -14,8 +14,8 @@ from cvlth.store import Store
 from cvlth.study import execute
 from cvlth.study.config import StudyConfig, load_study
 from cvlth.study.plan import expand
-from cvlth.study.runs import ImportRun, ImpRun, PretrainRun, TransferRun
-from cvlth.training.checkpoint import step_generator
+from cvlth.study.run_kinds import ImportRun, ImpRun, PretrainRun, TransferRun
+from cvlth.training.train_state import step_generator
 from study_fixtures import DIGITS_TASK, NEEDS_FASHION_MNIST, TINY
 
 

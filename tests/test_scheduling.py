@@ -12,7 +12,7 @@ from cvlth.store import RunFolder, Store
 from cvlth.study import execute
 from cvlth.study.config import load_study
 from cvlth.study.plan import expand
-from cvlth.study.runs import ImpRun
+from cvlth.study.run_kinds import ImpRun
 from study_fixtures import NEEDS_FASHION_MNIST, TINY
 from training_fixtures import run_tiny, tiny_config
 
@@ -40,7 +40,7 @@ def test_a_run_resumes_only_with_the_thread_count_it_was_computed_with(tmp_path)
     threads = torch.get_num_threads()
     with pytest.raises(_Stop):
         run_tiny(folder, cfg, callbacks=(stop_after_two_steps,))
-    assert torch.load(folder.checkpoint_path, weights_only=True)["threads"] == threads
+    assert torch.load(folder.train_state_path, weights_only=True)["threads"] == threads
     torch.set_num_threads(threads + 1)
     try:
         with pytest.raises(TrainingError, match=f"computed with {threads} intra-op threads") as error:
@@ -57,7 +57,7 @@ def test_a_run_resumes_only_with_the_thread_count_it_was_computed_with(tmp_path)
 def test_two_workers_give_the_serial_results(tiny_study, tmp_path):
     """At the default settings: runs seed themselves from their configs and compute with the same
     thread count, so the worker count changes no number (byte-identical matching.json)."""
-    from cvlth.study.run import run_study
+    from cvlth.study.runner import run_study
 
     study = load_study(tiny_study)
     parallel = run_study(study, Store(tmp_path / "parallel"), quiet=True, log=lambda _: None, workers=2)

@@ -3,7 +3,7 @@ import torch
 import torchvision
 from torch import nn
 
-from cvlth.pruning.scope import (
+from cvlth.scope import (
     Scope,
     iter_prunable,
     prunable_parameters,

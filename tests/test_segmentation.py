@@ -16,8 +16,8 @@ from cvlth.objectives.segmentation import (
     miou,
 )
 from cvlth.pruning import MaskEnforcer
-from cvlth.pruning.scope import iter_prunable, prunable_state
 from cvlth.pruning.strategies import global_magnitude
+from cvlth.scope import iter_prunable, prunable_state
 
 SPEC = BackboneSpec("resnet18", width=4, stem="cifar", in_channels=1)
 

@@ -9,7 +9,8 @@ from torchvision.models import resnet18
 
 from cvlth.config import AdamWConfig, ConstantSchedule, TrainingConfig
 from cvlth.data.transforms import ContrastiveView, contrastive_augment
-from cvlth.objectives.features import feature_dim, features
+from cvlth.models.backbones import feature_dim
+from cvlth.objectives.features import features
 from cvlth.objectives.simclr import SimCLRObjective, nt_xent, retrieval_accuracy
 from cvlth.training.loop import train
 from ssl_fixtures import NarrowResNet, digit_sources

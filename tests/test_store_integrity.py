@@ -36,7 +36,7 @@ def finished_run(store: Store, seed: int = 0) -> RunFolder:
         (folder.path / "weights.bin").write_bytes(bytes(range(256)) * 4)
         (folder.path / "masks").mkdir()
         (folder.path / "masks" / "level-01.bin").write_bytes(b"\x01\x00" * 100)
-        folder.checkpoint_path.write_bytes(b"optimizer state")
+        folder.train_state_path.write_bytes(b"optimizer state")
         return {"accuracy": 0.75, "levels": [1]}
 
     store.execute(cfg(seed), work)
@@ -67,21 +67,21 @@ def test_result_records_the_sha256_of_every_file_the_run_wrote(tmp_path) -> None
         for name in ("config.yaml", "weights.bin", "masks/level-01.bin")
     }
     assert record["artefacts"] == expected  # the checkpoint (kept by default) and the lock are not artefacts
-    assert folder.checkpoint_path.is_file()
+    assert folder.train_state_path.is_file()
     assert folder.read_result() == {"accuracy": 0.75, "levels": [1]}
     assert folder.status == "done"
 
 
-def test_drop_checkpoint_removes_it_after_the_result(tmp_path) -> None:
+def test_drop_train_state_removes_it_after_the_result(tmp_path) -> None:
     store = Store(tmp_path)
 
     def work(folder: RunFolder) -> dict:
-        folder.checkpoint_path.write_bytes(b"state")
+        folder.train_state_path.write_bytes(b"state")
         return {"ok": 1}
 
-    assert store.execute(cfg(), work, drop_checkpoint=True) == {"ok": 1}
+    assert store.execute(cfg(), work, drop_train_state=True) == {"ok": 1}
     folder = store.run_dir(cfg())
-    assert not folder.checkpoint_path.exists() and folder.status == "done"
+    assert not folder.train_state_path.exists() and folder.status == "done"
 
 
 # --- damage is detected on every read ---------------------------------------------------------
@@ -236,17 +236,17 @@ def test_read_only_store(tmp_path, monkeypatch, capsys) -> None:
 def test_disk_full_during_an_atomic_write_names_the_path_and_keeps_the_old_file(tmp_path, failure) -> None:
     folder = RunFolder(tmp_path / "train" / "abc")
     folder.path.mkdir(parents=True)
-    folder.checkpoint_path.write_bytes(b"previous checkpoint")
+    folder.train_state_path.write_bytes(b"previous checkpoint")
 
     def write(tmp: Path) -> None:
         tmp.write_bytes(b"half of a new check")
         raise failure
 
     with pytest.raises(CvlthError) as caught:
-        folder.write_file_atomically("checkpoint.pt", write)
-    assert f"cannot write {folder.checkpoint_path}: the disk is full" in str(caught.value)
-    assert folder.checkpoint_path.read_bytes() == b"previous checkpoint"
-    assert sorted(p.name for p in folder.path.iterdir()) == ["checkpoint.pt"]  # no temporary file left
+        folder.write_file_atomically("train-state.pt", write)
+    assert f"cannot write {folder.train_state_path}: the disk is full" in str(caught.value)
+    assert folder.train_state_path.read_bytes() == b"previous checkpoint"
+    assert sorted(p.name for p in folder.path.iterdir()) == ["train-state.pt"]  # no temporary file left
 
 
 def test_unrelated_runtime_errors_keep_their_traceback(tmp_path) -> None:
@@ -415,7 +415,7 @@ COUNTING_STUDY = """
     unlink = pathlib.Path.unlink
 
     def slow_unlink(self, missing_ok=False):
-        if self.name == "checkpoint.pt":
+        if self.name == "train-state.pt":
             time.sleep(1.0)
         return unlink(self, missing_ok=missing_ok)
 
@@ -452,4 +452,4 @@ def test_two_studies_on_one_store_both_finish_and_compute_each_run_once(tmp_path
     assert sorted(computed) == folders  # every run once: 1 pretrain, 1 baseline, 2 dense, 2 ticket transfers
     assert len(folders) == 6
     assert all(RunFolder(store / name).status == "done" for name in folders)
-    assert not list(store.glob("*/*/checkpoint.pt"))
+    assert not list(store.glob("*/*/train-state.pt"))

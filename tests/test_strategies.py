@@ -7,8 +7,8 @@ from cvlth.masks import Mask
 from cvlth.pruning.strategies import (
     STRATEGIES,
     global_magnitude,
-    imp_sparsity,
     layerwise_magnitude,
+    level_sparsity,
     one_shot_magnitude,
     random_global,
     random_like,
@@ -59,8 +59,8 @@ def test_imp_schedule_follows_one_minus_point_eight_to_the_k():
     mask = None
     for k in range(1, 12):
         mask = global_magnitude(_random_weights(k), 0.2, mask)
-        assert abs(mask.pruned - imp_sparsity(k) * total) <= k  # within one weight per round
-    assert imp_sparsity(5) == pytest.approx(0.67232)
+        assert abs(mask.pruned - level_sparsity(k) * total) <= k  # within one weight per round
+    assert level_sparsity(5) == pytest.approx(0.67232)
 
 
 def test_one_shot_matches_torch_and_layerwise_matches_per_layer_l1():

@@ -14,14 +14,15 @@ import yaml
 
 import cvlth.pruning.imp as imp_module
 from cvlth.cli import run_cli
+from cvlth.errors import CvlthError
 from cvlth.masks import Mask
 from cvlth.models.checkpoints import import_checkpoint
-from cvlth.pruning.scope import iter_prunable
+from cvlth.scope import iter_prunable
 from cvlth.store import Store
-from cvlth.study import execute
+from cvlth.study import execute, runner
 from cvlth.study.config import load_study
 from cvlth.study.plan import expand
-from cvlth.study.runs import ImpRun, PretrainRun
+from cvlth.study.run_kinds import ImpRun, PretrainRun
 from study_fixtures import NEEDS_FASHION_MNIST, TINY
 
 pytestmark = NEEDS_FASHION_MNIST
@@ -199,3 +200,24 @@ def test_killed_parallel_study_stops_its_workers_and_resumes(tiny_study, tmp_pat
 
     assert run_cli(["study", str(tiny_study), "--store", str(store), "--quiet", "--workers", "2"]) == 0
     assert (store / "studies" / "tiny" / "matching.json").is_file()
+
+
+@pytest.mark.parametrize("error", [CvlthError("no masks here"), OSError(28, "No space left on device")])
+def test_a_report_failure_it_can_explain_is_logged(tmp_path, monkeypatch, error) -> None:
+    def fail(*args):
+        raise error
+
+    monkeypatch.setattr(runner, "write_report", fail)
+    lines: list[str] = []
+    assert runner._write_report(tmp_path, Store(tmp_path), lines.append) is None
+    assert len(lines) == 1 and f"({type(error).__name__}: {error})" in lines[0]
+    assert f"`cvlth report {tmp_path}`" in lines[0]
+
+
+def test_a_bug_in_the_report_fails_the_study(tmp_path, monkeypatch) -> None:
+    def fail(*args):
+        raise KeyError("levels")
+
+    monkeypatch.setattr(runner, "write_report", fail)
+    with pytest.raises(KeyError):
+        runner._write_report(tmp_path, Store(tmp_path), print)

@@ -8,7 +8,7 @@ import yaml
 
 from cvlth.cli import run_cli
 from cvlth.masks import Mask
-from cvlth.pruning.scope import iter_prunable
+from cvlth.scope import iter_prunable
 from cvlth.store import Store
 from cvlth.study import execute
 from cvlth.study.config import load_study

@@ -15,7 +15,7 @@ from cvlth.store import Store
 from cvlth.study import execute
 from cvlth.study.config import load_study
 from cvlth.study.plan import expand
-from cvlth.study.runs import ImpRun
+from cvlth.study.run_kinds import ImpRun
 from study_fixtures import NEEDS_FASHION_MNIST, TINY_BACKBONE, upstream_slice
 
 pytestmark = [

@@ -14,7 +14,7 @@ from cvlth.models.backbones import BackboneSpec, build_backbone
 from cvlth.models.checkpoints import save_checkpoint
 from cvlth.study.config import StudyConfig
 from cvlth.study.plan import expand, input_adaptations
-from cvlth.study.runs import AdaptConfig, ImportRun, ImpRun, PretrainRun, Recipe, TransferRun
+from cvlth.study.run_kinds import AdaptConfig, ImportRun, ImpRun, PretrainRun, Recipe, TransferRun
 from study_fixtures import DIGITS_TASK, TINY, TINY_BACKBONE
 
 

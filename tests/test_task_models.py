@@ -9,7 +9,7 @@ from cvlth.errors import ConfigError
 from cvlth.models.backbones import BackboneSpec, build_backbone
 from cvlth.models.checkpoints import import_checkpoint, save_checkpoint
 from cvlth.models.task_models import build_task_model, check_model_options, model_options
-from cvlth.study.runs import Recipe
+from cvlth.study.run_kinds import Recipe
 
 SPEC = BackboneSpec("resnet18", width=4, stem="cifar", in_channels=1)
 DATA = SampleSplits(

@@ -68,7 +68,7 @@ def test_mask_invariant_holds_in_model_and_checkpoint(tmp_path) -> None:
     result, model = run_tiny(RunFolder(tmp_path), cfg)
     mask = half_mask(model)
     assert pruned_weights(model, mask).abs().max() == 0
-    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    saved = torch.load(tmp_path / "train-state.pt", weights_only=True)
     assert set(saved) >= {
         "model",
         "optimizer",
@@ -124,8 +124,8 @@ def test_nan_loss_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path) ->
         )
     message = str(info.value)
     assert "the loss is nan at step 6 (epoch 1, batch 1)" in message
-    assert f"last good checkpoint is kept ({tmp_path / 'checkpoint.pt'} at step 4)" in message
-    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 4
+    assert f"last good checkpoint is kept ({tmp_path / 'train-state.pt'} at step 4)" in message
+    assert torch.load(tmp_path / "train-state.pt", weights_only=True)["step"] == 4
 
 
 def test_capture_at_step_saves_the_weights_after_that_step(tmp_path) -> None:
@@ -184,7 +184,7 @@ def test_objective_heads_are_trained_and_checkpointed(tmp_path) -> None:
         quiet=True,
     )
     assert not torch.equal(objective.head.weight, before)
-    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    saved = torch.load(tmp_path / "train-state.pt", weights_only=True)
     assert torch.equal(saved["modules"]["head"]["weight"], objective.head.weight.detach())
 
 

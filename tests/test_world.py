@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from cvlth.data.registry import load_dataset
-from cvlth.data.scenes import SceneBatchSource, SceneSet
+from cvlth.data.samples import SceneBatchSource
+from cvlth.data.scenes import SceneSet
 from cvlth.data.source import BatchSource
 from cvlth.data.world import FASHION_MNIST_SYSTEM_DIR, channel_stats
 

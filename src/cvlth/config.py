@@ -16,7 +16,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -156,14 +156,12 @@ class RunConfig(Strict):
 
     kind: str
 
-    registry: ClassVar[dict[str, type[RunConfig]]] = {}
-
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
     @classmethod
     def from_yaml(cls: type[C], text: str) -> C:
-        return validate_config(cls, _parse_yaml(text, "<string>"))
+        return validate_config(cls, parse_yaml(text, "<string>"))
 
     def hash(self) -> str:
         return config_hash(self)
@@ -181,35 +179,7 @@ class TrainConfig(RunConfig):
     train: TrainingConfig = Field(default_factory=TrainingConfig)
 
 
-def register_run_kind(cls: type[C]) -> type[C]:
-    """Class decorator: make ``load_config`` accept ``kind: <cls's kind>``."""
-    kind = cls.model_fields["kind"].default
-    if not isinstance(kind, str):
-        raise TypeError(f"{cls.__name__}.kind needs a Literal default")
-    RunConfig.registry[kind] = cls
-    return cls
-
-
-register_run_kind(TrainConfig)
-
-
-# --- loading, validation, error messages --------------------------------------------------
-
-
-def load_config(path: str | os.PathLike[str]) -> RunConfig:
-    """Read a YAML run config and validate it as the run kind its ``kind`` names."""
-    file = Path(path)
-    data = _parse_yaml(read_config_text(file, "config"), str(file))
-    import cvlth.study.runs  # noqa: F401 - registers the study's run kinds
-
-    kind = data.get("kind")
-    if kind not in RunConfig.registry:
-        allowed = ", ".join(repr(k) for k in sorted(RunConfig.registry))
-        raise ConfigError(f"{file}: kind: must be one of {allowed} (got {kind!r})")
-    try:
-        return validate_config(RunConfig.registry[kind], data)
-    except ConfigError as error:
-        raise ConfigError(f"{file}: {error.message}", error.hint) from error
+# --- validation, error messages ---------------------------------------------------------------
 
 
 def validate_config(cls: type[C], data: Any) -> C:
@@ -390,7 +360,7 @@ def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int])
     return size
 
 
-def _parse_yaml(text: str, where: str) -> dict[str, Any]:
+def parse_yaml(text: str, where: str) -> dict[str, Any]:
     size = len(text.encode("utf-8"))
     if size > MAX_CONFIG_BYTES:
         raise ConfigError(

@@ -25,7 +25,7 @@ from torch import nn
 
 from cvlth.atomic import atomic_path
 from cvlth.errors import MaskError
-from cvlth.pruning.scope import DEFAULT_SCOPE, Scope, in_natural_order, iter_prunable
+from cvlth.scope import DEFAULT_SCOPE, Scope, in_natural_order, iter_prunable
 
 FORMAT_TAG = "cvlth-mask/1"
 _RESERVED_METADATA = {"format", "shapes", "sparsity", "bits_sha256"}
@@ -220,7 +220,7 @@ def _shape_diff(
 
 
 def save_mask(mask: Mask, path: str | os.PathLike[str], **provenance: object) -> Path:
-    from safetensors.torch import save_file
+    from safetensors.torch import save_file  # lazy (no cycle): safetensors loads only when masks are written
 
     bad = _RESERVED_METADATA & set(provenance)
     if bad:
@@ -244,7 +244,7 @@ def save_mask(mask: Mask, path: str | os.PathLike[str], **provenance: object) ->
 
 def load_mask(path: str | os.PathLike[str]) -> tuple[Mask, dict[str, str]]:
     """Read a cvlth-mask/1 file; return the mask and its provenance metadata."""
-    from safetensors import SafetensorError, safe_open
+    from safetensors import SafetensorError, safe_open  # lazy (no cycle): only to read masks
 
     file = Path(path)
     if file.is_dir():

@@ -3,7 +3,8 @@
 Layout of ``<root>/<kind>/<hash>/``::
 
     config.yaml      the validated config (written when the run starts)
-    checkpoint.pt    the latest resumable state (torch.save of tensors and primitives only)
+    train-state.pt   the latest resumable training state (cvlth.training.train_state; checkpoint.pt
+                     in a folder an older cvlth started)
     metrics.jsonl    one JSON object per line, appended while training
     result.json      written last and atomically: its presence means "done"
     .lock            fcntl lock held by the process running the run (holds its pid)
@@ -38,7 +39,9 @@ __all__ = ["DEFAULT_STORE_ROOT", "RunBusyError", "RunFolder", "RunLock", "Store"
 
 DEFAULT_STORE_ROOT = "./runs"
 INTEGRITY_KEY = "integrity"  # reserved key of result.json: {"artefacts": {path: sha256}, "sha256": ...}
-_NOT_ARTEFACTS = (".lock", "checkpoint.pt")  # lock and resumable state: not results of the run
+TRAIN_STATE = "train-state.pt"
+LEGACY_TRAIN_STATE = "checkpoint.pt"  # the training state's name before cvlth-train-state/1
+_NOT_ARTEFACTS = (".lock", TRAIN_STATE, LEGACY_TRAIN_STATE)  # lock and resumable state: not results
 _HASH_CHUNK = 1 << 20
 
 
@@ -104,8 +107,12 @@ class RunFolder:
         return self.path / "config.yaml"
 
     @property
-    def checkpoint_path(self) -> Path:
-        return self.path / "checkpoint.pt"
+    def train_state_path(self) -> Path:
+        """Where the resumable training state is: ``train-state.pt``, or ``checkpoint.pt`` in a folder
+        an older cvlth started (its run resumes from it and keeps the name until it finishes)."""
+        legacy = self.path / LEGACY_TRAIN_STATE
+        current = self.path / TRAIN_STATE
+        return legacy if legacy.is_file() and not current.is_file() else current
 
     @property
     def metrics_path(self) -> Path:
@@ -125,11 +132,11 @@ class RunFolder:
 
     @property
     def status(self) -> str:
-        """``done``, ``damaged`` (a result that fails its checks), ``resumable`` (has a checkpoint)
+        """``done``, ``damaged`` (a result that fails its checks), ``resumable`` (has a training state)
         or ``started``."""
         if self.is_done():
             return "damaged" if self.damage() else "done"
-        return "resumable" if self.checkpoint_path.is_file() else "started"
+        return "resumable" if self.train_state_path.is_file() else "started"
 
     def damage(self) -> str | None:
         """Why the finished run is damaged, or None when its result and artefacts check out."""
@@ -370,13 +377,13 @@ class Store:
         fn: Callable[[RunFolder], dict[str, Any]],
         *,
         wait: bool = True,
-        drop_checkpoint: bool = False,
+        drop_train_state: bool = False,
     ) -> dict[str, Any]:
         """Return the run's result, computing it with ``fn(folder)`` only if it is not done.
 
-        ``fn`` may resume from ``folder.checkpoint_path``; its return value (a JSON-able dict)
+        ``fn`` may resume from ``folder.train_state_path``; its return value (a JSON-able dict)
         becomes ``result.json``, written last and atomically, with the hashes of the folder's files.
-        ``drop_checkpoint`` then deletes ``checkpoint.pt`` (the optimiser state a finished run no longer
+        ``drop_train_state`` then deletes the training state (the optimiser state a finished run no longer
         needs), still under the run's lock, so that no other process can race on it.
         """
         folder = self.run_dir(cfg)
@@ -392,9 +399,9 @@ class Store:
                     f"the function run for {folder.name} returned {type(result).__name__}, not a dict"
                 )
             stored = folder.write_result(result)
-            if drop_checkpoint:
-                with reported_io(folder.checkpoint_path):
-                    folder.checkpoint_path.unlink(missing_ok=True)
+            if drop_train_state:
+                with reported_io(folder.train_state_path):
+                    folder.train_state_path.unlink(missing_ok=True)
             return stored
 
     @staticmethod

@@ -28,7 +28,7 @@ import torch
 
 from cvlth.errors import MaskError
 from cvlth.masks import Mask
-from cvlth.pruning.scope import natural_sorted
+from cvlth.scope import natural_sorted
 
 
 def kernel_map(tensor: torch.Tensor) -> np.ndarray:

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 
 from cvlth.errors import MaskError
 from cvlth.masks import Mask
-from cvlth.pruning.scope import in_natural_order
+from cvlth.scope import in_natural_order
 
 
 def expected_random_iou(p: float, q: float) -> float:

@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import LinearSegmentedColormap  # noqa: E402
 from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
 
-from cvlth.pruning.scope import natural_sorted  # noqa: E402
+from cvlth.scope import natural_sorted  # noqa: E402
 
 DPI = 120
 

@@ -1,6 +1,7 @@
 """The ``cvlth`` command line. Thin: each command parses, then calls the Python API.
 
-Every command lives in its own module under ``cvlth.cli`` and registers itself on ``app``;
+Every command lives in its own module under ``cvlth.cli`` and registers itself on ``app``
+(:mod:`cvlth.cli.app`);
 user errors (:class:`cvlth.errors.CvlthError`) print one clear message and exit with status 2.
 """
 
@@ -8,35 +9,22 @@ from __future__ import annotations
 
 import sys
 
-import typer
-
-from cvlth.errors import CvlthError
-
-app = typer.Typer(
-    name="cvlth",
-    help="Lottery tickets in pre-trained vision models: find masks, transfer them, analyse them.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
+# The command modules are imported for their side effect of adding commands to ``app``.
+from cvlth.cli import (  # noqa: F401
+    datasets_cmd,
+    demo_cmd,
+    inspect_cmd,
+    masks_cmd,
+    report_cmd,
+    store_cmd,
+    study_cmd,
 )
-
-
-def _register_commands() -> None:
-    # Imported for their side effect of adding commands to ``app``.
-    from cvlth.cli import (  # noqa: F401
-        datasets_cmd,
-        demo_cmd,
-        inspect_cmd,
-        masks_cmd,
-        report_cmd,
-        store_cmd,
-        study_cmd,
-    )
+from cvlth.cli.app import app
+from cvlth.errors import CvlthError
 
 
 def run_cli(args: list[str] | None = None) -> int:
     """Run the CLI in-process and return its exit code (used by ``main`` and by tests)."""
-    _register_commands()
     try:
         app(args=args, prog_name="cvlth")
     except SystemExit as exit_:

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cvlth.cli import app
+from cvlth.cli.app import app
 from cvlth.data.registry import DATASETS, get_spec, load_dataset, resolve_root
 from cvlth.data.samples import SampleSplits
 from cvlth.errors import DatasetError

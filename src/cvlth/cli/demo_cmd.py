@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cvlth.cli import app
+from cvlth.cli.app import app
 from cvlth.cli.study_cmd import study
 from cvlth.study.config import builtin_study_path
 

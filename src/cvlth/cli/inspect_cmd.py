@@ -9,11 +9,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cvlth.cli import app
+from cvlth.cli.app import app
 from cvlth.cli.checks import input_file
 from cvlth.models.backbones import BackboneSpec, build_backbone
 from cvlth.models.checkpoints import NORMALIZATION, SOURCES, ImportedCheckpoint, import_checkpoint, load_into
-from cvlth.pruning.scope import prunable_state
+from cvlth.scope import prunable_state
 
 _BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 

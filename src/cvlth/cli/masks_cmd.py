@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cvlth.cli import app
+from cvlth.cli.app import app
 from cvlth.cli.checks import input_file, output_file
 from cvlth.errors import CvlthError
 from cvlth.masks import load_mask

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from cvlth.cli import app
+from cvlth.cli.app import app
+from cvlth.report import write_report
 
 
 @app.command()
@@ -19,8 +20,6 @@ def report(
     ] = None,
 ) -> None:
     """Write the study's report (figures/, report.md, report.html) into its folder and print the paths."""
-    from cvlth.report import write_report
-
     html_path = write_report(study_dir, store)
     typer.echo(f"report: {html_path}")
     typer.echo(f"markdown: {html_path.with_name('report.md')}")

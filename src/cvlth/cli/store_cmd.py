@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cvlth.cli import app
+from cvlth.cli.app import app
 from cvlth.store import DEFAULT_STORE_ROOT, Store
 
 #: The ``--store`` option every command that reads or writes runs shares.

@@ -9,13 +9,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cvlth.cli import app
+from cvlth.cli.app import app
 from cvlth.cli.checks import check_device
 from cvlth.config import DataRef
-from cvlth.errors import ConfigError
+from cvlth.data.cache import DatasetCache
+from cvlth.errors import ConfigError, CvlthError
 from cvlth.store import Store
 from cvlth.study.config import StudyConfig, load_study
 from cvlth.study.plan import KIND_ORDER, expand, summarize_plan
+from cvlth.study.runner import run_study
 
 StoreOption = Annotated[Path, typer.Option("--store", help="Run store root (default ./runs).")]
 
@@ -73,8 +75,6 @@ def study(
     if plan:
         print_plan(console, study_config, run_store)
         return
-    from cvlth.study.run import run_study
-
     outcome = run_study(
         study_config,
         run_store,
@@ -138,11 +138,8 @@ def print_plan(console: Console, study_config: StudyConfig, run_store: Store) ->
 
 def _train_size(ref: DataRef) -> int | None:
     """The training-set size, or None when the dataset is not available here."""
-    from cvlth.errors import CvlthError
-    from cvlth.study.execute import Context
-
     try:
-        return len(Context(store=Store("."), quiet=True).dataset(ref).train)
+        return len(DatasetCache().get(ref.name, ref.root, ref.options).train)
     except CvlthError:
         return None
 

@@ -15,6 +15,7 @@ files and are decoded and cropped to ``image_size`` per batch (see :mod:`cvlth.d
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import os
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cvlth.data import world
+from cvlth.data import voc, world
 from cvlth.data.classification import (
     FASHION_MNIST_FILES,
     DatasetSplits,
@@ -41,14 +42,10 @@ from cvlth.data.classification import (
     split_train_val,
 )
 from cvlth.data.samples import SampleSplits
+from cvlth.data.scenes import SCENE_CANVAS, SCENE_MAX_OBJECTS, SCENE_OBJECT_SIZES
+from cvlth.data.stats import CIFAR10_STATS, CIFAR100_STATS, FASHION_MNIST_STATS, IMAGENET_STATS, SVHN_STATS
 from cvlth.errors import DatasetError
 
-# Normalisation statistics of each training set (per channel, on the [0, 1] scale).
-CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
-CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
-SVHN_STATS = ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970))
-FASHION_MNIST_STATS = ((0.2860,), (0.3530,))
-IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 LARGE_IMAGE_SIZE = 224
 
 
@@ -68,6 +65,11 @@ class DatasetSpec:
     def missing(self, root: Path) -> list[str]:
         return self.probe(root)
 
+    def option_defaults(self) -> dict[str, Any]:
+        """The default value of each of the loader's options that has one."""
+        parameters = inspect.signature(self.load).parameters
+        return {n: p.default for n, p in parameters.items() if n in self.options and p.default is not p.empty}
+
 
 DATASETS: dict[str, DatasetSpec] = {}
 
@@ -85,17 +87,6 @@ def get_spec(name: str) -> DatasetSpec:
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}", hint=f"choose one of: {', '.join(DATASETS)}")
     return DATASETS[name]
-
-
-def option_defaults(name: str) -> dict[str, Any]:
-    """The default value of each option of dataset ``name``, with the study's subset options
-    (``max_train`` ...: all images); empty for an unknown name."""
-    spec = DATASETS.get(name)
-    if spec is None:
-        return {}
-    parameters = inspect.signature(spec.load).parameters
-    defaults = {n: p.default for n, p in parameters.items() if n in spec.options and p.default is not p.empty}
-    return {**defaults, "max_train": None, "max_val": None, "max_test": None}
 
 
 def resolve_root(name: str, root: str | os.PathLike[str] | None = None) -> Path:
@@ -265,8 +256,6 @@ _register_file_dataset(
 
 def _probe_module(module: str) -> Callable[[Path], list[str]]:
     def probe(root: Path) -> list[str]:
-        import importlib.util
-
         return [] if importlib.util.find_spec(module) is not None else [f"python package {module}"]
 
     return probe
@@ -334,14 +323,23 @@ def _world_scenes(
     train_size: int = world.SCENE_SIZES[0],
     val_size: int = world.SCENE_SIZES[1],
     test_size: int = world.SCENE_SIZES[2],
-    canvas_size: int = 64,
-    max_objects: int = 4,
-    object_sizes: tuple[int, int] = (14, 30),
+    canvas_size: int = SCENE_CANVAS,
+    max_objects: int = SCENE_MAX_OBJECTS,
+    object_sizes: tuple[int, int] = SCENE_OBJECT_SIZES,
     source: str = "world_mnist",
     seed: int = 0,
 ) -> SampleSplits:
+    # The registry resolves the source's name; the world reader takes the loaded images.
     return world.load_world_scenes(
-        train_size, val_size, test_size, canvas_size, max_objects, object_sizes, source, seed
+        source,
+        load_dataset(source),
+        train_size,
+        val_size,
+        test_size,
+        canvas_size,
+        max_objects,
+        object_sizes,
+        seed,
     )
 
 
@@ -358,23 +356,17 @@ _register_world(
 
 
 def _voc_detection(root: Path, max_size: int | None = 512, val_size: int = 0, seed: int = 0) -> SampleSplits:
-    from cvlth.data.voc import load_voc_detection
-
-    return load_voc_detection(root, max_size=max_size, val_size=val_size, seed=seed)
+    return voc.load_voc_detection(root, max_size=max_size, val_size=val_size, seed=seed)
 
 
 def _voc_segmentation(
     root: Path, max_size: int | None = 512, val_size: int = 0, seed: int = 0
 ) -> SampleSplits:
-    from cvlth.data.voc import load_voc_segmentation
-
-    return load_voc_segmentation(root, max_size=max_size, val_size=val_size, seed=seed)
+    return voc.load_voc_segmentation(root, max_size=max_size, val_size=val_size, seed=seed)
 
 
 def _probe_voc(kind: str) -> Callable[[Path], list[str]]:
     def probe(root: Path) -> list[str]:
-        from cvlth.data import voc
-
         return voc.probe_detection(root) if kind == "detection" else voc.probe_segmentation(root)
 
     return probe

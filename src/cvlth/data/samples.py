@@ -15,12 +15,13 @@ batches are ``(list of images, list of targets)``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from cvlth.data.scenes import SceneBatchSource
+from cvlth.data.source import TensorBatchSource
 from cvlth.errors import DatasetError
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -91,6 +92,38 @@ def sample_batches(
 ) -> SceneBatchSource:
     """Batches ``(list of images, list of targets)`` of any indexed sample collection."""
     return SceneBatchSource(samples, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
+
+
+class SceneBatchSource:
+    """A :class:`BatchSource` over indexed samples (scenes, VOC):
+    batch = (list of images, list of targets).
+
+    Lists rather than stacked tensors, as torchvision's detectors take them (and instance counts
+    differ per image); ``torch.stack(images)`` gives the batch tensor for segmentation.
+    """
+
+    def __init__(
+        self,
+        scenes: IndexedSamples,
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+    ) -> None:
+        self.scenes = scenes
+        self._indices = TensorBatchSource(
+            torch.arange(len(scenes)), batch_size=batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last
+        )
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    def epoch_batches(
+        self, epoch: int, start: int = 0
+    ) -> Iterator[tuple[list[torch.Tensor], list[dict[str, Any]]]]:
+        for (indices,) in self._indices.epoch_batches(epoch, start):
+            items = [self.scenes[int(i)] for i in indices]
+            yield [image for image, _ in items], [target for _, target in items]
 
 
 class Subset:

@@ -12,18 +12,15 @@ Targets follow torchvision's detection convention:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
-
 import torch
 import torch.nn.functional as F
 
 from cvlth.data.classification import ImageSet
-from cvlth.data.source import TensorBatchSource
 
-if TYPE_CHECKING:
-    from cvlth.data.samples import IndexedSamples
-
+# The scene defaults (the registry's world_scenes options take these too).
+SCENE_CANVAS = 64
+SCENE_MAX_OBJECTS = 4
+SCENE_OBJECT_SIZES = (14, 30)  # smallest and largest object side, in pixels
 FOREGROUND_THRESHOLD = 64  # uint8 intensity above which a source pixel belongs to the object
 _PLACEMENT_TRIES = 20
 
@@ -59,16 +56,12 @@ class SceneSet:
         self,
         num_images: int,
         seed: int = 0,
-        source: str | ImageSet = "world_mnist",
-        split: str = "train",
-        canvas_size: int = 64,
-        max_objects: int = 4,
-        object_sizes: tuple[int, int] = (14, 30),
+        *,
+        source: ImageSet,
+        canvas_size: int = SCENE_CANVAS,
+        max_objects: int = SCENE_MAX_OBJECTS,
+        object_sizes: tuple[int, int] = SCENE_OBJECT_SIZES,
     ) -> None:
-        if isinstance(source, str):
-            from cvlth.data.registry import load_dataset
-
-            source = load_dataset(source).split(split)
         if source.images.shape[1] != 1:
             raise ValueError(f"scene sources must be 1-channel, got {source.images.shape[1]} channels")
         if not 1 <= object_sizes[0] <= object_sizes[1] <= canvas_size:
@@ -155,35 +148,3 @@ class SceneSet:
             if not _overlaps((left, top, left + w, top + h), placed):
                 return top, left
         return None
-
-
-class SceneBatchSource:
-    """A :class:`BatchSource` over a :class:`SceneSet` (or any indexed samples, e.g. VOC):
-    batch = (list of images, list of targets).
-
-    Lists rather than stacked tensors, as torchvision's detectors take them (and instance counts
-    differ per image); ``torch.stack(images)`` gives the batch tensor for segmentation.
-    """
-
-    def __init__(
-        self,
-        scenes: SceneSet | IndexedSamples,
-        batch_size: int,
-        shuffle: bool = True,
-        seed: int = 0,
-        drop_last: bool = False,
-    ) -> None:
-        self.scenes = scenes
-        self._indices = TensorBatchSource(
-            torch.arange(len(scenes)), batch_size=batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last
-        )
-
-    def __len__(self) -> int:
-        return len(self._indices)
-
-    def epoch_batches(
-        self, epoch: int, start: int = 0
-    ) -> Iterator[tuple[list[torch.Tensor], list[dict[str, Any]]]]:
-        for (indices,) in self._indices.epoch_batches(epoch, start):
-            items = [self.scenes[int(i)] for i in indices]
-            yield [image for image, _ in items], [target for _, target in items]

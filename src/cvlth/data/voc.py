@@ -39,8 +39,8 @@ import torch
 from PIL import Image
 
 from cvlth.data.images import open_image
-from cvlth.data.registry import IMAGENET_STATS
 from cvlth.data.samples import SampleSplits, hold_out
+from cvlth.data.stats import IMAGENET_STATS
 from cvlth.errors import DatasetError
 
 VOC_CLASSES: tuple[str, ...] = (

@@ -32,6 +32,7 @@ from cvlth.data.classification import (
     split_train_val,
 )
 from cvlth.data.samples import SampleSplits
+from cvlth.data.scenes import SceneSet
 from cvlth.errors import DatasetError
 
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -157,25 +158,23 @@ _STATS_SCENES = 256  # training scenes measured for the normalisation statistics
 
 
 def load_world_scenes(
-    train_size: int = SCENE_SIZES[0],
-    val_size: int = SCENE_SIZES[1],
-    test_size: int = SCENE_SIZES[2],
-    canvas_size: int = 64,
-    max_objects: int = 4,
-    object_sizes: tuple[int, int] = (14, 30),
-    source: str = "world_mnist",
-    seed: int = 0,
+    source: str,
+    digits: DatasetSplits,
+    train_size: int,
+    val_size: int,
+    test_size: int,
+    canvas_size: int,
+    max_objects: int,
+    object_sizes: tuple[int, int],
+    seed: int,
 ) -> SampleSplits:
-    """Scenes of ``source`` objects for detection and segmentation (both targets on every sample).
+    """Scenes of ``digits`` (dataset ``source``, 1-channel) for detection and segmentation (both
+    targets on every sample); the defaults are the registry's ``world_scenes`` options.
 
     Each split pastes objects from the same split of ``source`` (``world_mnist``: train scenes use the
     3,500 training digits, val the 500 val digits, test the 1,000 test digits), so no test object
     is ever seen in training. Scene ``i`` of a split depends only on (seed, split, i).
     """
-    from cvlth.data.registry import load_dataset
-    from cvlth.data.scenes import SceneSet
-
-    digits = load_dataset(source)
     sets = {
         split: SceneSet(
             size,

@@ -102,9 +102,17 @@ class BackboneSpec:
         return "-".join(parts)
 
 
-def feature_dim(spec: BackboneSpec) -> int:
-    """Channels of the pooled feature that ``fc`` reads (2048 for a torchvision ResNet-50)."""
-    return 8 * spec.width * spec.architecture.expansion
+def feature_dim(backbone: BackboneSpec | nn.Module) -> int:
+    """Channels of the pooled feature that ``fc`` reads (2048 for a torchvision ResNet-50), from a
+    spec or from a built ResNet (inside any (Distributed)DataParallel wrapper)."""
+    if isinstance(backbone, BackboneSpec):
+        return 8 * backbone.width * backbone.architecture.expansion
+    while isinstance(backbone, nn.DataParallel | nn.parallel.DistributedDataParallel):
+        backbone = backbone.module
+    fc = getattr(backbone, "fc", None)
+    if not isinstance(fc, nn.Linear):
+        raise ValueError("feature_dim needs a model whose `fc` is an nn.Linear; pass feature_dim explicitly")
+    return fc.in_features
 
 
 class ScaledResNet(ResNet):

@@ -46,6 +46,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 from torch import nn
@@ -53,10 +54,12 @@ from torch import nn
 from cvlth.atomic import atomic_path
 from cvlth.errors import CheckpointError
 from cvlth.models.backbones import BackboneSpec, architecture_for, build_backbone
-from cvlth.pruning.scope import WRAPPER_PREFIXES, strip_wrappers, wrapper_of
+from cvlth.scope import WRAPPER_PREFIXES, strip_wrappers, wrapper_of
 
 CHECKPOINT_FORMAT = "cvlth-checkpoint/1"
-SOURCES: tuple[str, ...] = ("auto", "torchvision", "moco", "simclr", "timm", "cvlth")
+#: The checkpoint formats ``import_checkpoint`` reads (``auto``: detect it); run configs take this type.
+CheckpointSource = Literal["auto", "torchvision", "moco", "simclr", "timm", "cvlth"]
+SOURCES: tuple[str, ...] = get_args(CheckpointSource)
 NORMALIZATION = {
     "imagenet": "ImageNet mean/std",
     "none": "unnormalised [0, 1] pixels",
@@ -134,7 +137,7 @@ def _read_object(path: str | os.PathLike[str]) -> tuple[object, dict[str, str]]:
 
 
 def _read_safetensors(file: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors import safe_open
+    from safetensors import safe_open  # lazy (no cycle): only for .safetensors files
 
     try:
         with safe_open(str(file), framework="pt") as handle:
@@ -772,6 +775,7 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "NORMALIZATION",
     "SOURCES",
+    "CheckpointSource",
     "ArchitectureInfo",
     "ImportReport",
     "ImportedCheckpoint",

@@ -42,9 +42,9 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from cvlth.data.stats import IMAGENET_MEAN, IMAGENET_STD
 from cvlth.models.backbones import BackboneSpec, build_backbone
 from cvlth.models.checkpoints import ImportedCheckpoint, load_into
-from cvlth.objectives.supervised import IMAGENET_MEAN, IMAGENET_STD
 
 SMALL_ANCHORS: tuple[int, ...] = (8, 16, 32, 64, 128)
 TORCHVISION_ANCHORS: tuple[int, ...] = (32, 64, 128, 256, 512)

@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import nn
+from torchvision.models.detection import FasterRCNN
 
+from cvlth.data.samples import SampleSplits
 from cvlth.errors import ConfigError
 from cvlth.models.backbones import BackboneSpec
 from cvlth.models.checkpoints import ImportedCheckpoint
-
-if TYPE_CHECKING:
-    from cvlth.data.samples import SampleSplits
+from cvlth.models.detection import build_detector
+from cvlth.models.segmentation import build_segmenter
 
 DENSE_OBJECTIVES: tuple[str, ...] = ("detection", "segmentation")
 # Builder parameters a recipe cannot set: the study supplies them (θ_p, its spec, the classes, the seed).
@@ -31,8 +32,6 @@ _FIXED = frozenset({"source", "spec", "num_classes", "seed", "options"})
 def _detector(
     theta: ImportedCheckpoint, spec: BackboneSpec, data: SampleSplits, seed: int, options: Mapping[str, Any]
 ) -> nn.Module:
-    from cvlth.models.detection import build_detector
-
     size = max(data.image_shape[1:])
     defaults = {"min_size": size, "max_size": size, "image_mean": data.mean, "image_std": data.std}
     return build_detector(theta, spec, data.num_classes, seed=seed, **{**defaults, **options})
@@ -41,8 +40,6 @@ def _detector(
 def _segmenter(
     theta: ImportedCheckpoint, spec: BackboneSpec, data: SampleSplits, seed: int, options: Mapping[str, Any]
 ) -> nn.Module:
-    from cvlth.models.segmentation import build_segmenter
-
     return build_segmenter(theta, spec, data.num_classes, seed=seed, **options)
 
 
@@ -52,17 +49,11 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {"detection": _detector, "segme
 def model_options(objective: str) -> frozenset[str]:
     """The ``model:`` option names a task with this objective accepts (empty: none)."""
     if objective == "detection":
-        from torchvision.models.detection import FasterRCNN
-
-        from cvlth.models.detection import build_detector
-
         # build_detector passes the rest on to torchvision's FasterRCNN.
         own = set(inspect.signature(build_detector).parameters)
         built_here = {"backbone", "num_classes", "rpn_anchor_generator", "box_head", "box_predictor"}
         names = own | (set(inspect.signature(FasterRCNN).parameters) - built_here - {"kwargs"})
     elif objective == "segmentation":
-        from cvlth.models.segmentation import build_segmenter
-
         names = set(inspect.signature(build_segmenter).parameters)
     else:
         names = set()
@@ -73,15 +64,9 @@ def model_option_defaults(objective: str) -> dict[str, Any]:
     """The default value of each ``model:`` option with a fixed default (the detector's sizes and
     normalisation come from the dataset, so they have none here)."""
     if objective == "detection":
-        from torchvision.models.detection import FasterRCNN
-
-        from cvlth.models.detection import build_detector
-
         signatures = [inspect.signature(FasterRCNN), inspect.signature(build_detector)]
         dataset_derived = {"min_size", "max_size", "image_mean", "image_std"}
     elif objective == "segmentation":
-        from cvlth.models.segmentation import build_segmenter
-
         signatures, dataset_derived = [inspect.signature(build_segmenter)], set()
     else:
         return {}

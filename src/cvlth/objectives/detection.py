@@ -92,7 +92,7 @@ def average_precision(
     ``predictions``: per image ``boxes`` (N, 4) xyxy, ``scores`` (N,), ``labels`` (N,);
     ``targets``: per image ``boxes`` and ``labels`` (and optionally ``difficult``, ignored objects).
     """
-    from torchmetrics.detection import MeanAveragePrecision
+    from torchmetrics.detection import MeanAveragePrecision  # lazy (no cycle): torchmetrics is slow to import
 
     metric = MeanAveragePrecision(iou_type="bbox", box_format="xyxy", backend="pycocotools")
     preds, refs = [], []

@@ -47,7 +47,8 @@ def _forward_replaced(model: nn.Module) -> Iterator[None]:
 
 
 def features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``(N, C, H, W)`` images -> ``(N, feature_dim)`` globally pooled backbone features.
+    """``(N, C, H, W)`` images -> ``(N, feature_dim)`` globally pooled backbone features
+    (:func:`cvlth.models.backbones.feature_dim`).
 
     A DDP-wrapped model is still called through the wrapper (with the inner forward swapped for
     the feature path), because DDP only all-reduces gradients of a forward that went through it.
@@ -57,14 +58,6 @@ def features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         with _forward_replaced(model.module):
             return model(x)
     return _pooled_features(unwrap(model), x)  # DataParallel: runs on the bare module
-
-
-def feature_dim(model: nn.Module) -> int:
-    """Width of :func:`features` for a torchvision-named ResNet (the input width of its ``fc``)."""
-    fc = getattr(unwrap(model), "fc", None)
-    if not isinstance(fc, nn.Linear):
-        raise ValueError("feature_dim needs a model whose `fc` is an nn.Linear; pass feature_dim explicitly")
-    return fc.in_features
 
 
 def freeze_classifier(model: nn.Module) -> None:

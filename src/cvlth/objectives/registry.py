@@ -18,8 +18,13 @@ from cvlth.config import ObjectiveRef
 from cvlth.data import transforms as T
 from cvlth.data.classification import DatasetSplits
 from cvlth.data.samples import SampleSplits
+from cvlth.data.stats import IMAGENET_MEAN, IMAGENET_STD
 from cvlth.errors import ConfigError
-from cvlth.objectives.supervised import IMAGENET_MEAN, IMAGENET_STD
+from cvlth.objectives.detection import DetectionObjective
+from cvlth.objectives.moco import MoCoObjective
+from cvlth.objectives.segmentation import SegmentationObjective
+from cvlth.objectives.simclr import SimCLRObjective
+from cvlth.objectives.supervised import SupervisedObjective
 from cvlth.training.objective import Objective
 
 Builder = Callable[..., Objective]
@@ -118,8 +123,6 @@ def _supervised(
     """Cross-entropy. ``augment``: ``crop_flip`` (the paper's 32x32 recipe: padded crop + flip),
     ``resized_crop`` (RandomResizedCrop(crop_scale) + flip, upstream ImageNet style) or ``none``;
     ``normalize``: see :func:`resolve_normalization`."""
-    from cvlth.objectives.supervised import SupervisedObjective
-
     size = data.image_shape[-1]
     steps: list[Any] = []
     if augment == "crop_flip":
@@ -180,8 +183,6 @@ def _simclr(
 ) -> Objective:
     """SimCLR: NT-Xent over two augmented views, projection head hidden = feature_dim. Augmentation
     options (see :func:`_contrastive_augment`) default to SimCLR's paper values."""
-    from cvlth.objectives.simclr import SimCLRObjective
-
     augment = _contrastive_augment(data, T.SIMCLR_VIEW, **augment_options)
     return SimCLRObjective(
         feature_dim, projection_dim=projection_dim, temperature=temperature, augment=augment, variant=variant
@@ -203,8 +204,6 @@ def _moco(
 ) -> Objective:
     """MoCo v2: EMA key encoder, a queue of negatives, InfoNCE at temperature 0.2; augmentation
     options (see :func:`_contrastive_augment`) default to MoCo v2's "aug+"."""
-    from cvlth.objectives.moco import MoCoObjective
-
     augment = _contrastive_augment(data, T.MOCO_V2_VIEW, **augment_options)
     return MoCoObjective(
         feature_dim,
@@ -223,8 +222,6 @@ def _detection(
     *, feature_dim: int, data: SampleSplits, flip: float = 0.5, train_difficult: bool = False
 ) -> Objective:
     """Summed Faster R-CNN losses; flips with probability ``flip``; AP@[.5:.95] selects."""
-    from cvlth.objectives.detection import DetectionObjective
-
     return DetectionObjective(flip=flip, train_difficult=train_difficult)
 
 
@@ -233,6 +230,4 @@ def _segmentation(
     *, feature_dim: int, data: SampleSplits, flip: float = 0.5, crop_size: int | None = None
 ) -> Objective:
     """Cross-entropy (255 ignored) with the dataset's normalisation; mIoU selects."""
-    from cvlth.objectives.segmentation import SegmentationObjective
-
     return SegmentationObjective(data.num_classes, data.mean, data.std, flip=flip, crop_size=crop_size)

@@ -10,12 +10,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from cvlth.data.source import BatchSource
+from cvlth.data.stats import IMAGENET_MEAN, IMAGENET_STD
 
 #: ``augment(images_uint8, generator) -> float tensor``, applied on the device.
 Augment = Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class Normalize:

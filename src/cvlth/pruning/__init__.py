@@ -1,41 +1,50 @@
-"""Pruning: the prunable scope, strategies that compute masks, and the training-time enforcer.
+"""Pruning: strategies that compute masks, the training-time enforcer, and the IMP loop.
 
 >>> from cvlth import pruning
->>> mask = pruning.magnitude(model, sparsity=0.2)             # one-shot global magnitude
->>> mask = pruning.magnitude(model, sparsity=0.2, mask=mask)  # next IMP step (20% of the rest)
+>>> mask = pruning.magnitude(model, fraction=0.2)             # one-shot: prune 20% of the weights
+>>> mask = pruning.magnitude(model, fraction=0.2, mask=mask)  # next IMP step: 20% of the remaining ones
 >>> from cvlth.pruning.imp import imp   # the whole IMP loop (module and function share the name)
 
-Names are resolved lazily so that ``cvlth.masks`` can import ``cvlth.pruning.scope`` without a cycle.
+Which weights are prunable lives in :mod:`cvlth.scope` (below :mod:`cvlth.masks`, which this package
+builds on); its names are re-exported here.
 """
 
-from __future__ import annotations
+from cvlth.pruning.api import magnitude
+from cvlth.pruning.enforcer import MaskEnforcer
+from cvlth.pruning.strategies import (
+    STRATEGIES,
+    get_strategy,
+    global_magnitude,
+    layerwise_magnitude,
+    level_sparsity,
+    one_shot_magnitude,
+    random_global,
+    random_like,
+)
+from cvlth.scope import (
+    DEFAULT_SCOPE,
+    Scope,
+    iter_prunable,
+    prunable_parameters,
+    prunable_state,
+    strip_wrappers,
+)
 
-import importlib
-from typing import Any
-
-_EXPORTS = {
-    "DEFAULT_SCOPE": "scope",
-    "Scope": "scope",
-    "iter_prunable": "scope",
-    "prunable_parameters": "scope",
-    "prunable_state": "scope",
-    "strip_wrappers": "scope",
-    "MaskEnforcer": "enforcer",
-    "STRATEGIES": "strategies",
-    "get_strategy": "strategies",
-    "global_magnitude": "strategies",
-    "imp_sparsity": "strategies",
-    "layerwise_magnitude": "strategies",
-    "one_shot_magnitude": "strategies",
-    "random_global": "strategies",
-    "random_like": "strategies",
-    "magnitude": "api",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'cvlth.pruning' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"cvlth.pruning.{_EXPORTS[name]}"), name)
+__all__ = [
+    "DEFAULT_SCOPE",
+    "STRATEGIES",
+    "MaskEnforcer",
+    "Scope",
+    "get_strategy",
+    "global_magnitude",
+    "iter_prunable",
+    "layerwise_magnitude",
+    "level_sparsity",
+    "magnitude",
+    "one_shot_magnitude",
+    "prunable_parameters",
+    "prunable_state",
+    "random_global",
+    "random_like",
+    "strip_wrappers",
+]

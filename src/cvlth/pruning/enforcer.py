@@ -13,7 +13,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from cvlth.masks import Mask
-from cvlth.pruning.scope import DEFAULT_SCOPE, Scope, iter_prunable
+from cvlth.scope import DEFAULT_SCOPE, Scope, iter_prunable
 
 
 class MaskEnforcer:

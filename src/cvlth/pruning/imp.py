@@ -36,8 +36,8 @@ from cvlth.atomic import atomic_path
 from cvlth.config import OptimConfig, ScheduleConfig, TrainingConfig
 from cvlth.data.source import BatchSource
 from cvlth.masks import Mask
-from cvlth.pruning.scope import prunable_parameters
 from cvlth.pruning.strategies import global_magnitude
+from cvlth.scope import prunable_parameters
 from cvlth.store import RunFolder
 from cvlth.training.loop import capture_path, train
 from cvlth.training.objective import Objective, head_states, load_heads
@@ -147,7 +147,7 @@ def imp(
         folder_k.write_result({"trained_with_level": level, "sparsity": sparsity, **result})
         mask = _magnitude_step(model, fraction, previous)
         mask.save(mask_path(root, level + 1), method="imp", round=level + 1, rewind=label)
-        folder_k.checkpoint_path.unlink(missing_ok=True)  # the level's mask is what lasts
+        folder_k.train_state_path.unlink(missing_ok=True)  # the level's mask is what lasts
     masks = {k: Mask.load(mask_path(root, k)) for k in range(1, rounds + 1)}
     return ImpResult(masks, [round_folder(root, k).read_result() for k in range(first, rounds)])
 

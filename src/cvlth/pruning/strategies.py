@@ -182,6 +182,6 @@ def random_like(mask: Mask, seed: int = 0) -> Mask:
     return Mask(result)
 
 
-def imp_sparsity(rounds: int, fraction: float = 0.2) -> float:
-    """Sparsity after ``rounds`` IMP steps of ``fraction``: 1 - (1 - fraction)**rounds."""
-    return 1.0 - (1.0 - fraction) ** rounds
+def level_sparsity(level: int, fraction: float = 0.2) -> float:
+    """Sparsity of IMP level ``level`` (``level`` steps of ``fraction``): 1 - (1 - fraction)**level."""
+    return 1.0 - (1.0 - fraction) ** level

@@ -1,7 +1,7 @@
 """The study config: pre-trainings × ticket finders × sparsity levels × downstream tasks × seeds.
 
 A study is a YAML file (see ``configs/demo.yaml``). :func:`cvlth.study.plan.expand` turns it into
-the run configs of :mod:`cvlth.study.runs`; the study itself is never a run, so editing it only
+the run configs of :mod:`cvlth.study.run_kinds`; the study itself is never a run, so editing it only
 adds or drops runs, and every run already computed is reused.
 """
 
@@ -22,13 +22,14 @@ from cvlth.config import (
     ScheduleConfig,
     Strict,
     TrainingConfig,
-    _parse_yaml,
+    parse_yaml,
     read_config_text,
     validate_config,
 )
 from cvlth.errors import ConfigError
+from cvlth.models.checkpoints import CheckpointSource
 from cvlth.study.resources import ExecutorSettings
-from cvlth.study.runs import AdaptConfig, BackboneConfig, MaskVariant, Recipe
+from cvlth.study.run_kinds import AdaptConfig, BackboneConfig, MaskVariant, Recipe
 
 DEFAULT_METRICS = {"supervised": "accuracy", "detection": "map", "segmentation": "miou"}
 
@@ -42,7 +43,7 @@ class PretrainEntry(Strict):
 
     recipe: Recipe | None = None
     import_path: str | None = None
-    import_source: Literal["auto", "torchvision", "moco", "simclr", "timm", "cvlth"] = "auto"
+    import_source: CheckpointSource = "auto"
     upstream: Recipe | None = None
 
     @model_validator(mode="after")
@@ -222,7 +223,7 @@ def load_study(path: str | os.PathLike[str], overrides: dict[str, Any] | None = 
         file = builtin_study_path(str(path))
     hint = f"give a YAML path or one of the packaged studies: {', '.join(builtin_studies())}"
     text = read_config_text(file, "study config", hint)
-    data = _expand_variables(_parse_yaml(text, str(file)))
+    data = _expand_variables(parse_yaml(text, str(file)))
     data.update(overrides or {})
     try:
         return validate_config(StudyConfig, data)

@@ -31,8 +31,8 @@ from torch import nn
 
 from cvlth.atomic import atomic_path
 from cvlth.config import DataRef, ObjectiveRef, RunConfig
+from cvlth.data.cache import DatasetCache
 from cvlth.data.classification import DatasetSplits
-from cvlth.data.registry import load_dataset
 from cvlth.data.samples import SampleSplits
 from cvlth.errors import CvlthError
 from cvlth.masks import Mask
@@ -42,12 +42,12 @@ from cvlth.models.task_models import DENSE_OBJECTIVES, build_task_model
 from cvlth.models.transfer import transfer_model
 from cvlth.objectives.registry import build_objective, objective_option_defaults
 from cvlth.pruning.imp import REWIND, imp, load_rewind, mask_path
-from cvlth.pruning.scope import prunable_state
-from cvlth.pruning.strategies import one_shot_magnitude, random_global, random_like
+from cvlth.pruning.strategies import level_sparsity, one_shot_magnitude, random_global, random_like
+from cvlth.scope import prunable_state
 from cvlth.seeds import RunSeeds, derive_seeds, mix
 from cvlth.store import RunFolder, Store
 from cvlth.study.plan import input_adaptations
-from cvlth.study.runs import (
+from cvlth.study.run_kinds import (
     BaselineRun,
     ImportRun,
     ImpRun,
@@ -55,7 +55,6 @@ from cvlth.study.runs import (
     Recipe,
     TransferRun,
     dependencies,
-    level_sparsity,
 )
 from cvlth.study.upstream import evaluate_on_pretraining
 from cvlth.training.loop import train
@@ -65,7 +64,6 @@ AnySplits = DatasetSplits | SampleSplits
 THETA_P = "theta_p.pt"
 HEADS = "heads.pt"
 EVAL_BATCH_SIZE = 512
-_SUBSET_OPTIONS = ("max_train", "max_val", "max_test")
 
 
 @dataclass
@@ -77,28 +75,10 @@ class Context:
     quiet: bool = False
     threads: int | None = None  # intra-op threads every run computes with (None: torch's default)
     log: Callable[[str], None] = print
-    _datasets: dict[str, AnySplits] = field(default_factory=dict)
+    datasets: DatasetCache = field(default_factory=DatasetCache)
 
     def dataset(self, ref: DataRef) -> AnySplits:
-        key = ref.model_dump_json()
-        if key not in self._datasets:
-            options = {k: v for k, v in ref.options.items() if k not in _SUBSET_OPTIONS}
-            splits = load_dataset(ref.name, ref.root, **options)
-            self._datasets[key] = _limit(splits, ref.options) if isinstance(splits, DatasetSplits) else splits
-        return self._datasets[key]
-
-
-def _limit(splits: DatasetSplits, options: dict[str, Any]) -> DatasetSplits:
-    """Deterministic subsets (``max_train`` etc.): the first N of a fixed permutation of each split."""
-    limited = {}
-    for split in ("train", "val", "test"):
-        images = splits.split(split)
-        limit = options.get(f"max_{split}")
-        if limit is not None and int(limit) < len(images):
-            order = torch.randperm(len(images), generator=torch.Generator().manual_seed(1234))
-            images = images.subset(order[: int(limit)])
-        limited[split] = images
-    return replace(splits, **limited)
+        return self.datasets.get(ref.name, ref.root, ref.options)
 
 
 # --- the DAG ----------------------------------------------------------------------------------
@@ -115,7 +95,7 @@ def ensure(run: RunConfig, ctx: Context) -> dict[str, Any]:
     if ctx.threads is not None:
         torch.set_num_threads(ctx.threads)
     start = time.perf_counter()
-    result = ctx.store.execute(run, lambda f: executor(run, f, ctx), drop_checkpoint=True)
+    result = ctx.store.execute(run, lambda f: executor(run, f, ctx), drop_train_state=True)
     ctx.log(f"  {run.kind} {folder.name} finished in {time.perf_counter() - start:.1f} s")
     return result
 
@@ -238,9 +218,7 @@ def execute_imp(run: ImpRun, folder: RunFolder, ctx: Context) -> dict[str, Any]:
     objective_ref = _objective_ref(run, theta, ctx)
 
     def make_objective() -> Any:
-        return build_objective(
-            objective_ref, feature_dim=_feature_dim(model), data=data, seed=seeds.objective
-        )
+        return _objective(objective_ref, model, data, seeds.objective)
 
     found = imp(
         model,
@@ -273,9 +251,7 @@ def execute_imp(run: ImpRun, folder: RunFolder, ctx: Context) -> dict[str, Any]:
     }
     if run.stage == "upstream":  # Fig. 2's dense row: θ_p, untrained, on the pre-training task
         theta_p, theta_p_heads = _upstream_model(run, theta, data, ctx, seeds)
-        objective = build_objective(
-            objective_ref, feature_dim=_feature_dim(theta_p), data=data, seed=seeds.objective
-        )
+        objective = _objective(objective_ref, theta_p, data, seeds.objective)
         load_heads(objective, theta_p_heads)
         test = _batches(data, "test", EVAL_BATCH_SIZE)
         result["dense_upstream"] = evaluate_on_pretraining(theta_p, objective, test, ctx.device)
@@ -386,9 +362,7 @@ def execute_transfer(run: TransferRun, folder: RunFolder, ctx: Context) -> dict[
             rewind = load_rewind(run_folder(ctx, run.ticket) / REWIND)
             backbone = {k: v for k, v in rewind["model"].items() if not k.startswith("fc.")}
             model.load_state_dict(backbone, strict=False)
-    objective = build_objective(
-        run.task.objective, feature_dim=_feature_dim(model), data=data, seed=seeds.objective
-    )
+    objective = _objective(run.task.objective, model, data, seeds.objective)
     result = _train(model, objective, data, run.task, folder, ctx, mask=mask, seeds=seeds)
     return {
         "level": run.level,
@@ -518,10 +492,11 @@ def _seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
         return build()
 
 
-def _feature_dim(model: nn.Module) -> int:
-    """Width of the pooled features (classifiers; dense-prediction objectives ignore it)."""
-    fc = getattr(model, "fc", None)
-    return int(fc.in_features) if isinstance(fc, nn.Linear) else 0
+def _objective(ref: ObjectiveRef, model: nn.Module, data: AnySplits, seed: int) -> Any:
+    """The objective ``ref`` names for ``model``. Dense-prediction objectives take no feature width
+    (their detector / segmenter has no classifier ``fc``): they get 0."""
+    width = 0 if ref.name in DENSE_OBJECTIVES else feature_dim(model)
+    return build_objective(ref, feature_dim=width, data=data, seed=seed)
 
 
 EXECUTORS: dict[str, Callable[[Any, RunFolder, Context], dict[str, Any]]] = {

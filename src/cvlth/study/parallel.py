@@ -37,8 +37,9 @@ import torch
 
 from cvlth.config import RunConfig, config_hash
 from cvlth.store import Store
+from cvlth.study.execute import Context, ensure
 from cvlth.study.plan import PlannedRun
-from cvlth.study.runs import dependencies
+from cvlth.study.run_kinds import dependencies
 
 # Scheduling priority by run kind: runs that others wait on first, longest chains (IMP) first.
 _KIND_RANK = {"pretrain": 0, "import": 0, "imp": 1, "baseline": 2, "transfer": 3}
@@ -76,10 +77,6 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def _start_worker(parent: int, store_root: str, device: str, threads: int) -> None:
-    import torch
-
-    from cvlth.study.execute import Context
-
     global _worker_context
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     torch.set_num_threads(threads)
@@ -90,8 +87,6 @@ def _start_worker(parent: int, store_root: str, device: str, threads: int) -> No
 
 
 def _execute_in_worker(run: RunConfig) -> float:
-    from cvlth.study.execute import ensure
-
     start = time.perf_counter()
     ensure(run, _worker_context)
     return time.perf_counter() - start

@@ -17,10 +17,16 @@ from typing import Any
 from pydantic import ValidationError
 
 from cvlth.config import DataRef, ObjectiveRef, RunConfig, format_error
+from cvlth.data.cache import SUBSET_OPTIONS, loader_options
+from cvlth.data.registry import DATASETS, get_spec, load_dataset
+from cvlth.data.samples import SampleSplits
 from cvlth.errors import ConfigError, CvlthError
+from cvlth.models.checkpoints import import_checkpoint
+from cvlth.models.task_models import DENSE_OBJECTIVES
+from cvlth.objectives.registry import OBJECTIVES, objective_option_defaults
 from cvlth.store import RunFolder, Store
 from cvlth.study.config import FinderEntry, StudyConfig
-from cvlth.study.runs import (
+from cvlth.study.run_kinds import (
     BaselineRun,
     ImportRun,
     ImpRun,
@@ -218,22 +224,16 @@ def _study_recipes(study: StudyConfig) -> list[tuple[str, DataRef | None, Object
 def data_options(name: str) -> list[str]:
     """The options dataset ``name`` takes in a study: its loader's, plus ``max_train`` / ``max_val`` /
     ``max_test`` (deterministic subsets) for classification datasets."""
-    from cvlth.data.registry import get_spec
-    from cvlth.data.samples import SampleSplits
-    from cvlth.study.execute import _SUBSET_OPTIONS
-
     spec = get_spec(name)
     try:
         returns = typing.get_type_hints(spec.load).get("return")
     except (NameError, TypeError):
         returns = None
     per_image = returns is SampleSplits  # detection / segmentation samples: no subset options
-    return list(spec.options) + ([] if per_image else list(_SUBSET_OPTIONS))
+    return list(spec.options) + ([] if per_image else list(SUBSET_OPTIONS))
 
 
 def check_data_ref(ref: DataRef, where: str) -> None:
-    from cvlth.data.registry import DATASETS
-
     if ref.name not in DATASETS:
         raise ConfigError(
             f"{where}.name: unknown dataset {ref.name!r}",
@@ -243,8 +243,6 @@ def check_data_ref(ref: DataRef, where: str) -> None:
 
 
 def check_objective_ref(ref: ObjectiveRef, where: str) -> None:
-    from cvlth.objectives.registry import OBJECTIVES, objective_option_defaults
-
     if ref.name not in OBJECTIVES:
         raise ConfigError(
             f"{where}.name: unknown objective {ref.name!r}", hint=f"choose one of: {', '.join(OBJECTIVES)}"
@@ -264,8 +262,6 @@ def _check_options(where: str, what: str, given: dict[str, Any], allowed: list[s
 def _classifier_adapt(run: RunConfig) -> Any:
     """The ``adapt`` settings of a run that turns θ_p into a downstream classifier, else None
     (pre-training, upstream IMP and dense tasks keep θ_p's stem as it is)."""
-    from cvlth.models.task_models import DENSE_OBJECTIVES
-
     if isinstance(run, TransferRun) or (isinstance(run, ImpRun) and run.stage == "downstream"):
         recipe = run.recipe if isinstance(run, ImpRun) else run.task
         return None if recipe.objective.name in DENSE_OBJECTIVES else run.adapt
@@ -339,8 +335,6 @@ def check_input_channels(
 
 
 def _checkpoint_channels(run: ImportRun) -> int:
-    from cvlth.models.checkpoints import import_checkpoint
-
     imported = import_checkpoint(run.path, source=run.source)
     if imported.spec is None:
         raise ConfigError(
@@ -351,12 +345,8 @@ def _checkpoint_channels(run: ImportRun) -> int:
 
 
 def _image_channels(ref: DataRef) -> int | None:
-    from cvlth.data.registry import load_dataset
-    from cvlth.study.execute import _SUBSET_OPTIONS
-
-    options = {k: v for k, v in ref.options.items() if k not in _SUBSET_OPTIONS}
     try:
-        return int(load_dataset(ref.name, ref.root, **options).image_shape[0])
+        return int(load_dataset(ref.name, ref.root, **loader_options(ref.options)).image_shape[0])
     except CvlthError:  # not present here: checked when the run loads it
         return None
 

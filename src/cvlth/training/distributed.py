@@ -68,10 +68,6 @@ def current_env() -> DistEnv:
     )
 
 
-def device_for(env: DistEnv) -> torch.device:
-    return torch.device("cuda", env.local_rank) if torch.cuda.is_available() else torch.device("cpu")
-
-
 def shard_batch(batch: Any, env: DistEnv) -> Any:
     """This rank's contiguous slice of every tensor in a (nested) batch, along dimension 0.
 

@@ -41,16 +41,16 @@ from cvlth.masks import Mask
 from cvlth.pruning.enforcer import MaskEnforcer
 from cvlth.store import RunFolder, reported_io
 from cvlth.training import distributed
-from cvlth.training.checkpoint import (
-    CHECKPOINT_FORMAT,
-    capture_rng,
-    load_checkpoint,
-    restore_rng,
-    step_generator,
-)
 from cvlth.training.distributed import DistEnv
 from cvlth.training.objective import Objective
 from cvlth.training.optim import build_optimizer, build_scheduler
+from cvlth.training.train_state import (
+    TRAIN_STATE_FORMAT,
+    capture_rng,
+    load_train_state,
+    restore_rng,
+    step_generator,
+)
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # fp32: autocast off
 
@@ -127,7 +127,7 @@ def train(
     scheduler = build_scheduler(optimizer, schedule, steps_per_epoch, training.epochs)
 
     state = _State()
-    if folder is not None and folder.checkpoint_path.is_file():
+    if folder is not None and folder.train_state_path.is_file():
         state, mask = _resume(folder, model, extra, optimizer, scheduler, mask, scaler)
     elif writer is not None:
         _truncate(writer.metrics_path, 0)  # lines of a run killed before its first checkpoint
@@ -347,7 +347,7 @@ def _save_checkpoint(
     metrics_offset: int,
 ) -> None:
     payload = {
-        "format": CHECKPOINT_FORMAT,
+        "format": TRAIN_STATE_FORMAT,
         "epoch": state.epoch,
         "batch": state.batch,
         "step": state.step,
@@ -362,8 +362,8 @@ def _save_checkpoint(
         "metrics_offset": metrics_offset,
         "threads": torch.get_num_threads(),
     }
-    folder.write_file_atomically(folder.checkpoint_path.name, lambda tmp: torch.save(payload, tmp))
-    state.last_checkpoint = f"{folder.checkpoint_path} at step {state.step}"
+    folder.write_file_atomically(folder.train_state_path.name, lambda tmp: torch.save(payload, tmp))
+    state.last_checkpoint = f"{folder.train_state_path} at step {state.step}"
 
 
 def _resume(
@@ -375,12 +375,12 @@ def _resume(
     mask: Mask | None,
     scaler: torch.amp.GradScaler,
 ) -> tuple[_State, Mask | None]:
-    saved = load_checkpoint(folder.checkpoint_path)
+    saved = load_train_state(folder.train_state_path)
     _check_threads(folder, saved.get("threads"))
     saved_mask = Mask(saved["mask"]) if saved["mask"] is not None else None
     if (saved_mask is None) != (mask is None) or (mask is not None and saved_mask != mask):
         raise TrainingError(
-            f"{folder.checkpoint_path} was trained with another mask than the one given",
+            f"{folder.train_state_path} was trained with another mask than the one given",
             hint="a run's mask is part of its identity; use a new run folder for a new mask",
         )
     model.load_state_dict(saved["model"])
@@ -393,7 +393,7 @@ def _resume(
     restore_rng(saved["rng"])
     _truncate(folder.metrics_path, saved["metrics_offset"])
     state = _State(epoch=saved["epoch"], batch=saved["batch"], step=saved["step"], history=saved["history"])
-    state.last_checkpoint = f"{folder.checkpoint_path} at step {state.step}"
+    state.last_checkpoint = f"{folder.train_state_path} at step {state.step}"
     return state, saved_mask
 
 
@@ -402,7 +402,7 @@ def _check_threads(folder: RunFolder, saved: int | None) -> None:
     another count would not finish with the numbers it would have had."""
     if saved is not None and saved != torch.get_num_threads():
         raise TrainingError(
-            f"{folder.checkpoint_path} was computed with {saved} intra-op threads, this process uses "
+            f"{folder.train_state_path} was computed with {saved} intra-op threads, this process uses "
             f"{torch.get_num_threads()}",
             hint=f"resume with the same count (cvlth study --threads {saved}), or delete the checkpoint "
             "to restart the run",

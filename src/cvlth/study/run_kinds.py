@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import Field, model_validator
 
@@ -33,14 +33,49 @@ from cvlth.config import (
     ScheduleConfig,
     SGDConfig,
     Strict,
+    TrainConfig,
     TrainingConfig,
-    register_run_kind,
+    parse_yaml,
+    read_config_text,
+    validate_config,
     without_defaults,
 )
-from cvlth.data.registry import option_defaults
+from cvlth.data.cache import option_defaults
 from cvlth.errors import ConfigError
+from cvlth.models.checkpoints import CheckpointSource
 from cvlth.models.task_models import check_model_options, model_option_defaults
 from cvlth.objectives.registry import objective_option_defaults
+
+#: Every run kind by its ``kind`` tag: what :func:`load_config` accepts.
+RUN_KINDS: dict[str, type[RunConfig]] = {}
+R = TypeVar("R", bound=type[RunConfig])
+
+
+def register_run_kind(cls: R) -> R:
+    """Class decorator: make ``load_config`` accept ``kind: <cls's kind>``."""
+    kind = cls.model_fields["kind"].default
+    if not isinstance(kind, str):
+        raise TypeError(f"{cls.__name__}.kind needs a Literal default")
+    RUN_KINDS[kind] = cls
+    return cls
+
+
+register_run_kind(TrainConfig)
+
+
+def load_config(path: str | os.PathLike[str]) -> RunConfig:
+    """Read a YAML run config and validate it as the run kind its ``kind`` names."""
+    file = Path(path)
+    data = parse_yaml(read_config_text(file, "config"), str(file))
+    kind = data.get("kind")
+    if kind not in RUN_KINDS:
+        allowed = ", ".join(repr(k) for k in sorted(RUN_KINDS))
+        raise ConfigError(f"{file}: kind: must be one of {allowed} (got {kind!r})")
+    try:
+        return validate_config(RUN_KINDS[kind], data)
+    except ConfigError as error:
+        raise ConfigError(f"{file}: {error.message}", error.hint) from error
+
 
 ArchName = Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 
@@ -107,7 +142,7 @@ class PretrainRun(RunConfig):
 class ImportRun(RunConfig):
     kind: Literal["import"] = "import"
     path: str = Field(description="checkpoint file; any format cvlth.models.checkpoints reads")
-    source: Literal["auto", "torchvision", "moco", "simclr", "timm", "cvlth"] = "auto"
+    source: CheckpointSource = "auto"
 
     def normalize_identity(self, data: dict[str, Any]) -> dict[str, Any]:
         """The checkpoint is identified by its content (sha256), not its path: moving the file
@@ -232,9 +267,6 @@ class TransferRun(RunConfig):
         return data
 
 
-AnyRun = PretrainRun | ImportRun | ImpRun | BaselineRun | TransferRun
-
-
 def dependencies(run: RunConfig) -> list[RunConfig]:
     """The runs whose results ``run`` reads (direct dependencies only)."""
     if isinstance(run, ImpRun | BaselineRun):
@@ -242,7 +274,3 @@ def dependencies(run: RunConfig) -> list[RunConfig]:
     if isinstance(run, TransferRun):
         return [run.pretrained] if run.ticket is None else [run.ticket]
     return []
-
-
-def level_sparsity(level: int, fraction: float = 0.2) -> float:
-    return 1.0 - (1.0 - fraction) ** level

@@ -159,21 +159,6 @@ def prunable_state(
     return found
 
 
-def count_prunable(shapes: Iterable[torch.Size | tuple[int, ...]]) -> int:
-    total = 0
-    for shape in shapes:
-        n = 1
-        for dim in shape:
-            n *= int(dim)
-        total += n
-    return total
-
-
-# --- layer order ---------------------------------------------------------------------------------
-# Natural order: ``layer3.2`` before ``layer3.10`` (ResNet-101/152 have 23 and 36 blocks in
-# ``layer3``), where plain string order would interleave them. Masks, analyses and figures list
-# layers in this order.
-
 V = TypeVar("V")
 _NUMBER = re.compile(r"(\d+)")
 

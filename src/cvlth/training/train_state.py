@@ -1,9 +1,12 @@
-"""Resumable training state: what a checkpoint holds and how RNG states are captured.
+"""Resumable training state: what it holds and how RNG states are captured.
 
-``checkpoint.pt`` is a ``torch.save`` of tensors and primitive containers only, so it loads with
-``torch.load(weights_only=True)``. Format ``cvlth-checkpoint/1``::
+``train-state.pt`` (:attr:`cvlth.store.RunFolder.train_state_path`) is a ``torch.save`` of tensors and
+primitive containers only, so it loads with ``torch.load(weights_only=True)``. It is not a model
+checkpoint to import elsewhere (that is ``theta_p.pt``, :func:`cvlth.models.checkpoints.save_checkpoint`).
+Format ``cvlth-train-state/1`` (``cvlth-checkpoint/1`` in ``checkpoint.pt``, written by older cvlth,
+is the same layout and still resumes)::
 
-    format          "cvlth-checkpoint/1"
+    format          "cvlth-train-state/1"
     epoch, batch    position of the next batch to train (batch 0 = start of ``epoch``)
     step            optimizer steps done
     model           model.state_dict()
@@ -28,7 +31,8 @@ import torch
 
 from cvlth.errors import CheckpointError
 
-CHECKPOINT_FORMAT = "cvlth-checkpoint/1"
+TRAIN_STATE_FORMAT = "cvlth-train-state/1"
+_LEGACY_FORMATS = ("cvlth-checkpoint/1",)  # the tag before the rename: same layout
 
 
 def capture_rng() -> dict[str, Any]:
@@ -75,14 +79,14 @@ def step_generator(seed: int, step: int, rank: int, device: torch.device) -> tor
     return generator
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
+def load_train_state(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors come in many types
         raise CheckpointError(
-            f"cannot read checkpoint {path}: {exc}",
+            f"cannot read training state {path}: {exc}",
             hint="the file is corrupted; delete it to restart the run from the beginning",
         ) from exc
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint")
+    if not isinstance(state, dict) or state.get("format") not in (TRAIN_STATE_FORMAT, *_LEGACY_FORMATS):
+        raise CheckpointError(f"{path} is not a {TRAIN_STATE_FORMAT} training state")
     return state

@@ -19,12 +19,17 @@ from typing import Any
 import torch
 
 from cvlth.atomic import atomic_write_text
+from cvlth.errors import CvlthError
+from cvlth.pruning.imp import mask_path
+from cvlth.pruning.strategies import level_sparsity
+from cvlth.report import write_report
 from cvlth.store import Store
 from cvlth.study.config import StudyConfig, study_to_yaml
 from cvlth.study.execute import Context, ensure
 from cvlth.study.matching import (
     PRETRAINING_TASK,
     MatchingResult,
+    SeedStats,
     matching,
     matching_markdown,
 )
@@ -39,8 +44,9 @@ from cvlth.study.outputs import (
     matching_entries,
     write_entries,
 )
+from cvlth.study.parallel import run_parallel
 from cvlth.study.plan import PlannedRun, expand
-from cvlth.study.runs import level_sparsity
+from cvlth.study.ray_executor import run_on_ray
 
 
 @dataclass(frozen=True)
@@ -85,13 +91,9 @@ def run_study(
     atomic_write_text(folder / "study.yaml", study_to_yaml(study))
     scheduled = {"threads": threads, "device": device, "retries": retries, "log": log, "describe": describe}
     if executor == "ray":
-        from cvlth.study.ray_executor import run_on_ray
-
         computed = run_on_ray(planned, store, settings=study.executor, address=address, **scheduled)
         results = [store.result(item.run) for item in planned]
     elif workers > 1:
-        from cvlth.study.parallel import run_parallel
-
         computed = run_parallel(planned, store, workers=workers, **scheduled)
         results = [store.result(item.run) for item in planned]
     else:
@@ -117,12 +119,11 @@ def _run_serially(planned: list[PlannedRun], ctx: Context) -> tuple[int, list[di
 
 
 def _write_report(folder: Path, store: Store, log: Callable[[str], None]) -> Path | None:
-    """The study's report; a failure here is logged, not raised: every result is already saved."""
-    from cvlth.report import write_report
-
+    """The study's report. A failure it can explain (a CvlthError, a disk error) is logged, not raised:
+    every result is already saved. Anything else is a bug and fails the study."""
     try:
         return write_report(folder, Path(store.root))
-    except Exception as error:
+    except (CvlthError, OSError) as error:
         log(
             f"could not write the report ({type(error).__name__}: {error}); retry with `cvlth report {folder}`"
         )
@@ -217,8 +218,6 @@ def perturbation_curves(
     Each point sits at the sparsity of the mask actually fine-tuned (the transfer's measured
     ``sparsity``, averaged over seeds; the level's nominal sparsity for results without one): a
     complement is far sparser or denser than its ticket. ``nominal_sparsity`` is the ticket's."""
-    from cvlth.study.matching import SeedStats
-
     listed = set(study.perturbation.finders) if study.perturbation else set()
     values: dict[tuple[str, str, str], dict[int, list[tuple[float, float]]]] = defaultdict(
         lambda: defaultdict(list)
@@ -252,8 +251,6 @@ def perturbation_curves(
 
 def ticket_index(study: StudyConfig, planned: list[PlannedRun], store: Store) -> list[TicketEntry]:
     """Where every ticket's masks are: one entry per finder run, masks as paths relative to the store."""
-    from cvlth.study.execute import mask_path
-
     entries = []
     for item in planned:
         if item.run.kind not in ("imp", "baseline"):

@@ -1,0 +1,8 @@
+"""Normalisation statistics of each training set (per channel, on the [0, 1] scale)."""
+
+CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+SVHN_STATS = ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970))
+FASHION_MNIST_STATS = ((0.2860,), (0.3530,))
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+IMAGENET_MEAN, IMAGENET_STD = IMAGENET_STATS
