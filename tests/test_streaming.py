@@ -257,3 +257,21 @@ if __name__ == "__main__":
         _peak_rss_kib(sys.argv[2])
     else:
         _train_streamed(*sys.argv[1:])
+
+
+def test_train_crop_center_gives_training_images_the_evaluation_transform(tree) -> None:
+    """For SimCLR/MoCo, which draw their own views: no random crop in the loader."""
+    from cvlth.data.registry import load_dataset
+
+    cropped = load_dataset("imagefolder", tree, image_size=32, streaming=True, val_size=1)
+    centred = load_dataset(
+        "imagefolder", tree, image_size=32, streaming=True, val_size=1, train_crop="center"
+    )
+    images = [
+        next(iter(s.train.batches(4, shuffle=False).epoch_batches(e)))[0] for s in (centred,) for e in (0, 1)
+    ]
+    assert torch.equal(images[0], images[1])  # deterministic across epochs: no random crop
+    evaluated = next(iter(centred.val.batches(1, shuffle=False).epoch_batches(0)))[0]
+    assert evaluated.shape[-2:] == images[0].shape[-2:] == (32, 32)
+    random_epochs = [next(iter(cropped.train.batches(4, shuffle=False).epoch_batches(e)))[0] for e in (0, 1)]
+    assert not torch.equal(random_epochs[0], random_epochs[1])

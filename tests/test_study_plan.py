@@ -172,3 +172,18 @@ def test_import_with_an_unset_variable_says_which(tmp_path, monkeypatch):
     run = ImportRun(path="${CVLTH_NOT_SET}/moco.pth.tar", source="moco")
     with pytest.raises(CvlthError, match="environment variable that is not set"):
         execute_import(run, None, Context(store=Store(tmp_path)))
+
+
+def test_task_adapt_sets_one_tasks_classifier_adaptation() -> None:
+    """The paper's VisDA keeps θ_p's ImageNet stem at 224 px while the 32x32 tasks rebuild it."""
+    from cvlth.study.config import load_study
+    from cvlth.study.plan import expand
+
+    planned = expand(load_study("paper-resnet50"))
+    adapts = {
+        (item.task, item.run.adapt.small_images)
+        for item in planned
+        if item.run.kind == "transfer" and item.run.task.objective.name == "supervised"
+    }
+    assert ("visda2017", False) in adapts and ("visda2017", True) not in adapts
+    assert ("cifar10", True) in adapts and ("cifar10", False) not in adapts

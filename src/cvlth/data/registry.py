@@ -185,11 +185,14 @@ def _large_images_loader(
         cache: bool = True,
         val_split: str = "random",
         streaming: bool = False,
+        train_crop: str = "random_resized",
     ) -> DatasetSplits:
         if streaming:  # files decoded per batch in DataLoader workers (cvlth.data.streaming)
             from cvlth.data.streaming import streaming_splits
 
-            return streaming_splits(name, lister(root), stats, image_size, seed, val_size, val_split)
+            return streaming_splits(
+                name, lister(root), stats, image_size, seed, val_size, val_split, train_crop
+            )
         directory = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) if cache else None
         return _finish(name, *reader(root, image_size, directory), stats, seed, val_size, None, val_split)
 

@@ -162,12 +162,18 @@ def streaming_splits(
     seed: int = 0,
     val_size: int | None = None,
     val_split: str = "random",
+    train_crop: str = "random_resized",
 ) -> DatasetSplits:
     """The splits of a listed dataset as streaming sets (val carved from train as the in-memory
-    path does; val and test use the evaluation transform)."""
+    path does; val and test use the evaluation transform). ``train_crop="center"`` gives training
+    images the evaluation transform too, for objectives that crop their own views (SimCLR, MoCo)."""
+    if train_crop not in ("random_resized", "center"):
+        raise DatasetError(f"{name}: train_crop must be 'random_resized' or 'center' (got {train_crop!r})")
     classes, (train_files, train_labels), (test_files, test_labels) = listing
     full = StreamingImageSet.from_files(name, train_files, train_labels, classes, size=size)
     train, val = split_train_val(full, val_size, seed, val_split)  # type: ignore[arg-type]
+    if train_crop == "center":
+        train = train.evaluation()  # type: ignore[attr-defined]
     test = StreamingImageSet.from_files(name, test_files, test_labels, classes, size=size, training=False)
     return DatasetSplits(name, train, val.evaluation(), test, *stats)  # type: ignore[arg-type]
 

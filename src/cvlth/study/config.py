@@ -122,6 +122,11 @@ class StudyConfig(Strict):
     )
     seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     adapt: AdaptConfig = Field(default_factory=AdaptConfig)
+    task_adapt: dict[str, AdaptConfig] = Field(
+        default_factory=dict,
+        description="per task, how θ_p becomes its classifier (default: adapt); e.g. VisDA at 224 px keeps "
+        "the ImageNet stem",
+    )
     perturbation: PerturbationEntry | None = None
     metric: str | None = Field(None, description="test metric for matching; default: by task objective")
     executor: ExecutorSettings = Field(
@@ -178,6 +183,9 @@ class StudyConfig(Strict):
             for level in finder.levels or []:
                 if not 1 <= level <= self.rounds:
                     raise ValueError(f"finder {finder.name!r}: levels: {level} is outside 1..{self.rounds}")
+        for task in self.task_adapt:
+            if task not in self.tasks:
+                raise ValueError(f"task_adapt: unknown task {task!r} (tasks: {sorted(self.tasks)})")
         for task, levels in self.task_levels.items():
             if task not in self.tasks:
                 raise ValueError(f"task_levels: unknown task {task!r} (tasks: {sorted(self.tasks)})")
@@ -188,6 +196,10 @@ class StudyConfig(Strict):
         if unknown:
             raise ValueError(f"{', '.join(unknown)}: no such task or pre-training in this study")
         return self
+
+    def adapt_for(self, task: str) -> AdaptConfig:
+        """How θ_p becomes ``task``'s classifier: its ``task_adapt`` entry, else the study's ``adapt``."""
+        return self.task_adapt.get(task, self.adapt)
 
     def transfer_grid_levels(self, finder: FinderEntry, task: str) -> list[int]:
         """The levels ``finder``'s tickets are fine-tuned at on ``task``: the finder's ``levels`` or

@@ -102,7 +102,10 @@ def finder_runs(study: StudyConfig, finder: FinderEntry, name: str) -> list[tupl
         (
             task,
             ImpRun(
-                stage="downstream", recipe=_override(study.tasks[task], finder), adapt=study.adapt, **common
+                stage="downstream",
+                recipe=_override(study.tasks[task], finder),
+                adapt=study.adapt_for(task),
+                **common,
             ),
         )
         for task in (finder.tasks or list(study.tasks))
@@ -166,7 +169,9 @@ def _expand(study: StudyConfig) -> list[PlannedRun]:
         planned.append(PlannedRun(pretrained, name))
         for task, recipe in study.tasks.items():
             for seed in study.seeds:
-                dense = TransferRun(pretrained=pretrained, task=recipe, adapt=study.adapt, seed=seed)
+                dense = TransferRun(
+                    pretrained=pretrained, task=recipe, adapt=study.adapt_for(task), seed=seed
+                )
                 planned.append(PlannedRun(dense, name, None, task, 0, seed))
         for finder in study.finders:
             if finder.pretrainings is not None and name not in finder.pretrainings:
@@ -187,7 +192,7 @@ def _expand(study: StudyConfig) -> list[PlannedRun]:
                                 variant=variant,
                                 perturb_fraction=study.perturbation.fraction if study.perturbation else 0.1,
                                 task=recipe,
-                                adapt=study.adapt,
+                                adapt=study.adapt_for(task),
                                 seed=seed,
                             )
                             planned.append(PlannedRun(run, name, finder.name, task, level, seed, variant))
