@@ -218,13 +218,13 @@ def test_killed_mid_epoch_resumes_bit_identical(tree, tmp_path) -> None:
     # checkpoints after steps 3, 6, 8 (epoch end), 9; killed after 11: resumes at epoch 1, batch 1
     assert _script(str(tree), str(killed), kill_at=11).returncode == -9
     folder = Store(killed).run_dir(_resume_config())
-    assert not folder.is_done() and torch.load(folder.checkpoint_path)["batch"] == 1
+    assert not folder.is_done() and torch.load(folder.train_state_path, weights_only=True)["batch"] == 1
     assert _script(str(tree), str(killed)).returncode == 0
 
     expected = Store(reference).run_dir(_resume_config())
     assert folder.metrics_path.read_bytes() == expected.metrics_path.read_bytes()
     assert folder.read_result() == expected.read_result()
-    resumed, uninterrupted = (torch.load(f.checkpoint_path) for f in (folder, expected))
+    resumed, uninterrupted = (torch.load(f.train_state_path, weights_only=True) for f in (folder, expected))
     for name, tensor in uninterrupted["model"].items():
         assert torch.equal(resumed["model"][name], tensor), name
 
