@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from cvlth.data.source import BatchSource
+from cvlth.training.objective import ObjectiveBase
 
 TRAINING_KEYS = ("boxes", "labels")
 
@@ -44,7 +45,7 @@ def training_targets(target: dict[str, Any], train_difficult: bool) -> dict[str,
     return {k: target[k] if keep is None else target[k][keep] for k in TRAINING_KEYS}
 
 
-class DetectionObjective:
+class DetectionObjective(ObjectiveBase):
     """``sum(model(images, targets).values())`` with random horizontal flips (probability ``flip``)."""
 
     selection: tuple[str, Literal["max", "min"]] = ("map", "max")
@@ -52,9 +53,6 @@ class DetectionObjective:
     def __init__(self, flip: float = 0.5, train_difficult: bool = False) -> None:
         self.flip = flip
         self.train_difficult = train_difficult
-
-    def modules(self) -> dict[str, nn.Module]:
-        return {}
 
     def train_step(
         self, model: nn.Module, batch: Any, generator: torch.Generator

@@ -34,6 +34,7 @@ from cvlth.objectives.features import features, freeze_classifier, unwrap
 from cvlth.objectives.simclr import eval_generator, retrieval_accuracy
 from cvlth.objectives.supervised import Augment
 from cvlth.pruning.enforcer import MaskEnforcer
+from cvlth.training.objective import ObjectiveBase
 
 
 def moco_head(feature_dim: int, dim: int, mlp: bool) -> nn.Module:
@@ -93,7 +94,7 @@ def _gather(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
-class MoCoObjective:
+class MoCoObjective(ObjectiveBase):
     """InfoNCE between queries ``q = head_q(model(view1))`` and keys ``k = head_k(encoder_k(view2))``
     with the queue as negatives. Call :meth:`bind` before training (the loop does)."""
 

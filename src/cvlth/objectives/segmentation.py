@@ -22,6 +22,7 @@ from torch import nn
 
 from cvlth.data.source import BatchSource
 from cvlth.data.transforms import normalize
+from cvlth.training.objective import ObjectiveBase
 
 IGNORE_INDEX = 255
 
@@ -95,7 +96,7 @@ def _random_crop(
     return image[:, top : top + size, left : left + size], label[top : top + size, left : left + size]
 
 
-class SegmentationObjective:
+class SegmentationObjective(ObjectiveBase):
     """Cross-entropy (ignore 255) on ``model(normalize(images))``, with random horizontal flips."""
 
     selection: tuple[str, Literal["max", "min"]] = ("miou", "max")
@@ -114,9 +115,6 @@ class SegmentationObjective:
         self.std = tuple(std)
         self.flip = flip
         self.crop_size = crop_size
-
-    def modules(self) -> dict[str, nn.Module]:
-        return {}
 
     def train_step(
         self, model: nn.Module, batch: Any, generator: torch.Generator

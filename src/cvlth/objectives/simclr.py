@@ -27,6 +27,7 @@ from cvlth.data.transforms import SIMCLR_VIEW, contrastive_augment
 from cvlth.masks import Mask
 from cvlth.objectives.features import features, freeze_classifier
 from cvlth.objectives.supervised import Augment
+from cvlth.training.objective import ObjectiveBase
 
 Variant = Literal["standard", "log_mean_reference"]
 
@@ -86,7 +87,7 @@ def eval_generator(seed: int, device: torch.device) -> torch.Generator:
     return generator
 
 
-class SimCLRObjective:
+class SimCLRObjective(ObjectiveBase):
     """NT-Xent on ``head(features(model, view))`` for two views of each image of ``batch[0]``.
 
     Both views go through the backbone in one forward (BN statistics over all 2N, as in SimCLR).

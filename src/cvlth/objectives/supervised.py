@@ -11,6 +11,7 @@ from torch import nn
 
 from cvlth.data.source import BatchSource
 from cvlth.data.stats import IMAGENET_MEAN, IMAGENET_STD
+from cvlth.training.objective import ObjectiveBase
 
 #: ``augment(images_uint8, generator) -> float tensor``, applied on the device.
 Augment = Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
@@ -34,7 +35,7 @@ class Normalize:
         return (images.float() - 255.0 * mean_t) * scale_t
 
 
-class SupervisedObjective:
+class SupervisedObjective(ObjectiveBase):
     """Cross-entropy on ``model(augment(images))``; batches are ``(images_uint8, labels, ...)``.
 
     ``augment`` is used for training, ``preprocess`` (default: the same normalisation without
@@ -52,9 +53,6 @@ class SupervisedObjective:
         self.preprocess = preprocess or Normalize()
         self.augment = augment or self.preprocess
         self.label_smoothing = label_smoothing
-
-    def modules(self) -> dict[str, nn.Module]:
-        return {}
 
     def train_step(
         self, model: nn.Module, batch: Any, generator: torch.Generator

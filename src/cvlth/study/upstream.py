@@ -29,9 +29,7 @@ def evaluate_on_pretraining(
     Returns ``{"test": {metric: value, ...}, "metric": <selection metric>}``.
     """
     model = copy.deepcopy(model)
-    bind = getattr(objective, "bind", None)  # as the training loop does before its evaluations
-    if bind is not None:
-        bind(model, None)
+    objective.bind(model, None)  # as the training loop does before its evaluations
     for module in [model, *objective.modules().values()]:
         module.to(device)
         module.eval()

@@ -2,7 +2,7 @@
 
 Per optimizer step: derive the augmentation generator from (seed, step), ``objective.train_step``,
 reject a non-finite loss, backward, optimizer step, **re-apply the mask**, the objective's optional
-``after_step(model)`` (MoCo's EMA), scheduler step, log one
+``objective.after_step(model)`` (MoCo's EMA), scheduler step, log one
 line to ``metrics.jsonl``, maybe capture the weights (IMP's early-rewind point) and checkpoint,
 then run the callbacks. Per epoch: evaluate on validation (and on test when validation improves),
 checkpoint.
@@ -115,10 +115,7 @@ def train(
         )
 
     memory_format = torch.channels_last if training.channels_last else torch.preserve_format
-    bind = getattr(objective, "bind", None)  # optional hook, see cvlth.training.objective
-    if bind is not None:
-        bind(model, mask)
-    after_step = getattr(objective, "after_step", None)
+    objective.bind(model, mask)
     extra = objective.modules()
     for module in (model, *extra.values()):
         module.to(device=device, memory_format=memory_format)
@@ -162,8 +159,7 @@ def train(
                 scaler.update()
                 if enforcer is not None:
                     enforcer.apply()
-                if after_step is not None:
-                    after_step(model)
+                objective.after_step(model)
                 scheduler.step()
                 state.step += 1
                 state.batch = index + 1

@@ -11,7 +11,8 @@ MoCo, detection, segmentation) implements three things:
 
 ``selection`` names the validation metric that picks the best epoch and whether higher is better.
 
-Two optional hooks, called by the loop only when the objective defines them:
+Two hooks, no-ops in :class:`ObjectiveBase` (which every objective of cvlth extends), that the loop
+calls around training:
 
 * ``bind(model, mask)``: once per :func:`~cvlth.training.loop.train` call, before ``modules()`` is
   read and before the optimizer and the DDP wrapper are built (MoCo copies the key encoder here;
@@ -50,6 +51,27 @@ class Objective(Protocol):
     def evaluate(self, model: nn.Module, batches: BatchSource) -> dict[str, float]:
         """Metrics over every batch of epoch 0 of ``batches`` (the model is in eval mode)."""
         ...
+
+    def bind(self, model: nn.Module, mask: Any) -> Any:
+        """Start a training of ``model`` (under ``mask``, or None)."""
+        ...
+
+    def after_step(self, model: nn.Module) -> None:
+        """After every optimizer step and the mask enforcement."""
+        ...
+
+
+class ObjectiveBase:
+    """The hooks' defaults: an objective with no modules of its own and nothing to do around steps."""
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {}
+
+    def bind(self, model: nn.Module, mask: Any = None) -> Any:
+        return None
+
+    def after_step(self, model: nn.Module) -> None:
+        return None
 
 
 #: SimCLR's head name, and the name an imported projection head (MoCo v2 / SimCLR ``fc.0``/``fc.2``) is
