@@ -1,4 +1,4 @@
-"""One rank of the 2-process DDP test; launched by torchrun from tests/test_distributed.py.
+"""One rank of the 2-process DDP test; launched by torchrun from tests/training/test_distributed.py.
 
 Each rank draws a *different* random mask on purpose, then takes rank 0's by broadcast, trains the
 tiny model in one shared run folder (only rank 0 writes), and saves its final state to OUT/rank<r>.pt.

@@ -49,7 +49,7 @@ def test_world_identical_in_another_process() -> None:
             "print(_world_hash())",
         ]
     )
-    src = str(Path(__file__).resolve().parents[1] / "src")
+    src = str(Path(__file__).resolve().parents[2] / "src")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
     result = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env

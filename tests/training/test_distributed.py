@@ -10,7 +10,7 @@ import torch
 
 from cvlth.training.distributed import DistEnv, shard_batch
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).resolve().parents[1]  # tests/: the shared fixtures
 
 
 def test_shard_batch_gives_disjoint_contiguous_slices() -> None:

@@ -1,8 +1,8 @@
 """Streaming image folders (cvlth.data.streaming) against torchvision's own transforms.
 
-Run as a script (``python tests/test_streaming.py TREE STORE``) it trains the tiny model on the
+Run as a script (``python tests/data/test_streaming.py TREE STORE``) it trains the tiny model on the
 streamed tree in ``STORE``, SIGKILLed after step ``$CVLTH_TEST_KILL_AT_STEP`` when that is set;
-``python tests/test_streaming.py --rss TREE`` reads one epoch of TREE and prints the peak RSS in KiB.
+``python tests/data/test_streaming.py --rss TREE`` reads one epoch of TREE and prints the peak RSS in KiB.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from cvlth.data.registry import load_dataset
 from cvlth.data.streaming import StreamingImageSet, sample_seed
 from cvlth.errors import DatasetError
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).resolve().parents[1]  # tests/: the shared fixtures
 CLASSES = ("ant", "bee", "cat", "dog")
 SIZES = ((500, 375), (375, 500), (500, 333), (640, 480), (480, 640))  # (width, height), real photo sizes
 RESUME_SIZE = 64  # crop size of the resume run: a cheap model, the crop still taken from the full image

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from test_precision import train_tiny
+from training.test_precision import train_tiny  # tests/ is on sys.path: its folders are namespace packages
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -24,7 +24,7 @@ def test_mixed_precision_masked_training_on_cuda(precision: str, dtype: torch.dt
 
 def test_streamed_batches_are_pinned_for_the_copy(tmp_path) -> None:
     from cvlth.data.registry import load_dataset
-    from test_streaming import write_tree
+    from data.test_streaming import write_tree
 
     test = load_dataset("imagefolder", write_tree(tmp_path, {"train": 2, "val": 2}), streaming=True).test
     images, labels = next(iter(replace(test, workers=2).batches(4, shuffle=False).epoch_batches(0)))

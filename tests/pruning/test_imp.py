@@ -14,7 +14,7 @@ from cvlth.pruning.imp import imp, load_rewind, mask_path
 from cvlth.pruning.strategies import global_magnitude
 from training_fixtures import TinyNet, make_sources
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 @pytest.mark.slow

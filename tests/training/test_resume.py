@@ -11,7 +11,7 @@ import torch
 from cvlth.store import Store
 from training_fixtures import run_tiny, tiny_config
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).resolve().parents[1]  # tests/: the shared fixtures
 SCRIPT = HERE / "training_fixtures.py"
 
 
