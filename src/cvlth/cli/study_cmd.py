@@ -16,6 +16,7 @@ from cvlth.data.cache import DatasetCache
 from cvlth.errors import ConfigError, CvlthError
 from cvlth.store import Store
 from cvlth.study.config import StudyConfig, load_study
+from cvlth.study.matching import MatchingResult, universal_matching
 from cvlth.study.plan import KIND_ORDER, expand, summarize_plan
 from cvlth.study.runner import run_study
 
@@ -144,9 +145,26 @@ def _train_size(ref: DataRef) -> int | None:
         return None
 
 
-def matching_rich_table(results) -> Table:  # noqa: ANN001
-    table = Table("ticket source", "task", "dense", "extreme matching sparsity", title="matching tickets")
+def matching_rich_table(results: list[MatchingResult]) -> Table:
+    """The matching table, with each source's universal matching sparsity (all its downstream tasks
+    at once) on its downstream rows."""
+    universal = {u.source: u.universal_matching_sparsity for u in universal_matching(results)}
+    table = Table(title="matching tickets (extreme and universal matching sparsity)")
+    table.add_column("ticket source", overflow="ellipsis", min_width=16)
+    table.add_column("task", overflow="fold")
+    for name in ("dense", "extreme", "universal"):
+        table.add_column(name, no_wrap=True)
     for r in results:
-        extreme = "none" if r.extreme_matching_sparsity is None else f"{r.extreme_matching_sparsity:.2%}"
-        table.add_row(r.source, r.task, f"{r.dense.mean:.4f} ± {r.dense.std:.4f}", extreme)
+        row_universal = "" if r.on_pretraining_task else _percent(universal.get(r.source))
+        table.add_row(
+            r.source,
+            r.task,
+            f"{r.dense.mean:.4f}±{r.dense.std:.4f}",
+            _percent(r.extreme_matching_sparsity),
+            row_universal,
+        )
     return table
+
+
+def _percent(sparsity: float | None) -> str:
+    return "none" if sparsity is None else f"{sparsity:.2%}"
