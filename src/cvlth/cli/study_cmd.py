@@ -134,7 +134,12 @@ def print_plan(console: Console, study_config: StudyConfig, run_store: Store) ->
         )
     else:
         missing = sorted(set(summary.images_left_by_data) - set(summary.seconds_per_image))
-        console.print(f"estimated time left: unknown until a run on {', '.join(missing)} has finished here")
+        if summary.unknown_sizes:
+            console.print("estimated time left: unknown (the sizes of some datasets are unknown here)")
+        else:
+            console.print(
+                f"estimated time left: unknown until a run on {', '.join(missing)} has finished here"
+            )
 
 
 def _train_size(ref: DataRef) -> int | None:

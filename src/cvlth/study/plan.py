@@ -373,7 +373,9 @@ class PlanSummary:
     @property
     def estimated_seconds(self) -> float | None:
         """Images left times the measured seconds per image of their dataset; None if a dataset
-        with work left has no finished run to measure from."""
+        with work left has no finished run to measure from, or its size is unknown here."""
+        if self.unknown_sizes and self.runs_left:
+            return None
         if not self.images_left_by_data:
             return 0.0
         if any(name not in self.seconds_per_image for name in self.images_left_by_data):
