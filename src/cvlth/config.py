@@ -5,7 +5,7 @@ hex string over canonical JSON (sorted keys, defaults included, floats normalise
 store files the run under ``<store>/<kind>/<hash>/`` (the OpenLTH design).
 
 Run kinds are small subclasses of :class:`RunConfig` with a ``kind: Literal[...]`` field; register
-them with :func:`register_run_kind` so :func:`load_config` can dispatch on ``kind``.
+them with :func:`cvlth.study.run_kinds.register_run_kind` so ``load_config`` can dispatch on ``kind``.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from cvlth.errors import ConfigError
+from cvlth.registry import Registry
 
 STEMS: tuple[str, ...] = ("imagenet", "cifar")
 
@@ -43,16 +44,16 @@ class Architecture:
         return "bottleneck" if self.block is Bottleneck else "basic"
 
 
-ARCHITECTURES: dict[str, Architecture] = {
-    arch.name: arch
-    for arch in (
-        Architecture("resnet18", BasicBlock, (2, 2, 2, 2)),
-        Architecture("resnet34", BasicBlock, (3, 4, 6, 3)),
-        Architecture("resnet50", Bottleneck, (3, 4, 6, 3)),
-        Architecture("resnet101", Bottleneck, (3, 4, 23, 3)),
-        Architecture("resnet152", Bottleneck, (3, 8, 36, 3)),
-    )
-}
+#: Every ResNet depth by name (``backbone.arch``); adding one is one ``ARCHITECTURES.add``.
+ARCHITECTURES: Registry[Architecture] = Registry("architecture", ConfigError)
+for _arch in (
+    Architecture("resnet18", BasicBlock, (2, 2, 2, 2)),
+    Architecture("resnet34", BasicBlock, (3, 4, 6, 3)),
+    Architecture("resnet50", Bottleneck, (3, 4, 6, 3)),
+    Architecture("resnet101", Bottleneck, (3, 4, 23, 3)),
+    Architecture("resnet152", Bottleneck, (3, 8, 36, 3)),
+):
+    ARCHITECTURES.add(_arch.name, _arch)
 
 
 def architecture_for(block_kind: str, layers: Sequence[int]) -> Architecture | None:
@@ -73,10 +74,7 @@ class BackboneSpec:
     in_channels: int = 3
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHITECTURES:
-            raise ConfigError(
-                f"unknown architecture {self.arch!r}", hint=f"choose one of {', '.join(ARCHITECTURES)}"
-            )
+        ARCHITECTURES.lookup(self.arch)
         if self.stem not in STEMS:
             raise ConfigError(f"unknown stem {self.stem!r}", hint=f"choose one of {', '.join(STEMS)}")
         if self.width < 1 or self.in_channels < 1:

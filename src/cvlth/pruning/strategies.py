@@ -14,13 +14,14 @@ pruned first.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Protocol
 
 import torch
 
 from cvlth.errors import CvlthError
 from cvlth.masks import Mask
+from cvlth.registry import Registry
 
 
 class Strategy(Protocol):
@@ -29,21 +30,13 @@ class Strategy(Protocol):
     ) -> Mask: ...
 
 
-STRATEGIES: dict[str, Strategy] = {}
-
-
-def register_strategy(name: str) -> Callable[[Strategy], Strategy]:
-    def decorate(fn: Strategy) -> Strategy:
-        STRATEGIES[name] = fn
-        return fn
-
-    return decorate
+#: Every pruning strategy by name (``cvlth prune --method``, the study's finders).
+STRATEGIES: Registry[Strategy] = Registry("pruning method")
 
 
 def get_strategy(name: str) -> Strategy:
-    if name not in STRATEGIES:
-        raise CvlthError(f"unknown pruning method {name!r}; choose one of {sorted(STRATEGIES)}")
-    return STRATEGIES[name]
+    """The strategy called ``name``; an unknown name is a :class:`CvlthError` listing the valid ones."""
+    return STRATEGIES.lookup(name)
 
 
 # --- selection core ---------------------------------------------------------------------
@@ -128,7 +121,7 @@ def _prune_global(scores: Mapping[str, torch.Tensor], mask: Mask, fraction: floa
 # --- strategies -------------------------------------------------------------------------
 
 
-@register_strategy("magnitude")
+@STRATEGIES.register("magnitude")
 def global_magnitude(
     weights: Mapping[str, torch.Tensor], fraction: float, mask: Mask | None = None, seed: int = 0
 ) -> Mask:
@@ -138,7 +131,7 @@ def global_magnitude(
     return _prune_global(weights, current, fraction)
 
 
-@register_strategy("layerwise")
+@STRATEGIES.register("layerwise")
 def layerwise_magnitude(
     weights: Mapping[str, torch.Tensor], fraction: float, mask: Mask | None = None, seed: int = 0
 ) -> Mask:
@@ -154,7 +147,7 @@ def layerwise_magnitude(
     return Mask(result)
 
 
-@register_strategy("random")
+@STRATEGIES.register("random")
 def random_global(
     weights: Mapping[str, torch.Tensor], fraction: float, mask: Mask | None = None, seed: int = 0
 ) -> Mask:

@@ -45,18 +45,19 @@ from cvlth.errors import ConfigError
 from cvlth.models.checkpoints import CheckpointSource
 from cvlth.models.task_models import check_model_options, model_option_defaults
 from cvlth.objectives.registry import objective_option_defaults
+from cvlth.registry import Registry
 
 #: Every run kind by its ``kind`` tag: what :func:`load_config` accepts.
-RUN_KINDS: dict[str, type[RunConfig]] = {}
+RUN_KINDS: Registry[type[RunConfig]] = Registry("run kind", ConfigError)
 R = TypeVar("R", bound=type[RunConfig])
 
 
 def register_run_kind(cls: R) -> R:
-    """Class decorator: make ``load_config`` accept ``kind: <cls's kind>``."""
+    """Class decorator: ``RUN_KINDS.add`` under the class's own ``kind`` tag (named once, there)."""
     kind = cls.model_fields["kind"].default
     if not isinstance(kind, str):
         raise TypeError(f"{cls.__name__}.kind needs a Literal default")
-    RUN_KINDS[kind] = cls
+    RUN_KINDS.add(kind, cls)
     return cls
 
 

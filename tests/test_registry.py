@@ -1,0 +1,49 @@
+"""One registration style: every pluggable kind of thing is a ``cvlth.registry.Registry``."""
+
+import pytest
+
+from cvlth.errors import ConfigError, CvlthError
+from cvlth.registry import Registry
+
+
+def test_register_add_and_lookup() -> None:
+    things: Registry[object] = Registry("widget", ConfigError)
+
+    @things.register("b")
+    def b() -> int:
+        return 2
+
+    assert b() == 2  # the decorator returns the function unchanged
+    things.add("a", 1)
+    assert list(things) == ["b", "a"] and things["a"] == 1 and things.lookup("b") is b
+    assert "a" in things and "c" not in things and things.get("c") is None and len(things) == 2
+
+
+def test_unknown_name_is_the_users_error_listing_the_choices() -> None:
+    things: Registry[int] = Registry("widget", ConfigError, list_hint=" (see the docs)")
+    things.add("x", 1)
+    with pytest.raises(ConfigError) as error:
+        things.lookup("y")
+    assert (
+        "unknown widget 'y'" in error.value.message and error.value.hint == "choose one of: x (see the docs)"
+    )
+
+
+def test_a_name_registered_twice_is_a_programming_error() -> None:
+    things: Registry[int] = Registry("widget")
+    things.add("x", 1)
+    with pytest.raises(ValueError, match="registered twice"):
+        things.add("x", 2)
+
+
+def test_every_registry_of_the_package_is_a_registry() -> None:
+    from cvlth.models.backbones import ARCHITECTURES
+    from cvlth.pruning.strategies import STRATEGIES
+    from cvlth.study.run_kinds import RUN_KINDS
+
+    registries = {"architectures": ARCHITECTURES, "strategies": STRATEGIES, "run kinds": RUN_KINDS}
+    for name, registry in registries.items():
+        assert isinstance(registry, Registry), name
+        assert len(registry) >= 3, name
+    with pytest.raises(CvlthError, match="unknown pruning method"):
+        STRATEGIES.lookup("nope")
