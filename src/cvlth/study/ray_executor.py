@@ -9,23 +9,41 @@ the numbers equal a serial study's, and goes through :meth:`cvlth.store.Store.ex
 result written last) in a store every node sees: a killed driver (Ray then ends its tasks)
 resumes by running the same command again.
 
+A training run whose setting asks for several workers (``executor: {resources: {gpus: 4}}``, see
+:mod:`cvlth.study.resources`) trains data-parallel: its task starts one Ray actor per worker in a
+placement group (PACK: on as few nodes as fit), gives them torchrun's variables (``MASTER_ADDR``,
+``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``; the GPUs of the workers on one node visible to each of
+them, so NCCL can use the links between them) and runs the run's one training loop on each, which
+joins the process group (NCCL on GPU, gloo on CPU) as under torchrun. Rank 0 goes through
+:meth:`~cvlth.store.Store.execute` (lock, result last); the others compute beside it. When one rank
+fails, the others are ended and the run fails once, to be retried like any run. Ray Train's
+``TorchTrainer`` would do the same with the ``ray[train]`` extra (pyarrow, 55 MB), its own
+retries and its own results folder next to the store's, so plain actors are used instead.
+
 Ray is imported here only, never by ``import cvlth``.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from collections.abc import Callable, Collection, Hashable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cvlth.config import RunConfig
 from cvlth.errors import ConfigError
 from cvlth.store import Store
 from cvlth.study.parallel import schedule
 from cvlth.study.plan import PlannedRun
-from cvlth.study.resources import ExecutorSettings
+from cvlth.study.resources import ExecutorSettings, Placement
+
+if TYPE_CHECKING:
+    from cvlth.study.execute import Context
+    from cvlth.training.distributed import DistEnv
 
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+TRAINING_KINDS = frozenset({"pretrain", "imp", "transfer"})  # what trains data-parallel; others: 1 process
 _contexts: dict[tuple[str, str, int], Any] = {}  # per Ray worker process: its Context (dataset cache)
 
 
@@ -46,6 +64,159 @@ def _execute_on_node(run: RunConfig, store_root: str, device: str, threads: int)
     return time.perf_counter() - start
 
 
+# --- data-parallel runs ------------------------------------------------------------------------
+
+Where = tuple[str, str, list[str]]  # a worker's node id, node IP and the GPU ids Ray gave it
+
+
+def rank_environments(where: list[Where], port: int) -> list[dict[str, str]]:
+    """torchrun's variables for each rank (in the order of ``where``): rank 0's node is the master;
+    a node's ranks are its local ranks in rank order and all see the node's workers' GPUs, listed
+    in that order, so local rank ``i`` drives ``cuda:i``."""
+    by_node: dict[str, list[int]] = {}
+    for rank, (node, _, _) in enumerate(where):
+        by_node.setdefault(node, []).append(rank)
+    environments = []
+    for rank, (node, _, _) in enumerate(where):
+        local = by_node[node]
+        environment = {
+            "MASTER_ADDR": where[0][1],
+            "MASTER_PORT": str(port),
+            "RANK": str(rank),
+            "WORLD_SIZE": str(len(where)),
+            "LOCAL_RANK": str(local.index(rank)),
+            "LOCAL_WORLD_SIZE": str(len(local)),
+        }
+        gpus = [gpu for other in local for gpu in where[other][2]]
+        if gpus:
+            environment["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+        environments.append(environment)
+    return environments
+
+
+def execute_rank(run: RunConfig, ctx: Context, env: DistEnv) -> None:
+    """One rank's part of a data-parallel run (its dependencies are done).
+
+    Rank 0 computes through :meth:`cvlth.store.Store.execute` (lock, ``config.yaml``, result written
+    last) and tells the others whether the run is still to compute; they compute in the same
+    folder without its lock. The training loop writes only on rank 0; the run's own artefacts (θ_p,
+    masks, rewind weights) are the same on every rank and written by each, atomically; a barrier
+    lets every rank finish before rank 0 writes the result.
+    """
+    from cvlth.study.execute import EXECUTORS
+    from cvlth.training import distributed
+
+    compute_run = EXECUTORS[run.kind]
+    if not env.is_writer:
+        if distributed.agree(False, env):  # rank 0's answer
+            compute_run(run, ctx.store.run_dir(run), ctx)
+            distributed.barrier(env)
+        return
+    started = False
+
+    def compute(folder: Any) -> dict[str, Any]:
+        nonlocal started
+        started = distributed.agree(True, env)
+        result = compute_run(run, folder, ctx)
+        distributed.barrier(env)
+        return result
+
+    ctx.store.execute(run, compute, drop_train_state=True)
+    if not started:  # done already (e.g. by another study on the same store)
+        distributed.agree(False, env)
+
+
+class _Rank:
+    """One data-parallel worker (a Ray actor in the run's placement group)."""
+
+    def where(self) -> Where:
+        import ray
+
+        node = ray.get_runtime_context().get_node_id()
+        return node, ray.util.get_node_ip_address(), [str(gpu) for gpu in ray.get_gpu_ids()]
+
+    def free_port(self) -> int:
+        with socket.socket() as probe:
+            probe.bind(("", 0))
+            return int(probe.getsockname()[1])
+
+    def execute(
+        self, run: RunConfig, store_root: str, device: str, threads: int, environment: dict[str, str]
+    ) -> float:
+        os.environ.update(environment)  # before CUDA starts: CUDA_VISIBLE_DEVICES
+        import torch
+
+        from cvlth.study.execute import Context
+        from cvlth.training import distributed
+
+        torch.set_num_threads(threads)
+        on_gpu = device.startswith("cuda")
+        env = distributed.init_from_env(backend="nccl" if on_gpu else "gloo")
+        try:
+            local_device = f"cuda:{env.local_rank}" if on_gpu else device
+            ctx = Context(
+                store=Store(store_root), device=local_device, quiet=True, log=lambda _: None, threads=threads
+            )
+            start = time.perf_counter()
+            execute_rank(run, ctx, env)
+            return time.perf_counter() - start
+        finally:
+            distributed.close(env)
+
+
+def _execute_data_parallel(
+    run: RunConfig,
+    store_root: str,
+    device: str,
+    threads: int,
+    placement: Placement,
+    runtime_env: dict[str, Any],
+) -> float:
+    """The body of a data-parallel run's Ray task (which asks for nothing itself): its workers as
+    actors in a placement group, ended with it; rank 0's seconds, or the first rank's error."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    bundle = {"CPU": placement.cpus_per_worker}
+    if placement.gpus_per_worker:
+        bundle["GPU"] = placement.gpus_per_worker
+    group = placement_group([bundle] * placement.workers, strategy="PACK")
+    worker = ray.remote(_Rank)
+    ranks = [
+        worker.options(
+            num_cpus=placement.cpus_per_worker,
+            num_gpus=placement.gpus_per_worker,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=index),
+            runtime_env=runtime_env,
+            max_restarts=0,
+        ).remote()
+        for index in range(placement.workers)
+    ]
+    try:
+        where = ray.get([rank.where.remote() for rank in ranks])
+        port = ray.get(ranks[0].free_port.remote())
+        environments = rank_environments(where, port)
+        refs = [
+            rank.execute.remote(run, store_root, device, threads, environment)
+            for rank, environment in zip(ranks, environments, strict=True)
+        ]
+        seconds, pending = 0.0, list(refs)
+        while pending:  # the first failure ends the run: the other ranks would wait for it
+            finished, pending = ray.wait(pending, num_returns=1)
+            try:
+                value = ray.get(finished[0])
+            except ray.exceptions.RayTaskError as error:
+                raise (error.cause if error.cause is not None else error) from None
+            if finished[0] == refs[0]:
+                seconds = value
+        return seconds
+    finally:
+        for rank in ranks:
+            ray.kill(rank)
+        remove_placement_group(group)
+
+
 class RayBackend:
     """Runs as Ray tasks on the cluster ``ray.init`` connected to."""
 
@@ -54,12 +225,17 @@ class RayBackend:
         self.store_root = str(store.root.resolve())
         self.asked: dict[Hashable, tuple[float, float]] = {}  # (cpus, gpus) of each run in flight
         self.task = ray.remote(_execute_on_node)
+        self.group_task = ray.remote(_execute_data_parallel)
         self.env = {"env_vars": {name: str(threads) for name in _THREAD_VARIABLES}}
         self.description = f"Ray ({self._capacity_text()}), {threads} thread(s) per run"
 
-    def _asks(self, item: PlannedRun) -> tuple[float, float]:
+    def _placement(self, item: PlannedRun) -> Placement:
         resources = self.settings.for_run(item.task, item.pretraining)
-        return (resources.cpus or float(self.threads), resources.gpus)
+        return resources.placement(self.threads, trains=item.run.kind in TRAINING_KINDS)
+
+    def _asks(self, item: PlannedRun) -> tuple[float, float]:
+        placement = self._placement(item)
+        return (placement.cpus, placement.gpus)
 
     def _capacity_text(self) -> str:
         total = self.ray.cluster_resources()
@@ -74,16 +250,22 @@ class RayBackend:
             raise ConfigError(
                 f"a run asks for {cpus:g} CPUs and {gpus:g} GPUs but the Ray cluster has only "
                 f"{self._capacity_text()}",
-                hint="lower the study's `executor: {resources: ...}` (or --threads), or add nodes",
+                hint="lower the study's `executor: {resources: ...}` (cpus, gpus, workers; or --threads), "
+                "or add nodes",
             )
         return fits
 
     def submit(self, item: PlannedRun) -> Hashable:
-        cpus, gpus = self._asks(item)
-        ref = self.task.options(num_cpus=cpus, num_gpus=gpus, max_retries=0, runtime_env=self.env).remote(
-            item.run, self.store_root, self.device, self.threads
-        )
-        self.asked[ref] = (cpus, gpus)
+        placement = self._placement(item)
+        if placement.workers > 1:
+            ref = self.group_task.options(num_cpus=0, max_retries=0).remote(
+                item.run, self.store_root, self.device, self.threads, placement, self.env
+            )
+        else:
+            ref = self.task.options(
+                num_cpus=placement.cpus, num_gpus=placement.gpus, max_retries=0, runtime_env=self.env
+            ).remote(item.run, self.store_root, self.device, self.threads)
+        self.asked[ref] = (placement.cpus, placement.gpus)
         return ref
 
     def wait_any(self, running: Collection[Hashable]) -> list[tuple[Hashable, float | BaseException]]:

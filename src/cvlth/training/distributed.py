@@ -1,4 +1,6 @@
-"""The training loop under ``torchrun``: process group from env vars, batch sharding, identical masks.
+"""The training loop under ``torchrun`` (or a study's data-parallel Ray workers, which get torchrun's
+variables from :mod:`cvlth.study.ray_executor`): process group from env vars, batch sharding,
+identical masks.
 
 With ``WORLD_SIZE > 1`` every rank runs :func:`cvlth.training.loop.train` on the same config; the
 loop wraps the model in DistributedDataParallel, each rank trains on its own contiguous slice of
@@ -155,6 +157,13 @@ def average_gradients(modules: dict[str, nn.Module], env: DistEnv) -> None:
             offset += grad.numel()
 
 
+def agree(flag: bool, env: DistEnv, src: int = 0) -> bool:
+    """Rank ``src``'s ``flag`` on every rank (e.g. whether rank 0 found a run still to compute)."""
+    if not env.enabled:
+        return flag
+    return bool(broadcast_tensors({"flag": torch.tensor([flag])}, env, src)["flag"].item())
+
+
 def all_mean(value: torch.Tensor, env: DistEnv) -> torch.Tensor:
     if not env.enabled:
         return value
@@ -166,6 +175,12 @@ def all_mean(value: torch.Tensor, env: DistEnv) -> torch.Tensor:
 def barrier(env: DistEnv) -> None:
     if env.enabled:
         dist.barrier()
+
+
+def close(env: DistEnv) -> None:
+    """Leave the process group :func:`init_from_env` joined (a no-op for a single process)."""
+    if env.enabled and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _collective_device() -> torch.device:
