@@ -1,7 +1,9 @@
 """Every random choice of a run derives from its seeds here, through numpy's ``SeedSequence``.
 
 A run's *root entropy* is the tuple of integers that make its runs independent: a transfer's
-``seed`` and its recipe's ``train.seed``; a pre-training's ``train.seed``. :func:`derive_seeds`
+``seed`` and its recipe's ``train.seed`` (and its ticket's finder seed, when not 0); an IMP run's ``seed`` (its finder seed, one of a study
+finder's ``seeds``) and its recipe's ``train.seed``; a baseline's ``seed`` (its finder seed); a
+pre-training's ``train.seed``. :func:`derive_seeds`
 spawns one independent stream per source of randomness from it, so two seeds of one transfer differ
 in data order, augmentation, new parameters, mask variants and everything drawn from torch's
 global RNG (dropout, detection RoI sampling), and the same seed repeats all of them exactly.

@@ -31,7 +31,7 @@ STUDY = {
     "finders": [
         {"name": "imp-up", "method": "imp", "stage": "upstream"},
         {"name": "imp-task", "method": "imp", "stage": "downstream"},
-        {"name": "random", "method": "random"},
+        {"name": "random", "method": "random", "seeds": [0, 1]},
     ],
     "rounds": 4,
     "seeds": [0, 1],
@@ -178,6 +178,7 @@ def test_report_from_fabricated_study(tmp_path):
             assert f"{item['mean']:.4f} ± {item['std']:.4f}" in text
     assert "supervised/imp-up" in text and "What this shows" in text
     assert "resnet18" in markdown and "imp-task (imp, downstream" in markdown
+    assert "random (random, finder seeds 0, 1)" in markdown
 
 
 def test_report_summary_table_values(tmp_path):

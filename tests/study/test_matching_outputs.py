@@ -48,6 +48,7 @@ TICKETS = [
         "pretraining": "moco",
         "finder": "imp-task",
         "task": "digits",
+        "finder_seed": 0,
         "method": "imp-downstream",
         "run": "runs/imp/abc",
         "levels": {
@@ -60,6 +61,7 @@ TICKETS = [
         "pretraining": "moco",
         "finder": "random",
         "task": None,
+        "finder_seed": 3,
         "method": "random",
         "run": "runs/baseline/def",
         "levels": {"1": {"sparsity": 0.2, "mask": "runs/baseline/def/masks/level-01.safetensors"}},
@@ -101,7 +103,8 @@ def test_typed_fields():
     assert up.universal_tasks == ("digits",) and fig2.universal_tasks is None
     assert fig2.result.on_pretraining_task and fig2.result.metric == "retrieval_accuracy"
     task, random = (TicketEntry.from_json(e) for e in TICKETS)
-    assert task.label == "moco/imp-task→digits" and random.label == "moco/random"
+    assert task.label == "moco/imp-task→digits" and random.label == "moco/random (seed 3)"
+    assert (task.finder_seed, random.finder_seed) == (0, 3)
     assert (
         task.levels[2].mask == "runs/imp/abc/masks/level-02.safetensors" and task.levels[2].sparsity == 0.36
     )
@@ -126,6 +129,14 @@ def test_older_perturbation_files_without_levels_are_read(tmp_path):
     path.write_text(json.dumps([{"source": "a/b", "task": "t", "variant": "ticket", "points": [point]}]))
     ((only,),) = (c.points for c in read_entries(path, PerturbationCurve, hint="rerun"))
     assert (only.level, only.nominal_sparsity, only.sparsity) == (None, None, 0.2)
+
+
+def test_older_tickets_files_without_finder_seeds_are_read(tmp_path):
+    path = tmp_path / "tickets.json"
+    older = {key: value for key, value in TICKETS[0].items() if key != "finder_seed"}
+    path.write_text(json.dumps([older]))
+    (only,) = read_entries(path, TicketEntry, hint="rerun")
+    assert only.finder_seed == 0 and only.label == "moco/imp-task→digits"
 
 
 @pytest.mark.parametrize(

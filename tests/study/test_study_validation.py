@@ -91,6 +91,17 @@ CASES = {
     ),
     "negative seed": (_set("seeds", [0, -1]), "seeds.1: must be >= 0 (got -1)", ""),
     "repeated seed": (_set("seeds", [0, 0]), "seeds: seed 0 is listed more than once", ""),
+    "repeated finder seed": (
+        _set("finders.4.seeds", [1, 2, 1]),
+        "finders.4.seeds: seed 1 is listed more than once",
+        "",
+    ),
+    "negative finder seed": (_set("finders.0.seeds", [-2]), "finders.0.seeds.0: must be >= 0 (got -2)", ""),
+    "omp with two seeds": (
+        _set("finders.3.seeds", [0, 1]),
+        "finder 'omp': omp draws nothing at random, so its seeds [0, 1] would all compute the same masks",
+        "give it one seed (or none)",
+    ),
 }
 
 

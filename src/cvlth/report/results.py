@@ -19,6 +19,8 @@ def setup_section(files: StudyFiles, now: datetime) -> Section:
     finders = []
     for f in study.finders:
         detail = f.method if f.method != "imp" else f"imp, {f.stage}, rewind to {f.rewind}"
+        if f.seeds is not None:  # several independent finder runs, or one with another seed
+            detail += f", finder seeds {', '.join(str(s) for s in f.seeds)}"
         finders.append(f"{f.name} ({detail})")
     sparsities = [1.0 - (1.0 - study.fraction) ** level for level in range(1, study.rounds + 1)]
     grid = (
@@ -114,7 +116,8 @@ def accuracy_section(files: StudyFiles, figures: Path) -> Section:
 def matching_section(files: StudyFiles) -> Section:
     section = Section("Extreme matching sparsity", "matching")
     section.blocks.append(
-        "A ticket matches when its mean over seeds is at least the dense mean minus one standard deviation "
+        "A ticket matches when its mean over its runs (every finder seed x every seed) is at least the "
+        "dense mean minus one standard deviation "
         "(dense of its own pre-training); the extreme matching sparsity is the highest sparsity at which it "
         "matches (none: it matches at no sparsity tested)."
     )
@@ -127,7 +130,8 @@ def matching_section(files: StudyFiles) -> Section:
             f"The {PRETRAINING_TASK} column is the paper's Fig. 2: each upstream IMP ticket after its "
             "round's training and θ_p untrained, on the pre-training task's test split, in the "
             "objective's metric (top-1 accuracy supervised, Eq. 2 retrieval accuracy for SimCLR/MoCo); "
-            "θ_p is evaluated once, so its std is 0 and the threshold is its value."
+            "θ_p is evaluated without training by each IMP run, so its std is 0 and the threshold is its "
+            "value (unless its objective heads are new, drawn from each finder seed)."
         )
     section.blocks.append(
         "Universal: the highest sparsity, among those evaluated on every downstream task of the source, "

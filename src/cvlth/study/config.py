@@ -8,6 +8,7 @@ adds or drops runs, and every run already computed is reused.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -32,6 +33,17 @@ from cvlth.study.resources import ExecutorSettings
 from cvlth.study.run_kinds import AdaptConfig, BackboneConfig, MaskVariant, Recipe
 
 DEFAULT_METRICS = {"supervised": "accuracy", "detection": "map", "segmentation": "miou"}
+
+
+def _distinct(seeds: list[int]) -> list[int]:
+    """``seeds`` if no seed repeats (a repeated seed is the same run); else ValueError."""
+    repeated = sorted(seed for seed, times in Counter(seeds).items() if times > 1)
+    if repeated:
+        raise ValueError(
+            f"seed {', '.join(map(str, repeated))} is listed more than once; a repeated seed is the same "
+            f"run, so it would count once and the seed-to-seed std would be wrong (got {seeds})"
+        )
+    return seeds
 
 
 class PretrainEntry(Strict):
@@ -68,6 +80,11 @@ class FinderEntry(Strict):
     ``tasks`` limits which tasks the tickets are transferred to (default: all), and ``levels``
     which IMP levels are (default: the study's ``transfer_levels``) — e.g. fewer levels for the
     expensive detection and segmentation transfers.
+
+    ``seeds`` (default ``[0]``) asks for several independent finder runs: each seed is its own IMP
+    or random-mask run (data order, augmentation, new heads, random draws all derive from it), and
+    every one of its tickets is fine-tuned with every seed of the study. OMP draws nothing at
+    random, so it takes one seed.
     """
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
@@ -85,12 +102,30 @@ class FinderEntry(Strict):
     levels: list[int] | None = Field(
         None, description="levels fine-tuned downstream for this finder (default: the study's)"
     )
+    seeds: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None, min_length=1, description="independent finder runs, one per seed (default: [0])"
+    )
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int] | None) -> list[int] | None:
+        return None if seeds is None else _distinct(seeds)
 
     @model_validator(mode="after")
     def _consistent(self) -> FinderEntry:
         if self.method != "imp" and (self.stage != "upstream" or self.rewind != "pretrained"):
             raise ValueError(f"`stage` and `rewind` apply to imp only (method is {self.method!r})")
+        if self.method == "omp" and len(self.finder_seeds) > 1:
+            raise ValueError(
+                f"finder {self.name!r}: omp draws nothing at random, so its seeds {self.finder_seeds} would "
+                "all compute the same masks and count one ticket several times; give it one seed (or none)"
+            )
         return self
+
+    @property
+    def finder_seeds(self) -> list[int]:
+        """The seeds of this finder's runs: ``seeds``, or ``[0]`` (one run) when not given."""
+        return self.seeds or [0]
 
 
 class PerturbationEntry(Strict):
@@ -137,13 +172,7 @@ class StudyConfig(Strict):
     @field_validator("seeds")
     @classmethod
     def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
-        repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
-        if repeated:
-            raise ValueError(
-                f"seed {', '.join(map(str, repeated))} is listed more than once; a repeated seed is the same "
-                f"run, so it would count once and the seed-to-seed std would be wrong (got {seeds})"
-            )
-        return seeds
+        return _distinct(seeds)
 
     @model_validator(mode="after")
     def _references(self) -> StudyConfig:

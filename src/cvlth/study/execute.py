@@ -106,13 +106,18 @@ def run_folder(ctx: Context, run: RunConfig) -> Path:
 
 def run_seeds(run: PretrainRun | ImpRun | BaselineRun | TransferRun) -> RunSeeds:
     """A run's seeds. Root entropy: a pre-training's ``train.seed``; a baseline's ``seed``; an IMP
-    run's or a transfer's (``seed``, recipe ``train.seed``) — so the study's seeds are independent runs."""
+    run's or a transfer's (``seed``, recipe ``train.seed``) — so the study's seeds are independent runs.
+    A transfer of a ticket whose finder seed is not 0 adds that seed, so every (finder seed, seed)
+    pair fine-tunes with its own head, batches and mask-variant draws; finder seed 0 (every ticket
+    before finder seeds existed) keeps the streams it always had."""
     if isinstance(run, PretrainRun):
         return derive_seeds(run.recipe.train.seed)
     if isinstance(run, BaselineRun):
         return derive_seeds(run.seed)
-    recipe = run.task if isinstance(run, TransferRun) else run.recipe
-    return derive_seeds(run.seed, recipe.train.seed)
+    if isinstance(run, TransferRun):
+        finder_seed = run.ticket.seed if run.ticket is not None else 0
+        return derive_seeds(run.seed, run.task.train.seed, *((finder_seed,) if finder_seed else ()))
+    return derive_seeds(run.seed, run.recipe.train.seed)
 
 
 # --- θ_p ------------------------------------------------------------------------------------

@@ -1,15 +1,18 @@
 """Which tickets are *matching*: no worse than the dense model, within its seed-to-seed noise.
 
 For one (ticket source, downstream task): at every sparsity the ticket's metric is averaged over
-seeds; it matches when ``mean >= dense_mean - dense_std``. The extreme matching sparsity is the
+its runs -- every finder seed x every study seed -- and the dense model's over the study's seeds;
+it matches when ``mean >= dense_mean - dense_std``. The extreme matching sparsity is the
 highest sparsity on the grid at which the ticket still matches (``None`` if none does).
-Standard deviations are sample standard deviations (ddof=1; 0 for a single seed).
+Standard deviations are sample standard deviations (ddof=1; 0 for a single run); ``n`` says how
+many runs each mean is over.
 
 Two more readings of the same rule:
 
 * Fig. 2, the pre-training task itself (task :data:`PRETRAINING_TASK`): upstream IMP tickets
   after their round's training against θ_p untrained, both on the pre-training task's test split.
-  θ_p is evaluated once (deterministic), so its std is 0 and the threshold is its value.
+  θ_p is evaluated by each IMP run (one per finder seed) deterministically, so its std is 0 and
+  the threshold is its value (unless the objective's heads are new, drawn from the finder seed).
 * The *universal* matching sparsity of a ticket source (:func:`universal_matching`): the highest
   sparsity, among those evaluated on every downstream task of the source, at which the source
   matches on all of them at once.
@@ -146,7 +149,8 @@ def matching(
     ticket_values: Mapping[float, Sequence[float]],
     metric: str = "accuracy",
 ) -> MatchingResult:
-    """Apply the matching rule to seed results: ``ticket_values`` maps sparsity -> metric per seed."""
+    """Apply the matching rule to run results: ``ticket_values`` maps sparsity -> metric per run
+    (every finder seed x every transfer seed), ``dense_values`` holds one metric per dense run."""
     dense = SeedStats.of(dense_values)
     threshold = dense.mean - dense.std
     rows = []
@@ -159,20 +163,26 @@ def matching(
 def matching_markdown(results: Sequence[MatchingResult]) -> str:
     """The summary of extreme matching sparsities, the universal ones, then one table per result."""
     lines = [
-        "| ticket source | task | metric | dense | extreme matching sparsity |",
-        "|---|---|---|---|---|",
+        "| ticket source | task | metric | dense | extreme matching sparsity | runs per mean (dense / ticket) |",
+        "|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
             f"| {r.source} | {r.task} | {r.metric} | {r.dense.mean:.4f} ± {r.dense.std:.4f} "
-            f"| {_percent(r.extreme_matching_sparsity)} |"
+            f"| {_percent(r.extreme_matching_sparsity)} | {r.dense.n} / {_counts(r.rows)} |"
         )
+    lines += [
+        "",
+        "Each mean is over runs: a ticket's over every finder seed x every seed of the study, the dense "
+        "model's over the seeds (Fig. 2 rows: over the finder's IMP runs).",
+    ]
     if any(r.on_pretraining_task for r in results):
         lines += [
             "",
             f"Rows on the *{PRETRAINING_TASK}* (the paper's Fig. 2): each upstream IMP ticket after its "
             "round's training, against θ_p untrained, on the pre-training task's test split. θ_p is "
-            "evaluated once (no training, fixed batches), so its std is 0 and the threshold is its value.",
+            "evaluated by each IMP run without training on fixed batches, so its std is 0 and the "
+            "threshold is its value (unless the objective's heads are new, drawn from the finder seed).",
         ]
     universal = universal_matching(results)
     if universal:
@@ -194,7 +204,7 @@ def matching_markdown(results: Sequence[MatchingResult]) -> str:
             "",
             f"**{r.source} → {r.task}** (matching: mean {r.metric} ≥ {r.threshold:.4f} = dense mean − dense std)",
             "",
-            f"| sparsity | mean {r.metric} | std | seeds | matching |",
+            f"| sparsity | mean {r.metric} | std | runs | matching |",
             "|---|---|---|---|---|",
         ]
         for row in r.rows:
@@ -203,6 +213,14 @@ def matching_markdown(results: Sequence[MatchingResult]) -> str:
                 f"| {row.sparsity:.2%} | {row.stats.mean:.4f} | {row.stats.std:.4f} | {row.stats.n} | {mark} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _counts(rows: Sequence[MatchingRow]) -> str:
+    """The runs behind the rows' means: one number, or the range where rows differ."""
+    counts = sorted({row.stats.n for row in rows})
+    if not counts:
+        return "-"
+    return str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
 
 
 def _percent(value: float | None) -> str:

@@ -5,8 +5,8 @@ A study folder ``<store>/studies/<name>/`` holds three JSON lists besides ``stud
 * ``matching.json`` -- one :class:`MatchingEntry` per (ticket source, task): a
   :class:`~cvlth.study.matching.MatchingResult` and, for a downstream task, its source's universal
   matching sparsity and the tasks that covers;
-* ``tickets.json`` -- one :class:`TicketEntry` per ticket finder run: its masks per level, as paths
-  relative to the store;
+* ``tickets.json`` -- one :class:`TicketEntry` per ticket finder run (one per finder seed): its
+  masks per level, as paths relative to the store;
 * ``perturbation.json`` (only with a perturbation analysis) -- one :class:`PerturbationCurve` per
   (finder source, task, mask variant).
 
@@ -96,11 +96,14 @@ class TicketEntry:
     method: str  # imp-upstream, imp-downstream, or a baseline's method (omp, random, ...)
     run: str  # the run folder, relative to the store
     levels: dict[int, TicketLevel]
+    finder_seed: int = 0  # the finder run's seed (files written before finder seeds: 0)
 
     @property
     def label(self) -> str:
-        """The ticket's name in the report: its source, and its task when it has one."""
-        return f"{self.source}→{self.task}" if self.task else self.source
+        """The ticket's name in the report: its source, its task when it has one, and its finder
+        seed when that is not 0 (a finder's only run, unless the study gives it ``seeds``)."""
+        label = f"{self.source}→{self.task}" if self.task else self.source
+        return f"{label} (seed {self.finder_seed})" if self.finder_seed else label
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -108,6 +111,7 @@ class TicketEntry:
             "pretraining": self.pretraining,
             "finder": self.finder,
             "task": self.task,
+            "finder_seed": self.finder_seed,
             "method": self.method,
             "run": self.run,
             "levels": {str(k): {"sparsity": v.sparsity, "mask": v.mask} for k, v in self.levels.items()},
@@ -127,6 +131,7 @@ class TicketEntry:
                 int(level): TicketLevel(float(value["sparsity"]), str(value["mask"]))
                 for level, value in data["levels"].items()
             },
+            finder_seed=int(data.get("finder_seed", 0)),
         )
 
 

@@ -2,7 +2,7 @@
 
 Runs are listed in dependency order (pre-trainings, then ticket finders, then transfers), so
 executing the list front to back never waits. Each run also carries the labels the matching
-table needs (pre-training, finder, task, level, seed).
+table needs (pre-training, finder, task, level, seed, the finder's seed).
 """
 
 from __future__ import annotations
@@ -45,8 +45,9 @@ class PlannedRun:
     finder: str | None = None  # None for θ_p and for the dense transfer
     task: str | None = None
     level: int = 0
-    seed: int | None = None
+    seed: int | None = None  # a transfer's seed (one of the study's ``seeds``)
     variant: str = "ticket"
+    finder_seed: int | None = None  # the seed of the finder run (its own, or the transfer's ticket's)
 
     @property
     def source(self) -> str:
@@ -76,24 +77,34 @@ def _override(recipe: Recipe, finder: FinderEntry) -> Recipe:
     return recipe.model_copy(update=changes)
 
 
-def finder_runs(study: StudyConfig, finder: FinderEntry, name: str) -> list[tuple[str | None, RunConfig]]:
-    """(task or None, run) for one finder applied to pre-training ``name``."""
+def finder_runs(
+    study: StudyConfig, finder: FinderEntry, name: str
+) -> list[tuple[str | None, ImpRun | BaselineRun]]:
+    """(task or None, run) for one finder applied to pre-training ``name``: one run per finder seed
+    (and, for downstream IMP, per task); the run's ``seed`` is the finder seed."""
+    return [
+        (task, run)
+        for seed in finder.finder_seeds
+        for task, run in _finder_runs_with_seed(study, finder, name, seed)
+    ]
+
+
+def _finder_runs_with_seed(
+    study: StudyConfig, finder: FinderEntry, name: str, seed: int
+) -> list[tuple[str | None, ImpRun | BaselineRun]]:
     pretrained = pretrained_run(study, name)
     if finder.method in ("omp", "random"):
         method = "omp" if finder.method == "omp" else "random"
-        return [
-            (
-                None,
-                BaselineRun(
-                    pretrained=pretrained, method=method, rounds=study.rounds, fraction=study.fraction
-                ),
-            )
-        ]
+        baseline = BaselineRun(
+            pretrained=pretrained, method=method, rounds=study.rounds, fraction=study.fraction, seed=seed
+        )
+        return [(None, baseline)]
     common = {
         "pretrained": pretrained,
         "rounds": study.rounds,
         "fraction": study.fraction,
         "rewind": finder.rewind,
+        "seed": seed,
     }
     if finder.stage == "upstream":
         recipe = _override(study.pretrainings[name].upstream_recipe, finder)
@@ -138,12 +149,14 @@ def _check_size(study: StudyConfig) -> None:
         if analysis is not None and finder.name in analysis.finders:
             levels += len(analysis.levels or []) + levels * len(analysis.variants)
         tickets = tasks if finder.stage == "downstream" and finder.method == "imp" else 1
-        bound += len(finder.pretrainings or study.pretrainings) * (tickets + tasks * levels * seeds)
+        per_finder_seed = tickets + tasks * levels * seeds
+        bound += len(finder.pretrainings or study.pretrainings) * len(finder.finder_seeds) * per_finder_seed
     if bound > MAX_PLANNED_RUNS:
         raise ConfigError(
-            f"the study expands to up to {bound:,} runs (pre-trainings x finders x tasks x levels x mask "
-            f"variants x seeds); cvlth plans at most {MAX_PLANNED_RUNS:,}",
-            hint="split it into several studies (they can share one store) or narrow seeds, tasks or levels",
+            f"the study expands to up to {bound:,} runs (pre-trainings x finders x finder seeds x tasks x "
+            f"levels x mask variants x seeds); cvlth plans at most {MAX_PLANNED_RUNS:,}",
+            hint="split it into several studies (they can share one store) or narrow seeds, finder seeds, "
+            "tasks or levels",
         )
 
 
@@ -177,7 +190,7 @@ def _expand(study: StudyConfig) -> list[PlannedRun]:
             if finder.pretrainings is not None and name not in finder.pretrainings:
                 continue
             for own_task, ticket in finder_runs(study, finder, name):
-                planned.append(PlannedRun(ticket, name, finder.name, own_task))
+                planned.append(PlannedRun(ticket, name, finder.name, own_task, finder_seed=ticket.seed))
                 for task, recipe in study.tasks.items():
                     if own_task is not None and task != own_task:
                         continue  # a task-specific mask is fine-tuned on its own task only
@@ -195,7 +208,9 @@ def _expand(study: StudyConfig) -> list[PlannedRun]:
                                 adapt=study.adapt_for(task),
                                 seed=seed,
                             )
-                            planned.append(PlannedRun(run, name, finder.name, task, level, seed, variant))
+                            planned.append(
+                                PlannedRun(run, name, finder.name, task, level, seed, variant, ticket.seed)
+                            )
     unique: dict[str, PlannedRun] = {}
     for item in planned:
         unique.setdefault(f"{item.run.kind}/{item.run.hash()}", item)

@@ -135,6 +135,8 @@ def describe(item: PlannedRun) -> str:
     parts = [run.kind, item.pretraining]
     if item.finder:
         parts.append(item.finder)
+    if item.finder_seed:  # 0: the finder's only run unless the study gives it seeds
+        parts.append(f"(finder seed {item.finder_seed})")
     if item.task:
         parts.append(f"→ {item.task}")
     if run.kind == "transfer":
@@ -161,7 +163,8 @@ def matching_table(
     study: StudyConfig, planned: list[PlannedRun], results: list[dict[str, Any]]
 ) -> list[MatchingResult]:
     """Matching per (ticket source, task): Fig. 2's rows on the pre-training task first, then the
-    downstream tasks, each as its transfers' mean over seeds against the dense transfers'."""
+    downstream tasks, each as its transfers' mean against the dense transfers'. A ticket's mean at a
+    sparsity is over every finder seed x every study seed (its ``n``); the dense mean over the seeds."""
     dense: dict[tuple[str, str], list[float]] = defaultdict(list)
     tickets: dict[tuple[str, str, str], dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for item, result in zip(planned, results, strict=True):
@@ -185,7 +188,8 @@ def pretraining_task_table(
 ) -> list[MatchingResult]:
     """Fig. 2: every upstream IMP ticket (after its round's training) and θ_p (untrained) on the
     pre-training task's test split, in the objective's selection metric (top-1 accuracy, or Eq. 2
-    retrieval accuracy for SimCLR/MoCo); a ticket's mean is over the finder's seeds (IMP runs).
+    retrieval accuracy for SimCLR/MoCo); a ticket's mean is over the finder's seeds (IMP runs), and
+    so is θ_p's: each IMP run evaluates it (the same value, unless the objective's heads are new).
 
     An IMP result written before θ_p was evaluated (no ``dense_upstream``) has no dense reference:
     its source is left out of this table."""
@@ -213,7 +217,8 @@ def pretraining_task_table(
 def perturbation_curves(
     study: StudyConfig, planned: list[PlannedRun], results: list[dict[str, Any]]
 ) -> list[PerturbationCurve]:
-    """Per (finder source, task, mask variant): mean ± std over seeds of the metric at each level.
+    """Per (finder source, task, mask variant): mean ± std of the metric at each level, over every
+    finder seed x every study seed.
 
     Each point sits at the sparsity of the mask actually fine-tuned (the transfer's measured
     ``sparsity``, averaged over seeds; the level's nominal sparsity for results without one): a
@@ -250,7 +255,8 @@ def perturbation_curves(
 
 
 def ticket_index(study: StudyConfig, planned: list[PlannedRun], store: Store) -> list[TicketEntry]:
-    """Where every ticket's masks are: one entry per finder run, masks as paths relative to the store."""
+    """Where every ticket's masks are: one entry per finder run (each finder seed its own), masks as
+    paths relative to the store."""
     entries = []
     for item in planned:
         if item.run.kind not in ("imp", "baseline"):
@@ -272,6 +278,7 @@ def ticket_index(study: StudyConfig, planned: list[PlannedRun], store: Store) ->
                 method=method,
                 run=str(folder.relative_to(store.root)),
                 levels=levels,
+                finder_seed=item.run.seed,
             )
         )
     return entries
