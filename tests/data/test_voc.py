@@ -7,9 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
+from cvlth.config import ObjectiveRef
 from cvlth.data.registry import load_dataset
 from cvlth.data.voc import VOC_CLASSES, VocDetectionSet, VocSegmentationSet, read_annotation
 from cvlth.errors import DatasetError
+from cvlth.models.backbones import BackboneSpec
+from cvlth.models.segmentation import build_segmenter
+from cvlth.objectives.registry import build_objective
 
 
 def _xml(width: int, height: int, objects: list[tuple[str, tuple[int, int, int, int], int]]) -> str:
@@ -143,3 +147,24 @@ def test_missing_files_name_them(devkit):
     seg.unlink()
     with pytest.raises(DatasetError, match="2012_000005.png"):
         VocSegmentationSet(devkit, "val")
+
+
+def test_tiny_voc_tree_trains_one_segmentation_step_at_reference_scale(devkit):
+    splits = load_dataset("voc_segmentation", devkit, max_size=None)
+    options = {"crop_size": 32, "scale_range": [0.5, 2.0], "eval_crop": 16}
+    objective = build_objective(
+        ObjectiveRef(name="segmentation", options=options), feature_dim=0, data=splits
+    )
+    spec = BackboneSpec("resnet18", width=4, stem="cifar", in_channels=3)
+    model = build_segmenter(None, spec, splits.num_classes).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in model.parameters()]
+    batch = next(iter(splits.batches("train", 2).epoch_batches(0)))
+    loss, _ = objective.train_step(model, batch, torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss) and float(loss.detach()) > 0
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    assert any(not torch.equal(p.detach(), b) for p, b in zip(model.parameters(), before, strict=True))
+    result = objective.evaluate(model.eval(), splits.batches("test", 1))
+    assert set(result) == {"miou", "pixel_accuracy", "loss"} and 0.0 <= result["pixel_accuracy"] <= 1.0

@@ -7,7 +7,11 @@ the standard devkit layout: ``Annotations/<id>.xml``, ``JPEGImages/<id>.jpg``,
 
 Samples are read lazily, one image per ``__getitem__``, and resized (bilinear, antialiased) so the
 longer side is at most ``max_size`` (default 512; ``None`` keeps the native size; smaller images are
-never enlarged). Images are uint8 RGB [3, H, W].
+never enlarged; VOC's own are at most 500 px, so 512 keeps them native). Images are uint8 RGB
+[3, H, W]. Nothing decoded is kept: a set holds its ids and decodes the files on every read (about
+7 ms for a 500x375 JPEG + PNG on one busy core: ``benchmarks/segmentation_view.py``), where holding
+VOC-aug's 10,582 decoded images and labels would take ~8 GB. Training geometry (random scale,
+crop) happens later, in the objectives, on the training device.
 
 **Boxes.** VOC stores 1-based, inclusive pixel indices (``xmin=1`` is the first column, ``xmax=W``
 the last). We convert to torchvision's continuous x1, y1, x2, y2 with pixel i covering [i, i+1):

@@ -5,7 +5,9 @@
 tasks get :func:`cvlth.models.transfer.transfer_model` instead. A task recipe's ``model:`` mapping
 is passed to the builder as keyword options (e.g. ``returned_layers: [2, 3, 4]`` or
 ``box_batch_size_per_image: 32`` for the detector, ``head_channels: 16`` for the segmenter), over
-the defaults derived from the dataset (image size, normalisation statistics).
+the defaults derived from the dataset (image size, normalisation statistics). The detector's
+``min_size`` may be a list (multi-scale training; evaluation at its last entry: torchvision's
+GeneralizedRCNNTransform).
 """
 
 from __future__ import annotations

@@ -2,7 +2,11 @@
 
 Batches are ``(list of uint8 [C, H, W] images, list of target dicts)`` as served by
 :meth:`cvlth.data.samples.SampleSplits.batches`. The detector normalises its input itself (its
-GeneralizedRCNNTransform), so the objective only scales pixels to [0, 1] and flips.
+GeneralizedRCNNTransform), so the objective only scales pixels to [0, 1] and flips (boxes with the
+image, before the detector resizes both). Resizing is the detector's: the task's ``model:
+{min_size, max_size}``; a list of ``min_size`` values makes training draw one per image (from
+torch's global RNG, which a run seeds and a resume restores) and evaluation use the last, as
+detectron2's multi-scale ``MIN_SIZE_TRAIN`` / ``MIN_SIZE_TEST``.
 
 Evaluation is AP@[.5:.95] (``map``), AP50 and AP75 from torchmetrics' ``MeanAveragePrecision``
 (pycocotools backend: COCO's 101-point interpolated precision, up to 100 detections per image).

@@ -227,7 +227,26 @@ def _detection(
 
 @register_objective("segmentation")
 def _segmentation(
-    *, feature_dim: int, data: SampleSplits, flip: float = 0.5, crop_size: int | None = None
+    *,
+    feature_dim: int,
+    data: SampleSplits,
+    flip: float = 0.5,
+    crop_size: int | None = None,
+    scale_range: list[float] | None = None,
+    image_pad: str = "zero",
+    eval_crop: int | None = None,
 ) -> Objective:
-    """Cross-entropy (255 ignored) with the dataset's normalisation; mIoU selects."""
-    return SegmentationObjective(data.num_classes, data.mean, data.std, flip=flip, crop_size=crop_size)
+    """Cross-entropy (255 ignored) with the dataset's normalisation; mIoU selects. Training scales
+    by a random factor in ``scale_range`` (needs ``crop_size``), pads with ``image_pad`` (zero or
+    mean) and crops ``crop_size``; evaluation uses full images or, with ``eval_crop``, the
+    shorter side resized to it and the centre square (:mod:`cvlth.data.segmentation_transforms`)."""
+    return SegmentationObjective(
+        data.num_classes,
+        data.mean,
+        data.std,
+        flip=flip,
+        crop_size=crop_size,
+        scale_range=scale_range,
+        image_pad=image_pad,
+        eval_crop=eval_crop,
+    )
