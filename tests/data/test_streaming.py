@@ -260,7 +260,7 @@ if __name__ == "__main__":
 
 
 def test_train_crop_center_gives_training_images_the_evaluation_transform(tree) -> None:
-    """For SimCLR/MoCo, which draw their own views: no random crop in the loader."""
+    """For an objective that crops training images itself: no random crop in the loader."""
     from cvlth.data.registry import load_dataset
 
     cropped = load_dataset("imagefolder", tree, image_size=32, streaming=True, val_size=1)

@@ -10,7 +10,8 @@ Options shared by the file datasets: ``seed`` (which training images become val;
 imagefolder and visda2017 default to 224 and are resized on load, then cached as uint8 tensors
 under ``cache_dir``, default ``$CVLTH_CACHE`` or ``~/.cache/cvlth``; ``cache=False`` turns that off).
 imagefolder and visda2017 take ``streaming=True`` for sets too large for RAM: images stay in their
-files and are decoded and cropped to ``image_size`` per batch (see :mod:`cvlth.data.streaming`).
+files and are decoded and cropped to ``image_size`` per batch (see :mod:`cvlth.data.streaming`; SimCLR
+and MoCo get two crops of each full image, see :mod:`cvlth.objectives.views`).
 """
 
 from __future__ import annotations

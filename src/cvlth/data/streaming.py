@@ -13,11 +13,17 @@ training ``RandomResizedCrop(size, scale=(0.08, 1))`` + ``RandomHorizontalFlip()
 (N,))`` like every other :class:`~cvlth.data.source.BatchSource`: normalisation stays with the
 objective (use ``augment: none`` with the supervised objective, the crop is already done here).
 
+Two views (SimCLR, MoCo v2): :meth:`StreamingImageSet.two_views` makes each training item a
+``(2, 3, size, size)`` pair, two independent ``RandomResizedCrop(size, scale)`` of the one decoded
+full image (no flip: the objective applies the rest of its view to the batch), so batches are
+``(uint8 (N, 2, 3, size, size), int64 (N,))``. :func:`cvlth.objectives.views.training_images` asks
+for them with the objective's ``crop_scale``.
+
 Determinism: the epoch's order is the one :class:`~cvlth.data.source.TensorBatchSource` draws
-from ``(seed, epoch)``, and each training sample's crop and flip come from a generator seeded
-``sample_seed(seed, epoch, index)`` (``index``: the image's position in the set), never from a
-worker's RNG, so any worker count gives the same batches and a run killed mid-epoch resumes
-bit-identically from ``epoch_batches(epoch, start)``.
+from ``(seed, epoch)``, and each training sample's crop and flip (a pair's two crops, one after
+the other) come from a generator seeded ``sample_seed(seed, epoch, index)`` (``index``: the
+image's position in the set), never from a worker's RNG, so any worker count gives the same
+batches and a run killed mid-epoch resumes bit-identically from ``epoch_batches(epoch, start)``.
 """
 
 from __future__ import annotations
@@ -102,6 +108,7 @@ class StreamingImageSet:
     size: int = 224
     training: bool = True  # RandomResizedCrop + flip; False: Resize + CenterCrop
     workers: int | None = None  # None: default_workers()
+    view_scale: tuple[float, float] | None = None  # set: training items are two-view pairs (two_views)
 
     @classmethod
     def from_files(
@@ -128,10 +135,25 @@ class StreamingImageSet:
 
     def evaluation(self) -> StreamingImageSet:
         """The same files with the evaluation transform."""
-        return replace(self, training=False)
+        return replace(self, training=False, view_scale=None)
+
+    def two_views(self, scale: tuple[float, float]) -> StreamingImageSet:
+        """The same training files, each item two ``RandomResizedCrop(size, scale)`` views of the full
+        image stacked as uint8 (2, 3, size, size): what a contrastive objective crops its views from."""
+        low, high = (float(bound) for bound in scale)
+        if not self.training:
+            raise DatasetError(
+                f"{self.dataset}: two views are drawn from training images, not evaluation ones"
+            )
+        if not 0 < low <= high:
+            raise DatasetError(
+                f"{self.dataset}: a view's crop scale must satisfy 0 < low <= high (got {scale})"
+            )
+        return replace(self, view_scale=(low, high))
 
     def read(self, index: int, seed: int = 0, epoch: int = 0) -> torch.Tensor:
-        """Image ``index`` as uint8 (3, size, size), transformed for ``epoch`` of a source seeded ``seed``."""
+        """Image ``index`` as uint8 (3, size, size) -- (2, 3, size, size) for a two-view set --
+        transformed for ``epoch`` of a source seeded ``seed``."""
         path = Path(os.fsdecode(self.paths[index]))
         with open_image(path, self.dataset) as opened:
             image = opened.convert("RGB")  # decodes the full image, as torchvision's ImageFolder
@@ -139,13 +161,20 @@ class StreamingImageSet:
             image = TF.resize(image, self.resize, InterpolationMode.BILINEAR, antialias=True)
             return _to_tensor(TF.center_crop(image, self.size))
         generator = torch.Generator().manual_seed(sample_seed(seed, epoch, index))
-        top, left, h, w = random_resized_crop_params(image.width, image.height, generator)
-        image = TF.resized_crop(
-            image, top, left, h, w, [self.size, self.size], InterpolationMode.BILINEAR, antialias=True
-        )
+        if self.view_scale is not None:  # one decode, two independent crops of the full image
+            views = [self._crop(image, generator, self.view_scale) for _ in range(2)]
+            return torch.stack([_to_tensor(view) for view in views])
+        image = self._crop(image, generator, CROP_SCALE)
         if torch.rand(1, generator=generator) < 0.5:
             image = TF.hflip(image)
         return _to_tensor(image)
+
+    def _crop(
+        self, image: Image.Image, generator: torch.Generator, scale: tuple[float, float]
+    ) -> Image.Image:
+        top, left, h, w = random_resized_crop_params(image.width, image.height, generator, scale)
+        size = [self.size, self.size]
+        return TF.resized_crop(image, top, left, h, w, size, InterpolationMode.BILINEAR, antialias=True)
 
     def batches(
         self, batch_size: int, shuffle: bool = True, seed: int = 0, drop_last: bool = False
@@ -166,7 +195,8 @@ def streaming_splits(
 ) -> DatasetSplits:
     """The splits of a listed dataset as streaming sets (val carved from train as the in-memory
     path does; val and test use the evaluation transform). ``train_crop="center"`` gives training
-    images the evaluation transform too, for objectives that crop their own views (SimCLR, MoCo)."""
+    images the evaluation transform too (for an objective that crops them again; SimCLR and MoCo
+    refuse it: they take two views of the full image, see :meth:`StreamingImageSet.two_views`)."""
     if train_crop not in ("random_resized", "center"):
         raise DatasetError(f"{name}: train_crop must be 'random_resized' or 'center' (got {train_crop!r})")
     classes, (train_files, train_labels), (test_files, test_labels) = listing

@@ -369,27 +369,40 @@ SIMCLR_VIEW = ContrastiveView()
 MOCO_V2_VIEW = ContrastiveView(scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.4, 0.1))
 
 
-def contrastive_augment(
-    normalization: Normalization,
-    view: ContrastiveView = SIMCLR_VIEW,
-    size: int | tuple[int, int] | None = None,
-) -> Transform:
+@dataclass(frozen=True)
+class ContrastiveAugment:
     """One SimCLR / MoCo v2 view: RandomResizedCrop(view.scale) to ``size`` (default: the input's),
-    flip, colour jitter, grayscale, Gaussian blur (skipped, with its draws, when ``blur_p`` is 0),
-    then ``normalize`` by ``normalization`` (None: the raw [0, 1] pixels, for weights trained that
-    way). Two calls with one generator give two independent views."""
+    then :meth:`after_crop`. Two calls with one generator give two independent views."""
 
-    def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        out_size = size or tuple(images.shape[-2:])
-        x = random_resized_crop(to_float(images), generator, out_size, scale=view.scale)
-        x = horizontal_flip(x, generator, p=view.flip_p)
+    normalization: Normalization
+    view: ContrastiveView = SIMCLR_VIEW
+    size: int | tuple[int, int] | None = None
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        out_size = self.size or tuple(images.shape[-2:])
+        cropped = random_resized_crop(to_float(images), generator, out_size, scale=self.view.scale)
+        return self.after_crop(cropped, generator)
+
+    def after_crop(self, views: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The view without its crop, for views cropped already (pairs streamed from the full image):
+        flip, colour jitter, grayscale, Gaussian blur (skipped, with its draws, when ``blur_p`` is 0),
+        then ``normalize`` by ``normalization`` (None: the raw [0, 1] pixels)."""
+        view = self.view
+        x = horizontal_flip(to_float(views), generator, p=view.flip_p)
         x = color_jitter(x, generator, *view.jitter, p=view.jitter_p)
         x = random_grayscale(x, generator, p=view.grayscale_p)
         if view.blur_p > 0:
             x = random_gaussian_blur(x, generator, view.blur_p, view.blur_sigma, view.blur_kernel)
-        return x if normalization is None else normalize(x, *normalization)
+        return x if self.normalization is None else normalize(x, *self.normalization)
 
-    return augment
+
+def contrastive_augment(
+    normalization: Normalization,
+    view: ContrastiveView = SIMCLR_VIEW,
+    size: int | tuple[int, int] | None = None,
+) -> ContrastiveAugment:
+    """:class:`ContrastiveAugment` (``normalization`` None: raw [0, 1] pixels, for weights trained so)."""
+    return ContrastiveAugment(normalization, view, size)
 
 
 def supervised_augment(size: int, mean: Sequence[float], std: Sequence[float]) -> Transform:

@@ -33,6 +33,7 @@ from cvlth.masks import Mask
 from cvlth.objectives.features import features, freeze_classifier, unwrap
 from cvlth.objectives.simclr import eval_generator, retrieval_accuracy
 from cvlth.objectives.supervised import Augment
+from cvlth.objectives.views import two_views
 from cvlth.pruning.enforcer import MaskEnforcer
 from cvlth.training.objective import ObjectiveBase
 
@@ -96,7 +97,8 @@ def _gather(x: torch.Tensor) -> torch.Tensor:
 
 class MoCoObjective(ObjectiveBase):
     """InfoNCE between queries ``q = head_q(model(view1))`` and keys ``k = head_k(encoder_k(view2))``
-    with the queue as negatives. Call :meth:`bind` before training (the loop does)."""
+    with the queue as negatives (view pairs a streamed loader cropped: see
+    :func:`~cvlth.objectives.views.two_views`). Call :meth:`bind` before training (the loop does)."""
 
     selection: tuple[str, Literal["max", "min"]] = ("retrieval_accuracy", "max")
 
@@ -230,9 +232,9 @@ class MoCoObjective(ObjectiveBase):
     def train_step(
         self, model: nn.Module, batch: Any, generator: torch.Generator
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
-        images = batch[0]
-        q = self.query(model, self.augment(images, generator))
-        k, to_enqueue = self.keys(self.augment(images, generator), generator)
+        view1, view2 = two_views(self.augment, batch[0], generator)
+        q = self.query(model, view1)
+        k, to_enqueue = self.keys(view2, generator)
         loss, logits = self.info_nce(q, k)
         metrics = {
             "top1": (logits.detach().argmax(1) == 0).float().mean(),
@@ -254,7 +256,7 @@ class MoCoObjective(ObjectiveBase):
         count = 0
         for batch in batches.epoch_batches(0):
             images = batch[0].to(device)
-            view1, view2 = self.augment(images, generator), self.augment(images, generator)
+            view1, view2 = two_views(self.augment, images, generator)
             q = self.query(model, view1)
             k = self._encode_keys(view2)
             loss, logits = self.info_nce(q, k)

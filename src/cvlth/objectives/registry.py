@@ -25,6 +25,7 @@ from cvlth.objectives.moco import MoCoObjective
 from cvlth.objectives.segmentation import SegmentationObjective
 from cvlth.objectives.simclr import SimCLRObjective
 from cvlth.objectives.supervised import SupervisedObjective
+from cvlth.objectives.views import CONTRASTIVE_VIEWS
 from cvlth.training.objective import Objective
 
 Builder = Callable[..., Objective]
@@ -152,9 +153,11 @@ def _contrastive_augment(
     blur_sigma: tuple[float, float] | None = None,
     blur_kernel: int | None = None,
     flip_p: float | None = None,
-) -> T.Transform:
+) -> T.ContrastiveAugment:
     """The view of ``base`` (the paper's values) with the options given in a config replacing them.
-    ``jitter_strength`` s is SimCLR's: jitter (0.8s, 0.8s, 0.8s, 0.2s); SimCLR s = 1, MoCo v2 s = 0.5."""
+    ``jitter_strength`` s is SimCLR's: jitter (0.8s, 0.8s, 0.8s, 0.2s); SimCLR s = 1, MoCo v2 s = 0.5.
+    On a streamed image folder the loader crops both views at ``crop_scale`` from the full image
+    and the objective applies the rest (:mod:`cvlth.objectives.views`)."""
     given = {
         "scale": None if crop_scale is None else tuple(crop_scale),
         "jitter": None
@@ -183,7 +186,7 @@ def _simclr(
 ) -> Objective:
     """SimCLR: NT-Xent over two augmented views, projection head hidden = feature_dim. Augmentation
     options (see :func:`_contrastive_augment`) default to SimCLR's paper values."""
-    augment = _contrastive_augment(data, T.SIMCLR_VIEW, **augment_options)
+    augment = _contrastive_augment(data, CONTRASTIVE_VIEWS["simclr"], **augment_options)
     return SimCLRObjective(
         feature_dim, projection_dim=projection_dim, temperature=temperature, augment=augment, variant=variant
     )
@@ -204,7 +207,7 @@ def _moco(
 ) -> Objective:
     """MoCo v2: EMA key encoder, a queue of negatives, InfoNCE at temperature 0.2; augmentation
     options (see :func:`_contrastive_augment`) default to MoCo v2's "aug+"."""
-    augment = _contrastive_augment(data, T.MOCO_V2_VIEW, **augment_options)
+    augment = _contrastive_augment(data, CONTRASTIVE_VIEWS["moco"], **augment_options)
     return MoCoObjective(
         feature_dim,
         dim=dim,

@@ -27,6 +27,7 @@ from cvlth.data.transforms import SIMCLR_VIEW, contrastive_augment
 from cvlth.masks import Mask
 from cvlth.objectives.features import features, freeze_classifier
 from cvlth.objectives.supervised import Augment
+from cvlth.objectives.views import two_views
 from cvlth.training.objective import ObjectiveBase
 
 Variant = Literal["standard", "log_mean_reference"]
@@ -88,7 +89,8 @@ def eval_generator(seed: int, device: torch.device) -> torch.Generator:
 
 
 class SimCLRObjective(ObjectiveBase):
-    """NT-Xent on ``head(features(model, view))`` for two views of each image of ``batch[0]``.
+    """NT-Xent on ``head(features(model, view))`` for two views of each image of ``batch[0]`` (or of
+    each pair of views a streamed loader cropped, see :func:`~cvlth.objectives.views.two_views`).
 
     Both views go through the backbone in one forward (BN statistics over all 2N, as in SimCLR).
     The objective owns the projection head; the model's ``fc`` is frozen by :meth:`bind`.
@@ -122,7 +124,7 @@ class SimCLRObjective(ObjectiveBase):
         return self.head(features(model, images))
 
     def _two_views(self, model: nn.Module, images: torch.Tensor, generator: torch.Generator | None):
-        views = torch.cat([self.augment(images, generator), self.augment(images, generator)])
+        views = torch.cat(two_views(self.augment, images, generator))
         return self.project(model, views).chunk(2)
 
     def train_step(
@@ -141,7 +143,7 @@ class SimCLRObjective(ObjectiveBase):
         count = 0
         for batch in batches.epoch_batches(0):
             z1, z2 = self._two_views(model, batch[0].to(device), generator)
-            n = z1.shape[0]
+            n = z1.shape[0]  # images, not views
             loss_sum += float(nt_xent(z1, z2, self.temperature, self.variant)) * n
             accuracy_sum += retrieval_accuracy(z1, z2) * n
             count += n

@@ -41,6 +41,7 @@ from cvlth.models.checkpoints import ImportedCheckpoint, import_checkpoint, load
 from cvlth.models.task_models import DENSE_OBJECTIVES, build_task_model
 from cvlth.models.transfer import transfer_model
 from cvlth.objectives.registry import build_objective, objective_option_defaults
+from cvlth.objectives.views import training_images
 from cvlth.pruning.imp import REWIND, imp, load_rewind, mask_path
 from cvlth.pruning.strategies import level_sparsity, one_shot_magnitude, random_global, random_like
 from cvlth.scope import prunable_state
@@ -228,7 +229,7 @@ def execute_imp(run: ImpRun, folder: RunFolder, ctx: Context) -> dict[str, Any]:
     found = imp(
         model,
         make_objective,
-        _batches(data, "train", run.recipe.train.batch_size, seed=seeds.data_order),
+        _batches(data, "train", run.recipe.train.batch_size, seed=seeds.data_order, objective=objective_ref),
         training=run.recipe.train.model_copy(update={"seed": seeds.augmentation}),
         optim=run.recipe.optim,
         schedule=run.recipe.schedule,
@@ -439,7 +440,7 @@ def _train(
     result = train(
         model,
         objective,
-        _batches(data, "train", training.batch_size, seed=seeds.data_order),
+        _batches(data, "train", training.batch_size, seed=seeds.data_order, objective=recipe.objective),
         training=training,
         optim=recipe.optim,
         schedule=recipe.schedule,
@@ -464,10 +465,16 @@ def _round_info(recipe: Recipe, data: AnySplits, seeds: RunSeeds) -> dict[str, A
     }
 
 
-def _batches(data: AnySplits, split: str, batch_size: int, seed: int = 0) -> Any:
-    """Training batches are shuffled (and the last partial one dropped); evaluation ones are not."""
+def _batches(
+    data: AnySplits, split: str, batch_size: int, seed: int = 0, objective: ObjectiveRef | None = None
+) -> Any:
+    """Training batches are shuffled (and the last partial one dropped); evaluation ones are not.
+    Training batches are drawn from the images ``objective`` trains on (streamed view pairs for
+    SimCLR / MoCo, see :func:`~cvlth.objectives.views.training_images`)."""
     samples = data.split(split)
     training = split == "train"
+    if training and objective is not None:
+        samples = training_images(objective, samples)
     drop_last = training and len(samples) > batch_size
     if isinstance(data, SampleSplits):
         size = batch_size if training else max(1, batch_size // 16)  # whole images: smaller batches

@@ -1,0 +1,282 @@
+"""SimCLR / MoCo on streamed image folders: both views cropped from the full image by the loader.
+
+Run as a script (``python tests/objectives/test_streamed_views.py TREE STORE``) it trains SimCLR on
+the streamed view pairs of TREE in ``STORE``, SIGKILLed after step ``$CVLTH_TEST_KILL_AT_STEP``
+when that is set.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from cvlth.config import ObjectiveRef
+from cvlth.data import transforms as T
+from cvlth.data.registry import load_dataset
+from cvlth.data.source import TensorBatchSource
+from cvlth.data.streaming import StreamingImageSet, sample_seed
+from cvlth.errors import ConfigError, CvlthError
+from cvlth.objectives.features import features
+from cvlth.objectives.moco import MoCoObjective
+from cvlth.objectives.simclr import SimCLRObjective, nt_xent
+from cvlth.objectives.views import training_images, two_views
+from data.test_streaming import write_tree
+
+HERE = Path(__file__).resolve().parents[1]  # tests/: the shared fixtures
+SIZE = 64  # view size: cheap, and still a crop of the full 500x375 (etc.) JPEG
+SIMCLR = ObjectiveRef(name="simclr", options={"crop_scale": [0.08, 1.0]})
+MOCO = ObjectiveRef(name="moco")  # MoCo v2's default crop scale, 0.2-1
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    return write_tree(tmp_path_factory.mktemp("tree"), {"train": 40, "val": 10})  # 200 JPEGs
+
+
+@pytest.fixture(scope="module")
+def splits(tree):
+    return load_dataset("imagefolder", tree, streaming=True, val_size=20, image_size=SIZE)
+
+
+def _path(images: StreamingImageSet, index: int) -> Path:
+    return Path(os.fsdecode(images.paths[index]))
+
+
+def _torchvision_views(path: Path, seed: int, scale: tuple[float, float]) -> torch.Tensor:
+    """Two RandomResizedCrop.get_params draws from the global RNG seeded ``seed``, each cut out of
+    the decoded full image by torchvision's resized_crop."""
+    from torchvision.transforms import InterpolationMode, PILToTensor, RandomResizedCrop
+    from torchvision.transforms import functional as TF
+
+    with Image.open(path) as opened:
+        full = opened.convert("RGB")
+    torch.manual_seed(seed)
+    views = []
+    for _ in range(2):
+        top, left, h, w = RandomResizedCrop.get_params(full, scale, (3 / 4, 4 / 3))
+        view = TF.resized_crop(
+            full, top, left, h, w, [SIZE, SIZE], InterpolationMode.BILINEAR, antialias=True
+        )
+        views.append(PILToTensor()(view))
+    return torch.stack(views)
+
+
+# --- the loader's pairs ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("ref", "scale"), [(SIMCLR, (0.08, 1.0)), (MOCO, (0.2, 1.0))])
+def test_each_view_is_torchvisions_resized_crop_of_the_full_image(splits, ref, scale) -> None:
+    pairs = training_images(ref, splits.train)
+    assert pairs.view_scale == scale and pairs.paths is splits.train.paths
+    for index in range(0, 140, 13):
+        streamed = pairs.read(index, seed=5, epoch=3)
+        expected = _torchvision_views(_path(pairs, index), sample_seed(5, 3, index), scale)
+        assert streamed.dtype == torch.uint8 and streamed.shape == (2, 3, SIZE, SIZE)
+        assert torch.equal(streamed, expected), index
+        assert not torch.equal(streamed[0], streamed[1]), index  # two independent crops
+
+
+def test_views_are_a_function_of_seed_epoch_and_index(splits) -> None:
+    pairs = training_images(SIMCLR, splits.train)
+    first = torch.stack([pairs.read(i, seed=5, epoch=0) for i in range(6)])
+    assert torch.equal(first, torch.stack([pairs.read(i, seed=5, epoch=0) for i in range(6)]))
+    for seed, epoch in ((6, 0), (5, 1)):  # another run seed, another epoch: other crops of every image
+        other = torch.stack([pairs.read(i, seed=seed, epoch=epoch) for i in range(6)])
+        assert all(not torch.equal(a, b) for a, b in zip(first, other, strict=True))
+
+
+def test_batches_of_pairs_in_workers_are_those_read_in_process(splits) -> None:
+    pairs = training_images(SIMCLR, splits.train).subset(torch.arange(24))
+    order = TensorBatchSource(torch.arange(24), batch_size=8, seed=4).order(1)  # the epoch's order
+    expected = torch.stack([pairs.read(int(i), seed=4, epoch=1) for i in order[8:]])
+    batches = list(replace(pairs, workers=2).batches(8, seed=4).epoch_batches(1, start=1))
+    images = torch.cat([batch[0] for batch in batches])
+    assert images.shape == (16, 2, 3, SIZE, SIZE) and torch.equal(images, expected)
+    assert torch.equal(torch.cat([batch[1] for batch in batches]), pairs.labels[order[8:]])
+
+
+def test_a_study_trains_contrastive_objectives_on_pairs(splits) -> None:
+    """The study's batches (cvlth.study.execute): training ones are pairs for SimCLR / MoCo only."""
+    from cvlth.study.execute import _batches
+
+    first = next(iter(_batches(splits, "train", 4, seed=3, objective=MOCO).epoch_batches(0)))[0]
+    assert first.shape == (4, 2, 3, SIZE, SIZE)
+    supervised = _batches(splits, "train", 4, seed=3, objective=ObjectiveRef(name="supervised"))
+    evaluation = _batches(splits, "val", 4)
+    assert [next(iter(b.epoch_batches(0)))[0].shape for b in (supervised, evaluation)] == [
+        (4, 3, SIZE, SIZE)
+    ] * 2
+
+
+def test_other_objectives_and_in_memory_sets_are_left_alone(splits) -> None:
+    from cvlth.data.classification import ImageSet
+
+    assert training_images(ObjectiveRef(name="supervised"), splits.train) is splits.train
+    in_memory = ImageSet(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.zeros(4, dtype=torch.int64), ["a"])
+    assert training_images(SIMCLR, in_memory) is in_memory  # cropped by the objective, as before
+    assert training_images(SIMCLR, splits.train).evaluation().view_scale is None
+
+
+def test_configs_this_path_cannot_do_are_config_errors(tree, splits) -> None:
+    centred = load_dataset(
+        "imagefolder", tree, streaming=True, val_size=1, image_size=SIZE, train_crop="center"
+    )
+    with pytest.raises(ConfigError, match="centre-cropped") as caught:
+        training_images(MOCO, centred.train)
+    assert "remove `train_crop: center`" in caught.value.hint
+    for bad in ([1.0, 0.5], [0.0, 1.0], [0.5], "big"):
+        with pytest.raises(ConfigError, match="crop_scale") as caught:
+            training_images(ObjectiveRef(name="simclr", options={"crop_scale": bad}), splits.train)
+        assert "0 < low <= high" in caught.value.hint
+
+
+# --- the objectives on pairs ---------------------------------------------------------------------
+
+
+def _by_hand(views: torch.Tensor, generator: torch.Generator, view: T.ContrastiveView, normalization):
+    """The contrastive view after its crop, step by step with the transforms' own functions."""
+    x = T.horizontal_flip(T.to_float(views), generator, p=view.flip_p)
+    x = T.color_jitter(x, generator, *view.jitter, p=view.jitter_p)
+    x = T.random_grayscale(x, generator, p=view.grayscale_p)
+    x = T.random_gaussian_blur(x, generator, view.blur_p, view.blur_sigma, view.blur_kernel)
+    return T.normalize(x, *normalization)
+
+
+def _pairs(n: int = 8, side: int = 16) -> torch.Tensor:
+    return torch.randint(
+        0, 256, (n, 2, 3, side, side), dtype=torch.uint8, generator=torch.Generator().manual_seed(1)
+    )
+
+
+def test_pre_cropped_pairs_are_not_cropped_again() -> None:
+    pairs = _pairs()
+    identity = T.ContrastiveView(scale=(0.08, 0.1), flip_p=0.0, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)
+    augment = T.contrastive_augment(None, identity)
+    first, second = two_views(augment, pairs, torch.Generator().manual_seed(0))
+    assert torch.equal(first, T.to_float(pairs[:, 0])) and torch.equal(second, T.to_float(pairs[:, 1]))
+    cropped = augment(pairs[:, 0], torch.Generator().manual_seed(0))  # a 4-D batch is cropped
+    assert not torch.allclose(cropped, first)
+    with pytest.raises(CvlthError, match="after_crop"):  # an augmentation that cannot skip its crop
+        two_views(lambda images, generator: images, pairs, torch.Generator())
+
+
+def test_simclr_on_pairs_is_the_rest_of_the_view_by_hand() -> None:
+    from ssl_fixtures import NarrowResNet
+
+    torch.manual_seed(0)
+    model = NarrowResNet(in_channels=3)
+    normalization = ((0.5, 0.4, 0.3), (0.25, 0.2, 0.3))
+    augment = T.contrastive_augment(normalization, T.SIMCLR_VIEW)
+    objective = SimCLRObjective(64, projection_dim=8, augment=augment)
+    objective.bind(model)
+    pairs = _pairs()
+    loss, _ = objective.train_step(model, (pairs, torch.zeros(8)), torch.Generator().manual_seed(3))
+    generator = torch.Generator().manual_seed(3)
+    views = [_by_hand(pairs[:, v], generator, T.SIMCLR_VIEW, normalization) for v in (0, 1)]
+    z1, z2 = objective.head(features(model, torch.cat(views))).chunk(2)
+    assert torch.equal(loss, nt_xent(z1, z2, 0.5))
+
+
+def test_moco_on_pairs_is_the_rest_of_the_view_by_hand() -> None:
+    from ssl_fixtures import NarrowResNet
+
+    torch.manual_seed(0)
+    model = NarrowResNet(in_channels=3)
+    normalization = ((0.5,) * 3, (0.25,) * 3)
+    augment = T.contrastive_augment(normalization, T.MOCO_V2_VIEW)
+    objective = MoCoObjective(64, dim=8, queue_size=32, augment=augment, key_bn_groups=2).bind(model)
+    reference = copy.deepcopy(objective)
+    pairs = _pairs()
+    loss, _ = objective.train_step(model, (pairs,), torch.Generator().manual_seed(3))
+    generator = torch.Generator().manual_seed(3)
+    view1, view2 = (_by_hand(pairs[:, v], generator, T.MOCO_V2_VIEW, normalization) for v in (0, 1))
+    keys, _ = reference.keys(view2, generator)
+    expected, _ = reference.info_nce(reference.query(model, view1), keys)
+    assert torch.equal(loss, expected)
+
+
+# --- resume after SIGKILL --------------------------------------------------------------------------
+
+
+def _resume_config():
+    from training_fixtures import tiny_config
+
+    cfg = tiny_config(epochs=2, checkpoint_every=3)
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"name": "imagefolder-stream-views"})})
+
+
+def _train_streamed(tree: str, store_root: str) -> None:
+    """SimCLR on streamed view pairs: 8 steps per epoch (140 images, batch 16), 2 data workers."""
+    from cvlth.objectives.registry import build_objective
+    from cvlth.store import Store
+    from cvlth.training.loop import train
+    from training_fixtures import TinyNet, _kill_after, half_mask
+
+    torch.set_num_threads(1)
+    cfg = _resume_config()
+    data = load_dataset("imagefolder", tree, streaming=True, val_size=20, image_size=SIZE)
+    pairs = replace(training_images(SIMCLR, data.train), workers=2)
+    kill_at = os.environ.get("CVLTH_TEST_KILL_AT_STEP")
+
+    def run(folder):
+        torch.manual_seed(cfg.train.seed)
+        model = TinyNet()
+        return train(
+            model,
+            build_objective(SIMCLR, feature_dim=8, data=data, seed=1),
+            pairs.batches(16, seed=7, drop_last=True),
+            training=cfg.train,
+            optim=cfg.optim,
+            schedule=cfg.schedule,
+            run=folder,
+            val_data=data.val.batches(20, shuffle=False),
+            test_data=data.test.batches(20, shuffle=False),
+            mask=half_mask(model),
+            callbacks=(_kill_after(int(kill_at)),) if kill_at else (),
+            quiet=True,
+        )
+
+    Store(store_root).execute(cfg, run)
+
+
+def _script(*args: str, kill_at: int | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": f"{HERE.parent / 'src'}{os.pathsep}{HERE}", "OMP_NUM_THREADS": "1"}
+    env.pop("CVLTH_TEST_KILL_AT_STEP", None)
+    if kill_at is not None:
+        env["CVLTH_TEST_KILL_AT_STEP"] = str(kill_at)
+    return subprocess.run(
+        [sys.executable, __file__, *args], env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.mark.slow
+def test_killed_mid_epoch_resumes_bit_identical(tree, tmp_path) -> None:
+    from cvlth.store import Store
+
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    done = _script(str(tree), str(reference))
+    assert done.returncode == 0, done.stderr
+    # checkpoints after steps 3, 6, 8 (epoch end), 9; killed after 11: resumes at epoch 1, batch 1
+    assert _script(str(tree), str(killed), kill_at=11).returncode == -9
+    folder = Store(killed).run_dir(_resume_config())
+    assert not folder.is_done() and torch.load(folder.train_state_path, weights_only=True)["batch"] == 1
+    assert _script(str(tree), str(killed)).returncode == 0
+
+    expected = Store(reference).run_dir(_resume_config())
+    assert folder.metrics_path.read_bytes() == expected.metrics_path.read_bytes()
+    assert folder.read_result() == expected.read_result()
+    resumed, uninterrupted = (torch.load(f.train_state_path, weights_only=True) for f in (folder, expected))
+    for name, tensor in uninterrupted["model"].items():
+        assert torch.equal(resumed["model"][name], tensor), name
+
+
+if __name__ == "__main__":
+    _train_streamed(*sys.argv[1:])
