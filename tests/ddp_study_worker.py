@@ -14,7 +14,7 @@ import torch
 
 from cvlth.store import Store
 from cvlth.study.config import load_study
-from cvlth.study.execute import EXECUTORS, Context
+from cvlth.study.execute import RUN_EXECUTORS, Context
 from cvlth.study.plan import expand
 from cvlth.training import distributed
 
@@ -28,7 +28,7 @@ def main(study_path: str, out: str) -> None:
         if item.run.kind in ("pretrain", "imp"):  # in plan order: the pre-training first
             folder = store.run_dir(item.run)
             folder.path.mkdir(parents=True)
-            EXECUTORS[item.run.kind](item.run, folder, ctx)
+            RUN_EXECUTORS[item.run.kind](item.run, folder, ctx)
     distributed.close(env)
 
 

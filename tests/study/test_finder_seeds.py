@@ -18,7 +18,7 @@ from cvlth.models.checkpoints import save_checkpoint
 from cvlth.pruning.imp import mask_path
 from cvlth.seeds import derive_seeds
 from cvlth.store import Store
-from cvlth.study import execute
+from cvlth.study import context, execute, run_finders
 from cvlth.study.config import StudyConfig, load_study
 from cvlth.study.matching import PRETRAINING_TASK, matching_markdown
 from cvlth.study.plan import MAX_PLANNED_RUNS, expand, summarize_plan
@@ -96,7 +96,7 @@ def test_each_finder_seed_is_a_run_transferred_with_every_study_seed(tmp_path) -
     )
     # every (finder seed, seed) pair fine-tunes with its own streams; finder seed 0 with those of before
     streams = {
-        (i.finder_seed, i.seed): execute.run_seeds(i.run)
+        (i.finder_seed, i.seed): context.run_seeds(i.run)
         for i in planned
         if i.run.kind == "transfer" and i.finder == "random"
     }
@@ -244,13 +244,13 @@ def test_finder_seeds_end_to_end(tmp_path, monkeypatch) -> None:
     """Two upstream IMP runs see different data; the study's tables are the hand-computed mean and
     sample std of the individual result.json values; tickets.json names each ticket's finder seed."""
     orders: dict[int, torch.Tensor] = {}
-    real_imp = execute.imp
+    real_imp = run_finders.imp
 
     def recording_imp(model, make_objective, batches, **kwargs):
         orders[len(orders)] = next(iter(batches.epoch_batches(0)))[1].clone()
         return real_imp(model, make_objective, batches, **kwargs)
 
-    monkeypatch.setattr(execute, "imp", recording_imp)
+    monkeypatch.setattr(run_finders, "imp", recording_imp)
     config = copy.deepcopy(TINY) | {
         "finders": [
             {"name": "imp-up", "method": "imp", "stage": "upstream", "seeds": [0, 1]},

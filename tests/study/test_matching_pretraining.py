@@ -9,13 +9,14 @@ import pytest
 import torch
 
 import cvlth.pruning.imp as imp_module
+from cvlth import run_files
 from cvlth.data.classification import DatasetSplits, ImageSet
 from cvlth.models.backbones import BackboneSpec, build_backbone
 from cvlth.models.checkpoints import import_checkpoint
 from cvlth.objectives.registry import build_objective
 from cvlth.pruning.strategies import level_sparsity
 from cvlth.store import Store
-from cvlth.study import execute
+from cvlth.study import execute, run_training
 from cvlth.study.config import StudyConfig
 from cvlth.study.matching import PRETRAINING_TASK
 from cvlth.study.plan import expand
@@ -171,14 +172,14 @@ def test_fig2_numbers_of_a_tiny_study_against_direct_evaluation(tmp_path, monkey
     config["seeds"] = [0]
     study = StudyConfig.model_validate(config)
     trained: dict[str, dict[str, torch.Tensor]] = {}
-    real_train = execute.train
+    real_train = run_training.train
 
     def spy(model, *args, run=None, **kwargs):
         result = real_train(model, *args, run=run, **kwargs)
         trained[Path(run).name] = {k: v.detach().clone() for k, v in model.state_dict().items()}
         return result
 
-    monkeypatch.setattr(execute, "train", spy)  # the pre-training
+    monkeypatch.setattr(run_training, "train", spy)  # the pre-training
     monkeypatch.setattr(imp_module, "train", spy)  # the IMP rounds
     store = Store(tmp_path / "store")
     outcome = run_study(study, store, quiet=True, log=lambda _: None)
@@ -186,7 +187,7 @@ def test_fig2_numbers_of_a_tiny_study_against_direct_evaluation(tmp_path, monkey
 
     imp = next(item.run for item in expand(study) if item.run.kind == "imp")
     data = execute.Context(store=store).dataset(imp.recipe.data)
-    theta = import_checkpoint(Path(store.run_dir(imp.pretrained)) / execute.THETA_P, source="cvlth")
+    theta = import_checkpoint(Path(store.run_dir(imp.pretrained)) / run_files.THETA_P, source="cvlth")
     model = build_backbone(BackboneSpec("resnet18", 4, "cifar", 1), num_classes=data.num_classes)
     model.load_state_dict(theta.state_dict)
     assert fig2.dense.mean == pytest.approx(_top1(model, data.test, data), abs=1e-6)

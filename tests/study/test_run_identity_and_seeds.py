@@ -7,11 +7,14 @@ import pytest
 import torch
 import yaml
 
+from cvlth import run_files
 from cvlth.config import config_hash
 from cvlth.masks import Mask
+from cvlth.pruning import imp as imp_module
+from cvlth.pruning import variants
 from cvlth.seeds import derive_seeds, mix
 from cvlth.store import Store
-from cvlth.study import execute
+from cvlth.study import context, execute, run_pretrain, run_training
 from cvlth.study.config import StudyConfig, load_study
 from cvlth.study.plan import expand
 from cvlth.study.run_kinds import ImportRun, ImpRun, PretrainRun, TransferRun
@@ -97,10 +100,10 @@ def test_an_imported_checkpoint_is_identified_by_its_content(tmp_path) -> None:
 def test_variant_masks() -> None:
     generator = torch.Generator().manual_seed(0)
     mask = Mask({"layer1.0.conv1.weight": torch.rand(8, 8, 3, 3, generator=generator) < 0.3})
-    exact = execute.vary_mask(mask, "complement", seed=1)
+    exact = variants.vary_mask(mask, "complement", seed=1)
     assert exact.sparsity == pytest.approx(1 - mask.sparsity)
     assert torch.equal(exact["layer1.0.conv1.weight"], ~mask["layer1.0.conv1.weight"])
-    matched = execute.vary_mask(mask, "complement_matched", seed=1)
+    matched = variants.vary_mask(mask, "complement_matched", seed=1)
     kept = matched["layer1.0.conv1.weight"]
     assert int(kept.sum()) == int(mask["layer1.0.conv1.weight"].sum())
     assert not (kept & mask["layer1.0.conv1.weight"]).any()
@@ -112,7 +115,7 @@ def test_seeds_are_independent_runs_and_repeat_exactly(tmp_path, monkeypatch) ->
     """Two seeds of one dense transfer see different batches, augmentation and heads; a seed
     computed again (another store, another process history) sees the same."""
     seen: list[dict] = []
-    real_train = execute.train
+    real_train = run_training.train
 
     def recording_train(model, objective, train_data, **kwargs):
         first = next(iter(train_data.epoch_batches(0)))
@@ -126,7 +129,7 @@ def test_seeds_are_independent_runs_and_repeat_exactly(tmp_path, monkeypatch) ->
         )
         return real_train(model, objective, train_data, **kwargs)
 
-    monkeypatch.setattr(execute, "train", recording_train)
+    monkeypatch.setattr(run_training, "train", recording_train)
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(TINY | {"finders": [{"name": "omp", "method": "omp"}]}))
     planned = expand(load_study(path))
@@ -144,7 +147,7 @@ def test_seeds_are_independent_runs_and_repeat_exactly(tmp_path, monkeypatch) ->
     for key in ("labels", "fc", "global"):
         assert torch.equal(seed0[key], again[key]), key
     result = Store(tmp_path / "one").result(dense[1])
-    assert result["seeds"] == execute.run_seeds(dense[1]).as_dict()
+    assert result["seeds"] == context.run_seeds(dense[1]).as_dict()
     assert result["seeds"] == derive_seeds(1, 0).as_dict()
 
 
@@ -166,13 +169,13 @@ def test_early_rewind_is_theta_0_trained_for_the_captured_steps(tmp_path) -> Non
     pretrain = next(item.run for item in planned if isinstance(item.run, PretrainRun))
     store = Store(tmp_path / "store")
     execute.ensure(imp, execute.Context(store=store, quiet=True, log=lambda _: None))
-    rewind = execute.load_rewind(Path(store.run_dir(imp)) / execute.REWIND)["model"]
+    rewind = imp_module.load_rewind(Path(store.run_dir(imp)) / run_files.REWIND)["model"]
 
     ctx = execute.Context(store=store, quiet=True, log=lambda _: None)
-    theta = execute.load_pretrained(pretrain, ctx)
+    theta = run_pretrain.load_pretrained(pretrain, ctx)
     data = ctx.dataset(imp.recipe.data)
-    seeds = execute.run_seeds(imp)
-    theta_0 = execute._downstream_model(imp, theta, data, seeds)
+    seeds = context.run_seeds(imp)
+    theta_0 = run_training.task_model(imp, theta, data, seeds)
     # θ_0 is a fresh network, not θ_p: its weights are far from θ_p's.
     assert not torch.allclose(theta_0.layer1[0].conv1.weight, theta.state_dict["layer1.0.conv1.weight"])
 
@@ -182,7 +185,7 @@ def test_early_rewind_is_theta_0_trained_for_the_captured_steps(tmp_path) -> Non
     objective = build_objective(imp.recipe.objective, feature_dim=theta_0.fc.in_features, data=data, seed=0)
     optimizer = torch.optim.SGD(theta_0.parameters(), lr=DIGITS_TASK["optim"]["lr"], momentum=0.9)
     theta_0.train()
-    batches = execute._batches(data, "train", 64, seed=seeds.data_order).epoch_batches(0)
+    batches = run_training.batches(data, "train", 64, seed=seeds.data_order).epoch_batches(0)
     for step in range(steps):
         optimizer.zero_grad(set_to_none=True)
         loss, _ = objective.train_step(

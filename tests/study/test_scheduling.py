@@ -6,10 +6,10 @@ import pytest
 import torch
 import yaml
 
+from cvlth import run_files
 from cvlth.errors import TrainingError
 from cvlth.masks import Mask
 from cvlth.store import RunFolder, Store
-from cvlth.study import execute
 from cvlth.study.config import load_study
 from cvlth.study.plan import expand
 from cvlth.study.run_kinds import ImpRun
@@ -70,7 +70,7 @@ def test_two_workers_give_the_serial_results(tiny_study, tmp_path):
         if isinstance(item.run, ImpRun):
             for level in (1, 3):
                 masks = [
-                    Mask.load(execute.mask_path(Path(Store(root).run_dir(item.run)), level))
+                    Mask.load(run_files.mask_path(Path(Store(root).run_dir(item.run)), level))
                     for root in (tmp_path / "parallel", tmp_path / "serial")
                 ]
                 assert all(torch.equal(masks[0][name], masks[1][name]) for name in masks[0])

@@ -13,13 +13,14 @@ import torch
 import yaml
 
 import cvlth.pruning.imp as imp_module
+from cvlth import run_files
 from cvlth.cli import run_cli
 from cvlth.errors import CvlthError
 from cvlth.masks import Mask
 from cvlth.models.checkpoints import import_checkpoint
 from cvlth.scope import iter_prunable
 from cvlth.store import Store
-from cvlth.study import execute, runner
+from cvlth.study import execute, run_training, runner
 from cvlth.study.config import load_study
 from cvlth.study.plan import expand
 from cvlth.study.run_kinds import ImpRun, PretrainRun
@@ -63,7 +64,7 @@ def test_tiny_study_runs_end_to_end_and_rerun_trains_nothing(tiny_study, tmp_pat
         if isinstance(item.run, ImpRun):
             folder = Path(Store(store).run_dir(item.run))
             for level in range(1, 4):
-                mask = Mask.load(execute.mask_path(folder, level))
+                mask = Mask.load(run_files.mask_path(folder, level))
                 assert abs(mask.pruned - (1 - 0.8**level) * mask.total) <= level
 
     before = _results(store)
@@ -77,13 +78,13 @@ def test_tiny_study_runs_end_to_end_and_rerun_trains_nothing(tiny_study, tmp_pat
 def test_rewinding_restores_theta_p_exactly(tiny_study, tmp_path, monkeypatch):
     """Every IMP round starts from θ_p: surviving weights, BN statistics and the head."""
     starts: list[dict[str, torch.Tensor]] = []
-    real_train = execute.train
+    real_train = run_training.train
 
     def recording_train(model, objective, train_data, **kwargs):
         starts.append({k: v.clone() for k, v in model.state_dict().items()})
         return real_train(model, objective, train_data, **kwargs)
 
-    monkeypatch.setattr(execute, "train", recording_train)  # the pre-training
+    monkeypatch.setattr(run_training, "train", recording_train)  # the pre-training
     monkeypatch.setattr(imp_module, "train", recording_train)  # the IMP rounds
     study = load_study(tiny_study)
     store = Store(tmp_path / "store")
@@ -92,7 +93,7 @@ def test_rewinding_restores_theta_p_exactly(tiny_study, tmp_path, monkeypatch):
     upstream = next(i.run for i in expand(study) if isinstance(i.run, ImpRun) and i.run.stage == "upstream")
     execute.ensure(upstream, ctx)
 
-    theta_p = import_checkpoint(Path(store.run_dir(pretrain)) / execute.THETA_P).state_dict
+    theta_p = import_checkpoint(Path(store.run_dir(pretrain)) / run_files.THETA_P).state_dict
     imp_starts = starts[1:]  # the first training is the pre-training itself
     assert len(imp_starts) == 2  # 3 levels, pruned once before training: 2 trainings
     for start in imp_starts:
@@ -105,7 +106,7 @@ def test_rewinding_restores_theta_p_exactly(tiny_study, tmp_path, monkeypatch):
 
     model = build_backbone(BackboneSpec("resnet18", 4, "cifar", 1), 10)
     model.load_state_dict(theta_p)
-    mask = Mask.load(execute.mask_path(folder, 2))
+    mask = Mask.load(run_files.mask_path(folder, 2))
     mask.apply(model)
     for item in iter_prunable(model):
         kept = mask[item.canonical]

@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cvlth import run_files
 from cvlth.cli import run_cli
 from cvlth.masks import Mask
 from cvlth.scope import iter_prunable
 from cvlth.store import Store
-from cvlth.study import execute
 from cvlth.study.config import load_study
 from cvlth.study.plan import expand
 from study_fixtures import NEEDS_FASHION_MNIST, SUPERVISED_PRETRAINING, TINY_BACKBONE
@@ -67,7 +67,7 @@ def test_dense_tasks_run_through_the_study(tmp_path):
     # The task-specific detection mask is a mask of the backbone: it fits a classifier's scope too.
     study = load_study(path)
     imp = next(p.run for p in expand(study) if p.finder == "imp-detect" and p.run.kind == "imp")
-    mask = Mask.load(execute.mask_path(Path(Store(store).run_dir(imp)), 2))
+    mask = Mask.load(run_files.mask_path(Path(Store(store).run_dir(imp)), 2))
     from cvlth.models.backbones import BackboneSpec, build_backbone
 
     classifier = build_backbone(BackboneSpec("resnet18", 4, "cifar", 1), 10)

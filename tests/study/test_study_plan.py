@@ -6,9 +6,9 @@ import torch
 from cvlth.config import validate_config
 from cvlth.errors import ConfigError
 from cvlth.masks import Mask
+from cvlth.pruning.variants import restricted_complement, vary_mask
 from cvlth.store import Store
 from cvlth.study.config import StudyConfig, load_study
-from cvlth.study.execute import restricted_complement, vary_mask
 from cvlth.study.plan import expand, summarize_plan
 from cvlth.study.run_kinds import ImpRun, TransferRun, dependencies
 
@@ -167,8 +167,9 @@ def test_mask_variants_keep_counts():
 
 def test_import_with_an_unset_variable_says_which(tmp_path, monkeypatch):
     from cvlth.errors import CvlthError
-    from cvlth.study.execute import Context, execute_import
+    from cvlth.study.execute import Context
     from cvlth.study.run_kinds import ImportRun
+    from cvlth.study.run_pretrain import execute_import
 
     monkeypatch.delenv("CVLTH_NOT_SET", raising=False)
     run = ImportRun(path="${CVLTH_NOT_SET}/moco.pth.tar", source="moco")

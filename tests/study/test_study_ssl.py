@@ -8,11 +8,12 @@ import torch
 import yaml
 
 import cvlth.pruning.imp as imp_module
+from cvlth import run_files
 from cvlth.cli import run_cli
 from cvlth.masks import Mask
 from cvlth.models.backbones import BackboneSpec, build_backbone
 from cvlth.store import Store
-from cvlth.study import execute
+from cvlth.study import run_training
 from cvlth.study.config import load_study
 from cvlth.study.plan import expand
 from cvlth.study.run_kinds import ImpRun
@@ -79,11 +80,11 @@ def test_simclr_and_moco_pretrain_prune_upstream_and_transfer(tmp_path):
             result = store.result(item.run)
             val = result["best_val"]
             assert "retrieval_accuracy" in val  # the upstream metric of the self-supervised objectives
-            heads = torch.load(Path(store.run_dir(item.run)) / execute.HEADS, weights_only=True)
+            heads = torch.load(Path(store.run_dir(item.run)) / run_files.HEADS, weights_only=True)
             assert ("projection" in heads) if item.pretraining == "simclr" else ("query_head" in heads)
         if isinstance(item.run, ImpRun):
             folder = Path(store.run_dir(item.run))
-            assert Mask.load(execute.mask_path(folder, 2)).sparsity == pytest.approx(0.36, abs=1e-4)
+            assert Mask.load(run_files.mask_path(folder, 2)).sparsity == pytest.approx(0.36, abs=1e-4)
 
 
 def test_imported_moco_checkpoint_continues_upstream_imp(tmp_path, monkeypatch):
@@ -99,7 +100,7 @@ def test_imported_moco_checkpoint_continues_upstream_imp(tmp_path, monkeypatch):
     released |= {f"module.encoder_q.fc.{k}": v for k, v in head.items()}
     released |= {f"module.encoder_k.fc.{k}": v + 1 for k, v in head.items()}
     heads_at_start: list[dict] = []
-    real_train = execute.train
+    real_train = run_training.train
 
     def recording_train(model, objective, train_data, **kwargs):
         modules = objective.modules()
@@ -130,7 +131,7 @@ def test_imported_moco_checkpoint_continues_upstream_imp(tmp_path, monkeypatch):
             assert all(torch.equal(heads[name][k], v) for k, v in head.items()), name
     store = Store(tmp_path / "store")
     imp = next(item.run for item in expand(load_study(path)) if isinstance(item.run, ImpRun))
-    first = Mask.load(execute.mask_path(Path(store.run_dir(imp)), 1))
+    first = Mask.load(run_files.mask_path(Path(store.run_dir(imp)), 1))
     # Level 1 is magnitude pruning of the imported encoder_q itself (before any training).
     from cvlth.pruning.strategies import global_magnitude
 

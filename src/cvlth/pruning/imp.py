@@ -36,15 +36,14 @@ from cvlth.atomic import atomic_path
 from cvlth.config import OptimConfig, ScheduleConfig, TrainingConfig
 from cvlth.data.source import BatchSource
 from cvlth.masks import Mask
-from cvlth.pruning.strategies import global_magnitude
+from cvlth.pruning.strategies import Strategy, get_strategy
+from cvlth.run_files import LATEST_HEADS, REWIND, mask_path, round_path
 from cvlth.scope import prunable_parameters
 from cvlth.store import RunFolder
 from cvlth.training.loop import capture_path, train
 from cvlth.training.objective import Objective, head_states, load_heads
 
-REWIND = "rewind.safetensors"
 REWIND_FORMAT = "cvlth-rewind/1"
-LATEST_HEADS = "heads-latest.pt"  # the heads as the last round left them (``rewind_heads=False``)
 
 Heads = dict[str, dict[str, torch.Tensor]]
 
@@ -55,13 +54,9 @@ class ImpResult:
     rounds: list[dict[str, Any]]  # one training result per round, in order
 
 
-def mask_path(folder: str | os.PathLike[str], level: int) -> Path:
-    return Path(folder) / "masks" / f"level-{level:02d}.safetensors"
-
-
 def round_folder(folder: str | os.PathLike[str], level: int) -> RunFolder:
     """The training folder of the round that trains with the level-``level`` mask."""
-    return RunFolder(Path(folder) / f"round-{level:02d}")
+    return RunFolder(round_path(folder, level))
 
 
 def imp(
@@ -75,6 +70,7 @@ def imp(
     rounds: int,
     folder: str | os.PathLike[str],
     fraction: float = 0.2,
+    strategy: str = "magnitude",
     prune_first: bool = False,
     rewind_step: int | None = None,
     heads: Heads | None = None,
@@ -97,11 +93,17 @@ def imp(
     weights after that step of round 0 instead of the model as given. ``label`` names the rewind
     point in the files (``pretrained``, ``init``, ``early``). ``before_round(level)`` runs before
     each round's training (e.g. to seed global RNGs); ``round_info`` is added to each round's result.
+    ``strategy`` names the pruning strategy (:data:`~cvlth.pruning.strategies.STRATEGIES`) that
+    removes ``fraction`` of the remaining weights each round: ``magnitude`` (global, the paper's) or
+    ``layerwise``.
     """
+    prune = get_strategy(strategy)
     root = Path(folder)
     heads = dict(heads or {})
     if prune_first and not mask_path(root, 1).is_file():
-        _magnitude_step(model, fraction, None).save(mask_path(root, 1), method="imp", round=1, rewind=label)
+        _prune_step(prune, model, fraction, None).save(
+            mask_path(root, 1), method="imp", round=1, rewind=label
+        )
     rewind_file = root / REWIND
     if rewind_step is None and not rewind_file.is_file():
         save_rewind(rewind_file, {"model": model.state_dict(), "heads": heads}, point=label)
@@ -145,7 +147,7 @@ def imp(
             save_rewind(rewind_file, {"model": captured["model"], "heads": {}}, point=label, step=capture)
         sparsity = 0.0 if previous is None else previous.sparsity
         folder_k.write_result({"trained_with_level": level, "sparsity": sparsity, **result})
-        mask = _magnitude_step(model, fraction, previous)
+        mask = _prune_step(prune, model, fraction, previous)
         mask.save(mask_path(root, level + 1), method="imp", round=level + 1, rewind=label)
         folder_k.train_state_path.unlink(missing_ok=True)  # the level's mask is what lasts
     masks = {k: Mask.load(mask_path(root, k)) for k in range(1, rounds + 1)}
@@ -175,9 +177,9 @@ def load_rewind(path: str | os.PathLike[str]) -> dict[str, Any]:
     return state
 
 
-def _magnitude_step(model: nn.Module, fraction: float, mask: Mask | None) -> Mask:
+def _prune_step(prune: Strategy, model: nn.Module, fraction: float, mask: Mask | None) -> Mask:
     weights = {name: parameter.detach() for name, parameter in prunable_parameters(model).items()}
-    return global_magnitude(weights, fraction, mask)
+    return prune(weights, fraction, mask)
 
 
 def _latest_heads(root: Path, rewind_heads: Heads) -> Heads:

@@ -103,10 +103,10 @@ def execute_rank(run: RunConfig, ctx: Context, env: DistEnv) -> None:
     masks, rewind weights) are the same on every rank and written by each, atomically; a barrier
     lets every rank finish before rank 0 writes the result.
     """
-    from cvlth.study.execute import EXECUTORS
+    from cvlth.study.execute import RUN_EXECUTORS
     from cvlth.training import distributed
 
-    compute_run = EXECUTORS[run.kind]
+    compute_run = RUN_EXECUTORS[run.kind]
     if not env.is_writer:
         if distributed.agree(False, env):  # rank 0's answer
             compute_run(run, ctx.store.run_dir(run), ctx)

@@ -1,0 +1,64 @@
+"""What every run of a study shares while it computes: the :class:`Context` (store, device, dataset
+cache), where a run's folder is, the seeds a run draws from, and the registry of the functions that
+compute each run kind (``RUN_EXECUTORS``: ``(run, folder, ctx) -> result dict``, one module per kind:
+:mod:`~cvlth.study.run_pretrain`, :mod:`~cvlth.study.run_finders`, :mod:`~cvlth.study.run_transfer`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cvlth.config import DataRef, RunConfig
+from cvlth.data.cache import DatasetCache
+from cvlth.data.classification import DatasetSplits
+from cvlth.data.samples import SampleSplits
+from cvlth.registry import Registry
+from cvlth.seeds import RunSeeds, derive_seeds
+from cvlth.store import RunFolder, Store
+from cvlth.study.run_kinds import BaselineRun, ImpRun, PretrainRun, TransferRun
+
+AnySplits = DatasetSplits | SampleSplits
+EVAL_BATCH_SIZE = 512
+
+
+@dataclass
+class Context:
+    """What every executor shares: the store, the device, and an in-process dataset cache."""
+
+    store: Store
+    device: str = "cpu"
+    quiet: bool = False
+    threads: int | None = None  # intra-op threads every run computes with (None: torch's default)
+    log: Callable[[str], None] = print
+    datasets: DatasetCache = field(default_factory=DatasetCache)
+
+    def dataset(self, ref: DataRef) -> AnySplits:
+        return self.datasets.get(ref.name, ref.root, ref.options)
+
+
+RunExecutor = Callable[[Any, RunFolder, Context], dict[str, Any]]
+#: The function that computes each run kind, by the kind's tag.
+RUN_EXECUTORS: Registry[RunExecutor] = Registry("run kind")
+
+
+def run_folder(ctx: Context, run: RunConfig) -> Path:
+    return Path(ctx.store.run_dir(run))
+
+
+def run_seeds(run: PretrainRun | ImpRun | BaselineRun | TransferRun) -> RunSeeds:
+    """A run's seeds. Root entropy: a pre-training's ``train.seed``; a baseline's ``seed``; an IMP
+    run's or a transfer's (``seed``, recipe ``train.seed``) — so the study's seeds are independent runs.
+    A transfer of a ticket whose finder seed is not 0 adds that seed, so every (finder seed, seed)
+    pair fine-tunes with its own head, batches and mask-variant draws; finder seed 0 (every ticket
+    before finder seeds existed) keeps the streams it always had."""
+    if isinstance(run, PretrainRun):
+        return derive_seeds(run.recipe.train.seed)
+    if isinstance(run, BaselineRun):
+        return derive_seeds(run.seed)
+    if isinstance(run, TransferRun):
+        finder_seed = run.ticket.seed if run.ticket is not None else 0
+        return derive_seeds(run.seed, run.task.train.seed, *((finder_seed,) if finder_seed else ()))
+    return derive_seeds(run.seed, run.recipe.train.seed)

@@ -1,0 +1,48 @@
+"""The ``transfer`` run: fine-tune a ticket (or, at level 0, the dense θ_p) on a downstream task with
+one seed; a perturbation-analysis transfer fine-tunes a variant of the ticket's mask.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cvlth.pruning.imp import load_rewind
+from cvlth.pruning.variants import vary_mask
+from cvlth.run_files import REWIND
+from cvlth.store import RunFolder
+from cvlth.study.context import RUN_EXECUTORS, Context, run_folder, run_seeds
+from cvlth.study.run_finders import load_ticket_mask
+from cvlth.study.run_kinds import ImpRun, TransferRun
+from cvlth.study.run_pretrain import load_pretrained
+from cvlth.study.run_training import logged_adaptations, run_objective, task_model, train_run
+
+
+@RUN_EXECUTORS.register("transfer")
+def execute_transfer(run: TransferRun, folder: RunFolder, ctx: Context) -> dict[str, Any]:
+    theta = load_pretrained(run.pretrained, ctx)
+    data = ctx.dataset(run.task.data)
+    seeds = run_seeds(run)
+    adaptations = logged_adaptations(run, theta, data, ctx)
+    model = task_model(run, theta, data, seeds)
+    mask = None
+    if run.ticket is not None:
+        mask = vary_mask(
+            load_ticket_mask(run.ticket, run.level, ctx), run.variant, seeds.mask, run.perturb_fraction
+        )
+        if (
+            isinstance(run.ticket, ImpRun)
+            and run.ticket.stage == "downstream"
+            and run.ticket.rewind != "pretrained"
+        ):
+            rewind = load_rewind(run_folder(ctx, run.ticket) / REWIND)
+            backbone = {k: v for k, v in rewind["model"].items() if not k.startswith("fc.")}
+            model.load_state_dict(backbone, strict=False)
+    objective = run_objective(run.task.objective, model, data, seeds.objective)
+    result = train_run(model, objective, data, run.task, folder, ctx, mask=mask, seeds=seeds)
+    return {
+        "level": run.level,
+        "sparsity": 0.0 if mask is None else mask.sparsity,
+        "seed": run.seed,
+        "adaptations": adaptations,
+        **result,
+    }
