@@ -7,8 +7,8 @@ import pytest
 import torch
 import yaml
 
-from cvlth.config import config_hash
 from cvlth.masks import Mask
+from cvlth.run_identity import config_hash
 from cvlth.seeds import derive_seeds, mix
 from cvlth.store import Store
 from cvlth.study import execute
