@@ -27,6 +27,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as tv
 
 from cvlth.data import transforms as T
+from cvlth.data.augment_pipelines import contrastive_augment
+from cvlth.data.photometric_transforms import random_gaussian_blur, simclr_kernel_size
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
@@ -41,7 +43,7 @@ class _PilImages(Dataset):
                 tv.RandomHorizontalFlip(),
                 tv.RandomApply([tv.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8),
                 tv.RandomGrayscale(p=0.2),
-                tv.RandomApply([tv.GaussianBlur(T.simclr_kernel_size(size), (0.1, 2.0))], p=0.5),
+                tv.RandomApply([tv.GaussianBlur(simclr_kernel_size(size), (0.1, 2.0))], p=0.5),
                 tv.ToTensor(),
                 tv.Normalize(MEAN, STD),
             ]
@@ -66,7 +68,7 @@ def batch_images_per_second(
     images: torch.Tensor, batch: int, threads: int, pipeline: T.Transform | None = None
 ) -> float:
     torch.set_num_threads(threads)
-    pipeline = pipeline or T.contrastive_augment((MEAN, STD))
+    pipeline = pipeline or contrastive_augment((MEAN, STD))
     generator = torch.Generator().manual_seed(0)
     pipeline(images[:batch], generator)  # warm-up
     start = time.perf_counter()
@@ -92,8 +94,8 @@ def main() -> None:
             f"{threads} thread(s): batch {results[f'batch_{threads}']:,.0f} img/s, "
             f"PIL {results[f'pil_{threads}']:,.0f} img/s"
         )
-    kernel = T.simclr_kernel_size(args.size)
-    blur = T.compose(lambda x, g: T.to_float(x), lambda x, g: T.random_gaussian_blur(x, g, p=1.0))
+    kernel = simclr_kernel_size(args.size)
+    blur = T.compose(lambda x, g: T.to_float(x), lambda x, g: random_gaussian_blur(x, g, p=1.0))
     for threads in (1, 2):
         results[f"blur_{threads}"] = batch_images_per_second(nchw, args.batch, threads, blur)
         print(

@@ -4,18 +4,9 @@ from typing import Literal
 
 import pytest
 
-from cvlth.config import (
-    IDENTITY_VERSION,
-    AdamWConfig,
-    DataRef,
-    MultiStepSchedule,
-    SGDConfig,
-    TrainConfig,
-    TrainingConfig,
-    canonical_json,
-    config_hash,
-)
+from cvlth.config import AdamWConfig, DataRef, MultiStepSchedule, SGDConfig, TrainConfig, TrainingConfig
 from cvlth.errors import ConfigError
+from cvlth.run_identity import IDENTITY_VERSION, canonical_json, config_hash
 from cvlth.study.run_kinds import load_config
 
 PAPER_TRANSFER_YAML = """

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from cvlth.atomic import atomic_path, atomic_write_text
-from cvlth.config import DataRef, TrainConfig, TrainingConfig, config_hash
+from cvlth.config import DataRef, TrainConfig, TrainingConfig
 from cvlth.errors import CvlthError
+from cvlth.run_identity import config_hash
 from cvlth.store import RunBusyError, Store, reported_io
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")

@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from cvlth.atomic import atomic_path, atomic_write_text, reported_io
-from cvlth.config import RunConfig, config_hash
+from cvlth.config import RunConfig
 from cvlth.errors import CvlthError
+from cvlth.run_identity import config_hash
 
 __all__ = ["DEFAULT_STORE_ROOT", "RunBusyError", "RunFolder", "RunLock", "Store", "StoreError", "reported_io"]
 

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from cvlth.cli import run_cli
-from cvlth.config import MAX_CONFIG_NODES, MAX_LIST_ITEMS
+from cvlth.config_yaml import MAX_CONFIG_NODES, MAX_LIST_ITEMS
 from cvlth.data.classification import read_cifar10
 from cvlth.data.registry import load_dataset
 from cvlth.data.voc import read_annotation, read_rgb

@@ -5,8 +5,8 @@ import torch
 
 from cvlth import pruning
 from cvlth.config import AdamWConfig, ConstantSchedule, SGDConfig, TrainingConfig
+from cvlth.data.augment_pipelines import MOCO_V2_VIEW, contrastive_augment
 from cvlth.data.source import TensorBatchSource
-from cvlth.data.transforms import MOCO_V2_VIEW, contrastive_augment
 from cvlth.models.backbones import feature_dim
 from cvlth.objectives.features import features
 from cvlth.objectives.moco import KeyQueue, MoCoObjective

@@ -8,7 +8,7 @@ from torch import nn
 from torchvision.models import resnet18
 
 from cvlth.config import AdamWConfig, ConstantSchedule, TrainingConfig
-from cvlth.data.transforms import ContrastiveView, contrastive_augment
+from cvlth.data.augment_pipelines import ContrastiveView, contrastive_augment
 from cvlth.models.backbones import feature_dim
 from cvlth.objectives.features import features
 from cvlth.objectives.simclr import SimCLRObjective, nt_xent, retrieval_accuracy

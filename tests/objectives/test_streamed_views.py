@@ -20,6 +20,9 @@ from PIL import Image
 
 from cvlth.config import ObjectiveRef
 from cvlth.data import transforms as T
+from cvlth.data.augment_pipelines import MOCO_V2_VIEW, SIMCLR_VIEW, ContrastiveView, contrastive_augment
+from cvlth.data.geometric_transforms import horizontal_flip
+from cvlth.data.photometric_transforms import color_jitter, random_gaussian_blur, random_grayscale
 from cvlth.data.registry import load_dataset
 from cvlth.data.source import TensorBatchSource
 from cvlth.data.streaming import StreamingImageSet, sample_seed
@@ -141,12 +144,12 @@ def test_configs_this_path_cannot_do_are_config_errors(tree, splits) -> None:
 # --- the objectives on pairs ---------------------------------------------------------------------
 
 
-def _by_hand(views: torch.Tensor, generator: torch.Generator, view: T.ContrastiveView, normalization):
+def _by_hand(views: torch.Tensor, generator: torch.Generator, view: ContrastiveView, normalization):
     """The contrastive view after its crop, step by step with the transforms' own functions."""
-    x = T.horizontal_flip(T.to_float(views), generator, p=view.flip_p)
-    x = T.color_jitter(x, generator, *view.jitter, p=view.jitter_p)
-    x = T.random_grayscale(x, generator, p=view.grayscale_p)
-    x = T.random_gaussian_blur(x, generator, view.blur_p, view.blur_sigma, view.blur_kernel)
+    x = horizontal_flip(T.to_float(views), generator, p=view.flip_p)
+    x = color_jitter(x, generator, *view.jitter, p=view.jitter_p)
+    x = random_grayscale(x, generator, p=view.grayscale_p)
+    x = random_gaussian_blur(x, generator, view.blur_p, view.blur_sigma, view.blur_kernel)
     return T.normalize(x, *normalization)
 
 
@@ -158,8 +161,8 @@ def _pairs(n: int = 8, side: int = 16) -> torch.Tensor:
 
 def test_pre_cropped_pairs_are_not_cropped_again() -> None:
     pairs = _pairs()
-    identity = T.ContrastiveView(scale=(0.08, 0.1), flip_p=0.0, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)
-    augment = T.contrastive_augment(None, identity)
+    identity = ContrastiveView(scale=(0.08, 0.1), flip_p=0.0, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)
+    augment = contrastive_augment(None, identity)
     first, second = two_views(augment, pairs, torch.Generator().manual_seed(0))
     assert torch.equal(first, T.to_float(pairs[:, 0])) and torch.equal(second, T.to_float(pairs[:, 1]))
     cropped = augment(pairs[:, 0], torch.Generator().manual_seed(0))  # a 4-D batch is cropped
@@ -174,13 +177,13 @@ def test_simclr_on_pairs_is_the_rest_of_the_view_by_hand() -> None:
     torch.manual_seed(0)
     model = NarrowResNet(in_channels=3)
     normalization = ((0.5, 0.4, 0.3), (0.25, 0.2, 0.3))
-    augment = T.contrastive_augment(normalization, T.SIMCLR_VIEW)
+    augment = contrastive_augment(normalization, SIMCLR_VIEW)
     objective = SimCLRObjective(64, projection_dim=8, augment=augment)
     objective.bind(model)
     pairs = _pairs()
     loss, _ = objective.train_step(model, (pairs, torch.zeros(8)), torch.Generator().manual_seed(3))
     generator = torch.Generator().manual_seed(3)
-    views = [_by_hand(pairs[:, v], generator, T.SIMCLR_VIEW, normalization) for v in (0, 1)]
+    views = [_by_hand(pairs[:, v], generator, SIMCLR_VIEW, normalization) for v in (0, 1)]
     z1, z2 = objective.head(features(model, torch.cat(views))).chunk(2)
     assert torch.equal(loss, nt_xent(z1, z2, 0.5))
 
@@ -191,13 +194,13 @@ def test_moco_on_pairs_is_the_rest_of_the_view_by_hand() -> None:
     torch.manual_seed(0)
     model = NarrowResNet(in_channels=3)
     normalization = ((0.5,) * 3, (0.25,) * 3)
-    augment = T.contrastive_augment(normalization, T.MOCO_V2_VIEW)
+    augment = contrastive_augment(normalization, MOCO_V2_VIEW)
     objective = MoCoObjective(64, dim=8, queue_size=32, augment=augment, key_bn_groups=2).bind(model)
     reference = copy.deepcopy(objective)
     pairs = _pairs()
     loss, _ = objective.train_step(model, (pairs,), torch.Generator().manual_seed(3))
     generator = torch.Generator().manual_seed(3)
-    view1, view2 = (_by_hand(pairs[:, v], generator, T.MOCO_V2_VIEW, normalization) for v in (0, 1))
+    view1, view2 = (_by_hand(pairs[:, v], generator, MOCO_V2_VIEW, normalization) for v in (0, 1))
     keys, _ = reference.keys(view2, generator)
     expected, _ = reference.info_nce(reference.query(model, view1), keys)
     assert torch.equal(loss, expected)

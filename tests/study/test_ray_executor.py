@@ -58,7 +58,7 @@ def test_import_cvlth_does_not_import_ray() -> None:
 
 
 def test_executor_resources_change_no_run_and_name_real_tasks(tmp_path) -> None:
-    from cvlth.config import config_hash
+    from cvlth.run_identity import config_hash
 
     executor = {
         "resources": {"cpus": 4, "gpus": 1},

@@ -8,10 +8,10 @@ import torch
 import yaml
 
 from cvlth import run_files
-from cvlth.config import config_hash
 from cvlth.masks import Mask
 from cvlth.pruning import imp as imp_module
 from cvlth.pruning import variants
+from cvlth.run_identity import config_hash
 from cvlth.seeds import derive_seeds, mix
 from cvlth.store import Store
 from cvlth.study import context, execute, run_pretrain, run_training

@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from cvlth.config import TrainingConfig, config_hash, identity
+from cvlth.config import TrainingConfig
 from cvlth.objectives.supervised import SupervisedObjective
+from cvlth.run_identity import config_hash, identity
 from cvlth.training.loop import train
 from training_fixtures import TinyNet, half_mask, make_sources, tiny_config
 

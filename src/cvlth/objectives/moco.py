@@ -27,8 +27,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from cvlth.data.augment_pipelines import MOCO_V2_VIEW, contrastive_augment
 from cvlth.data.source import BatchSource
-from cvlth.data.transforms import MOCO_V2_VIEW, contrastive_augment
 from cvlth.masks import Mask
 from cvlth.objectives.features import features, freeze_classifier, unwrap
 from cvlth.objectives.simclr import eval_generator, retrieval_accuracy

@@ -16,7 +16,9 @@ import torch
 
 from cvlth.config import ObjectiveRef
 from cvlth.data import transforms as T
+from cvlth.data.augment_pipelines import ContrastiveAugment, ContrastiveView, contrastive_augment
 from cvlth.data.classification import DatasetSplits
+from cvlth.data.geometric_transforms import horizontal_flip, random_crop, random_resized_crop
 from cvlth.data.samples import SampleSplits
 from cvlth.data.stats import IMAGENET_MEAN, IMAGENET_STD
 from cvlth.errors import ConfigError
@@ -127,15 +129,15 @@ def _supervised(
     size = data.image_shape[-1]
     steps: list[Any] = []
     if augment == "crop_flip":
-        steps.append(lambda x, g: T.random_crop(x, g, padding=padding))
+        steps.append(lambda x, g: random_crop(x, g, padding=padding))
     elif augment == "resized_crop":
-        steps.append(lambda x, g: T.random_resized_crop(x, g, size, scale=tuple(crop_scale)))
+        steps.append(lambda x, g: random_resized_crop(x, g, size, scale=tuple(crop_scale)))
     elif augment != "none":
         raise ConfigError(
             f"objective.options.augment: must be one of 'crop_flip', 'resized_crop', 'none' (got {augment!r})"
         )
     if flip and augment != "none":
-        steps.append(T.horizontal_flip)
+        steps.append(horizontal_flip)
     finish = _finish(resolve_normalization(normalize, data))
     steps.append(finish)
     return SupervisedObjective(augment=T.compose(*steps), preprocess=finish, label_smoothing=label_smoothing)
@@ -143,7 +145,7 @@ def _supervised(
 
 def _contrastive_augment(
     data: DatasetSplits,
-    base: T.ContrastiveView,
+    base: ContrastiveView,
     normalize: NormalizeOption = "dataset",
     crop_scale: tuple[float, float] | None = None,
     jitter_strength: float | None = None,
@@ -153,7 +155,7 @@ def _contrastive_augment(
     blur_sigma: tuple[float, float] | None = None,
     blur_kernel: int | None = None,
     flip_p: float | None = None,
-) -> T.ContrastiveAugment:
+) -> ContrastiveAugment:
     """The view of ``base`` (the paper's values) with the options given in a config replacing them.
     ``jitter_strength`` s is SimCLR's: jitter (0.8s, 0.8s, 0.8s, 0.2s); SimCLR s = 1, MoCo v2 s = 0.5.
     On a streamed image folder the loader crops both views at ``crop_scale`` from the full image
@@ -171,7 +173,7 @@ def _contrastive_augment(
         "flip_p": flip_p,
     }
     view = replace(base, **{k: v for k, v in given.items() if v is not None})
-    return T.contrastive_augment(resolve_normalization(normalize, data), view)
+    return contrastive_augment(resolve_normalization(normalize, data), view)
 
 
 @register_objective("simclr")

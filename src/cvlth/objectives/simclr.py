@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cvlth.data.augment_pipelines import SIMCLR_VIEW, contrastive_augment
 from cvlth.data.source import BatchSource
-from cvlth.data.transforms import SIMCLR_VIEW, contrastive_augment
 from cvlth.masks import Mask
 from cvlth.objectives.features import features, freeze_classifier
 from cvlth.objectives.supervised import Augment

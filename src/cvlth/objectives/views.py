@@ -1,7 +1,7 @@
 """Where a contrastive objective's two views come from.
 
 In memory (the small sets, the built-in world) a batch is ``(N, C, H, W)`` images and the objective
-crops both views out of each image on the device (:class:`~cvlth.data.transforms.ContrastiveAugment`).
+crops both views out of each image on the device (:class:`~cvlth.data.augment_pipelines.ContrastiveAugment`).
 A streamed image folder (:mod:`cvlth.data.streaming`) holds full-size JPEGs: cropping views out of a
 224 px image already cropped by the loader would not be the papers' views. For SimCLR and MoCo
 :func:`training_images` therefore turns a streamed training set into two-view pairs, each view a
@@ -17,11 +17,11 @@ from typing import Any
 import torch
 
 from cvlth.config import ObjectiveRef
-from cvlth.data import transforms as T
+from cvlth.data.augment_pipelines import MOCO_V2_VIEW, SIMCLR_VIEW, ContrastiveView
 from cvlth.errors import ConfigError, CvlthError
 
 #: The paper view each contrastive objective starts from (its options replace fields of it).
-CONTRASTIVE_VIEWS: dict[str, T.ContrastiveView] = {"simclr": T.SIMCLR_VIEW, "moco": T.MOCO_V2_VIEW}
+CONTRASTIVE_VIEWS: dict[str, ContrastiveView] = {"simclr": SIMCLR_VIEW, "moco": MOCO_V2_VIEW}
 
 
 def crop_scale(ref: ObjectiveRef) -> tuple[float, float]:
@@ -73,6 +73,6 @@ def two_views(augment: Any, images: torch.Tensor, generator: torch.Generator | N
         raise CvlthError(
             f"a batch of {tuple(images.shape)} view pairs needs a 2-view batch and an augmentation with "
             "`after_crop` (a ContrastiveAugment)",
-            hint="build the objective's augment with cvlth.data.transforms.contrastive_augment",
+            hint="build the objective's augment with cvlth.data.augment_pipelines.contrastive_augment",
         )
     return after_crop(images[:, 0], generator), after_crop(images[:, 1], generator)

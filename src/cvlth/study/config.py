@@ -23,10 +23,9 @@ from cvlth.config import (
     ScheduleConfig,
     Strict,
     TrainingConfig,
-    parse_yaml,
-    read_config_text,
     validate_config,
 )
+from cvlth.config_yaml import parse_yaml, read_config_text
 from cvlth.errors import ConfigError
 from cvlth.models.checkpoints import CheckpointSource
 from cvlth.study.resources import ExecutorSettings

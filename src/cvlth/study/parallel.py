@@ -35,7 +35,8 @@ from typing import Protocol
 
 import torch
 
-from cvlth.config import RunConfig, config_hash
+from cvlth.config import RunConfig
+from cvlth.run_identity import config_hash
 from cvlth.store import Store
 from cvlth.study.execute import Context, ensure
 from cvlth.study.plan import PlannedRun

@@ -35,17 +35,16 @@ from cvlth.config import (
     Strict,
     TrainConfig,
     TrainingConfig,
-    parse_yaml,
-    read_config_text,
     validate_config,
-    without_defaults,
 )
+from cvlth.config_yaml import parse_yaml, read_config_text
 from cvlth.data.cache import option_defaults
 from cvlth.errors import ConfigError
 from cvlth.models.checkpoints import CheckpointSource
 from cvlth.models.task_models import check_model_options, model_option_defaults
 from cvlth.objectives.registry import objective_option_defaults
 from cvlth.registry import Registry
+from cvlth.run_identity import without_defaults
 
 #: Every run kind by its ``kind`` tag: what :func:`load_config` accepts.
 RUN_KINDS: Registry[type[RunConfig]] = Registry("run kind", ConfigError)

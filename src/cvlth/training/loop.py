@@ -12,6 +12,10 @@ modules, optimizer, scheduler, mask, global RNG states, the data position and th
 ``metrics.jsonl``; the data order comes from ``BatchSource.epoch_batches(epoch, start)`` and the
 augmentation generator is re-derived, so a killed run finishes bit-identical on CPU.
 
+Around the loop: the checkpoint is written and resumed in :mod:`cvlth.training.train_state`, the
+epoch-end evaluation and the result (test at the best validation epoch) are
+:mod:`cvlth.training.evaluation`, and ``metrics.jsonl`` is :mod:`cvlth.training.metrics_log`.
+
 ``training.precision``: the forward (``objective.train_step``) runs under ``torch.autocast`` in
 bf16 or fp16; fp16 scales the loss with a ``GradScaler`` (its state is checkpointed), which skips
 the optimizer step on overflow. The mask is re-applied after every step either way. Evaluation
@@ -21,12 +25,11 @@ stays in fp32.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,18 +42,14 @@ from cvlth.data.source import BatchSource
 from cvlth.errors import TrainingError
 from cvlth.masks import Mask
 from cvlth.pruning.enforcer import MaskEnforcer
-from cvlth.store import RunFolder, reported_io
+from cvlth.store import RunFolder
 from cvlth.training import distributed
 from cvlth.training.distributed import DistEnv
+from cvlth.training.evaluation import evaluate_epoch, summarize
+from cvlth.training.metrics_log import MetricsLog, truncate_metrics
 from cvlth.training.objective import Objective
 from cvlth.training.optim import build_optimizer, build_scheduler
-from cvlth.training.train_state import (
-    TRAIN_STATE_FORMAT,
-    capture_rng,
-    load_train_state,
-    restore_rng,
-    step_generator,
-)
+from cvlth.training.train_state import LoopState, resume_train_state, save_train_state, step_generator
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # fp32: autocast off
 
@@ -68,15 +67,6 @@ class StepInfo:
 
 
 Callback = Callable[[StepInfo], None]
-
-
-@dataclass
-class _State:
-    epoch: int = 0
-    batch: int = 0
-    step: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
-    last_checkpoint: str = "none written yet"
 
 
 def train(
@@ -123,22 +113,22 @@ def train(
     scaler = torch.amp.GradScaler(device.type, enabled=training.precision == "fp16")
     scheduler = build_scheduler(optimizer, schedule, steps_per_epoch, training.epochs)
 
-    state = _State()
+    state = LoopState()
     if folder is not None and folder.train_state_path.is_file():
-        state, mask = _resume(folder, model, extra, optimizer, scheduler, mask, scaler)
+        state, mask = resume_train_state(folder, model, extra, optimizer, scheduler, mask, scaler)
     elif writer is not None:
-        _truncate(writer.metrics_path, 0)  # lines of a run killed before its first checkpoint
+        truncate_metrics(writer.metrics_path, 0)  # lines of a run killed before its first checkpoint
     if mask is not None:
         distributed.check_identical("mask", dict(mask), env)
     enforcer = MaskEnforcer(model, mask) if mask is not None else None
     net = _wrap(model, env, device)
 
-    metrics_log = _MetricsLog(writer.metrics_path if writer else None)
+    metrics_log = MetricsLog(writer.metrics_path if writer else None)
     total_steps = steps_per_epoch * training.epochs
 
     def save_checkpoint() -> None:
         if writer is not None:
-            _save_checkpoint(
+            save_train_state(
                 writer, state, model, extra, optimizer, scheduler, scaler, mask, metrics_log.flush()
             )
 
@@ -186,7 +176,7 @@ def train(
             for module in (model, *extra.values()):
                 distributed.sync_buffers(module, env)
             if state.epoch % training.eval_every_epochs == 0 or state.epoch == training.epochs:
-                record = _evaluate(
+                record = evaluate_epoch(
                     net, model, extra, objective, state.epoch, val_data, test_data, state.history
                 )
                 state.history.append(record)
@@ -203,7 +193,7 @@ def _step(
     net: nn.Module,
     objective: Objective,
     batch: Any,
-    state: _State,
+    state: LoopState,
     training: TrainingConfig,
     env: DistEnv,
     device: torch.device,
@@ -225,7 +215,7 @@ def _step(
     return loss_value, {name: float(value) for name, value in metrics.items()}
 
 
-def _non_finite(value: float, state: _State) -> TrainingError:
+def _non_finite(value: float, state: LoopState) -> TrainingError:
     return TrainingError(
         f"the loss is {value} at step {state.step + 1} (epoch {state.epoch}, batch {state.batch})",
         hint=f"the last good checkpoint is kept ({state.last_checkpoint}); "
@@ -263,153 +253,7 @@ def _due(training: TrainingConfig, step: int) -> bool:
     return every is not None and step % every == 0
 
 
-# --- evaluation and the result ------------------------------------------------------------
-
-
-def _evaluate(
-    net: nn.Module,
-    model: nn.Module,
-    extra: dict[str, nn.Module],
-    objective: Objective,
-    epoch: int,
-    val_data: BatchSource | None,
-    test_data: BatchSource | None,
-    history: list[dict[str, Any]],
-) -> dict[str, Any]:
-    """Evaluate the bare model (not the DDP wrapper: no collectives, every rank sees all data).
-
-    The test split is evaluated only when validation improves on every earlier epoch (or there is
-    no validation split): the result reports test at the best-validation epoch only, and on the
-    CPU study's detector a test image costs about a third of a training image (~75 vs ~26 img/s).
-    """
-    model.eval()
-    for module in extra.values():
-        module.eval()
-    record: dict[str, Any] = {"epoch": epoch}
-    if val_data is not None:
-        record["val"] = objective.evaluate(model, val_data)
-    if test_data is not None and _improves(record, history, objective.selection):
-        record["test"] = objective.evaluate(model, test_data)
-    net.train()
-    return record
-
-
-def _improves(record: dict[str, Any], history: list[dict[str, Any]], selection: tuple[str, str]) -> bool:
-    """Whether ``record`` would become the epoch :func:`summarize` reports."""
-    return best_record([*history, record], selection) is record
-
-
-def best_record(history: list[dict[str, Any]], selection: tuple[str, str]) -> dict[str, Any]:
-    """The best-validation evaluation (the first one wins a tie); the last one if none is scored."""
-    name, direction = selection
-    scored = [r for r in history if "val" in r and math.isfinite(r["val"].get(name, math.nan))]
-    if not scored:
-        return history[-1]
-    pick = max if direction == "max" else min
-    return pick(scored, key=lambda r: r["val"][name])
-
-
-def summarize(
-    history: list[dict[str, Any]], selection: tuple[str, str], *, steps: int, epochs: int
-) -> dict[str, Any]:
-    """The result: final metrics and the test metrics at the best-validation epoch (the paper's)."""
-    result: dict[str, Any] = {"epochs": epochs, "steps": steps, "history": history}
-    if not history:
-        return result
-    name, direction = selection
-    best = best_record(history, selection)
-    result.update(
-        final=history[-1],
-        best_epoch=best["epoch"],
-        selection={"metric": f"val.{name}", "mode": direction},
-        best_val=best.get("val"),
-        test_at_best_val=best.get("test"),
-    )
-    return result
-
-
-# --- checkpoints --------------------------------------------------------------------------
-
-
-def _save_checkpoint(
-    folder: RunFolder,
-    state: _State,
-    model: nn.Module,
-    extra: dict[str, nn.Module],
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    scaler: torch.amp.GradScaler,
-    mask: Mask | None,
-    metrics_offset: int,
-) -> None:
-    payload = {
-        "format": TRAIN_STATE_FORMAT,
-        "epoch": state.epoch,
-        "batch": state.batch,
-        "step": state.step,
-        "model": model.state_dict(),
-        "modules": {name: module.state_dict() for name, module in extra.items()},
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict(),  # empty unless fp16
-        "mask": dict(mask) if mask is not None else None,
-        "rng": capture_rng(),
-        "history": state.history,
-        "metrics_offset": metrics_offset,
-        "threads": torch.get_num_threads(),
-    }
-    folder.write_file_atomically(folder.train_state_path.name, lambda tmp: torch.save(payload, tmp))
-    state.last_checkpoint = f"{folder.train_state_path} at step {state.step}"
-
-
-def _resume(
-    folder: RunFolder,
-    model: nn.Module,
-    extra: dict[str, nn.Module],
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    mask: Mask | None,
-    scaler: torch.amp.GradScaler,
-) -> tuple[_State, Mask | None]:
-    saved = load_train_state(folder.train_state_path)
-    _check_threads(folder, saved.get("threads"))
-    saved_mask = Mask(saved["mask"]) if saved["mask"] is not None else None
-    if (saved_mask is None) != (mask is None) or (mask is not None and saved_mask != mask):
-        raise TrainingError(
-            f"{folder.train_state_path} was trained with another mask than the one given",
-            hint="a run's mask is part of its identity; use a new run folder for a new mask",
-        )
-    model.load_state_dict(saved["model"])
-    for name, module in extra.items():
-        module.load_state_dict(saved["modules"][name])
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
-    if saved.get("scaler"):
-        scaler.load_state_dict(saved["scaler"])
-    restore_rng(saved["rng"])
-    _truncate(folder.metrics_path, saved["metrics_offset"])
-    state = _State(epoch=saved["epoch"], batch=saved["batch"], step=saved["step"], history=saved["history"])
-    state.last_checkpoint = f"{folder.train_state_path} at step {state.step}"
-    return state, saved_mask
-
-
-def _check_threads(folder: RunFolder, saved: int | None) -> None:
-    """CPU kernels reduce in an order that depends on the intra-op thread count: a run resumed with
-    another count would not finish with the numbers it would have had."""
-    if saved is not None and saved != torch.get_num_threads():
-        raise TrainingError(
-            f"{folder.train_state_path} was computed with {saved} intra-op threads, this process uses "
-            f"{torch.get_num_threads()}",
-            hint=f"resume with the same count (cvlth study --threads {saved}), or delete the checkpoint "
-            "to restart the run",
-        )
-
-
-def _truncate(path: Path, size: int) -> None:
-    """Drop metric lines written after the checkpoint we resume from (they will be rewritten)."""
-    if path.is_file() and path.stat().st_size > size:
-        with reported_io(path), open(path, "r+b") as handle:
-            handle.truncate(size)
+# --- the weights at one step (IMP's rewind point) and the progress bar ----------------------
 
 
 def _capture(folder: RunFolder, step: int, model: nn.Module, extra: dict[str, nn.Module]) -> None:
@@ -424,42 +268,6 @@ def _capture(folder: RunFolder, step: int, model: nn.Module, extra: dict[str, nn
 def capture_path(folder: RunFolder | str | os.PathLike[str], step: int) -> Path:
     """Where ``train(..., capture_at_step=step)`` saved the weights."""
     return Path(folder) / f"capture_step{step}.pt"
-
-
-# --- metrics file and progress bar --------------------------------------------------------
-
-
-class _MetricsLog:
-    """Appends JSON lines to ``metrics.jsonl``; ``flush()`` returns the size on disk."""
-
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-        self._handle: Any = None
-
-    def __enter__(self) -> _MetricsLog:
-        if self.path is not None:
-            with reported_io(self.path):
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in __exit__
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._handle is not None:
-            with reported_io(self.path):  # type: ignore[arg-type]
-                self._handle.close()
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self._handle is not None:
-            with reported_io(self.path):  # type: ignore[arg-type]
-                self._handle.write(json.dumps(record, sort_keys=True) + "\n")
-
-    def flush(self) -> int:
-        if self._handle is None:
-            return 0
-        with reported_io(self.path):  # type: ignore[arg-type]
-            self._handle.flush()
-            os.fsync(self._handle.fileno())
-            return self._handle.tell()
 
 
 @contextlib.contextmanager
