@@ -13,8 +13,9 @@ from cvlth.errors import ConfigError
 from cvlth.models.backbones import BackboneSpec, build_backbone
 from cvlth.models.checkpoints import save_checkpoint
 from cvlth.study.config import StudyConfig
-from cvlth.study.plan import expand, input_adaptations
+from cvlth.study.plan import expand
 from cvlth.study.run_kinds import AdaptConfig, ImportRun, ImpRun, PretrainRun, Recipe, TransferRun
+from cvlth.study.validation import input_adaptations
 from study_fixtures import DIGITS_TASK, TINY, TINY_BACKBONE
 
 
@@ -97,6 +98,15 @@ CASES = {
         "",
     ),
     "negative finder seed": (_set("finders.0.seeds", [-2]), "finders.0.seeds.0: must be >= 0 (got -2)", ""),
+    "streamed SSL views from centre crops": (
+        lambda study: study["pretrainings"]["supervised"]["recipe"].update(
+            data={"name": "imagefolder", "options": {"streaming": True, "train_crop": "center"}},
+            objective={"name": "simclr"},
+        ),
+        "pretrainings.supervised.recipe: objective 'simclr' on streamed imagefolder draws its two views from the "
+        "full image, but `train_crop: center` centre-crops the training images first",
+        "remove `train_crop: center` from pretrainings.supervised.recipe.data.options",
+    ),
     "omp with two seeds": (
         _set("finders.3.seeds", [0, 1]),
         "finder 'omp': omp draws nothing at random, so its seeds [0, 1] would all compute the same masks",

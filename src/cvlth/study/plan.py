@@ -7,23 +7,15 @@ table needs (pre-training, finder, task, level, seed, the finder's seed).
 
 from __future__ import annotations
 
-import typing
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
-from cvlth.config import DataRef, ObjectiveRef, RunConfig, format_error
-from cvlth.data.cache import SUBSET_OPTIONS, loader_options
-from cvlth.data.registry import DATASETS, get_spec, load_dataset
-from cvlth.data.samples import SampleSplits
+from cvlth.config import DataRef, RunConfig, format_error
 from cvlth.errors import ConfigError, CvlthError
-from cvlth.models.checkpoints import import_checkpoint
-from cvlth.models.task_models import DENSE_OBJECTIVES
-from cvlth.objectives.registry import OBJECTIVES, objective_option_defaults
 from cvlth.store import RunFolder, Store
 from cvlth.study.config import FinderEntry, StudyConfig
 from cvlth.study.run_kinds import (
@@ -33,6 +25,15 @@ from cvlth.study.run_kinds import (
     PretrainRun,
     Recipe,
     TransferRun,
+    training_data,
+    training_epochs,
+)
+from cvlth.study.validation import (
+    check_study,
+    checkpoint_channels,
+    image_channels_of,
+    input_adaptations,
+    needs_same_channels,
 )
 
 KIND_ORDER = ("pretrain", "import", "baseline", "imp", "transfer")
@@ -217,115 +218,6 @@ def _expand(study: StudyConfig) -> list[PlannedRun]:
     return sorted(unique.values(), key=lambda item: KIND_ORDER.index(item.run.kind))
 
 
-# --- checks made before the first run ----------------------------------------------------------
-
-
-def check_study(study: StudyConfig) -> None:
-    """Dataset and objective names and option names of every recipe of the study (ConfigError)."""
-    for where, data, objective in _study_recipes(study):
-        if data is not None:
-            check_data_ref(data, f"{where}.data")
-        if objective is not None:
-            check_objective_ref(objective, f"{where}.objective")
-
-
-def _study_recipes(study: StudyConfig) -> list[tuple[str, DataRef | None, ObjectiveRef | None]]:
-    recipes: list[tuple[str, DataRef | None, ObjectiveRef | None]] = []
-    for name, entry in study.pretrainings.items():
-        for part in ("recipe", "upstream"):
-            recipe = getattr(entry, part)
-            if recipe is not None:
-                recipes.append((f"pretrainings.{name}.{part}", recipe.data, recipe.objective))
-    recipes += [(f"tasks.{name}", recipe.data, recipe.objective) for name, recipe in study.tasks.items()]
-    recipes += [(f"finders.{f.name}", f.data, f.objective) for f in study.finders]
-    return recipes
-
-
-def data_options(name: str) -> list[str]:
-    """The options dataset ``name`` takes in a study: its loader's, plus ``max_train`` / ``max_val`` /
-    ``max_test`` (deterministic subsets) for classification datasets."""
-    spec = get_spec(name)
-    try:
-        returns = typing.get_type_hints(spec.load).get("return")
-    except (NameError, TypeError):
-        returns = None
-    per_image = returns is SampleSplits  # detection / segmentation samples: no subset options
-    return list(spec.options) + ([] if per_image else list(SUBSET_OPTIONS))
-
-
-def check_data_ref(ref: DataRef, where: str) -> None:
-    if ref.name not in DATASETS:
-        raise ConfigError(
-            f"{where}.name: unknown dataset {ref.name!r}",
-            hint=f"choose one of: {', '.join(DATASETS)} (`cvlth datasets` lists them)",
-        )
-    _check_options(where, f"dataset {ref.name}", ref.options, data_options(ref.name))
-
-
-def check_objective_ref(ref: ObjectiveRef, where: str) -> None:
-    if ref.name not in OBJECTIVES:
-        raise ConfigError(
-            f"{where}.name: unknown objective {ref.name!r}", hint=f"choose one of: {', '.join(OBJECTIVES)}"
-        )
-    _check_options(where, f"objective {ref.name}", ref.options, list(objective_option_defaults(ref.name)))
-
-
-def _check_options(where: str, what: str, given: dict[str, Any], allowed: list[str]) -> None:
-    unknown = sorted(set(given) - set(allowed))
-    if unknown:
-        raise ConfigError(
-            f"{where}.options: {what} has no option {', '.join(map(repr, unknown))}",
-            hint=f"its options are: {', '.join(allowed) or 'none'}",
-        )
-
-
-def _classifier_adapt(run: RunConfig) -> Any:
-    """The ``adapt`` settings of a run that turns θ_p into a downstream classifier, else None
-    (pre-training, upstream IMP and dense tasks keep θ_p's stem as it is)."""
-    if isinstance(run, TransferRun) or (isinstance(run, ImpRun) and run.stage == "downstream"):
-        recipe = run.recipe if isinstance(run, ImpRun) else run.task
-        return None if recipe.objective.name in DENSE_OBJECTIVES else run.adapt
-    return None
-
-
-def needs_same_channels(run: RunConfig) -> bool:
-    """Whether ``run`` feeds its images to θ_p's own stem (so their channels must match), rather than
-    to a stem rebuilt for the task (classification with ``adapt.small_images`` and no ``keep_stem``)."""
-    if training_data(run) is None:
-        return False
-    adapt = _classifier_adapt(run)
-    return adapt is None or not adapt.small_images or adapt.keep_stem
-
-
-def input_adaptations(run: RunConfig, theta_channels: int, image_channels: int) -> list[str]:
-    """What cvlth changes in θ_p so that ``run`` can feed it its training images, one sentence each
-    (for the run's log and result). ``theta_channels``: the input channels of θ_p's stem (the study's
-    backbone for a pre-training); ``image_channels``: those of the run's training data.
-
-    Raises ConfigError when the images cannot be fed to θ_p at all (its own stem with another
-    channel count: dense tasks, ``small_images: false``, ``keep_stem: true``, upstream IMP).
-    """
-    ref = training_data(run)
-    if ref is None:
-        return []
-    adapt = _classifier_adapt(run)
-    if needs_same_channels(run):
-        if theta_channels != image_channels:
-            raise ConfigError(
-                f"{run.kind} run on {ref.name}: θ_p's stem takes {theta_channels}-channel images, {ref.name} "
-                f"has {image_channels}-channel images",
-                hint="use a θ_p (or backbone.in_channels) that fits the data; classification tasks can "
-                "instead rebuild the stem with adapt: {small_images: true, keep_stem: false}",
-            )
-        return ["max-pool removed (adapt.small_images)"] if adapt is not None and adapt.small_images else []
-    adaptations = ["stem conv re-initialised as a 3x3 stride-1 conv, max-pool removed (adapt.small_images)"]
-    if theta_channels != image_channels:
-        adaptations.append(
-            f"stem built for {image_channels} input channels ({ref.name}) instead of θ_p's {theta_channels}"
-        )
-    return adaptations
-
-
 def check_input_channels(
     planned: list[PlannedRun], image_channels: Callable[[DataRef], int | None] | None = None
 ) -> None:
@@ -333,7 +225,7 @@ def check_input_channels(
     feeds images to its own stem has images with its channel count (see :func:`input_adaptations`).
     ``image_channels`` gives a dataset's channels or None when it is not available here (default:
     load it); datasets are loaded only for those runs."""
-    channels_of = image_channels or _image_channels
+    channels_of = image_channels or image_channels_of
     checkpoints: dict[str, int] = {}
     for item in planned:
         run = item.run
@@ -341,7 +233,7 @@ def check_input_channels(
         if not isinstance(pretrained, ImportRun) or not Path(pretrained.path).is_file():
             continue
         if pretrained.path not in checkpoints:
-            checkpoints[pretrained.path] = _checkpoint_channels(pretrained)
+            checkpoints[pretrained.path] = checkpoint_channels(pretrained)
         if not needs_same_channels(run):
             continue
         images = channels_of(training_data(run))
@@ -352,23 +244,6 @@ def check_input_channels(
                 where = f"pre-training {item.pretraining!r} ({pretrained.path})"
                 task = f"task {item.task!r}" if item.task else f"finder {item.finder!r}"
                 raise ConfigError(f"{where} → {task}: {error.message}", error.hint) from None
-
-
-def _checkpoint_channels(run: ImportRun) -> int:
-    imported = import_checkpoint(run.path, source=run.source)
-    if imported.spec is None:
-        raise ConfigError(
-            f"{run.path}: {imported.report.architecture.description} is not a ResNet cvlth can build",
-            hint="import a torchvision-style ResNet (resnet18/34/50/101/152)",
-        )
-    return imported.spec.in_channels
-
-
-def _image_channels(ref: DataRef) -> int | None:
-    try:
-        return int(load_dataset(ref.name, ref.root, **loader_options(ref.options)).image_shape[0])
-    except CvlthError:  # not present here: checked when the run loads it
-        return None
 
 
 @dataclass(frozen=True)
@@ -396,26 +271,6 @@ class PlanSummary:
         if any(name not in self.seconds_per_image for name in self.images_left_by_data):
             return None
         return sum(n * self.seconds_per_image[name] for name, n in self.images_left_by_data.items())
-
-
-def training_epochs(run: RunConfig) -> int:
-    """Epochs of training a run does (IMP: one training per round)."""
-    if isinstance(run, PretrainRun):
-        return run.recipe.train.epochs
-    if isinstance(run, ImpRun):
-        trainings = run.rounds - 1 if run.stage == "upstream" else run.rounds
-        return trainings * run.recipe.train.epochs
-    if isinstance(run, TransferRun):
-        return run.task.train.epochs
-    return 0
-
-
-def training_data(run: RunConfig) -> DataRef | None:
-    if isinstance(run, PretrainRun | ImpRun):
-        return run.recipe.data
-    if isinstance(run, TransferRun):
-        return run.task.data
-    return None
 
 
 def summarize_plan(

@@ -274,3 +274,24 @@ def dependencies(run: RunConfig) -> list[RunConfig]:
     if isinstance(run, TransferRun):
         return [run.pretrained] if run.ticket is None else [run.ticket]
     return []
+
+
+def training_epochs(run: RunConfig) -> int:
+    """Epochs of training a run does (IMP: one training per round)."""
+    if isinstance(run, PretrainRun):
+        return run.recipe.train.epochs
+    if isinstance(run, ImpRun):
+        trainings = run.rounds - 1 if run.stage == "upstream" else run.rounds
+        return trainings * run.recipe.train.epochs
+    if isinstance(run, TransferRun):
+        return run.task.train.epochs
+    return 0
+
+
+def training_data(run: RunConfig) -> DataRef | None:
+    """The dataset a run trains on (None: it trains nothing)."""
+    if isinstance(run, PretrainRun | ImpRun):
+        return run.recipe.data
+    if isinstance(run, TransferRun):
+        return run.task.data
+    return None

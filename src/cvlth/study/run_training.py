@@ -26,8 +26,8 @@ from cvlth.objectives.views import training_images
 from cvlth.seeds import RunSeeds, mix
 from cvlth.store import RunFolder
 from cvlth.study.context import EVAL_BATCH_SIZE, AnySplits, Context
-from cvlth.study.plan import input_adaptations
 from cvlth.study.run_kinds import ImpRun, Recipe, TransferRun
+from cvlth.study.validation import input_adaptations
 from cvlth.training.loop import train
 
 

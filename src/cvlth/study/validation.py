@@ -1,0 +1,160 @@
+"""Checks a study passes before its first run: dataset, objective and option names of every recipe,
+and whether each run's images fit θ_p's stem (what cvlth adapts, or why it cannot).
+"""
+
+from __future__ import annotations
+
+import typing
+from typing import Any
+
+from cvlth.config import DataRef, ObjectiveRef, RunConfig
+from cvlth.data.cache import SUBSET_OPTIONS, loader_options
+from cvlth.data.registry import DATASETS, get_spec, load_dataset
+from cvlth.data.samples import SampleSplits
+from cvlth.errors import ConfigError, CvlthError
+from cvlth.models.checkpoints import import_checkpoint
+from cvlth.models.task_models import DENSE_OBJECTIVES
+from cvlth.objectives.registry import OBJECTIVES, objective_option_defaults
+from cvlth.objectives.views import CONTRASTIVE_VIEWS, crop_scale
+from cvlth.study.config import StudyConfig
+from cvlth.study.run_kinds import ImportRun, ImpRun, TransferRun, training_data
+
+
+def check_study(study: StudyConfig) -> None:
+    """Dataset and objective names and option names of every recipe of the study (ConfigError)."""
+    for where, data, objective in _study_recipes(study):
+        if data is not None:
+            check_data_ref(data, f"{where}.data")
+        if objective is not None:
+            check_objective_ref(objective, f"{where}.objective")
+        if data is not None and objective is not None:
+            check_contrastive_streaming(data, objective, where)
+
+
+def check_contrastive_streaming(data: DataRef, objective: ObjectiveRef, where: str) -> None:
+    """SimCLR / MoCo on a streamed image folder draw both views from the full image in the data
+    loader: a centre-cropped training set (``train_crop: center``) cannot give them (checked here,
+    before any run, as well as when the run starts)."""
+    if objective.name not in CONTRASTIVE_VIEWS or not data.options.get("streaming"):
+        return
+    crop_scale(objective)  # a bad range fails now
+    if data.options.get("train_crop") == "center":
+        raise ConfigError(
+            f"{where}: objective {objective.name!r} on streamed {data.name} draws its two views from the "
+            "full image, but `train_crop: center` centre-crops the training images first",
+            hint=f"remove `train_crop: center` from {where}.data.options",
+        )
+
+
+def _study_recipes(study: StudyConfig) -> list[tuple[str, DataRef | None, ObjectiveRef | None]]:
+    recipes: list[tuple[str, DataRef | None, ObjectiveRef | None]] = []
+    for name, entry in study.pretrainings.items():
+        for part in ("recipe", "upstream"):
+            recipe = getattr(entry, part)
+            if recipe is not None:
+                recipes.append((f"pretrainings.{name}.{part}", recipe.data, recipe.objective))
+    recipes += [(f"tasks.{name}", recipe.data, recipe.objective) for name, recipe in study.tasks.items()]
+    recipes += [(f"finders.{f.name}", f.data, f.objective) for f in study.finders]
+    return recipes
+
+
+def data_options(name: str) -> list[str]:
+    """The options dataset ``name`` takes in a study: its loader's, plus ``max_train`` / ``max_val`` /
+    ``max_test`` (deterministic subsets) for classification datasets."""
+    spec = get_spec(name)
+    try:
+        returns = typing.get_type_hints(spec.load).get("return")
+    except (NameError, TypeError):
+        returns = None
+    per_image = returns is SampleSplits  # detection / segmentation samples: no subset options
+    return list(spec.options) + ([] if per_image else list(SUBSET_OPTIONS))
+
+
+def check_data_ref(ref: DataRef, where: str) -> None:
+    if ref.name not in DATASETS:
+        raise ConfigError(
+            f"{where}.name: unknown dataset {ref.name!r}",
+            hint=f"choose one of: {', '.join(DATASETS)} (`cvlth datasets` lists them)",
+        )
+    _check_options(where, f"dataset {ref.name}", ref.options, data_options(ref.name))
+
+
+def check_objective_ref(ref: ObjectiveRef, where: str) -> None:
+    if ref.name not in OBJECTIVES:
+        raise ConfigError(
+            f"{where}.name: unknown objective {ref.name!r}", hint=f"choose one of: {', '.join(OBJECTIVES)}"
+        )
+    _check_options(where, f"objective {ref.name}", ref.options, list(objective_option_defaults(ref.name)))
+
+
+def _check_options(where: str, what: str, given: dict[str, Any], allowed: list[str]) -> None:
+    unknown = sorted(set(given) - set(allowed))
+    if unknown:
+        raise ConfigError(
+            f"{where}.options: {what} has no option {', '.join(map(repr, unknown))}",
+            hint=f"its options are: {', '.join(allowed) or 'none'}",
+        )
+
+
+def _classifier_adapt(run: RunConfig) -> Any:
+    """The ``adapt`` settings of a run that turns θ_p into a downstream classifier, else None
+    (pre-training, upstream IMP and dense tasks keep θ_p's stem as it is)."""
+    if isinstance(run, TransferRun) or (isinstance(run, ImpRun) and run.stage == "downstream"):
+        recipe = run.recipe if isinstance(run, ImpRun) else run.task
+        return None if recipe.objective.name in DENSE_OBJECTIVES else run.adapt
+    return None
+
+
+def needs_same_channels(run: RunConfig) -> bool:
+    """Whether ``run`` feeds its images to θ_p's own stem (so their channels must match), rather than
+    to a stem rebuilt for the task (classification with ``adapt.small_images`` and no ``keep_stem``)."""
+    if training_data(run) is None:
+        return False
+    adapt = _classifier_adapt(run)
+    return adapt is None or not adapt.small_images or adapt.keep_stem
+
+
+def input_adaptations(run: RunConfig, theta_channels: int, image_channels: int) -> list[str]:
+    """What cvlth changes in θ_p so that ``run`` can feed it its training images, one sentence each
+    (for the run's log and result). ``theta_channels``: the input channels of θ_p's stem (the study's
+    backbone for a pre-training); ``image_channels``: those of the run's training data.
+
+    Raises ConfigError when the images cannot be fed to θ_p at all (its own stem with another
+    channel count: dense tasks, ``small_images: false``, ``keep_stem: true``, upstream IMP).
+    """
+    ref = training_data(run)
+    if ref is None:
+        return []
+    adapt = _classifier_adapt(run)
+    if needs_same_channels(run):
+        if theta_channels != image_channels:
+            raise ConfigError(
+                f"{run.kind} run on {ref.name}: θ_p's stem takes {theta_channels}-channel images, {ref.name} "
+                f"has {image_channels}-channel images",
+                hint="use a θ_p (or backbone.in_channels) that fits the data; classification tasks can "
+                "instead rebuild the stem with adapt: {small_images: true, keep_stem: false}",
+            )
+        return ["max-pool removed (adapt.small_images)"] if adapt is not None and adapt.small_images else []
+    adaptations = ["stem conv re-initialised as a 3x3 stride-1 conv, max-pool removed (adapt.small_images)"]
+    if theta_channels != image_channels:
+        adaptations.append(
+            f"stem built for {image_channels} input channels ({ref.name}) instead of θ_p's {theta_channels}"
+        )
+    return adaptations
+
+
+def checkpoint_channels(run: ImportRun) -> int:
+    imported = import_checkpoint(run.path, source=run.source)
+    if imported.spec is None:
+        raise ConfigError(
+            f"{run.path}: {imported.report.architecture.description} is not a ResNet cvlth can build",
+            hint="import a torchvision-style ResNet (resnet18/34/50/101/152)",
+        )
+    return imported.spec.in_channels
+
+
+def image_channels_of(ref: DataRef) -> int | None:
+    try:
+        return int(load_dataset(ref.name, ref.root, **loader_options(ref.options)).image_shape[0])
+    except CvlthError:  # not present here: checked when the run loads it
+        return None
