@@ -38,12 +38,26 @@ def test_a_name_registered_twice_is_a_programming_error() -> None:
 
 def test_every_registry_of_the_package_is_a_registry() -> None:
     from cvlth.models.backbones import ARCHITECTURES
+    from cvlth.models.task_models import TASK_MODELS
+    from cvlth.objectives.registry import OBJECTIVES
     from cvlth.pruning.strategies import STRATEGIES
+    from cvlth.study.execute import RUN_EXECUTORS
     from cvlth.study.run_kinds import RUN_KINDS
+    from cvlth.study.runner import STUDY_EXECUTORS
 
-    registries = {"architectures": ARCHITECTURES, "strategies": STRATEGIES, "run kinds": RUN_KINDS}
-    for name, registry in registries.items():
+    registries = {
+        "architectures": (ARCHITECTURES, {"resnet18", "resnet50", "resnet152"}),
+        "strategies": (STRATEGIES, {"magnitude", "layerwise", "random"}),
+        "run kinds": (RUN_KINDS, {"pretrain", "import", "imp", "baseline", "transfer"}),
+        "run executors": (RUN_EXECUTORS, {"pretrain", "import", "imp", "baseline", "transfer"}),
+        "objectives": (OBJECTIVES, {"supervised", "simclr", "moco", "detection", "segmentation"}),
+        "task models": (TASK_MODELS, {"detection", "segmentation"}),
+        "study executors": (STUDY_EXECUTORS, {"local", "ray"}),
+    }
+    for name, (registry, expected) in registries.items():
         assert isinstance(registry, Registry), name
-        assert len(registry) >= 3, name
+        assert expected <= set(registry), name
+    # every run kind a config can name has the function that computes it
+    assert set(RUN_KINDS) - {"train"} == set(RUN_EXECUTORS)
     with pytest.raises(CvlthError, match="unknown pruning method"):
         STRATEGIES.lookup("nope")

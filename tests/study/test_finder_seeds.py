@@ -15,7 +15,7 @@ from cvlth.errors import ConfigError
 from cvlth.masks import Mask
 from cvlth.models.backbones import BackboneSpec, build_backbone
 from cvlth.models.checkpoints import save_checkpoint
-from cvlth.pruning.imp import mask_path
+from cvlth.run_files import mask_path
 from cvlth.seeds import derive_seeds
 from cvlth.store import Store
 from cvlth.study import context, execute, run_finders

@@ -14,7 +14,7 @@ import yaml
 from cvlth.cli import run_cli
 from cvlth.errors import ConfigError, TrainingError
 from cvlth.masks import Mask
-from cvlth.pruning.imp import mask_path
+from cvlth.run_files import mask_path
 from cvlth.store import Store
 from cvlth.study.config import load_study
 from cvlth.study.plan import expand

@@ -13,12 +13,12 @@ from cvlth.cli.app import app
 from cvlth.cli.checks import check_device
 from cvlth.config import DataRef
 from cvlth.data.cache import DatasetCache
-from cvlth.errors import ConfigError, CvlthError
+from cvlth.errors import CvlthError
 from cvlth.store import Store
 from cvlth.study.config import StudyConfig, load_study
 from cvlth.study.matching import MatchingResult, universal_matching
 from cvlth.study.plan import KIND_ORDER, expand, summarize_plan
-from cvlth.study.runner import run_study
+from cvlth.study.runner import STUDY_EXECUTORS, run_study
 
 StoreOption = Annotated[Path, typer.Option("--store", help="Run store root (default ./runs).")]
 
@@ -67,8 +67,7 @@ def study(
 ) -> None:
     """Run every pre-training, ticket search and transfer of a study, then print the matching table."""
     console = Console()
-    if executor not in ("local", "ray"):
-        raise ConfigError(f"--executor {executor}: unknown executor", hint="use --executor local or ray")
+    STUDY_EXECUTORS.lookup(executor)  # an unknown name fails before anything is read
     if not plan:
         check_device(device)
     study_config = load_study(config)

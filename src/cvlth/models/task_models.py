@@ -25,12 +25,15 @@ from cvlth.models.backbones import BackboneSpec
 from cvlth.models.checkpoints import ImportedCheckpoint
 from cvlth.models.detection import build_detector
 from cvlth.models.segmentation import build_segmenter
+from cvlth.registry import Registry
 
-DENSE_OBJECTIVES: tuple[str, ...] = ("detection", "segmentation")
+#: The model a dense-prediction task fine-tunes, by the task's objective name.
+TASK_MODELS: Registry[Callable[..., nn.Module]] = Registry("dense-prediction objective", ConfigError)
 # Builder parameters a recipe cannot set: the study supplies them (θ_p, its spec, the classes, the seed).
 _FIXED = frozenset({"source", "spec", "num_classes", "seed", "options"})
 
 
+@TASK_MODELS.register("detection")
 def _detector(
     theta: ImportedCheckpoint, spec: BackboneSpec, data: SampleSplits, seed: int, options: Mapping[str, Any]
 ) -> nn.Module:
@@ -39,13 +42,15 @@ def _detector(
     return build_detector(theta, spec, data.num_classes, seed=seed, **{**defaults, **options})
 
 
+@TASK_MODELS.register("segmentation")
 def _segmenter(
     theta: ImportedCheckpoint, spec: BackboneSpec, data: SampleSplits, seed: int, options: Mapping[str, Any]
 ) -> nn.Module:
     return build_segmenter(theta, spec, data.num_classes, seed=seed, **options)
 
 
-_BUILDERS: dict[str, Callable[..., nn.Module]] = {"detection": _detector, "segmentation": _segmenter}
+#: The objectives whose tasks fine-tune a detector / segmenter rather than a classifier.
+DENSE_OBJECTIVES: tuple[str, ...] = tuple(TASK_MODELS)
 
 
 def model_options(objective: str) -> frozenset[str]:
@@ -108,9 +113,7 @@ def build_task_model(
     options: Mapping[str, Any] | None = None,
 ) -> nn.Module:
     """The detector / segmenter for a dense task (objective in :data:`DENSE_OBJECTIVES`) from θ_p."""
-    builder = _BUILDERS.get(objective)
-    if builder is None:
-        raise ConfigError(f"no dense-prediction model for objective {objective!r}")
+    builder = TASK_MODELS.lookup(objective)
     check_model_options(objective, options or {})
     try:
         return builder(theta, spec, data, seed, dict(options or {}))

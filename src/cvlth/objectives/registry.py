@@ -2,7 +2,7 @@
 
 A builder takes the objective's options, the backbone's feature width and the dataset (for its
 normalisation statistics and image size) and returns an object that satisfies
-:class:`cvlth.training.objective.Objective`. Adding an objective is one ``@register_objective``.
+:class:`cvlth.training.objective.Objective`. Adding an objective is one ``@OBJECTIVES.register``.
 """
 
 from __future__ import annotations
@@ -28,18 +28,12 @@ from cvlth.objectives.segmentation import SegmentationObjective
 from cvlth.objectives.simclr import SimCLRObjective
 from cvlth.objectives.supervised import SupervisedObjective
 from cvlth.objectives.views import CONTRASTIVE_VIEWS
+from cvlth.registry import Registry
 from cvlth.training.objective import Objective
 
 Builder = Callable[..., Objective]
-OBJECTIVES: dict[str, Builder] = {}
-
-
-def register_objective(name: str) -> Callable[[Builder], Builder]:
-    def decorate(builder: Builder) -> Builder:
-        OBJECTIVES[name] = builder
-        return builder
-
-    return decorate
+#: Every training objective by name (a recipe's ``objective.name``).
+OBJECTIVES: Registry[Builder] = Registry("objective", ConfigError)
 
 
 def objective_option_defaults(name: str) -> dict[str, Any]:
@@ -63,9 +57,7 @@ def build_objective(
 ) -> Objective:
     """The objective ``ref`` names. Its heads are initialised from ``seed``, not from the global RNG
     (whose initial seed differs between processes), so a run is reproducible from its config."""
-    if ref.name not in OBJECTIVES:
-        raise ConfigError(f"objective.name: must be one of {sorted(OBJECTIVES)} (got {ref.name!r})")
-    builder = OBJECTIVES[ref.name]
+    builder = OBJECTIVES.lookup(ref.name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:
@@ -111,7 +103,7 @@ def _finish(normalization: T.Normalization) -> T.Transform:
     return lambda x, g=None: T.normalize(x, *normalization)
 
 
-@register_objective("supervised")
+@OBJECTIVES.register("supervised")
 def _supervised(
     *,
     feature_dim: int,
@@ -176,7 +168,7 @@ def _contrastive_augment(
     return contrastive_augment(resolve_normalization(normalize, data), view)
 
 
-@register_objective("simclr")
+@OBJECTIVES.register("simclr")
 def _simclr(
     *,
     feature_dim: int,
@@ -194,7 +186,7 @@ def _simclr(
     )
 
 
-@register_objective("moco")
+@OBJECTIVES.register("moco")
 def _moco(
     *,
     feature_dim: int,
@@ -222,7 +214,7 @@ def _moco(
     )
 
 
-@register_objective("detection")
+@OBJECTIVES.register("detection")
 def _detection(
     *, feature_dim: int, data: SampleSplits, flip: float = 0.5, train_difficult: bool = False
 ) -> Objective:
@@ -230,7 +222,7 @@ def _detection(
     return DetectionObjective(flip=flip, train_difficult=train_difficult)
 
 
-@register_objective("segmentation")
+@OBJECTIVES.register("segmentation")
 def _segmentation(
     *,
     feature_dim: int,

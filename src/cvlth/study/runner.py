@@ -19,10 +19,11 @@ from typing import Any
 import torch
 
 from cvlth.atomic import atomic_write_text
-from cvlth.errors import CvlthError
-from cvlth.pruning.imp import mask_path
+from cvlth.errors import ConfigError, CvlthError
 from cvlth.pruning.strategies import level_sparsity
+from cvlth.registry import Registry
 from cvlth.report import write_report
+from cvlth.run_files import mask_path
 from cvlth.store import Store
 from cvlth.study.config import StudyConfig, study_to_yaml
 from cvlth.study.execute import Context, ensure
@@ -47,6 +48,7 @@ from cvlth.study.outputs import (
 from cvlth.study.parallel import run_parallel
 from cvlth.study.plan import PlannedRun, expand
 from cvlth.study.ray_executor import run_on_ray
+from cvlth.study.resources import ExecutorSettings
 
 
 @dataclass(frozen=True)
@@ -84,21 +86,23 @@ def run_study(
     as Ray tasks (:mod:`cvlth.study.ray_executor`): the same numbers either way. On workers or Ray a
     failed run starts again up to ``retries`` times.
     """
-    threads = threads or torch.get_num_threads()
+    how = Execution(
+        device=device,
+        quiet=quiet,
+        log=log,
+        workers=workers,
+        threads=threads or torch.get_num_threads(),
+        address=address,
+        retries=retries,
+        settings=study.executor,
+    )
+    run_all = STUDY_EXECUTORS.lookup(executor)
     start = time.perf_counter()
     folder = study_folder(study, store)
     planned = expand(study)  # validates the whole study first: nothing is written for a refused one
     atomic_write_text(folder / "study.yaml", study_to_yaml(study))
-    scheduled = {"threads": threads, "device": device, "retries": retries, "log": log, "describe": describe}
-    if executor == "ray":
-        computed = run_on_ray(planned, store, settings=study.executor, address=address, **scheduled)
-        results = [store.result(item.run) for item in planned]
-    elif workers > 1:
-        computed = run_parallel(planned, store, workers=workers, **scheduled)
-        results = [store.result(item.run) for item in planned]
-    else:
-        context = Context(store=store, device=device, quiet=quiet, log=log, threads=threads)
-        computed, results = _run_serially(planned, context)
+    computed = run_all(planned, store, how)
+    results = [store.result(item.run) for item in planned]
     table = matching_table(study, planned, results)
     write_matching(folder, table)
     write_entries(folder / TICKETS_FILE, ticket_index(study, planned, store))
@@ -108,14 +112,63 @@ def run_study(
     return StudyOutcome(folder, table, len(planned), computed, time.perf_counter() - start, report)
 
 
-def _run_serially(planned: list[PlannedRun], ctx: Context) -> tuple[int, list[dict[str, Any]]]:
-    computed, results = 0, []
+@dataclass(frozen=True)
+class Execution:
+    """How a study's runs are computed (none of it changes a number)."""
+
+    device: str
+    quiet: bool
+    log: Callable[[str], None]
+    workers: int
+    threads: int
+    address: str | None
+    retries: int
+    settings: ExecutorSettings
+
+
+StudyExecutor = Callable[[list[PlannedRun], Store, Execution], int]
+#: ``cvlth study --executor NAME``: computes every planned run not done yet, returns how many.
+STUDY_EXECUTORS: Registry[StudyExecutor] = Registry("executor", ConfigError)
+
+
+@STUDY_EXECUTORS.register("local")
+def run_locally(planned: list[PlannedRun], store: Store, how: Execution) -> int:
+    """This machine: serially in this process, or on ``how.workers`` worker processes."""
+    if how.workers > 1:
+        return run_parallel(
+            planned,
+            store,
+            workers=how.workers,
+            device=how.device,
+            threads=how.threads,
+            retries=how.retries,
+            log=how.log,
+            describe=describe,
+        )
+    ctx = Context(store=store, device=how.device, quiet=how.quiet, log=how.log, threads=how.threads)
+    computed = 0
     for index, item in enumerate(planned, start=1):
-        if not ctx.store.is_done(item.run):
+        if not store.is_done(item.run):
             ctx.log(f"[{index}/{len(planned)}] {describe(item)}")
             computed += 1
-        results.append(ensure(item.run, ctx))
-    return computed, results
+        ensure(item.run, ctx)
+    return computed
+
+
+@STUDY_EXECUTORS.register("ray")
+def run_with_ray(planned: list[PlannedRun], store: Store, how: Execution) -> int:
+    """Every run a Ray task on the cluster at ``how.address`` (default: a local Ray)."""
+    return run_on_ray(
+        planned,
+        store,
+        settings=how.settings,
+        address=how.address,
+        threads=how.threads,
+        device=how.device,
+        retries=how.retries,
+        log=how.log,
+        describe=describe,
+    )
 
 
 def _write_report(folder: Path, store: Store, log: Callable[[str], None]) -> Path | None:
