@@ -139,7 +139,7 @@ def prunable_state(
 
     Only 4-d tensors whose canonical name is a block conv (or the stem, if included) count.
     Duplicates under different wrappers (a full MoCo checkpoint) are an error: import the
-    checkpoint first (``cvlth.models.checkpoints``), which keeps ``encoder_q`` only.
+    checkpoint first (``cvlth.models.import_checkpoint``), which keeps ``encoder_q`` only.
     """
     found: dict[str, torch.Tensor] = {}
     origin: dict[str, str] = {}
@@ -152,7 +152,7 @@ def prunable_state(
         if canonical in found:
             raise ValueError(
                 f"state_dict holds {canonical} twice ({origin[canonical]!r} and {key!r}); "
-                "import it with cvlth.models.checkpoints first"
+                "import it with cvlth.models.import_checkpoint first"
             )
         found[canonical] = tensor
         origin[canonical] = key

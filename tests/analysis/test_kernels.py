@@ -135,7 +135,7 @@ NATURAL = [
 
 
 def test_layers_in_natural_order_for_resnet101_names():
-    from cvlth.analysis.plots import _layer_order
+    from cvlth.analysis.plots.bars import _layer_order
     from cvlth.scope import natural_sorted
 
     assert natural_sorted(RESNET101_LIKE) == NATURAL

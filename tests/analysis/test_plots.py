@@ -2,7 +2,7 @@ import matplotlib.image as mpimg
 import pytest
 import torch
 
-from cvlth.analysis import plots
+from cvlth.analysis.plots import bars, curves, heatmaps, palette
 from cvlth.masks import Mask
 
 CURVE = [(0.0, 94.0, 0.3), (0.2, 94.1, 0.2), (0.36, 93.8, 0.4), (0.488, 93.0, 0.5), (0.9, 88.0, 1.0)]
@@ -32,61 +32,61 @@ def _resnet_like_mask(dense_layer: bool = False) -> Mask:
 
 
 def test_source_colors_are_fixed_and_unknown_names_cycle():
-    assert plots.source_color("imagenet") == plots.source_color("supervised") == "#1f77b4"
-    assert plots.source_color("MoCo_v2") == plots.SOURCE_COLORS["moco"]
-    assert plots.source_color("byol", index=1) == plots.EXTRA_COLORS[1]
-    colors = plots.palette_colors(["simclr", "byol", "swav", "random"])
+    assert palette.source_color("imagenet") == palette.source_color("supervised") == "#1f77b4"
+    assert palette.source_color("MoCo_v2") == palette.SOURCE_COLORS["moco"]
+    assert palette.source_color("byol", index=1) == palette.EXTRA_COLORS[1]
+    colors = palette.palette_colors(["simclr", "byol", "swav", "random"])
     assert colors == {
         "simclr": "#ff7f0e",
-        "byol": plots.EXTRA_COLORS[0],
-        "swav": plots.EXTRA_COLORS[1],
+        "byol": palette.EXTRA_COLORS[0],
+        "swav": palette.EXTRA_COLORS[1],
         "random": "#7f7f7f",
     }
 
 
 def test_accuracy_vs_remaining(tmp_path):
-    curves = {"imagenet": CURVE, "simclr": [(s, m - 0.5, sd) for s, m, sd in CURVE], "random": CURVE[:3]}
-    path = plots.plot_accuracy_vs_remaining(curves, (94.2, 0.2), tmp_path / "acc.png", "t", "top-1 (%)")
+    by_source = {"imagenet": CURVE, "simclr": [(s, m - 0.5, sd) for s, m, sd in CURVE], "random": CURVE[:3]}
+    path = curves.plot_accuracy_vs_remaining(by_source, (94.2, 0.2), tmp_path / "acc.png", "t", "top-1 (%)")
     height, width = _read(path)
     assert width > height
 
 
 def test_accuracy_edge_cases_one_source_no_std_no_dense(tmp_path):
     no_std = [(s, m, None) for s, m, _ in CURVE] + [(1.0, 10.0, None)]  # 100% sparsity is dropped
-    _read(plots.plot_accuracy_vs_remaining({"moco": no_std}, (94.0, None), tmp_path / "a.png"))
-    _read(plots.plot_accuracy_vs_remaining({"moco": [(0.5, 90.0, 1.0)]}, None, tmp_path / "b.png"))
+    _read(curves.plot_accuracy_vs_remaining({"moco": no_std}, (94.0, None), tmp_path / "a.png"))
+    _read(curves.plot_accuracy_vs_remaining({"moco": [(0.5, 90.0, 1.0)]}, None, tmp_path / "b.png"))
     many = [(1 - 0.8**k, 90.0 - k, 0.5) for k in range(25)]  # crowded ticks get thinned
-    _read(plots.plot_accuracy_vs_remaining({"omp": many}, (91.0, 0.3), tmp_path / "c.png"))
+    _read(curves.plot_accuracy_vs_remaining({"omp": many}, (91.0, 0.3), tmp_path / "c.png"))
     with pytest.raises(ValueError):
-        plots.plot_accuracy_vs_remaining({"x": [(20.0, 1.0, None)]}, None, tmp_path / "d.png")
+        curves.plot_accuracy_vs_remaining({"x": [(20.0, 1.0, None)]}, None, tmp_path / "d.png")
 
 
 def test_thin_ticks_keeps_ends():
     values = list(range(30, 0, -1))
-    thinned = plots._thin_ticks(values, max_ticks=12)
+    thinned = curves._thin_ticks(values, max_ticks=12)
     assert thinned[0] == 30 and thinned[-1] == 1 and len(thinned) <= 13
 
 
 def test_perturbation(tmp_path):
-    curves = {
+    by_kind = {
         "imp": CURVE,
         "complement": [(s, 50.0, None) for s, _, _ in CURVE],
         "random": CURVE,
         "perturbed": CURVE,
     }
-    _read(plots.plot_perturbation(curves, tmp_path / "pert.png", "perturbation"))
-    _read(plots.plot_perturbation({"imp": CURVE}, tmp_path / "one.png", "", dense=(94.0, 0.1)))
+    _read(curves.plot_perturbation(by_kind, tmp_path / "pert.png", "perturbation"))
+    _read(curves.plot_perturbation({"imp": CURVE}, tmp_path / "one.png", "", dense=(94.0, 0.1)))
 
 
 def test_iou_heatmap(tmp_path):
     names = ["imagenet", "simclr", "moco"]
     matrix = [[1.0, 0.4, 0.35], [0.4, 1.0, 0.5], [0.35, 0.5, 1.0]]
     rand = [[0.25] * 3] * 3
-    height, width = _read(plots.plot_iou_heatmap(names, matrix, rand, tmp_path / "iou.png", "IoU"))
+    height, width = _read(heatmaps.plot_iou_heatmap(names, matrix, rand, tmp_path / "iou.png", "IoU"))
     assert 0.7 < width / height < 1.6
-    _read(plots.plot_iou_heatmap(["only"], [[1.0]], None, tmp_path / "one.png"))
+    _read(heatmaps.plot_iou_heatmap(["only"], [[1.0]], None, tmp_path / "one.png"))
     with pytest.raises(ValueError):
-        plots.plot_iou_heatmap(names, [[1.0]], None, tmp_path / "bad.png")
+        heatmaps.plot_iou_heatmap(names, [[1.0]], None, tmp_path / "bad.png")
 
 
 def test_layer_sparsity_and_zero_kernels(tmp_path):
@@ -95,19 +95,19 @@ def test_layer_sparsity_and_zero_kernels(tmp_path):
         "imagenet": {name: 0.5 + 0.03 * k for k, name in enumerate(layers)},
         "simclr": {name: 0.45 + 0.04 * k for k, name in enumerate(layers)},
     }
-    height, width = _read(plots.plot_layer_sparsity(sparsity, tmp_path / "ls.png"))
+    height, width = _read(bars.plot_layer_sparsity(sparsity, tmp_path / "ls.png"))
     assert width > height
-    _read(plots.plot_layer_sparsity({"moco": {"layer1.0.conv1.weight": 0.0}}, tmp_path / "ls1.png"))
+    _read(bars.plot_layer_sparsity({"moco": {"layer1.0.conv1.weight": 0.0}}, tmp_path / "ls1.png"))
 
     counts = {"imagenet": {name: 10 * k for k, name in enumerate(layers)}, "moco": dict.fromkeys(layers, 0)}
     expected = {name: 2.5 * k for k, name in enumerate(layers)}
-    _read(plots.plot_zero_kernels(counts, expected, tmp_path / "zk.png"))
-    _read(plots.plot_zero_kernels({"omp": {"a": 0}}, None, tmp_path / "zk1.png"))
+    _read(bars.plot_zero_kernels(counts, expected, tmp_path / "zk.png"))
+    _read(bars.plot_zero_kernels({"omp": {"a": 0}}, None, tmp_path / "zk1.png"))
 
 
 def test_kernel_heatmaps(tmp_path):
-    _read(plots.plot_kernel_heatmaps(_resnet_like_mask(), tmp_path / "k.png"))
-    _read(plots.plot_kernel_heatmaps(_resnet_like_mask(dense_layer=True), tmp_path / "dense.png"))
-    _read(plots.plot_kernel_heatmaps(_resnet_like_mask(), tmp_path / "b.png", blocks=["layer1.0"]))
+    _read(heatmaps.plot_kernel_heatmaps(_resnet_like_mask(), tmp_path / "k.png"))
+    _read(heatmaps.plot_kernel_heatmaps(_resnet_like_mask(dense_layer=True), tmp_path / "dense.png"))
+    _read(heatmaps.plot_kernel_heatmaps(_resnet_like_mask(), tmp_path / "b.png", blocks=["layer1.0"]))
     with pytest.raises(ValueError):
-        plots.plot_kernel_heatmaps(_resnet_like_mask(), tmp_path / "none.png", blocks=["layer9"])
+        heatmaps.plot_kernel_heatmaps(_resnet_like_mask(), tmp_path / "none.png", blocks=["layer9"])

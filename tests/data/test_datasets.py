@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from cvlth.cli import run_cli
-from cvlth.data.classification import default_val_size, read_idx
+from cvlth.data.array_formats import read_idx
+from cvlth.data.classification import default_val_size
 from cvlth.data.registry import dataset_names, load_dataset
 from cvlth.errors import DatasetError
 

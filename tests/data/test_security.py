@@ -20,7 +20,7 @@ from PIL import Image
 
 from cvlth.cli import run_cli
 from cvlth.config_yaml import MAX_CONFIG_NODES, MAX_LIST_ITEMS
-from cvlth.data.classification import read_cifar10
+from cvlth.data.array_formats import read_cifar10
 from cvlth.data.registry import load_dataset
 from cvlth.data.voc import read_annotation, read_rgb
 from cvlth.errors import DatasetError

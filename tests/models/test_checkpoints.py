@@ -19,14 +19,11 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from cvlth.errors import CheckpointError
 from cvlth.masks import Mask
 from cvlth.models.backbones import ARCHITECTURES, BackboneSpec, build_backbone, feature_dim
-from cvlth.models.checkpoints import (
-    CHECKPOINT_FORMAT,
-    import_checkpoint,
-    infer_architecture,
-    load_into,
-    read_state_dict,
-    save_checkpoint,
-)
+from cvlth.models.checkpoints.architecture import infer_architecture
+from cvlth.models.checkpoints.cvlth_format import CHECKPOINT_FORMAT, save_checkpoint
+from cvlth.models.checkpoints.importer import import_checkpoint
+from cvlth.models.checkpoints.loading import load_into
+from cvlth.models.checkpoints.reading import read_state_dict
 from cvlth.pruning.strategies import global_magnitude
 from cvlth.scope import iter_prunable, prunable_state
 

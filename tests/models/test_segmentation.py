@@ -5,7 +5,7 @@ import torch
 
 from cvlth.data.registry import load_dataset
 from cvlth.models.backbones import BackboneSpec, build_backbone
-from cvlth.models.checkpoints import import_checkpoint
+from cvlth.models.checkpoints.importer import import_checkpoint
 from cvlth.models.detection import build_detector
 from cvlth.models.segmentation import build_segmenter
 from cvlth.objectives.segmentation import (

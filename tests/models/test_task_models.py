@@ -7,7 +7,8 @@ from cvlth.config import validate_config
 from cvlth.data.samples import SampleSplits
 from cvlth.errors import ConfigError
 from cvlth.models.backbones import BackboneSpec, build_backbone
-from cvlth.models.checkpoints import import_checkpoint, save_checkpoint
+from cvlth.models.checkpoints.cvlth_format import save_checkpoint
+from cvlth.models.checkpoints.importer import import_checkpoint
 from cvlth.models.task_models import build_task_model, check_model_options, model_options
 from cvlth.run_identity import config_hash
 from cvlth.study.run_kinds import Recipe

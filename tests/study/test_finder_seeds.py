@@ -14,7 +14,7 @@ import yaml
 from cvlth.errors import ConfigError
 from cvlth.masks import Mask
 from cvlth.models.backbones import BackboneSpec, build_backbone
-from cvlth.models.checkpoints import save_checkpoint
+from cvlth.models.checkpoints.cvlth_format import save_checkpoint
 from cvlth.run_files import mask_path
 from cvlth.seeds import derive_seeds
 from cvlth.store import Store

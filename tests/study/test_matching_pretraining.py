@@ -12,7 +12,7 @@ import cvlth.pruning.imp as imp_module
 from cvlth import run_files
 from cvlth.data.classification import DatasetSplits, ImageSet
 from cvlth.models.backbones import BackboneSpec, build_backbone
-from cvlth.models.checkpoints import import_checkpoint
+from cvlth.models.checkpoints.importer import import_checkpoint
 from cvlth.objectives.registry import build_objective
 from cvlth.pruning.strategies import level_sparsity
 from cvlth.store import Store

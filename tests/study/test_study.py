@@ -17,7 +17,7 @@ from cvlth import run_files
 from cvlth.cli import run_cli
 from cvlth.errors import CvlthError
 from cvlth.masks import Mask
-from cvlth.models.checkpoints import import_checkpoint
+from cvlth.models.checkpoints.importer import import_checkpoint
 from cvlth.scope import iter_prunable
 from cvlth.store import Store
 from cvlth.study import execute, run_training, runner

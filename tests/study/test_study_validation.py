@@ -11,7 +11,7 @@ import yaml
 from cvlth.cli import run_cli
 from cvlth.errors import ConfigError
 from cvlth.models.backbones import BackboneSpec, build_backbone
-from cvlth.models.checkpoints import save_checkpoint
+from cvlth.models.checkpoints.cvlth_format import save_checkpoint
 from cvlth.study.config import StudyConfig
 from cvlth.study.plan import expand
 from cvlth.study.run_kinds import AdaptConfig, ImportRun, ImpRun, PretrainRun, Recipe, TransferRun

@@ -7,5 +7,6 @@
   total, the hypergeometric expectation under a random mask, kernel maps (``kernel_report``,
   ``kernel_map``, ``kernel_maps``).
 * :mod:`cvlth.analysis.plots` -- matplotlib (Agg) figures from plain data, one PNG each, with a
-  fixed colour per pre-training source (``SOURCE_COLORS``).
+  fixed colour per pre-training source (``plots.palette``): curves against remaining weights
+  (``plots.curves``), bars per layer (``plots.bars``), IoU and kernel heatmaps (``plots.heatmaps``).
 """

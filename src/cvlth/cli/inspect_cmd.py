@@ -12,7 +12,9 @@ from rich.table import Table
 from cvlth.cli.app import app
 from cvlth.cli.checks import input_file
 from cvlth.models.backbones import BackboneSpec, build_backbone
-from cvlth.models.checkpoints import NORMALIZATION, SOURCES, ImportedCheckpoint, import_checkpoint, load_into
+from cvlth.models.checkpoints.importer import ImportedCheckpoint, import_checkpoint
+from cvlth.models.checkpoints.loading import load_into
+from cvlth.models.checkpoints.sources import NORMALIZATION, SOURCES
 from cvlth.scope import prunable_state
 
 _BUFFERS = ("running_mean", "running_var", "num_batches_tracked")

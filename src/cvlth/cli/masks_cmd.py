@@ -13,7 +13,8 @@ from cvlth.cli.app import app
 from cvlth.cli.checks import input_file, output_file
 from cvlth.errors import CvlthError
 from cvlth.masks import load_mask
-from cvlth.models.checkpoints import SOURCES, import_checkpoint
+from cvlth.models.checkpoints.importer import import_checkpoint
+from cvlth.models.checkpoints.sources import SOURCES
 from cvlth.pruning import get_strategy, prunable_state
 
 mask_app = typer.Typer(help="Inspect cvlth-mask/1 files.", no_args_is_help=True)

@@ -25,22 +25,20 @@ from pathlib import Path
 from typing import Any
 
 from cvlth.data import voc, world
-from cvlth.data.classification import (
+from cvlth.data.array_formats import (
     FASHION_MNIST_FILES,
-    DatasetSplits,
-    FileList,
-    ImageSet,
-    default_cache_dir,
-    fit_images,
-    list_imagefolder,
-    list_visda2017,
     read_cifar10,
     read_cifar100,
     read_fashion_mnist,
-    read_imagefolder,
     read_svhn,
+)
+from cvlth.data.classification import DatasetSplits, FileList, ImageSet, fit_images, split_train_val
+from cvlth.data.image_folders import (
+    default_cache_dir,
+    list_imagefolder,
+    list_visda2017,
+    read_imagefolder,
     read_visda2017,
-    split_train_val,
 )
 from cvlth.data.samples import SampleSplits
 from cvlth.data.scenes import SCENE_CANVAS, SCENE_MAX_OBJECTS, SCENE_OBJECT_SIZES

@@ -1,6 +1,6 @@
 """Streaming image folders: images stay in their files and are decoded batch by batch.
 
-The in-memory readers (:func:`cvlth.data.classification.read_imagefolder`) resize every image to
+The in-memory readers (:func:`cvlth.data.image_folders.read_imagefolder`) resize every image to
 224 px once and keep the whole set in RAM, which suits the small fixture sets but not ImageNet
 (1.28M images, ~190 GB at 224 px). A :class:`StreamingImageSet` keeps only the file paths (one
 numpy bytes array, so forked workers share it without copy-on-write refcount traffic) and the

@@ -24,13 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cvlth.data.classification import (
-    DatasetSplits,
-    ImageSet,
-    fit_images,
-    read_fashion_mnist,
-    split_train_val,
-)
+from cvlth.data.array_formats import read_fashion_mnist
+from cvlth.data.classification import DatasetSplits, ImageSet, fit_images, split_train_val
 from cvlth.data.samples import SampleSplits
 from cvlth.data.scenes import SceneSet
 from cvlth.errors import DatasetError

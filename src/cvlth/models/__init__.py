@@ -6,16 +6,11 @@
 """
 
 from cvlth.models.backbones import ARCHITECTURES, BackboneSpec, build_backbone, feature_dim
-from cvlth.models.checkpoints import (
-    ImportedCheckpoint,
-    ImportReport,
-    LoadReport,
-    import_checkpoint,
-    infer_architecture,
-    load_into,
-    read_state_dict,
-    save_checkpoint,
-)
+from cvlth.models.checkpoints.architecture import infer_architecture
+from cvlth.models.checkpoints.cvlth_format import save_checkpoint
+from cvlth.models.checkpoints.importer import ImportedCheckpoint, ImportReport, import_checkpoint
+from cvlth.models.checkpoints.loading import LoadReport, load_into
+from cvlth.models.checkpoints.reading import read_state_dict
 from cvlth.models.transfer import transfer_model
 
 __all__ = [

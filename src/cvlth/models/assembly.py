@@ -17,7 +17,8 @@ from cvlth.data.classification import DatasetSplits
 from cvlth.data.samples import SampleSplits
 from cvlth.errors import CvlthError
 from cvlth.models.backbones import build_backbone, init_like_torchvision
-from cvlth.models.checkpoints import ImportedCheckpoint, load_into
+from cvlth.models.checkpoints.importer import ImportedCheckpoint
+from cvlth.models.checkpoints.loading import load_into
 from cvlth.models.task_models import DENSE_OBJECTIVES, build_task_model
 from cvlth.models.transfer import transfer_model
 

@@ -44,7 +44,8 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from cvlth.data.stats import IMAGENET_MEAN, IMAGENET_STD
 from cvlth.models.backbones import BackboneSpec, build_backbone
-from cvlth.models.checkpoints import ImportedCheckpoint, load_into
+from cvlth.models.checkpoints.importer import ImportedCheckpoint
+from cvlth.models.checkpoints.loading import load_into
 
 SMALL_ANCHORS: tuple[int, ...] = (8, 16, 32, 64, 128)
 TORCHVISION_ANCHORS: tuple[int, ...] = (32, 64, 128, 256, 512)

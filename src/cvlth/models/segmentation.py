@@ -24,7 +24,8 @@ from torch import nn
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
 from cvlth.models.backbones import BackboneSpec, ScaledResNet, build_backbone
-from cvlth.models.checkpoints import ImportedCheckpoint, load_into
+from cvlth.models.checkpoints.importer import ImportedCheckpoint
+from cvlth.models.checkpoints.loading import load_into
 from cvlth.models.detection import scaled_channels
 
 ATROUS_RATES: tuple[int, int, int] = (6, 12, 18)

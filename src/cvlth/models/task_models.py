@@ -22,7 +22,7 @@ from torchvision.models.detection import FasterRCNN
 from cvlth.data.samples import SampleSplits
 from cvlth.errors import ConfigError
 from cvlth.models.backbones import BackboneSpec
-from cvlth.models.checkpoints import ImportedCheckpoint
+from cvlth.models.checkpoints.importer import ImportedCheckpoint
 from cvlth.models.detection import build_detector
 from cvlth.models.segmentation import build_segmenter
 from cvlth.registry import Registry

@@ -17,7 +17,9 @@ from torch import nn
 
 from cvlth.errors import CheckpointError
 from cvlth.models.backbones import BackboneSpec, build_backbone
-from cvlth.models.checkpoints import ImportedCheckpoint, infer_architecture, load_into
+from cvlth.models.checkpoints.architecture import infer_architecture
+from cvlth.models.checkpoints.importer import ImportedCheckpoint
+from cvlth.models.checkpoints.loading import load_into
 
 
 def transfer_model(

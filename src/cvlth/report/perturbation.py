@@ -40,7 +40,7 @@ def _variant_label(variant: str) -> str:
 
 
 def perturbation_section(files: StudyFiles, figures: Path) -> Section:
-    from cvlth.analysis.plots import plot_perturbation
+    from cvlth.analysis.plots.curves import plot_perturbation
 
     section = Section("Perturbation sensitivity", "perturbation")
     section.blocks.append(

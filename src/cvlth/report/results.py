@@ -67,7 +67,7 @@ def _metric_label(results: Sequence[MatchingResult]) -> str:
 
 
 def accuracy_section(files: StudyFiles, figures: Path) -> Section:
-    from cvlth.analysis.plots import plot_accuracy_by_source
+    from cvlth.analysis.plots.curves import plot_accuracy_by_source
 
     section = Section("Accuracy vs remaining weights", "accuracy")
     colors, finder_styles = styles(files)

@@ -131,7 +131,7 @@ def _equal_density_iou(sparsity: float) -> float:
 
 
 def iou_section(files: StudyFiles, scan: LevelScan, figures: Path) -> Section:
-    from cvlth.analysis.plots import plot_against_sparsity
+    from cvlth.analysis.plots.curves import plot_against_sparsity
 
     section = Section("Mask overlap (IoU) against sparsity", "iou")
     chosen, left_out = ranked(files.tickets, MAX_IOU_TICKETS)
@@ -222,12 +222,9 @@ def kernel_tickets(files: StudyFiles) -> tuple[list[TicketEntry], list[TicketEnt
 
 
 def structure_section(files: StudyFiles, scan: LevelScan, figures: Path) -> Section:
-    from cvlth.analysis.plots import (
-        plot_against_sparsity,
-        plot_kernel_heatmaps,
-        plot_layer_sparsity,
-        plot_zero_kernels,
-    )
+    from cvlth.analysis.plots.bars import plot_layer_sparsity, plot_zero_kernels
+    from cvlth.analysis.plots.curves import plot_against_sparsity
+    from cvlth.analysis.plots.heatmaps import plot_kernel_heatmaps
 
     section = Section("Fully pruned kernels and layer sparsity", "structure")
     if not scan.levels:

@@ -1,7 +1,7 @@
 """Colours and line styles of the report's figures, shared by all of them.
 
-Each pre-training has its palette colour (:func:`cvlth.analysis.plots.palette_colors`: SimCLR is
-orange everywhere); the sources of one pre-training are shades of it, in finder order (random
+Each pre-training has its palette colour (:func:`cvlth.analysis.plots.palette.palette_colors`:
+SimCLR is orange everywhere); the sources of one pre-training are shades of it, in finder order (random
 masks greyed); each finder has its (line style, marker).
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from cvlth.analysis.plots.palette import palette_colors
 from cvlth.report.inputs import StudyFiles
 from cvlth.study.outputs import TicketEntry
 
@@ -68,8 +69,6 @@ def mix(color: str, other: str, share: float) -> str:
 def styles(files: StudyFiles) -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
     """Colours (keys: pre-training names and sources ``<pre-training>/<finder>``) and
     (line style, marker) per finder."""
-    from cvlth.analysis.plots import palette_colors
-
     colors = palette_colors(list(files.study.pretrainings))
     finder_styles = {f.name: FINDER_STYLES[i % len(FINDER_STYLES)] for i, f in enumerate(files.study.finders)}
     sources = [r.source for r in files.matching] + [t.source for t in files.tickets]

@@ -27,7 +27,7 @@ from cvlth.config import (
 )
 from cvlth.config_yaml import parse_yaml, read_config_text
 from cvlth.errors import ConfigError
-from cvlth.models.checkpoints import CheckpointSource
+from cvlth.models.checkpoints.sources import CheckpointSource
 from cvlth.study.resources import ExecutorSettings
 from cvlth.study.run_kinds import AdaptConfig, BackboneConfig, MaskVariant, Recipe
 

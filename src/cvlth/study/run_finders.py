@@ -15,7 +15,7 @@ from cvlth.config import ObjectiveRef
 from cvlth.data.classification import DatasetSplits
 from cvlth.masks import Mask
 from cvlth.models.assembly import upstream_model
-from cvlth.models.checkpoints import ImportedCheckpoint
+from cvlth.models.checkpoints.importer import ImportedCheckpoint
 from cvlth.objectives.registry import objective_option_defaults
 from cvlth.pruning.imp import imp
 from cvlth.pruning.strategies import get_strategy, level_sparsity

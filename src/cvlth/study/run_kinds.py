@@ -40,7 +40,7 @@ from cvlth.config import (
 from cvlth.config_yaml import parse_yaml, read_config_text
 from cvlth.data.cache import option_defaults
 from cvlth.errors import ConfigError
-from cvlth.models.checkpoints import CheckpointSource
+from cvlth.models.checkpoints.sources import CheckpointSource
 from cvlth.models.task_models import check_model_options, model_option_defaults
 from cvlth.objectives.registry import objective_option_defaults
 from cvlth.registry import Registry

@@ -12,7 +12,8 @@ import torch
 from cvlth.errors import CvlthError
 from cvlth.models.assembly import seeded
 from cvlth.models.backbones import BackboneSpec, build_backbone, feature_dim
-from cvlth.models.checkpoints import ImportedCheckpoint, import_checkpoint, save_checkpoint
+from cvlth.models.checkpoints.cvlth_format import save_checkpoint
+from cvlth.models.checkpoints.importer import ImportedCheckpoint, import_checkpoint
 from cvlth.objectives.registry import build_objective
 from cvlth.run_files import HEADS, THETA_P
 from cvlth.store import RunFolder

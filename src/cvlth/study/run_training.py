@@ -19,7 +19,7 @@ from cvlth.data.samples import SampleSplits
 from cvlth.masks import Mask
 from cvlth.models.assembly import downstream_model
 from cvlth.models.backbones import feature_dim
-from cvlth.models.checkpoints import ImportedCheckpoint
+from cvlth.models.checkpoints.importer import ImportedCheckpoint
 from cvlth.models.task_models import DENSE_OBJECTIVES
 from cvlth.objectives.registry import build_objective
 from cvlth.objectives.views import training_images

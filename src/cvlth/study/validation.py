@@ -12,7 +12,7 @@ from cvlth.data.cache import SUBSET_OPTIONS, loader_options
 from cvlth.data.registry import DATASETS, get_spec, load_dataset
 from cvlth.data.samples import SampleSplits
 from cvlth.errors import ConfigError, CvlthError
-from cvlth.models.checkpoints import import_checkpoint
+from cvlth.models.checkpoints.importer import import_checkpoint
 from cvlth.models.task_models import DENSE_OBJECTIVES
 from cvlth.objectives.registry import OBJECTIVES, objective_option_defaults
 from cvlth.objectives.views import CONTRASTIVE_VIEWS, crop_scale

@@ -3,7 +3,8 @@ states are captured.
 
 ``train-state.pt`` (:attr:`cvlth.store.RunFolder.train_state_path`) is a ``torch.save`` of tensors and
 primitive containers only, so it loads with ``torch.load(weights_only=True)``. It is not a model
-checkpoint to import elsewhere (that is ``theta_p.pt``, :func:`cvlth.models.checkpoints.save_checkpoint`).
+checkpoint to import elsewhere (that is ``theta_p.pt``,
+:func:`cvlth.models.checkpoints.cvlth_format.save_checkpoint`).
 Format ``cvlth-train-state/1`` (``cvlth-checkpoint/1`` in ``checkpoint.pt``, written by older cvlth,
 is the same layout and still resumes)::
 

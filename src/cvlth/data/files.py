@@ -1,0 +1,28 @@
+"""A dataset's files on disk: the check that every expected file is there (naming them all), and the
+error for a file that is there but malformed."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from cvlth.errors import DatasetError
+
+
+def require_files(dataset: str, root: Path, names: Sequence[str], hint: str | None = None) -> list[Path]:
+    """The paths of ``names`` under ``root``, or a DatasetError listing every expected file."""
+    paths = [root / name for name in names]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        expected = "\n".join(f"    {root / name}" for name in names)
+        absent = ", ".join(p.name for p in missing)
+        raise DatasetError(
+            f"{dataset}: missing {absent} in {root}; expected these files:\n{expected}",
+            hint=hint or f"copy the official {dataset} files there, or pass --root / set $CVLTH_DATA",
+        )
+    return paths
+
+
+def malformed(dataset: str, path: Path, what: str) -> DatasetError:
+    """The error for ``path`` of ``dataset`` that does not hold what it should (``what``)."""
+    return DatasetError(f"{dataset}: {path} is malformed: {what}", hint="re-copy the official file")
