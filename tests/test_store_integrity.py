@@ -67,6 +67,8 @@ def test_result_records_the_sha256_of_every_file_the_run_wrote(tmp_path) -> None
         for name in ("config.yaml", "weights.bin", "masks/level-01.bin")
     }
     assert record["artefacts"] == expected  # the checkpoint (kept by default) and the lock are not artefacts
+    stats = {name: os.stat(folder.path / name) for name in expected}
+    assert record["stats"] == {name: [info.st_size, info.st_mtime_ns] for name, info in stats.items()}
     assert folder.train_state_path.is_file()
     assert folder.read_result() == {"accuracy": 0.75, "levels": [1]}
     assert folder.status == "done"
@@ -144,6 +146,49 @@ def test_a_result_without_hashes_is_reported(tmp_path) -> None:
     folder = finished_run(Store(tmp_path))
     folder.result_path.write_text(json.dumps({"accuracy": 0.75, "levels": [1]}))
     _assert_damaged(folder, tmp_path, "has no content hashes")
+
+
+def test_quick_check_compares_sizes_and_hashes_only_files_whose_mtime_moved(tmp_path) -> None:
+    folder = finished_run(Store(tmp_path))
+    weights = folder.path / "weights.bin"
+    info = weights.stat()
+    assert folder.damage(full_hash=False) is None
+    os.utime(weights, ns=(info.st_atime_ns, info.st_mtime_ns + 10**9))  # touched, bytes unchanged
+    assert folder.damage(full_hash=False) is None  # hashed, and the hash still fits
+    weights.write_bytes(weights.read_bytes()[:-1])
+    assert folder.damage(full_hash=False) == (
+        f"run {folder.name} is damaged: {weights} changed after the run finished "
+        "(it is 1,023 bytes, 1,024 when the run finished)"
+    )
+    weights.write_bytes(bytes(range(256)) * 4)  # restored
+    flip_byte(weights)
+    os.utime(weights, ns=(info.st_atime_ns, info.st_mtime_ns))  # same size, same mtime: only a hash sees it
+    assert folder.damage(full_hash=False) is None
+    assert "weights.bin changed after the run finished (its sha256 differs)" in folder.damage()
+
+
+def test_a_record_written_before_sizes_were_kept_still_reads_and_is_hashed(tmp_path) -> None:
+    folder = finished_run(Store(tmp_path))
+    stored = json.loads(folder.result_path.read_text())
+    artefacts = stored.pop("integrity")["artefacts"]
+    canonical = json.dumps({"result": stored, "artefacts": artefacts}, sort_keys=True, separators=(",", ":"))
+    old = {"artefacts": artefacts, "sha256": hashlib.sha256(canonical.encode()).hexdigest()}
+    folder.result_path.write_text(json.dumps({**stored, "integrity": old}))  # the earlier format
+    assert folder.read_result() == {"accuracy": 0.75, "levels": [1]}
+    assert folder.damage(full_hash=False) is None
+    weights = folder.path / "weights.bin"
+    info = weights.stat()
+    flip_byte(weights)
+    os.utime(weights, ns=(info.st_atime_ns, info.st_mtime_ns))
+    assert "weights.bin changed after the run finished" in folder.damage(full_hash=False)  # hashed
+
+
+def test_edited_sizes_in_the_record_are_reported(tmp_path) -> None:
+    folder = finished_run(Store(tmp_path))
+    stored = json.loads(folder.result_path.read_text())
+    stored["integrity"]["stats"]["weights.bin"][0] = 1  # a record "repaired" to fit a truncated file
+    folder.result_path.write_text(json.dumps(stored))
+    _assert_damaged(folder, tmp_path, "was edited or damaged")
 
 
 def test_execute_refuses_a_damaged_run_instead_of_using_or_recomputing_it(tmp_path) -> None:

@@ -12,22 +12,23 @@ Layout of ``<root>/<kind>/<hash>/``::
 A finished run is never recomputed: :meth:`Store.execute` returns the stored result. Two processes
 asked for the same run serialise on the lock; the second waits, then finds the result.
 
-``result.json`` also records, under ``"integrity"``, the sha256 of every file the run wrote in its
-folder (its *artefacts*: weights, masks, metrics, ...) and a sha256 of the result and that list. Every
-read checks them (:meth:`RunFolder.read_result`, :meth:`RunFolder.verified_path`), so a flipped byte,
-an edited or truncated result is reported as a damaged run (:class:`StoreError`), never used.
+``result.json`` also records, under ``"integrity"``, the sha256, size and mtime of every file the run
+wrote in its folder (its *artefacts*: weights, masks, metrics, ...) and a sha256 of the result and that
+record (:mod:`cvlth.store_integrity`). Every read checks them in full (:meth:`RunFolder.read_result`,
+:meth:`RunFolder.verified_path`), so a flipped byte, an edited or truncated result is reported as a
+damaged run (:class:`StoreError`), never used; :meth:`RunFolder.damage` can check quickly instead
+(sizes and mtimes, for ``cvlth study --plan``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,27 +36,28 @@ from cvlth.atomic import atomic_path, atomic_write_text, reported_io
 from cvlth.config import RunConfig
 from cvlth.errors import CvlthError
 from cvlth.run_identity import config_hash
+from cvlth.store_integrity import INTEGRITY_KEY, IntegrityRecord, RecordError
 
 __all__ = ["DEFAULT_STORE_ROOT", "RunBusyError", "RunFolder", "RunLock", "Store", "StoreError", "reported_io"]
 
 DEFAULT_STORE_ROOT = "./runs"
-INTEGRITY_KEY = "integrity"  # reserved key of result.json: {"artefacts": {path: sha256}, "sha256": ...}
 TRAIN_STATE = "train-state.pt"
 LEGACY_TRAIN_STATE = "checkpoint.pt"  # the training state's name before cvlth-train-state/1
 _NOT_ARTEFACTS = (".lock", TRAIN_STATE, LEGACY_TRAIN_STATE)  # lock and resumable state: not results
-_HASH_CHUNK = 1 << 20
 
 
 class StoreError(CvlthError):
     """A run folder is damaged (a changed artefact, an edited result) or a path leaves the store."""
 
 
-def resolve_inside(root: str | os.PathLike[str], relative: str | os.PathLike[str], what: str) -> Path:
+def resolve_inside(
+    root: str | os.PathLike[str], relative: str | os.PathLike[str], what: str, real_root: Path | None = None
+) -> Path:
     """``root / relative``, refused (StoreError) if it leads outside ``root`` (``..``, an absolute
-    path elsewhere, a symbolic link out)."""
+    path elsewhere, a symbolic link out). ``real_root``: ``root`` already resolved (many checks)."""
     base = Path(root)
     path = base / relative
-    real_base, real = base.resolve(), path.resolve()
+    real_base, real = real_root or base.resolve(), path.resolve()
     if real != real_base and real_base not in real.parents:
         raise StoreError(
             f"{what} {os.fspath(relative)!r} leads outside {base}; refusing to read it",
@@ -63,27 +65,6 @@ def resolve_inside(root: str | os.PathLike[str], relative: str | os.PathLike[str
             "was edited or comes from elsewhere",
         )
     return path
-
-
-_hash_cache: dict[tuple[str, int, int, int, int, int], str] = {}
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes; cached per process by (path, inode, size, mtime, ctime)."""
-    info = path.stat()
-    key = (str(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
-    if key not in _hash_cache:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            while chunk := handle.read(_HASH_CHUNK):
-                digest.update(chunk)
-        _hash_cache[key] = digest.hexdigest()
-    return _hash_cache[key]
-
-
-def _record_digest(result: dict[str, Any], artefacts: dict[str, str]) -> str:
-    canonical = json.dumps({"result": result, "artefacts": artefacts}, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 class RunFolder:
@@ -139,10 +120,13 @@ class RunFolder:
             return "damaged" if self.damage() else "done"
         return "resumable" if self.train_state_path.is_file() else "started"
 
-    def damage(self) -> str | None:
-        """Why the finished run is damaged, or None when its result and artefacts check out."""
+    def damage(self, full_hash: bool = True) -> str | None:
+        """Why the finished run is damaged, or None when its result and artefacts check out: every
+        artefact hashed, or (``full_hash=False``) only those whose size or mtime moved since the run
+        finished (see :mod:`cvlth.store_integrity` for what that quick check cannot see)."""
         try:
-            self.read_result()
+            _, record = self._read_record()
+            self._check_artefacts(record, record.artefacts, full_hash)
         except StoreError as error:
             return error.message
         return None
@@ -151,10 +135,9 @@ class RunFolder:
 
     def read_result(self, verify_artefacts: bool = True) -> dict[str, Any]:
         """The stored result, after checking its hash and (by default) every artefact's hash."""
-        result, artefacts = self._read_record()
+        result, record = self._read_record()
         if verify_artefacts:
-            for relative, digest in artefacts.items():
-                self._check_artefact(relative, digest)
+            self._check_artefacts(record, record.artefacts)
         return result
 
     def verified_path(self, name: str | os.PathLike[str]) -> Path:
@@ -162,22 +145,22 @@ class RunFolder:
         finished run, after checking its hash. A name the run did not write is returned as is if no
         such file exists (callers test ``is_file()`` for optional artefacts) and refused if one does."""
         path = resolve_inside(self.path, name, f"artefact of run {self.name}")
-        _, artefacts = self._read_record()
+        _, record = self._read_record()
         relative = path.resolve().relative_to(self.path.resolve()).as_posix()
-        if relative in artefacts:
-            self._check_artefact(relative, artefacts[relative])
+        if relative in record.artefacts:
+            self._check_artefacts(record, [relative])
         elif path.exists():
             raise self._damaged(f"{path} is not one of the files the run wrote")
         return path
 
     def write_result(self, result: dict[str, Any]) -> dict[str, Any]:
-        """Write ``result`` with the hashes of the folder's artefacts; return it as later reads see it."""
+        """Write ``result`` with the integrity record of the folder's artefacts; return it as later
+        reads see it."""
         if INTEGRITY_KEY in result:
             raise ValueError(f"{INTEGRITY_KEY!r} is a reserved key of result.json")
         stored = json.loads(json.dumps(result))  # str keys, lists for tuples: what a read gives back
-        artefacts = {path.relative_to(self.path).as_posix(): file_sha256(path) for path in self._artefacts()}
-        record = {"artefacts": artefacts, "sha256": _record_digest(stored, artefacts)}
-        text = json.dumps({**stored, INTEGRITY_KEY: record}, indent=2, sort_keys=True) + "\n"
+        record = IntegrityRecord.of_files(self.path, self._artefacts())
+        text = json.dumps({**stored, INTEGRITY_KEY: record.to_json(stored)}, indent=2, sort_keys=True) + "\n"
         atomic_write_text(self.result_path, text)
         return stored
 
@@ -194,8 +177,8 @@ class RunFolder:
             files.append(path)
         return files
 
-    def _read_record(self) -> tuple[dict[str, Any], dict[str, str]]:
-        """The result and its artefact hashes, once the record's own hash checks out."""
+    def _read_record(self) -> tuple[dict[str, Any], IntegrityRecord]:
+        """The result and its integrity record, once the record's own hash checks out."""
         try:
             text = self.result_path.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -208,22 +191,20 @@ class RunFolder:
             raise self._damaged(
                 f"{self.result_path} is not valid JSON (truncated or edited: {exc})"
             ) from None
-        record = stored.pop(INTEGRITY_KEY, None) if isinstance(stored, dict) else None
-        artefacts = record.get("artefacts") if isinstance(record, dict) else None
-        if not isinstance(artefacts, dict) or not all(isinstance(v, str) for v in artefacts.values()):
-            raise self._damaged(
-                f"{self.result_path} has no content hashes (edited, or written before cvlth recorded them)"
-            )
-        if record.get("sha256") != _record_digest(stored, artefacts):
-            raise self._damaged(f"{self.result_path} was edited or damaged: it no longer matches its sha256")
-        return stored, artefacts
+        raw = stored.pop(INTEGRITY_KEY, None) if isinstance(stored, dict) else None
+        try:
+            record = IntegrityRecord.from_json(stored, raw, self.result_path)
+        except RecordError as error:
+            raise self._damaged(str(error)) from None
+        return stored, record
 
-    def _check_artefact(self, relative: str, digest: str) -> None:
-        path = resolve_inside(self.path, relative, f"artefact of run {self.name}")
-        if not path.is_file():
-            raise self._damaged(f"{path} is missing")
-        if file_sha256(path) != digest:
-            raise self._damaged(f"{path} changed after the run finished (its sha256 differs)")
+    def _check_artefacts(self, record: IntegrityRecord, names: Iterable[str], full_hash: bool = True) -> None:
+        real_folder = self.path.resolve()
+        for relative in names:
+            path = resolve_inside(self.path, relative, f"artefact of run {self.name}", real_folder)
+            why = record.damage(relative, path, full_hash)
+            if why is not None:
+                raise self._damaged(why)
 
     def _damaged(self, what: str) -> StoreError:
         parent = RunFolder(self.path.parent)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cvlth.cli.app import app
@@ -31,6 +33,14 @@ def study(
     store: StoreOption = Path("runs"),
     plan: Annotated[
         bool, typer.Option("--plan", help="Print the DAG and what is left; run nothing.")
+    ] = False,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="With --plan: hash every file of every finished run (slow on big stores) instead of "
+            "checking sizes and modification times.",
+        ),
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
@@ -73,7 +83,7 @@ def study(
     study_config = load_study(config)
     run_store = Store(store)
     if plan:
-        print_plan(console, study_config, run_store)
+        print_plan(console, study_config, run_store, full_hash=verify)
         return
     outcome = run_study(
         study_config,
@@ -96,17 +106,15 @@ def study(
     )
 
 
-def print_plan(console: Console, study_config: StudyConfig, run_store: Store) -> None:
+def print_plan(
+    console: Console, study_config: StudyConfig, run_store: Store, full_hash: bool = False
+) -> None:
     planned = expand(study_config)
-    summary = summarize_plan(planned, run_store, train_size=_train_size)
+    summary = summarize_plan(planned, run_store, train_size=_train_size, full_hash=full_hash)
+    damaged = Counter(name.split("/")[0] for name in summary.damaged)
+    columns = ["run kind", "runs", "done", *(["damaged"] if damaged else []), "to do"]
     table = Table(
-        "run kind",
-        "runs",
-        "done",
-        "to do",
-        "training epochs to do",
-        "training images to do",
-        title=f"study {study_config.name}",
+        *columns, "training epochs to do", "training images to do", title=f"study {study_config.name}"
     )
     for kind in KIND_ORDER:
         if summary.total[kind]:
@@ -114,15 +122,18 @@ def print_plan(console: Console, study_config: StudyConfig, run_store: Store) ->
                 kind,
                 str(summary.total[kind]),
                 str(summary.done[kind]),
+                *([str(damaged[kind])] if damaged else []),
                 str(summary.total[kind] - summary.done[kind]),
                 f"{summary.epochs_left[kind]:,}",
                 f"{summary.images_left[kind]:,}" if summary.images_left[kind] else "-",
             )
     console.print(table)
     console.print(
-        f"{sum(summary.total.values())} runs, {summary.runs_left} to do, "
+        f"{sum(summary.total.values())} runs, {summary.runs_left} to do"
+        f"{f' ({len(summary.damaged)} damaged)' if summary.damaged else ''}, "
         f"{sum(summary.epochs_left.values()):,} training epochs to do"
     )
+    print_damage(console, summary.damaged, sum(summary.done.values()), run_store, full_hash)
     if summary.unknown_sizes:
         console.print(f"sizes unknown (data not found here): {', '.join(sorted(summary.unknown_sizes))}")
     estimate = summary.estimated_seconds
@@ -139,6 +150,45 @@ def print_plan(console: Console, study_config: StudyConfig, run_store: Store) ->
             console.print(
                 f"estimated time left: unknown until a run on {', '.join(missing)} has finished here"
             )
+
+
+MAX_DAMAGED_LISTED = 20
+
+
+def print_damage(
+    console: Console, damaged: dict[str, str], intact: int, run_store: Store, full_hash: bool
+) -> None:
+    """How the finished runs were checked, the damaged ones (what is wrong) and what to do about them."""
+    how = (
+        "every file hashed (sha256)"
+        if full_hash
+        else "sizes and modification times; --verify hashes every file"
+    )
+    if not damaged:
+        if intact:
+            console.print(f"{intact} finished runs checked, all intact ({how})", highlight=False)
+        return
+    console.print(
+        f"damaged: {len(damaged)} finished run(s) fail the integrity check ({how}); a study stops at "
+        "a damaged run, so they are counted to do:",
+        highlight=False,
+        soft_wrap=True,
+    )
+    listed = sorted(damaged)[:MAX_DAMAGED_LISTED]
+    for name in listed:
+        console.print(f"  {escape(damaged[name])}", highlight=False, soft_wrap=True)  # names the run
+    store = escape(str(run_store.root))
+    if len(damaged) > len(listed):
+        console.print(
+            f"  ... and {len(damaged) - len(listed)} more (`cvlth runs --store {store}` lists every one)"
+        )
+    forget = " ".join(f"--forget {escape(name)}" for name in listed)
+    console.print(
+        f"recompute: `cvlth runs --store {store} {forget}` deletes their folders; the next "
+        "`cvlth study` computes them again",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def _train_size(ref: DataRef) -> int | None:

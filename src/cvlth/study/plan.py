@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -255,6 +255,7 @@ class PlanSummary:
     images_left_by_data: Counter
     unknown_sizes: frozenset[str]  # datasets whose size could not be read (not present here)
     seconds_per_image: dict[str, float]  # by dataset name, measured on this store's finished runs
+    damaged: dict[str, str] = field(default_factory=dict)  # run folder (kind/hash) -> what is wrong; to do
 
     @property
     def runs_left(self) -> int:
@@ -274,18 +275,27 @@ class PlanSummary:
 
 
 def summarize_plan(
-    planned: list[PlannedRun], store: Store, train_size: Callable[[DataRef], int | None] = lambda ref: None
+    planned: list[PlannedRun],
+    store: Store,
+    train_size: Callable[[DataRef], int | None] = lambda ref: None,
+    full_hash: bool = False,
 ) -> PlanSummary:
-    """Count runs done / to do and the training left. ``train_size`` gives a dataset's train-set size."""
+    """Count runs done / damaged / to do and the training left. A finished run is done only if its
+    result and files pass the store's check (sizes and mtimes; ``full_hash``: every sha256), else it
+    is damaged and counted to do. ``train_size`` gives a dataset's train-set size."""
+    damaged: dict[str, str] = {}
     total, done, epochs_left, images_left, by_data = Counter(), Counter(), Counter(), Counter(), Counter()
     unknown: set[str] = set()
     sizes: dict[str, int | None] = {}
     for item in planned:
         kind = item.run.kind
         total[kind] += 1
-        if store.is_done(item.run):
-            done[kind] += 1
-            continue
+        folder = store.run_dir(item.run)
+        if folder.is_done():
+            if (why := folder.damage(full_hash)) is None:
+                done[kind] += 1
+                continue
+            damaged[folder.name] = why
         epochs = training_epochs(item.run)
         epochs_left[kind] += epochs
         ref = training_data(item.run)
@@ -300,7 +310,14 @@ def summarize_plan(
             images_left[kind] += epochs * sizes[key]
             by_data[ref.name] += epochs * sizes[key]
     return PlanSummary(
-        total, done, epochs_left, images_left, by_data, frozenset(unknown), measured_seconds_per_image(store)
+        total,
+        done,
+        epochs_left,
+        images_left,
+        by_data,
+        frozenset(unknown),
+        measured_seconds_per_image(store),
+        damaged,
     )
 
 
