@@ -37,6 +37,7 @@ def test_a_name_registered_twice_is_a_programming_error() -> None:
 
 
 def test_every_registry_of_the_package_is_a_registry() -> None:
+    from cvlth.data.registry import DATASETS
     from cvlth.models.backbones import ARCHITECTURES
     from cvlth.models.task_models import TASK_MODELS
     from cvlth.objectives.registry import OBJECTIVES
@@ -46,6 +47,7 @@ def test_every_registry_of_the_package_is_a_registry() -> None:
     from cvlth.study.runner import STUDY_EXECUTORS
 
     registries = {
+        "datasets": (DATASETS, {"cifar10", "imagefolder", "world_mnist", "voc_segmentation"}),
         "architectures": (ARCHITECTURES, {"resnet18", "resnet50", "resnet152"}),
         "strategies": (STRATEGIES, {"magnitude", "layerwise", "random"}),
         "run kinds": (RUN_KINDS, {"pretrain", "import", "imp", "baseline", "transfer"}),

@@ -35,15 +35,14 @@ from typing import Any
 from cvlth.atomic import atomic_path, atomic_write_text, reported_io
 from cvlth.config import RunConfig
 from cvlth.errors import CvlthError
+from cvlth.run_files import CONFIG, LEGACY_TRAIN_STATE, LOCK, METRICS, RESULT, TRAIN_STATE
 from cvlth.run_identity import config_hash
 from cvlth.store_integrity import INTEGRITY_KEY, IntegrityRecord, RecordError
 
 __all__ = ["DEFAULT_STORE_ROOT", "RunBusyError", "RunFolder", "RunLock", "Store", "StoreError", "reported_io"]
 
 DEFAULT_STORE_ROOT = "./runs"
-TRAIN_STATE = "train-state.pt"
-LEGACY_TRAIN_STATE = "checkpoint.pt"  # the training state's name before cvlth-train-state/1
-_NOT_ARTEFACTS = (".lock", TRAIN_STATE, LEGACY_TRAIN_STATE)  # lock and resumable state: not results
+_NOT_ARTEFACTS = (LOCK, TRAIN_STATE, LEGACY_TRAIN_STATE)  # lock and resumable state: not results
 
 
 class StoreError(CvlthError):
@@ -86,7 +85,7 @@ class RunFolder:
 
     @property
     def config_path(self) -> Path:
-        return self.path / "config.yaml"
+        return self.path / CONFIG
 
     @property
     def train_state_path(self) -> Path:
@@ -98,15 +97,15 @@ class RunFolder:
 
     @property
     def metrics_path(self) -> Path:
-        return self.path / "metrics.jsonl"
+        return self.path / METRICS
 
     @property
     def result_path(self) -> Path:
-        return self.path / "result.json"
+        return self.path / RESULT
 
     @property
     def lock_path(self) -> Path:
-        return self.path / ".lock"
+        return self.path / LOCK
 
     def is_done(self) -> bool:
         """result.json exists (cheap; whether it is intact is :attr:`status` / :meth:`read_result`)."""

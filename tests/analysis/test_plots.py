@@ -44,21 +44,14 @@ def test_source_colors_are_fixed_and_unknown_names_cycle():
     }
 
 
-def test_accuracy_vs_remaining(tmp_path):
-    by_source = {"imagenet": CURVE, "simclr": [(s, m - 0.5, sd) for s, m, sd in CURVE], "random": CURVE[:3]}
-    path = curves.plot_accuracy_vs_remaining(by_source, (94.2, 0.2), tmp_path / "acc.png", "t", "top-1 (%)")
-    height, width = _read(path)
-    assert width > height
-
-
 def test_accuracy_edge_cases_one_source_no_std_no_dense(tmp_path):
     no_std = [(s, m, None) for s, m, _ in CURVE] + [(1.0, 10.0, None)]  # 100% sparsity is dropped
-    _read(curves.plot_accuracy_vs_remaining({"moco": no_std}, (94.0, None), tmp_path / "a.png"))
-    _read(curves.plot_accuracy_vs_remaining({"moco": [(0.5, 90.0, 1.0)]}, None, tmp_path / "b.png"))
+    _read(curves.plot_accuracy_by_source({"moco": no_std}, {"moco": (94.0, None)}, tmp_path / "a.png"))
+    _read(curves.plot_accuracy_by_source({"moco": [(0.5, 90.0, 1.0)]}, {}, tmp_path / "b.png"))
     many = [(1 - 0.8**k, 90.0 - k, 0.5) for k in range(25)]  # crowded ticks get thinned
-    _read(curves.plot_accuracy_vs_remaining({"omp": many}, (91.0, 0.3), tmp_path / "c.png"))
+    _read(curves.plot_accuracy_by_source({"omp": many}, {"omp": (91.0, 0.3)}, tmp_path / "c.png"))
     with pytest.raises(ValueError):
-        curves.plot_accuracy_vs_remaining({"x": [(20.0, 1.0, None)]}, None, tmp_path / "d.png")
+        curves.plot_accuracy_by_source({"x": [(20.0, 1.0, None)]}, {}, tmp_path / "d.png")
 
 
 def test_thin_ticks_keeps_ends():
@@ -76,17 +69,6 @@ def test_perturbation(tmp_path):
     }
     _read(curves.plot_perturbation(by_kind, tmp_path / "pert.png", "perturbation"))
     _read(curves.plot_perturbation({"imp": CURVE}, tmp_path / "one.png", "", dense=(94.0, 0.1)))
-
-
-def test_iou_heatmap(tmp_path):
-    names = ["imagenet", "simclr", "moco"]
-    matrix = [[1.0, 0.4, 0.35], [0.4, 1.0, 0.5], [0.35, 0.5, 1.0]]
-    rand = [[0.25] * 3] * 3
-    height, width = _read(heatmaps.plot_iou_heatmap(names, matrix, rand, tmp_path / "iou.png", "IoU"))
-    assert 0.7 < width / height < 1.6
-    _read(heatmaps.plot_iou_heatmap(["only"], [[1.0]], None, tmp_path / "one.png"))
-    with pytest.raises(ValueError):
-        heatmaps.plot_iou_heatmap(names, [[1.0]], None, tmp_path / "bad.png")
 
 
 def test_layer_sparsity_and_zero_kernels(tmp_path):

@@ -15,7 +15,7 @@ from PIL import Image
 from cvlth.cli import run_cli
 from cvlth.data.array_formats import read_idx
 from cvlth.data.classification import default_val_size
-from cvlth.data.registry import dataset_names, load_dataset
+from cvlth.data.registry import DATASETS, load_dataset
 from cvlth.errors import DatasetError
 
 
@@ -279,7 +279,7 @@ def test_visda_image_lists(tmp_path: Path) -> None:
 
 def test_registry_names_and_option_errors(tmp_path: Path) -> None:
     expected = {"cifar10", "cifar100", "svhn", "fashion_mnist", "imagefolder", "visda2017"}
-    assert expected | {"world_upstream", "world_mnist", "world_digits"} <= set(dataset_names())
+    assert expected | {"world_upstream", "world_mnist", "world_digits"} <= set(DATASETS)
     with pytest.raises(DatasetError, match="unknown dataset 'imagenet'"):
         load_dataset("imagenet")
     with pytest.raises(DatasetError, match="cifar10 has no option colour"):

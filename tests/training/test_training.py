@@ -17,8 +17,9 @@ from cvlth.config import (
 )
 from cvlth.errors import TrainingError
 from cvlth.objectives.supervised import Normalize, SupervisedObjective
+from cvlth.run_files import capture_path
 from cvlth.store import RunFolder, Store
-from cvlth.training.loop import StepInfo, capture_path, train
+from cvlth.training.loop import StepInfo, train
 from cvlth.training.optim import build_optimizer, build_scheduler, lr_factor
 from training_fixtures import TinyNet, half_mask, make_sources, run_tiny, tiny_config
 

@@ -4,33 +4,13 @@ view does, :class:`ContrastiveAugment` draws one)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from cvlth.data.geometric_transforms import horizontal_flip, random_crop, random_resized_crop
+from cvlth.data.geometric_transforms import horizontal_flip, random_resized_crop
 from cvlth.data.photometric_transforms import color_jitter, random_gaussian_blur, random_grayscale
-from cvlth.data.transforms import Normalization, Transform, compose, normalize, to_float
-
-
-def cifar_augment(mean: Sequence[float], std: Sequence[float], padding: int = 4) -> Transform:
-    """The paper's downstream classification augmentation: crop with padding, flip, normalise."""
-    return compose(
-        lambda x, g: random_crop(x, g, padding=padding),
-        horizontal_flip,
-        lambda x, g: normalize(x, mean, std),
-    )
-
-
-def supervised_augment(size: int, mean: Sequence[float], std: Sequence[float]) -> Transform:
-    """Supervised upstream training (paper): RandomResizedCrop + flip, then normalise."""
-    return compose(
-        lambda x, g: random_resized_crop(x, g, size),
-        horizontal_flip,
-        lambda x, g: normalize(x, mean, std),
-    )
-
+from cvlth.data.transforms import Normalization, normalize, to_float
 
 # --- the contrastive view ---------------------------------------------------------------------
 

@@ -44,6 +44,7 @@ from cvlth.data.samples import SampleSplits
 from cvlth.data.scenes import SCENE_CANVAS, SCENE_MAX_OBJECTS, SCENE_OBJECT_SIZES
 from cvlth.data.stats import CIFAR10_STATS, CIFAR100_STATS, FASHION_MNIST_STATS, IMAGENET_STATS, SVHN_STATS
 from cvlth.errors import DatasetError
+from cvlth.registry import Registry
 
 LARGE_IMAGE_SIZE = 224
 
@@ -70,22 +71,12 @@ class DatasetSpec:
         return {n: p.default for n, p in parameters.items() if n in self.options and p.default is not p.empty}
 
 
-DATASETS: dict[str, DatasetSpec] = {}
-
-
-def register(spec: DatasetSpec) -> DatasetSpec:
-    DATASETS[spec.name] = spec
-    return spec
-
-
-def dataset_names() -> list[str]:
-    return list(DATASETS)
+#: Every dataset by the name configs use (``cvlth datasets`` lists them).
+DATASETS: Registry[DatasetSpec] = Registry("dataset", DatasetError)
 
 
 def get_spec(name: str) -> DatasetSpec:
-    if name not in DATASETS:
-        raise DatasetError(f"unknown dataset {name!r}", hint=f"choose one of: {', '.join(DATASETS)}")
-    return DATASETS[name]
+    return DATASETS.lookup(name)
 
 
 def resolve_root(name: str, root: str | os.PathLike[str] | None = None) -> Path:
@@ -205,7 +196,7 @@ def _option_names(load: Callable) -> tuple[str, ...]:
 def _register_file_dataset(
     name: str, description: str, load: Callable, files: tuple[str, ...], probe: Callable[[Path], list[str]]
 ) -> None:
-    register(DatasetSpec(name, description, load, files, probe, options=_option_names(load)))
+    DATASETS.add(name, DatasetSpec(name, description, load, files, probe, options=_option_names(load)))
 
 
 _CIFAR10_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta")
@@ -287,7 +278,9 @@ def _register_world(
     name: str, description: str, load: Callable, probe: Callable, files: tuple[str, ...]
 ) -> None:
     default_root = world.FASHION_MNIST_SYSTEM_DIR if name == "world_upstream" else Path(".")
-    register(DatasetSpec(name, description, load, files, probe, True, default_root, _option_names(load)))
+    DATASETS.add(
+        name, DatasetSpec(name, description, load, files, probe, True, default_root, _option_names(load))
+    )
 
 
 _register_world(

@@ -37,10 +37,10 @@ from cvlth.config import OptimConfig, ScheduleConfig, TrainingConfig
 from cvlth.data.source import BatchSource
 from cvlth.masks import Mask
 from cvlth.pruning.strategies import Strategy, get_strategy
-from cvlth.run_files import LATEST_HEADS, REWIND, mask_path, round_path
+from cvlth.run_files import LATEST_HEADS, REWIND, capture_path, mask_path, round_path
 from cvlth.scope import prunable_parameters
 from cvlth.store import RunFolder
-from cvlth.training.loop import capture_path, train
+from cvlth.training.loop import train
 from cvlth.training.objective import Objective, head_states, load_heads
 
 REWIND_FORMAT = "cvlth-rewind/1"

@@ -30,7 +30,6 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,6 +41,7 @@ from cvlth.data.source import BatchSource
 from cvlth.errors import TrainingError
 from cvlth.masks import Mask
 from cvlth.pruning.enforcer import MaskEnforcer
+from cvlth.run_files import capture_path
 from cvlth.store import RunFolder
 from cvlth.training import distributed
 from cvlth.training.distributed import DistEnv
@@ -262,12 +262,7 @@ def _capture(folder: RunFolder, step: int, model: nn.Module, extra: dict[str, nn
         "model": model.state_dict(),
         "modules": {n: m.state_dict() for n, m in extra.items()},
     }
-    folder.write_file_atomically(f"capture_step{step}.pt", lambda tmp: torch.save(payload, tmp))
-
-
-def capture_path(folder: RunFolder | str | os.PathLike[str], step: int) -> Path:
-    """Where ``train(..., capture_at_step=step)`` saved the weights."""
-    return Path(folder) / f"capture_step{step}.pt"
+    folder.write_file_atomically(capture_path(folder, step).name, lambda tmp: torch.save(payload, tmp))
 
 
 @contextlib.contextmanager

@@ -114,28 +114,6 @@ def _legend(ax: plt.Axes, title: str | None = None) -> None:
 # --- figures ----------------------------------------------------------------------------
 
 
-def plot_accuracy_vs_remaining(
-    curves: Mapping[str, Curve],
-    dense: tuple[float, float | None] | None,
-    path: PathLike,
-    title: str = "",
-    metric: str = "accuracy (%)",
-) -> Path:
-    """Accuracy vs remaining weights: one line (mean ± std band) per ticket source, dense as a band.
-
-    ``curves``: source -> [(sparsity, mean, std or None), ...]; ``dense``: (mean, std or None).
-    """
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    xs = _plot_curves(ax, curves, palette_colors(list(curves)))
-    _dense_band(ax, dense)
-    _remaining_axis(ax, xs)
-    ax.set_ylabel(metric)
-    ax.set_title(title)
-    ax.grid(True, which="major", alpha=0.3)
-    _legend(ax)
-    return save_figure(fig, path)
-
-
 def plot_accuracy_by_source(
     curves: Mapping[str, Curve],
     dense: Mapping[str, tuple[float, float | None]],

@@ -7,7 +7,6 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 from matplotlib.colors import LinearSegmentedColormap
 
@@ -15,40 +14,6 @@ from cvlth.analysis.plots.figure import PathLike, plt, save_figure, short_layer_
 from cvlth.scope import natural_sorted
 
 _KERNEL_CMAP = LinearSegmentedColormap.from_list("kernels", ["#0b0b2b", "#ffe14d"])
-
-
-def plot_iou_heatmap(
-    names: Sequence[str],
-    matrix: Sequence[Sequence[float]] | np.ndarray,
-    random_matrix: Sequence[Sequence[float]] | np.ndarray | None,
-    path: PathLike,
-    title: str = "",
-) -> Path:
-    """Pairwise IoU, each cell annotated with its value and the random-mask baseline."""
-    values = np.asarray(matrix, dtype=float)
-    baseline = None if random_matrix is None else np.asarray(random_matrix, dtype=float)
-    size = len(names)
-    if values.shape != (size, size) or (baseline is not None and baseline.shape != values.shape):
-        raise ValueError(f"IoU matrices must be {size}×{size} for {size} names")
-    side = max(3.2, 1.25 * size + 1.6)
-    fig, ax = plt.subplots(figsize=(side + 0.8, side))
-    off_diagonal = np.where(np.eye(size, dtype=bool), np.nan, values)  # self-IoU is trivially 1
-    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#e6e6e6")
-    image = ax.imshow(off_diagonal, cmap=cmap, vmin=0.0, vmax=1.0)
-    for i in range(size):
-        for j in range(size):
-            if i == j:
-                continue
-            text = "–" if np.isnan(values[i, j]) else f"{values[i, j]:.2f}"
-            if baseline is not None and not np.isnan(baseline[i, j]):
-                text += f"\n(rand {baseline[i, j]:.2f})"
-            dark_cell = not values[i, j] >= 0.6  # NaN cells too
-            ax.text(j, i, text, ha="center", va="center", fontsize=9, color="white" if dark_cell else "black")
-    ax.set_xticks(range(size), labels=list(names), rotation=30, ha="right")
-    ax.set_yticks(range(size), labels=list(names))
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="IoU of kept weights")
-    ax.set_title(title)
-    return save_figure(fig, path)
 
 
 def _select_kernel_maps(mask: Mapping, blocks: Sequence[str] | None) -> dict[str, np.ndarray]:
