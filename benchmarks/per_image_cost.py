@@ -9,7 +9,8 @@ change the cost) and times
 * training: ``cvlth.training.loop.train`` itself (forward, backward, optimizer step, the mask
   enforced after every step, the objective's after-step hook, the schedule) on 1 + ``--steps``
   batches with a 50% global-magnitude mask; the first step is not timed, the others are timed
-  between the loop's step callbacks, and timing stops once ``--max-seconds`` have passed;
+  between the loop's step callbacks (their median counts), and timing stops once
+  ``--max-seconds`` have passed;
 * evaluation: the objective's ``evaluate`` on ``--steps`` batches of the study's evaluation batch
   size, after a warm-up call.
 
@@ -32,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import itertools
 import os
 import sys
 import tempfile
@@ -188,8 +190,8 @@ def build(run: Any, backbone: BackboneConfig, data: Any, folder: Path) -> tuple[
 def time_training(
     model: Any, objective: Any, run: Any, data: Any, batch: int, steps: int, args: Any
 ) -> tuple[float, int]:
-    """Seconds per training image over up to ``steps`` loop steps after a first, untimed one, and
-    the number of steps timed (fewer once --max-seconds have passed)."""
+    """Seconds per training image of the median of up to ``steps`` loop steps after a first, untimed
+    one, and the number of steps timed (fewer once --max-seconds have passed)."""
     recipe = training_recipe(run)
     device = torch.device(args.device)
     stamps: list[float] = []
@@ -215,8 +217,9 @@ def time_training(
             callbacks=[stamp],
             quiet=True,
         )
-    timed = len(stamps) - 1
-    return (stamps[-1] - stamps[0]) / (timed * batch), timed
+    steps_seconds = sorted(b - a for a, b in itertools.pairwise(stamps))
+    # the median step: another process only ever adds time to a step, and the median ignores a few
+    return steps_seconds[len(steps_seconds) // 2] / batch, len(steps_seconds)
 
 
 def time_evaluation(model: Any, objective: Any, data: Any, batch: int, steps: int, device: str) -> float:
@@ -258,7 +261,8 @@ def measure(kind: WorkKind, run: Any, backbone: BackboneConfig, args: Any) -> di
     # timing stops once --max-seconds have passed: the first, untimed step and one more must fit
     train_batch = affordable(recipe.train.batch_size, probe_train, 2, args)
     train_seconds, train_steps = time_training(model, objective, run, data, train_batch, args.steps, args)
-    if probing:  # also the warm-up call
+    if probing:  # after a warm-up call: the first one also pays for one-time set-up
+        time_evaluation(model, objective, data, 1, 1, args.device)
         probe_eval = time_evaluation(model, objective, data, min(PROBE_BATCH, planned_eval), 1, args.device)
     eval_batch = affordable(planned_eval, probe_eval, args.steps, args)
     if not probing:

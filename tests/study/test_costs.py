@@ -16,13 +16,14 @@ from cvlth.cli import run_cli
 from cvlth.config import DataRef, validate_config
 from cvlth.errors import CvlthError
 from cvlth.study import cost_files
-from cvlth.study.config import StudyConfig
+from cvlth.study.config import StudyConfig, load_study
 from cvlth.study.cost_files import choose_measurements, read_measurements, write_measurements
 from cvlth.study.costs import (
     SplitSizes,
     cost_lines,
     estimate_cost,
     evaluations,
+    hours,
     official_sizes,
     split_sizes,
     study_work_kinds,
@@ -113,6 +114,11 @@ def test_evaluation_and_epoch_counts_follow_the_loop():
         100,
         256,
     ]
+
+
+def test_hours_are_gpu_hours_on_cuda():
+    assert hours(3_600_000, "cuda") == "1,000 GPU-hours" and hours(7200, "cuda") == "2.00 GPU-hours"
+    assert hours(90, "cpu") == "0.03 hours (1.5 min)" and hours(36_000, "cpu") == "10.00 hours"
 
 
 def test_estimate_equals_a_hand_computation(tmp_path):
@@ -245,7 +251,7 @@ def test_plan_prints_the_estimate_and_its_source(tmp_path, capsys):
     )
     out = capsys.readouterr().out
     hours = hand_seconds(pretrain_done=False) / 3600
-    assert f"compute time left on cpu: {hours:.2f} hours (5 runs to train)" in out
+    assert f"compute time left on cpu: {hours:.2f} hours for 5 runs to train" in out
     assert (
         f"per-image costs of cpu 'Test CPU' measured 2026-12-01 by benchmarks/per_image_cost.py ({costs}"
         in out
@@ -316,3 +322,13 @@ def test_benchmark_measures_every_kind_and_the_plan_reads_it(tmp_path):
     per_transfer = 2812 * 16 * train + 15_000 * evaluate
     transfers = sum(1 for p in planned if p.run.kind == "transfer")
     assert estimate.seconds == pytest.approx(transfers * per_transfer)  # the pre-training is "done"
+
+
+def test_the_stored_measurements_read_and_cover_the_packaged_cpu_studies():
+    stored = cost_files.stored_measurements()
+    assert stored and all(m.device_type in ("cpu", "cuda") for m in stored)
+    assert not [m for m in stored if m.device_type == "cuda"]  # none made yet: no GPU was available
+    cpu = next(m for m in stored if m.device_name == "Intel(R) Xeon(R) Processor")
+    for name in ("demo", "smoke", "cpu-study", "paper-resnet50"):  # re-measure when this fails
+        study = load_study(name)
+        assert set(study_work_kinds(expand(study), study.backbone)) <= set(cpu.kinds), name

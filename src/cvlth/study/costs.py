@@ -297,9 +297,12 @@ def benchmark_command(
 
 
 def hours(seconds: float, device_type: str) -> str:
+    """``1,234 GPU-hours`` on cuda, ``0.07 hours (4.2 min)`` on cpu."""
     unit = "GPU-hours" if device_type == "cuda" else "hours"
     value = seconds / 3600
-    return f"{value:,.0f} {unit}" if value >= 100 else f"{value:.2f} {unit}"
+    if value >= 100:
+        return f"{value:,.0f} {unit}"
+    return f"{value:.2f} {unit}" + (f" ({seconds / 60:.1f} min)" if value < 1 else "")
 
 
 def cost_lines(
@@ -330,7 +333,7 @@ def cost_lines(
     )
     total = hours(estimate.seconds, kind)
     if estimate.complete:
-        lines.append(f"compute time left on {kind}: {total} ({runs_to_train:,} runs to train)")
+        lines.append(f"compute time left on {kind}: {total} for {runs_to_train:,} runs to train")
     elif estimate.runs_counted:
         lines.append(
             f"compute time left on {kind}: at least {total}: {estimate.runs_counted:,} of {runs_to_train:,} "
