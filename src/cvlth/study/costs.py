@@ -315,8 +315,9 @@ def cost_lines(
 ) -> list[str]:
     """What `--plan` prints about the compute time left: the estimate and where its per-image costs
     come from, or which work kinds have none and the command that measures them."""
-    kind = device_type(device)
     measured = choice.measurements
+    # a chosen file (--cost-file, --cost-device) says which device the time is for
+    kind = measured.device_type if measured is not None else device_type(device)
     command = benchmark_command(config, kind, cost_file, threads)
     runs_to_train = estimate.runs_counted + estimate.runs_not_counted
     if runs_to_train == 0:
