@@ -18,8 +18,10 @@ from cvlth.data.cache import DatasetCache
 from cvlth.errors import CvlthError
 from cvlth.store import Store
 from cvlth.study.config import StudyConfig, load_study
+from cvlth.study.cost_files import choose_measurements
+from cvlth.study.costs import cost_lines, estimate_cost
 from cvlth.study.matching import MatchingResult, universal_matching
-from cvlth.study.plan import KIND_ORDER, expand, summarize_plan
+from cvlth.study.plan import KIND_ORDER, PlannedRun, expand, summarize_plan
 from cvlth.study.runner import STUDY_EXECUTORS, run_study
 
 StoreOption = Annotated[Path, typer.Option("--store", help="Run store root (default ./runs).")]
@@ -74,6 +76,17 @@ def study(
     retries: Annotated[
         int, typer.Option(min=0, help="Times a failed run starts again (--workers or --executor ray).")
     ] = 0,
+    cost_file: Annotated[
+        Path | None,
+        typer.Option(help="With --plan: the per-image cost measurement to estimate compute time from."),
+    ] = None,
+    cost_device: Annotated[
+        str | None,
+        typer.Option(
+            help="With --plan: estimate for the stored measurement of this device (part of its name, "
+            "e.g. H100) instead of this machine's --device."
+        ),
+    ] = None,
 ) -> None:
     """Run every pre-training, ticket search and transfer of a study, then print the matching table."""
     console = Console()
@@ -83,7 +96,14 @@ def study(
     study_config = load_study(config)
     run_store = Store(store)
     if plan:
-        print_plan(console, study_config, run_store, full_hash=verify)
+        planned, damaged = print_plan(console, study_config, run_store, full_hash=verify)
+        choice = choose_measurements(device, cost_file, cost_device)
+        estimate = estimate_cost(
+            planned, run_store, study_config.backbone, choice.measurements, damaged=damaged
+        )
+        output = str(cost_file) if cost_file is not None else None
+        for line in cost_lines(estimate, choice, str(config), device, output, threads):
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
         return
     outcome = run_study(
         study_config,
@@ -108,7 +128,9 @@ def study(
 
 def print_plan(
     console: Console, study_config: StudyConfig, run_store: Store, full_hash: bool = False
-) -> None:
+) -> tuple[list[PlannedRun], set[str]]:
+    """The plan's table of runs and what is left (damaged runs named); returns the planned runs and
+    the damaged ones' folders (``kind/hash``)."""
     planned = expand(study_config)
     summary = summarize_plan(planned, run_store, train_size=_train_size, full_hash=full_hash)
     damaged = Counter(name.split("/")[0] for name in summary.damaged)
@@ -139,17 +161,18 @@ def print_plan(
     estimate = summary.estimated_seconds
     if estimate is not None:
         console.print(
-            f"estimated training time left: {estimate / 3600:.2f} h "
-            "(images left x seconds per image measured per dataset on this store's finished runs)"
+            f"wall time left from this store's finished runs: {estimate / 3600:.2f} h "
+            "(images left x their seconds per image, per dataset)"
         )
+    elif summary.unknown_sizes:
+        console.print("wall time left from this store's finished runs: unknown (dataset sizes unknown here)")
     else:
         missing = sorted(set(summary.images_left_by_data) - set(summary.seconds_per_image))
-        if summary.unknown_sizes:
-            console.print("estimated time left: unknown (the sizes of some datasets are unknown here)")
-        else:
-            console.print(
-                f"estimated time left: unknown until a run on {', '.join(missing)} has finished here"
-            )
+        console.print(
+            f"wall time left from this store's finished runs: unknown until a run on {', '.join(missing)} "
+            "has finished here"
+        )
+    return planned, set(summary.damaged)
 
 
 MAX_DAMAGED_LISTED = 20
