@@ -34,6 +34,7 @@ import argparse
 import contextlib
 import datetime
 import itertools
+import json
 import os
 import sys
 import tempfile
@@ -49,7 +50,8 @@ from cvlth.data.classification import DatasetSplits, ImageSet
 from cvlth.data.samples import SampleSplits, Subset, sample_batches
 from cvlth.errors import CvlthError
 from cvlth.models.backbones import BackboneSpec, build_backbone
-from cvlth.models.checkpoints import import_checkpoint, save_checkpoint
+from cvlth.models.checkpoints.cvlth_format import save_checkpoint
+from cvlth.models.checkpoints.importer import import_checkpoint
 from cvlth.pruning import magnitude
 from cvlth.run_files import THETA_P
 from cvlth.study.config import load_study
@@ -325,6 +327,9 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=None, help="time at most this batch size")
     parser.add_argument("--only", default=None, help="only kinds whose label or key contains this")
     parser.add_argument("--output", type=Path, default=None, help="file to merge into (default: stored)")
+    parser.add_argument(
+        "--missing", action="store_true", help="only kinds the file to merge into does not hold yet"
+    )
     parser.add_argument("--note", default=None, help="the file's note (default: keep the existing one)")
     args = parser.parse_args()
     if args.threads is not None:
@@ -347,6 +352,9 @@ def run_benchmark(args: Any) -> Path:
         k: v for k, v in kinds.items() if args.only is None or args.only in k or args.only in v[0].label
     }
     output = args.output or MEASUREMENTS_DIR / file_name(device_type, device_name)
+    if getattr(args, "missing", False) and output.is_file():
+        held = json.loads(output.read_text()).get("kinds", {})
+        chosen = {k: v for k, v in chosen.items() if k not in held}
     print(f"{study.name}: {len(chosen)} of {len(kinds)} work kinds on {device_type} {device_name!r}, "
           f"{torch.get_num_threads()} threads, load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
     measured = {}

@@ -257,7 +257,7 @@ def estimate_cost(
     known: dict[str, SplitSizes | None] = {}
     for item in planned:
         run = item.run
-        if store.is_done(run) and store.run_dir(run).name not in damaged:
+        if store.is_done(run) and not (damaged and store.run_dir(run).name in damaged):
             continue
         kind = work_kind(run, backbone)
         if kind is None:
