@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import resource
-import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +21,7 @@ from PIL import Image
 from cvlth.data.registry import load_dataset
 from cvlth.data.streaming import StreamingImageSet, sample_seed
 from cvlth.errors import DatasetError
+from streaming_fixtures import assert_resumes_bit_identical, resume_config, run_script, train_in_store
 
 HERE = Path(__file__).resolve().parents[1]  # tests/: the shared fixtures
 CLASSES = ("ant", "bee", "cat", "dog")
@@ -159,74 +159,19 @@ def test_a_broken_file_in_a_worker_is_a_dataset_error(tmp_path) -> None:
 # --- subprocesses: resume after SIGKILL, peak memory ---------------------------------------------
 
 
-def _script(*args: str, kill_at: int | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": f"{HERE.parent / 'src'}{os.pathsep}{HERE}", "OMP_NUM_THREADS": "1"}
-    env.pop("CVLTH_TEST_KILL_AT_STEP", None)
-    if kill_at is not None:
-        env["CVLTH_TEST_KILL_AT_STEP"] = str(kill_at)
-    return subprocess.run(
-        [sys.executable, __file__, *args], env=env, capture_output=True, text=True, timeout=300
-    )
-
-
-def _resume_config():
-    from training_fixtures import tiny_config
-
-    cfg = tiny_config(epochs=2, checkpoint_every=3)
-    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"name": "imagefolder-stream"})})
-
-
 def _train_streamed(tree: str, store_root: str) -> None:
     """8 steps per epoch (140 images, batch 16, last one dropped), 2 data workers."""
     from cvlth.objectives.supervised import SupervisedObjective
-    from cvlth.store import Store
-    from cvlth.training.loop import train
-    from training_fixtures import TinyNet, _kill_after, half_mask
 
     torch.set_num_threads(1)
-    cfg = _resume_config()
     data = load_dataset("imagefolder", tree, streaming=True, val_size=20, image_size=RESUME_SIZE)
-    kill_at = os.environ.get("CVLTH_TEST_KILL_AT_STEP")
-
-    def run(folder):
-        torch.manual_seed(cfg.train.seed)
-        model = TinyNet()
-        return train(
-            model,
-            SupervisedObjective(),
-            replace(data.train, workers=2).batches(16, seed=7, drop_last=True),
-            training=cfg.train,
-            optim=cfg.optim,
-            schedule=cfg.schedule,
-            run=folder,
-            val_data=data.val.batches(20, shuffle=False),
-            test_data=data.test.batches(20, shuffle=False),
-            mask=half_mask(model),
-            callbacks=(_kill_after(int(kill_at)),) if kill_at else (),
-            quiet=True,
-        )
-
-    Store(store_root).execute(cfg, run)
+    batches = replace(data.train, workers=2).batches(16, seed=7, drop_last=True)
+    train_in_store(resume_config("imagefolder-stream"), store_root, SupervisedObjective(), batches, data)
 
 
 @pytest.mark.slow
 def test_killed_mid_epoch_resumes_bit_identical(tree, tmp_path) -> None:
-    from cvlth.store import Store
-
-    reference, killed = tmp_path / "reference", tmp_path / "killed"
-    assert _script(str(tree), str(reference)).returncode == 0
-    # checkpoints after steps 3, 6, 8 (epoch end), 9; killed after 11: resumes at epoch 1, batch 1
-    assert _script(str(tree), str(killed), kill_at=11).returncode == -9
-    folder = Store(killed).run_dir(_resume_config())
-    assert not folder.is_done() and torch.load(folder.train_state_path, weights_only=True)["batch"] == 1
-    assert _script(str(tree), str(killed)).returncode == 0
-
-    expected = Store(reference).run_dir(_resume_config())
-    assert folder.metrics_path.read_bytes() == expected.metrics_path.read_bytes()
-    assert folder.read_result() == expected.read_result()
-    resumed, uninterrupted = (torch.load(f.train_state_path, weights_only=True) for f in (folder, expected))
-    for name, tensor in uninterrupted["model"].items():
-        assert torch.equal(resumed["model"][name], tensor), name
+    assert_resumes_bit_identical(__file__, tree, tmp_path, resume_config("imagefolder-stream"))
 
 
 def _peak_rss_kib(tree: str) -> None:
@@ -241,7 +186,7 @@ def test_peak_memory_does_not_grow_with_the_tree(tree, tmp_path) -> None:
     large = enlarge(tree, tmp_path / "large", copies=10)
 
     def peak(root: Path) -> tuple[int, int]:
-        done = _script("--rss", str(root))
+        done = run_script(__file__, "--rss", str(root))
         assert done.returncode == 0, done.stderr
         count, kib = done.stdout.split()
         return int(count), int(kib) * 1024

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import os
-import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -32,6 +31,7 @@ from cvlth.objectives.moco import MoCoObjective
 from cvlth.objectives.simclr import SimCLRObjective, nt_xent
 from cvlth.objectives.views import training_images, two_views
 from data.test_streaming import write_tree
+from streaming_fixtures import assert_resumes_bit_identical, resume_config, train_in_store
 
 HERE = Path(__file__).resolve().parents[1]  # tests/: the shared fixtures
 SIZE = 64  # view size: cheap, and still a crop of the full 500x375 (etc.) JPEG
@@ -209,76 +209,21 @@ def test_moco_on_pairs_is_the_rest_of_the_view_by_hand() -> None:
 # --- resume after SIGKILL --------------------------------------------------------------------------
 
 
-def _resume_config():
-    from training_fixtures import tiny_config
-
-    cfg = tiny_config(epochs=2, checkpoint_every=3)
-    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"name": "imagefolder-stream-views"})})
-
-
 def _train_streamed(tree: str, store_root: str) -> None:
     """SimCLR on streamed view pairs: 8 steps per epoch (140 images, batch 16), 2 data workers."""
     from cvlth.objectives.registry import build_objective
-    from cvlth.store import Store
-    from cvlth.training.loop import train
-    from training_fixtures import TinyNet, _kill_after, half_mask
 
     torch.set_num_threads(1)
-    cfg = _resume_config()
     data = load_dataset("imagefolder", tree, streaming=True, val_size=20, image_size=SIZE)
     pairs = replace(training_images(SIMCLR, data.train), workers=2)
-    kill_at = os.environ.get("CVLTH_TEST_KILL_AT_STEP")
-
-    def run(folder):
-        torch.manual_seed(cfg.train.seed)
-        model = TinyNet()
-        return train(
-            model,
-            build_objective(SIMCLR, feature_dim=8, data=data, seed=1),
-            pairs.batches(16, seed=7, drop_last=True),
-            training=cfg.train,
-            optim=cfg.optim,
-            schedule=cfg.schedule,
-            run=folder,
-            val_data=data.val.batches(20, shuffle=False),
-            test_data=data.test.batches(20, shuffle=False),
-            mask=half_mask(model),
-            callbacks=(_kill_after(int(kill_at)),) if kill_at else (),
-            quiet=True,
-        )
-
-    Store(store_root).execute(cfg, run)
-
-
-def _script(*args: str, kill_at: int | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": f"{HERE.parent / 'src'}{os.pathsep}{HERE}", "OMP_NUM_THREADS": "1"}
-    env.pop("CVLTH_TEST_KILL_AT_STEP", None)
-    if kill_at is not None:
-        env["CVLTH_TEST_KILL_AT_STEP"] = str(kill_at)
-    return subprocess.run(
-        [sys.executable, __file__, *args], env=env, capture_output=True, text=True, timeout=600
-    )
+    objective = build_objective(SIMCLR, feature_dim=8, data=data, seed=1)
+    config = resume_config("imagefolder-stream-views")
+    train_in_store(config, store_root, objective, pairs.batches(16, seed=7, drop_last=True), data)
 
 
 @pytest.mark.slow
 def test_killed_mid_epoch_resumes_bit_identical(tree, tmp_path) -> None:
-    from cvlth.store import Store
-
-    reference, killed = tmp_path / "reference", tmp_path / "killed"
-    done = _script(str(tree), str(reference))
-    assert done.returncode == 0, done.stderr
-    # checkpoints after steps 3, 6, 8 (epoch end), 9; killed after 11: resumes at epoch 1, batch 1
-    assert _script(str(tree), str(killed), kill_at=11).returncode == -9
-    folder = Store(killed).run_dir(_resume_config())
-    assert not folder.is_done() and torch.load(folder.train_state_path, weights_only=True)["batch"] == 1
-    assert _script(str(tree), str(killed)).returncode == 0
-
-    expected = Store(reference).run_dir(_resume_config())
-    assert folder.metrics_path.read_bytes() == expected.metrics_path.read_bytes()
-    assert folder.read_result() == expected.read_result()
-    resumed, uninterrupted = (torch.load(f.train_state_path, weights_only=True) for f in (folder, expected))
-    for name, tensor in uninterrupted["model"].items():
-        assert torch.equal(resumed["model"][name], tensor), name
+    assert_resumes_bit_identical(__file__, tree, tmp_path, resume_config("imagefolder-stream-views"))
 
 
 if __name__ == "__main__":
