@@ -178,6 +178,13 @@ class TrainConfig(RunConfig):
 # --- validation, error messages ---------------------------------------------------------------
 
 
+#: A name that is also a folder or file name (a study, a task, a finder, a pre-training): one safe
+#: path component, never ``.``/``..``, hidden or with a separator or markup, at most 255 bytes.
+NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
+NAME_RULE = "letters, digits, `_`, `-` and `.`, not starting with `.` or `-`, at most 255 characters"
+Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=255, description=NAME_RULE)]
+
+
 def validate_config(cls: type[C], data: Any) -> C:
     """``cls.model_validate(data)`` with pydantic's errors rewritten as one ConfigError."""
     try:
@@ -209,6 +216,8 @@ def format_error(err: Any) -> str:
         return f"{path}: required"
     if kind == "extra_forbidden":
         return f"{path}: unknown field (check the spelling; extra fields are not allowed)"
+    if kind == "string_pattern_mismatch" and ctx.get("pattern") == NAME_PATTERN:
+        return f"{path}: not a usable name: {NAME_RULE} (got {got!r})"
     if kind == "literal_error":
         return f"{path}: must be one of {ctx['expected'].replace(' or ', ', ')} (got {got!r})"
     bounds = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}

@@ -38,6 +38,7 @@ HEADS = "heads.pt"
 REWIND = "rewind.safetensors"
 LATEST_HEADS = "heads-latest.pt"
 MASKS = "masks"
+IMP_RECORD = "imp.json"  # what made an IMP folder (cvlth-imp-args/1)
 
 
 def mask_path(folder: str | os.PathLike[str], level: int) -> Path:

@@ -26,9 +26,10 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +37,26 @@ from cvlth.atomic import atomic_path, atomic_write_text, reported_io
 from cvlth.config import RunConfig
 from cvlth.errors import CvlthError
 from cvlth.run_files import CONFIG, LEGACY_TRAIN_STATE, LOCK, METRICS, RESULT, TRAIN_STATE
-from cvlth.run_identity import config_hash
+from cvlth.run_identity import HASH_LENGTH, config_hash
 from cvlth.store_integrity import INTEGRITY_KEY, IntegrityRecord, RecordError
 
-__all__ = ["DEFAULT_STORE_ROOT", "RunBusyError", "RunFolder", "RunLock", "Store", "StoreError", "reported_io"]
+__all__ = [
+    "DEFAULT_STORE_ROOT",
+    "RunBusyError",
+    "RunFolder",
+    "RunLock",
+    "Store",
+    "StoreError",
+    "check_kind",
+    "parse_run_name",
+    "reported_io",
+]
 
 DEFAULT_STORE_ROOT = "./runs"
 _NOT_ARTEFACTS = (LOCK, TRAIN_STATE, LEGACY_TRAIN_STATE)  # lock and resumable state: not results
+#: A run kind as a folder name: a lower-case identifier, never ``..``, ``/`` or an absolute path.
+_KIND_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+_HASH_PATTERN = re.compile(rf"[0-9a-f]{{{HASH_LENGTH}}}")
 
 
 class StoreError(CvlthError):
@@ -64,6 +78,29 @@ def resolve_inside(
             "was edited or comes from elsewhere",
         )
     return path
+
+
+def check_kind(kind: str, kinds: Collection[str] | None = None) -> str:
+    """``kind`` if it is a run kind's name (one of ``kinds`` when given), else a StoreError."""
+    allowed = f"; run kinds: {', '.join(sorted(kinds))}" if kinds is not None else ""
+    if not _KIND_PATTERN.fullmatch(kind) or (kinds is not None and kind not in kinds):
+        raise StoreError(
+            f"{kind!r} is not a run kind{allowed}", hint="`cvlth runs` lists the runs (kind/hash)"
+        )
+    return kind
+
+
+def parse_run_name(name: str, kinds: Collection[str] | None = None) -> tuple[str, str]:
+    """``(kind, hash)`` of a run name ``KIND/HASH``; anything else (``..``, an absolute path, a
+    longer path, a hash of another shape) is a StoreError."""
+    kind, slash, digest = name.partition("/")
+    if not slash or not _HASH_PATTERN.fullmatch(digest):
+        raise StoreError(
+            f"{name!r} is not a run name: expected KIND/HASH with a {HASH_LENGTH}-hex-digit hash "
+            "(e.g. imp/0123456789abcdef)",
+            hint="`cvlth runs` lists the runs (kind/hash)",
+        )
+    return check_kind(kind, kinds), digest
 
 
 class RunFolder:
@@ -303,8 +340,11 @@ class Store:
     def is_done(self, cfg: RunConfig) -> bool:
         return self.run_dir(cfg).is_done()
 
-    def runs(self, kind: str | None = None) -> list[RunFolder]:
-        """Every run folder (one holding a config.yaml), sorted by kind then hash."""
+    def runs(self, kind: str | None = None, kinds: Collection[str] | None = None) -> list[RunFolder]:
+        """Every run folder (one holding a config.yaml), sorted by kind then hash; only ``kind``'s
+        when given (a kind name, checked against ``kinds`` when given)."""
+        if kind is not None:
+            check_kind(kind, kinds)
         pattern = f"{kind or '*'}/*/config.yaml"
         return [RunFolder(path.parent) for path in sorted(self.root.glob(pattern))]
 
@@ -326,21 +366,33 @@ class Store:
             return folder.verified_path(Path(*parts[2:]))
         return path
 
-    def forget(self, name: str) -> Path:
-        """Delete run ``<kind>/<hash>`` (e.g. a damaged one) so that the next study computes it again."""
-        folder = RunFolder(resolve_inside(self.root, name, "run"))
-        if len(Path(name).parts) != 2 or not folder.config_path.is_file():
+    def forget(self, name: str, kinds: Collection[str] | None = None) -> Path:
+        """Delete run ``<kind>/<hash>`` (e.g. a damaged one) so that the next study computes it again.
+
+        Only a name of that exact shape is accepted (a kind in ``kinds`` when given, and a 16-hex
+        hash), and only a real folder directly under ``<store>/<kind>/``: never the store itself,
+        never a path reached through a symbolic link."""
+        kind, digest = parse_run_name(name, kinds)
+        folder = RunFolder(self.root / kind / digest)
+        for link in (self.root / kind, folder.path):
+            if link.is_symlink():
+                raise StoreError(
+                    f"{link} is a symbolic link; refusing to delete through it",
+                    hint="remove the link itself (rm, not rm -r) if it should go",
+                )
+        real = folder.path.resolve()
+        if real != self.root.resolve() / kind / digest or not folder.config_path.is_file():
             raise StoreError(
                 f"no run {name} under {self.root}", hint="`cvlth runs` lists the runs (kind/hash)"
             )
         lock = RunLock(folder)
         lock.acquire(wait=False)  # refuses a run another process is computing
         try:
-            with reported_io(folder.path):
-                shutil.rmtree(folder.path)
+            with reported_io(real):
+                shutil.rmtree(real)
         finally:
             lock.release()
-        return folder.path
+        return real
 
     @contextlib.contextmanager
     def lock(self, cfg: RunConfig, wait: bool = True) -> Iterator[RunFolder]:

@@ -137,3 +137,48 @@ def test_verify_hashes_what_keeps_its_size_and_mtime(plan_store, capsys) -> None
     assert rows["baseline"][1:5] == ["1", "0", "1", "1"]
     assert f"{flipped} changed after the run finished (its sha256 differs)" in out
     assert "every file hashed (sha256)" in out
+
+
+# --- study, finder, task and pre-training names are safe single path components ---------------------
+
+
+@pytest.mark.parametrize(
+    ("where", "name"),
+    [
+        ("study", ".."),
+        ("study", "."),
+        ("study", ".hidden"),
+        ("study", "a/b"),
+        ("study", "x" * 256),
+        ("task", "[/]x"),
+        ("task", ".."),
+        ("pretraining", "../up"),
+        ("finder", ".."),
+    ],
+)
+def test_unsafe_names_are_refused_at_plan(tmp_path: Path, capsys, where: str, name: str) -> None:
+    from hostile_fixtures import file_hashes
+
+    study = {**PLAN_STUDY, "finders": [{"name": "omp", "method": "omp"}]}
+    if where == "study":
+        study["name"] = name
+    elif where == "task":
+        study["tasks"] = {name: DIGITS_TASK}
+    elif where == "pretraining":
+        study["pretrainings"] = {name: SUPERVISED_PRETRAINING}
+    else:
+        study["finders"] = [{"name": name, "method": "omp"}]
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "keep.png").write_bytes(b"\x89PNG")
+    before = file_hashes(tmp_path)
+    capsys.readouterr()
+    assert run_cli(["study", str(path), "--plan", "--store", str(store)]) == 2
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err
+    assert captured.err.startswith("error: ") and "invalid StudyConfig (1 error)" in captured.err
+    assert "not a usable name" in captured.err or "at most 255 characters" in captured.err, captured.err
+    assert file_hashes(tmp_path) == before
+    assert sorted(p.name for p in store.iterdir()) == ["keep.png"]

@@ -64,3 +64,91 @@ def test_every_round_rewinds_to_the_start_and_prunes_the_trained_weights(tmp_pat
         torch.equal(load_rewind(tmp_path / "rewind.safetensors")["model"][k], v) for k, v in start.items()
     )
     assert [r["trained_with_level"] for r in result.rounds] == [0, 1, 2]
+
+
+# --- a folder made with other arguments is never resumed; bad arguments are refused up front -------
+
+
+def _imp_call(folder, model=None, data=None, **overrides):
+    torch.manual_seed(0)
+    train_data = data if data is not None else make_sources(batch_size=16)[0]
+    arguments = {
+        "training": TrainingConfig(epochs=1, batch_size=16),
+        "optim": SGDConfig(lr=0.05),
+        "schedule": ConstantSchedule(),
+        "rounds": 2,
+        "folder": folder,
+        "quiet": True,
+        **overrides,
+    }
+    return imp(model if model is not None else TinyNet(), SupervisedObjective, train_data, **arguments)
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"fraction": 0.5}, "fraction"),
+        ({"strategy": "layerwise"}, "strategy"),
+        ({"model": "wider"}, "prunable"),
+        ({"rewind_step": 2}, "rewind.step"),
+        ({"optim": SGDConfig(lr=0.5)}, "optim.lr"),
+        ({"data": "other"}, "data.sha256"),
+    ],
+)
+def test_a_folder_made_with_other_arguments_is_refused(tmp_path, change, named) -> None:
+    from cvlth.pruning.imp_record import ImpFolderMismatch
+
+    first = _imp_call(tmp_path)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    if change.get("model") == "wider":
+        change = {"model": TinyNet(width=12)}
+    if change.get("data") == "other":
+        change = {"data": make_sources(seed=0, batch_size=16)[1]}  # another set of images
+        change["data"].batch_size = 16
+    with pytest.raises(ImpFolderMismatch, match=re.escape(named)):
+        _imp_call(tmp_path, **change)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before  # nothing touched
+    assert _imp_call(tmp_path).masks.keys() == first.masks.keys()  # the same call still resumes
+
+
+def test_more_rounds_continue_the_same_imp(tmp_path) -> None:
+    two = _imp_call(tmp_path)
+    three = _imp_call(tmp_path, rounds=3)
+    assert all(three.masks[k] == two.masks[k] for k in (1, 2)) and 3 in three.masks
+
+
+def test_a_folder_with_imp_work_and_no_record_is_refused(tmp_path) -> None:
+    from cvlth.pruning.imp_record import ImpFolderMismatch
+
+    _imp_call(tmp_path)
+    (tmp_path / "imp.json").unlink()
+    with pytest.raises(ImpFolderMismatch, match="no imp.json"):
+        _imp_call(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"rounds": 0}, "rounds must be an integer >= 1"),
+        ({"rounds": -3}, "rounds must be an integer >= 1"),
+        ({"fraction": 0.0}, "fraction must be in"),
+        ({"fraction": 1.0}, "fraction must be in"),
+        ({"fraction": float("nan")}, "fraction must be in"),
+        ({"rewind_step": 5}, r"rewind_step must be a step of round 0, 1..4"),
+        ({"rewind_step": 0}, r"rewind_step must be a step of round 0, 1..4"),
+    ],
+)
+def test_bad_arguments_are_refused_before_round_0_trains(tmp_path, overrides, message) -> None:
+    from cvlth.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        _imp_call(tmp_path / "imp", **overrides)
+    assert not (tmp_path / "imp").exists()
+
+
+def test_a_model_with_nothing_prunable_is_refused(tmp_path) -> None:
+    from cvlth.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no prunable weights"):
+        _imp_call(tmp_path / "imp", model=torch.nn.Sequential(torch.nn.BatchNorm2d(3)))
+    assert not (tmp_path / "imp").exists()

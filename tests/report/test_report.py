@@ -325,3 +325,30 @@ def test_report_of_a_real_tiny_study(tmp_path, capsys):
     for result in json.loads((folder / "matching.json").read_text()):
         assert f"{result['dense']['mean']:.4f} ± {result['dense']['std']:.4f}" in markdown
     assert (folder / "figures" / "perturbation-supervised_imp-task-digits.png").is_file()
+
+
+# --- the report never deletes through a symbolic link ------------------------------------------
+
+
+def test_figures_symlink_is_refused_and_its_target_untouched(tmp_path, capsys):
+    from hostile_fixtures import cli_error, file_hashes
+
+    folder = _fabricate(tmp_path / "study")
+    elsewhere = tmp_path / "holiday-photos"
+    elsewhere.mkdir()
+    (elsewhere / "beach.png").write_bytes(b"\x89PNG not ours")
+    (folder / "figures").symlink_to(elsewhere, target_is_directory=True)
+    before = file_hashes(elsewhere)
+    line = cli_error(["report", str(folder)], capsys)
+    assert "figures" in line and "symbolic link" in line
+    assert file_hashes(elsewhere) == before
+
+
+def test_stale_figure_symlinks_are_not_followed(tmp_path):
+    folder = _fabricate(tmp_path / "study")
+    write_report(folder)
+    precious = tmp_path / "precious.png"
+    precious.write_bytes(b"\x89PNG keep me")
+    (folder / "figures" / "old-figure.png").symlink_to(precious)
+    write_report(folder)
+    assert precious.read_bytes() == b"\x89PNG keep me"

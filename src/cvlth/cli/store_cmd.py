@@ -11,6 +11,7 @@ from rich.table import Table
 
 from cvlth.cli.app import app
 from cvlth.store import DEFAULT_STORE_ROOT, Store
+from cvlth.study.run_kinds import RUN_KINDS
 
 #: The ``--store`` option every command that reads or writes runs shares.
 STORE_OPTION = typer.Option(Path(DEFAULT_STORE_ROOT), "--store", help="Root folder of the run store.")
@@ -36,13 +37,13 @@ def runs(
     console = Console(highlight=False)
     if forget:
         for name in forget:
-            path = run_store.forget(name)
+            path = run_store.forget(name, RUN_KINDS)
             console.print(
                 f"forgot {escape(name)}: deleted {escape(str(path))}; the next study computes it again",
                 soft_wrap=True,
             )
         return
-    folders = run_store.runs(kind)
+    folders = run_store.runs(kind, RUN_KINDS)
     table = Table("kind", "hash", "status")
     damaged = []
     for folder in folders:

@@ -35,7 +35,9 @@ from torch import nn
 from cvlth.atomic import atomic_path
 from cvlth.config import OptimConfig, ScheduleConfig, TrainingConfig
 from cvlth.data.source import BatchSource
+from cvlth.errors import ConfigError
 from cvlth.masks import Mask
+from cvlth.pruning.imp_record import check_imp_folder, imp_record
 from cvlth.pruning.strategies import Strategy, get_strategy
 from cvlth.run_files import LATEST_HEADS, REWIND, capture_path, mask_path, round_path
 from cvlth.scope import prunable_parameters
@@ -98,7 +100,18 @@ def imp(
     ``layerwise``.
     """
     prune = get_strategy(strategy)
+    _check_arguments(model, train_data, training, rounds, fraction, rewind_step)
     root = Path(folder)
+    settings = {
+        "fraction": fraction,
+        "strategy": strategy,
+        "prune_first": prune_first,
+        "rewind": {"label": label, "step": rewind_step, "heads": rewind_heads},
+        "training": training,
+        "optim": optim,
+        "schedule": schedule,
+    }
+    check_imp_folder(root, imp_record(model, make_objective, train_data, settings))
     heads = dict(heads or {})
     if prune_first and not mask_path(root, 1).is_file():
         _prune_step(prune, model, fraction, None).save(
@@ -152,6 +165,35 @@ def imp(
         folder_k.train_state_path.unlink(missing_ok=True)  # the level's mask is what lasts
     masks = {k: Mask.load(mask_path(root, k)) for k in range(1, rounds + 1)}
     return ImpResult(masks, [round_folder(root, k).read_result() for k in range(first, rounds)])
+
+
+def _check_arguments(
+    model: nn.Module,
+    train_data: BatchSource,
+    training: TrainingConfig,
+    rounds: int,
+    fraction: float,
+    rewind_step: int | None,
+) -> None:
+    """Refuse arguments that cannot make an IMP before round 0 spends any time training."""
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ConfigError(f"imp(): rounds must be an integer >= 1 (got {rounds!r})")
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        raise ConfigError(
+            f"imp(): fraction must be in (0, 1), the share of remaining weights pruned per round (got {fraction!r})"
+        )
+    if not prunable_parameters(model):
+        raise ConfigError(
+            f"imp(): {type(model).__name__} has no prunable weights (convolutions or linear layers in the scope)",
+            hint="give imp() a model with Conv2d / Linear layers, or widen the pruning scope",
+        )
+    if rewind_step is not None:
+        steps = len(train_data) * training.epochs
+        if isinstance(rewind_step, bool) or not isinstance(rewind_step, int) or not 1 <= rewind_step <= steps:
+            raise ConfigError(
+                f"imp(): rewind_step must be a step of round 0, 1..{steps} "
+                f"({len(train_data)} batches x {training.epochs} epochs; got {rewind_step!r})"
+            )
 
 
 def save_rewind(path: Path, state: Mapping[str, Any], *, point: str, step: int = 0) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cvlth.atomic import atomic_write_text
 from cvlth.report.document import Report, Section
-from cvlth.report.inputs import StudyFiles, read_study_files
+from cvlth.report.inputs import ReportError, StudyFiles, read_study_files
 from cvlth.report.perturbation import perturbation_section
 from cvlth.report.results import accuracy_section, matching_facts, matching_section, setup_section
 from cvlth.report.structure import (
@@ -45,14 +45,27 @@ def write_report(study_dir: Path, store_root: Path | None = None) -> Path:
     for a missing study folder or mask) when an input is missing or malformed.
     """
     files = read_study_files(Path(study_dir), store_root)
-    figures = files.folder / "figures"
-    figures.mkdir(parents=True, exist_ok=True)
+    figures = figures_folder(files.folder)
     report = build_report(files, figures, datetime.now())
     written = report.figures()
     for stale in figures.glob("*.png"):  # figures of an earlier report that this one no longer has
-        if stale not in written:
+        if stale not in written and not stale.is_symlink() and stale.is_file():
             stale.unlink()
     atomic_write_text(files.folder / "report.md", render_markdown(report, files.folder))
     html_path = files.folder / "report.html"
     atomic_write_text(html_path, render_html(report))
     return html_path
+
+
+def figures_folder(study_folder: Path) -> Path:
+    """``<study>/figures``, created if missing; refused (ReportError) when it is a symbolic link or
+    not a folder: the report deletes its stale PNGs there, and must never do so elsewhere."""
+    figures = study_folder / "figures"
+    if figures.is_symlink() or (figures.exists() and not figures.is_dir()):
+        what = "a symbolic link" if figures.is_symlink() else "not a folder"
+        raise ReportError(
+            f"{figures} is {what}; the report writes its figures there and deletes stale ones",
+            hint=f"remove or rename {figures} (the report creates the folder itself)",
+        )
+    figures.mkdir(exist_ok=True)
+    return figures

@@ -18,6 +18,7 @@ from pydantic import Field, field_validator, model_validator
 
 from cvlth.config import (
     DataRef,
+    Name,
     ObjectiveRef,
     OptimConfig,
     ScheduleConfig,
@@ -86,7 +87,7 @@ class FinderEntry(Strict):
     random, so it takes one seed.
     """
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: Name
     method: Literal["imp", "omp", "random"]
     stage: Literal["upstream", "downstream"] = "upstream"
     rewind: Literal["pretrained", "init", "early"] = "pretrained"
@@ -143,10 +144,10 @@ class PerturbationEntry(Strict):
 
 
 class StudyConfig(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: Name
     backbone: BackboneConfig
-    pretrainings: dict[str, PretrainEntry] = Field(min_length=1)
-    tasks: dict[str, Recipe] = Field(min_length=1)
+    pretrainings: dict[Name, PretrainEntry] = Field(min_length=1)
+    tasks: dict[Name, Recipe] = Field(min_length=1)
     finders: list[FinderEntry] = Field(min_length=1)
     rounds: int = Field(ge=1, le=40, description="IMP levels; sparsity after k is 1 - (1-fraction)^k")
     fraction: float = Field(0.2, gt=0, lt=1)
