@@ -18,6 +18,7 @@ from cvlth.cli import (  # noqa: F401
     report_cmd,
     store_cmd,
     study_cmd,
+    zoo_cmd,
 )
 from cvlth.cli.app import app
 from cvlth.errors import CvlthError

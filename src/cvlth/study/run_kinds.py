@@ -39,12 +39,13 @@ from cvlth.config import (
 )
 from cvlth.config_yaml import parse_yaml, read_config_text
 from cvlth.data.cache import option_defaults
-from cvlth.errors import ConfigError
+from cvlth.errors import CheckpointError, ConfigError
 from cvlth.models.checkpoints.sources import CheckpointSource
 from cvlth.models.task_models import check_model_options, model_option_defaults
 from cvlth.objectives.registry import objective_option_defaults
 from cvlth.registry import Registry
 from cvlth.run_identity import without_defaults
+from cvlth.zoo.files import checkpoint_file
 
 #: Every run kind by its ``kind`` tag: what :func:`load_config` accepts.
 RUN_KINDS: Registry[type[RunConfig]] = Registry("run kind", ConfigError)
@@ -147,7 +148,10 @@ class ImportRun(RunConfig):
     def normalize_identity(self, data: dict[str, Any]) -> dict[str, Any]:
         """The checkpoint is identified by its content (sha256), not its path: moving the file
         recomputes nothing. A file not present here (``--plan`` elsewhere) keeps its path."""
-        digest = file_digest(os.path.expandvars(self.path))
+        try:
+            digest = file_digest(str(checkpoint_file(self.path)))
+        except CheckpointError:  # a world checkpoint this cvlth lacks: refused when the run is planned
+            digest = None
         if digest is not None:
             data["path"] = f"sha256:{digest}"
         return data

@@ -4,6 +4,7 @@ external checkpoint). Both leave ``theta_p.pt`` and, when the objective has head
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from cvlth.study.context import RUN_EXECUTORS, Context, run_folder, run_seeds
 from cvlth.study.run_kinds import ImportRun, PretrainRun
 from cvlth.study.run_training import save_torch, train_run
 from cvlth.training.objective import PROJECTION, head_states
+from cvlth.zoo.files import SCHEME, checkpoint_file, is_zoo_path, load_zoo_heads, zoo_heads
 
 
 def load_pretrained(run: PretrainRun | ImportRun, ctx: Context) -> ImportedCheckpoint:
@@ -59,12 +61,13 @@ def execute_pretrain(run: PretrainRun, folder: RunFolder, ctx: Context) -> dict[
 
 @RUN_EXECUTORS.register("import")
 def execute_import(run: ImportRun, folder: RunFolder, ctx: Context) -> dict[str, Any]:
-    if "$" in run.path and not Path(run.path).exists():
+    file = checkpoint_file(run.path)
+    if "$" in run.path and not file.exists():
         raise CvlthError(
             f"checkpoint path {run.path!r} names an environment variable that is not set",
             hint="export it (e.g. CVLTH_CHECKPOINTS=/path/to/checkpoints) and run the study again",
         )
-    imported = import_checkpoint(run.path, source=run.source)
+    imported = import_checkpoint(file, source=run.source)
     report = imported.report
     if imported.spec is None:
         raise CvlthError(f"{run.path}: {report.architecture.description} is not a registered ResNet")
@@ -77,6 +80,12 @@ def execute_import(run: ImportRun, folder: RunFolder, ctx: Context) -> dict[str,
     )
     if imported.projection_head:  # MoCo v2 / SimCLR: rewound with θ_p by upstream IMP
         save_torch({PROJECTION: imported.projection_head}, Path(folder) / HEADS)
+    zoo = {}
+    if is_zoo_path(run.path):  # a world checkpoint: its heads lie beside it, its quality in its header
+        heads_file = zoo_heads(run.path.removeprefix(SCHEME))
+        if heads_file.is_file():
+            save_torch(load_zoo_heads(heads_file), Path(folder) / HEADS)
+        zoo = {"zoo": run.path, "zoo_quality": json.loads(report.metadata.get("quality", "{}"))}
     return {
         "checkpoint": THETA_P,
         "format": report.format,
@@ -84,4 +93,5 @@ def execute_import(run: ImportRun, folder: RunFolder, ctx: Context) -> dict[str,
         "dropped": len(report.dropped),
         "normalization": report.normalization,
         "head": report.head,
+        **zoo,
     }

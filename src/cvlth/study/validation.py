@@ -18,6 +18,7 @@ from cvlth.objectives.registry import OBJECTIVES, objective_option_defaults
 from cvlth.objectives.views import CONTRASTIVE_VIEWS, crop_scale
 from cvlth.study.config import StudyConfig
 from cvlth.study.run_kinds import ImportRun, ImpRun, TransferRun, training_data
+from cvlth.zoo.files import checkpoint_file
 
 
 def check_study(study: StudyConfig) -> None:
@@ -144,7 +145,7 @@ def input_adaptations(run: RunConfig, theta_channels: int, image_channels: int) 
 
 
 def checkpoint_channels(run: ImportRun) -> int:
-    imported = import_checkpoint(run.path, source=run.source)
+    imported = import_checkpoint(checkpoint_file(run.path), source=run.source)
     if imported.spec is None:
         raise ConfigError(
             f"{run.path}: {imported.report.architecture.description} is not a ResNet cvlth can build",
