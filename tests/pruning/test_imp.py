@@ -152,3 +152,17 @@ def test_a_model_with_nothing_prunable_is_refused(tmp_path) -> None:
     with pytest.raises(ConfigError, match="no prunable weights"):
         _imp_call(tmp_path / "imp", model=torch.nn.Sequential(torch.nn.BatchNorm2d(3)))
     assert not (tmp_path / "imp").exists()
+
+
+def test_train_last_level_trains_every_level_once(tmp_path) -> None:
+    """Upstream IMP (prune first) with train_last_level: K levels, K trainings, one per level, the
+    last one trained with the level-K mask and nothing pruned after it."""
+    result = _imp_call(tmp_path, rounds=3, prune_first=True, train_last_level=True)
+    assert [r["trained_with_level"] for r in result.rounds] == [1, 2, 3]
+    assert [r["sparsity"] for r in result.rounds] == pytest.approx([0.2, 0.36, 0.488], abs=2e-3)
+    assert sorted(result.masks) == [1, 2, 3] and not mask_path(tmp_path, 4).exists()
+    again = _imp_call(tmp_path, rounds=3, prune_first=True, train_last_level=True)  # all finished: reused
+    assert again.rounds == result.rounds
+    without = _imp_call(tmp_path / "plain", rounds=3, prune_first=True)
+    assert [r["trained_with_level"] for r in without.rounds] == [1, 2]
+    assert all(without.masks[k] == result.masks[k] for k in (1, 2, 3))  # the extra round prunes nothing

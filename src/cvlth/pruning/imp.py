@@ -84,6 +84,7 @@ def imp(
     label: str = "pretrained",
     before_round: Callable[[int], None] | None = None,
     round_info: Mapping[str, Any] | None = None,
+    train_last_level: bool = False,
 ) -> ImpResult:
     """Masks at levels 1..``rounds`` of ``model`` (trained in place; it ends rewound and trained
     in the last round), saved and resumable in ``folder`` (see the module docstring).
@@ -97,7 +98,9 @@ def imp(
     each round's training (e.g. to seed global RNGs); ``round_info`` is added to each round's result.
     ``strategy`` names the pruning strategy (:data:`~cvlth.pruning.strategies.STRATEGIES`) that
     removes ``fraction`` of the remaining weights each round: ``magnitude`` (global, the paper's) or
-    ``layerwise``.
+    ``layerwise``. ``train_last_level`` also trains the level-``rounds`` mask once more (no pruning
+    after it), so that every level has a trained round to evaluate (the paper's Fig. 2 up to its
+    last sparsity).
     """
     prune = get_strategy(strategy)
     _check_arguments(model, train_data, training, rounds, fraction, rewind_step)
@@ -106,6 +109,7 @@ def imp(
         "fraction": fraction,
         "strategy": strategy,
         "prune_first": prune_first,
+        "train_last_level": train_last_level,
         "rewind": {"label": label, "step": rewind_step, "heads": rewind_heads},
         "training": training,
         "optim": optim,
@@ -122,8 +126,12 @@ def imp(
         save_rewind(rewind_file, {"model": model.state_dict(), "heads": heads}, point=label)
 
     first = 1 if prune_first else 0
-    for level in range(first, rounds):
-        if mask_path(root, level + 1).is_file():
+    last = rounds if train_last_level else rounds - 1  # the last level a round trains with
+    for level in range(first, last + 1):
+        finished = (
+            round_folder(root, level).is_done() if level == rounds else mask_path(root, level + 1).is_file()
+        )
+        if finished:
             continue  # a finished level is never recomputed
         previous = None if level == 0 else Mask.load(mask_path(root, level))
         folder_k = round_folder(root, level)
@@ -160,11 +168,12 @@ def imp(
             save_rewind(rewind_file, {"model": captured["model"], "heads": {}}, point=label, step=capture)
         sparsity = 0.0 if previous is None else previous.sparsity
         folder_k.write_result({"trained_with_level": level, "sparsity": sparsity, **result})
-        mask = _prune_step(prune, model, fraction, previous)
-        mask.save(mask_path(root, level + 1), method="imp", round=level + 1, rewind=label)
+        if level < rounds:
+            mask = _prune_step(prune, model, fraction, previous)
+            mask.save(mask_path(root, level + 1), method="imp", round=level + 1, rewind=label)
         folder_k.train_state_path.unlink(missing_ok=True)  # the level's mask is what lasts
     masks = {k: Mask.load(mask_path(root, k)) for k in range(1, rounds + 1)}
-    return ImpResult(masks, [round_folder(root, k).read_result() for k in range(first, rounds)])
+    return ImpResult(masks, [round_folder(root, k).read_result() for k in range(first, last + 1)])
 
 
 def _check_arguments(

@@ -131,7 +131,7 @@ def training_recipe(run: RunConfig) -> Recipe | None:
 def trainings(run: RunConfig) -> int:
     """How many times a run trains its recipe (upstream IMP prunes θ_p before its first round)."""
     if isinstance(run, ImpRun):
-        return run.rounds - 1 if run.stage == "upstream" else run.rounds
+        return run.trainings
     return 1 if isinstance(run, PretrainRun | TransferRun) else 0
 
 

@@ -110,7 +110,8 @@ def _finder_runs_with_seed(
     }
     if finder.stage == "upstream":
         recipe = _override(study.pretrainings[name].upstream_recipe, finder)
-        return [(None, ImpRun(stage="upstream", recipe=recipe, **common))]
+        # Every level trains once on the pre-training task, the last included (Fig. 2 up to it).
+        return [(None, ImpRun(stage="upstream", recipe=recipe, train_last_level=True, **common))]
     return [
         (
             task,

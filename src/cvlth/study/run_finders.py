@@ -103,6 +103,7 @@ def execute_imp(run: ImpRun, folder: RunFolder, ctx: Context) -> dict[str, Any]:
         label=run.rewind,
         before_round=lambda level: seed_global_rngs(seeds.torch_global),
         round_info=round_info(run.recipe, data, seeds),
+        train_last_level=run.train_last_level,
     )
     result = {
         "levels": [{"level": k, "sparsity": mask.sparsity} for k, mask in found.masks.items()],

@@ -185,7 +185,7 @@ class ImpRun(RunConfig):
 
     ``stage="upstream"`` prunes on the pre-training task (recipe = the pre-training's, with its heads)
     and, as the paper does, prunes θ_p once before the first training round, so K levels take
-    K-1 trainings. ``stage="downstream"`` trains a new task head from the start (K trainings).
+    K-1 trainings (K with ``train_last_level``, which the study sets for upstream IMP). ``stage="downstream"`` trains a new task head from the start (K trainings).
     Every round starts from the rewind point: θ_p (``pretrained``), a random init θ_0 (``init``),
     or the weights after ``rewind_fraction`` of the first round (``early``, the paper's θ_5%).
     """
@@ -205,6 +205,23 @@ class ImpRun(RunConfig):
     )
     adapt: AdaptConfig = Field(default_factory=AdaptConfig)
     seed: int = Field(0, ge=0)
+    train_last_level: bool = Field(
+        False,
+        description="train the last level's mask once more, so that every level has a trained round "
+        "(upstream IMP: Fig. 2 up to the last sparsity, as the paper)",
+    )
+
+    @property
+    def trainings(self) -> int:
+        """Rounds trained: upstream IMP prunes θ_p before its first round; the last level trains only
+        with ``train_last_level``."""
+        return self.rounds - (self.stage == "upstream") + self.train_last_level
+
+    def normalize_identity(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Runs computed before ``train_last_level`` existed did not train it: their hashes stay."""
+        if not data.get("train_last_level"):
+            data.pop("train_last_level", None)
+        return data
 
     @model_validator(mode="after")
     def _upstream_rules(self) -> ImpRun:
@@ -285,8 +302,7 @@ def training_epochs(run: RunConfig) -> int:
     if isinstance(run, PretrainRun):
         return run.recipe.train.epochs
     if isinstance(run, ImpRun):
-        trainings = run.rounds - 1 if run.stage == "upstream" else run.rounds
-        return trainings * run.recipe.train.epochs
+        return run.trainings * run.recipe.train.epochs
     if isinstance(run, TransferRun):
         return run.task.train.epochs
     return 0
