@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from cvlth.errors import ConfigError
+from cvlth.input_files import read_bounded
 
 #: Bounds on what a config file may hold, far above any real study (the packaged ones are < 5 kB and
 #: < 500 nodes). A few lines of YAML aliases ("billion laughs") or a list of a million seeds would
@@ -24,15 +25,10 @@ MAX_LIST_ITEMS = 1_000
 
 
 def read_config_text(file: Path, what: str, hint: str | None = None) -> str:
-    """A config file's text; one that is too large is refused from its size, before it is read."""
+    """A config file's text, read only from a regular file (not ``/dev/zero``, not a FIFO); one that
+    is too large is refused from its size before it is read, and the read itself is bounded."""
     try:
-        size = file.stat().st_size
-        if size > MAX_CONFIG_BYTES:
-            raise ConfigError(
-                f"{file}: refused: {size:,} bytes, more than the {MAX_CONFIG_BYTES:,} a {what} may have",
-                hint="is this the right file?",
-            )
-        return file.read_text(encoding="utf-8")
+        return read_bounded(file, f"a {what}", MAX_CONFIG_BYTES, ConfigError).decode("utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read {what} {file}: {exc.strerror}", hint=hint) from exc
     except UnicodeDecodeError as exc:

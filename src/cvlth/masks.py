@@ -25,6 +25,7 @@ from torch import nn
 
 from cvlth.atomic import atomic_path
 from cvlth.errors import MaskError
+from cvlth.input_files import check_regular, parse_json
 from cvlth.scope import DEFAULT_SCOPE, Scope, in_natural_order, iter_prunable
 
 FORMAT_TAG = "cvlth-mask/1"
@@ -249,6 +250,7 @@ def load_mask(path: str | os.PathLike[str]) -> tuple[Mask, dict[str, str]]:
     file = Path(path)
     if file.is_dir():
         raise MaskError(f"{file} is a directory, not a mask file", hint="give the .safetensors file itself")
+    check_regular(file, "a mask file", MaskError)  # a FIFO would block, a device never end
     if not file.is_file():
         raise MaskError(f"mask file not found: {file}", hint="check the path; masks end in .safetensors")
     try:
@@ -313,7 +315,7 @@ def _bits_sha256(packed: Mapping[str, torch.Tensor]) -> str:
 def _read_shapes(file: Path, metadata: Mapping[str, str]) -> dict[str, tuple[int, ...]]:
     """The ``shapes`` metadata as name -> tuple of non-negative ints, or a MaskError."""
     try:
-        raw = json.loads(metadata["shapes"])
+        raw = parse_json(metadata["shapes"], f"{file}: metadata 'shapes'", MaskError)
         shapes = {str(name): tuple(shape) for name, shape in raw.items()}
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
         raise MaskError(f"{file}: metadata 'shapes' is missing or not a JSON object of lists") from exc

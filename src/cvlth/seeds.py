@@ -21,6 +21,8 @@ import numpy as np
 
 # torch.Generator.manual_seed takes < 2**64; 63 bits also leave room for callers' arithmetic.
 _SEED_BITS = 63
+#: The largest seed a user may give (``--seed``): every seed fits torch's generators and int64.
+MAX_SEED = 2**_SEED_BITS - 1
 
 
 @dataclass(frozen=True)

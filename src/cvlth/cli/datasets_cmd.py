@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cvlth.cli.app import app
@@ -33,7 +34,8 @@ def list_datasets(context: typer.Context) -> None:
     for name, spec in DATASETS.items():
         root = resolve_root(name)
         missing = spec.missing(root)
-        table.add_row(name, "yes" if not missing else "[red]no[/]", _where(name, root), spec.description)
+        available = "yes" if not missing else "[red]no[/]"
+        table.add_row(escape(name), available, escape(_where(name, root)), escape(spec.description))
     Console(width=160).print(table)
 
 
@@ -54,17 +56,19 @@ def show(
         )
     splits = load_dataset(name, folder)
     console = Console(width=160)
-    console.print(f"[bold]{name}[/]  {spec.description}")
-    console.print(f"root: {_where(name, folder)}")
+    # Roots and class names (folder names) are the user's and may hold rich markup.
+    console.print(f"[bold]{escape(name)}[/]  {escape(spec.description)}")
+    console.print(f"root: {escape(_where(name, folder))}")
     val = len(splits.val) if splits.val is not None else 0
     console.print(f"train {len(splits.train):,}  val {val:,}  test {len(splits.test):,}")
     if isinstance(splits, SampleSplits):
         console.print(
-            f"per-image samples for {', '.join(splits.tasks)}; largest image (C, H, W): {splits.image_shape}"
+            f"per-image samples for {escape(', '.join(splits.tasks))}; "
+            f"largest image (C, H, W): {splits.image_shape}"
         )
     else:
         console.print(f"image shape (C, H, W): {splits.image_shape}  dtype uint8")
     console.print(
         f"mean {tuple(round(m, 4) for m in splits.mean)}  std {tuple(round(s, 4) for s in splits.std)}"
     )
-    console.print(f"{splits.num_classes} classes: {', '.join(splits.classes)}")
+    console.print(f"{splits.num_classes} classes: {escape(', '.join(splits.classes))}")

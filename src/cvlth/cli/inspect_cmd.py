@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cvlth.cli.app import app
@@ -43,20 +44,22 @@ def inspect(
     console = Console()
     total, in_fc = parameter_counts(imported)
     prunable = prunable_state(imported.state_dict)
-    console.print(f"[bold]{checkpoint}[/]")
+    console.print(f"[bold]{escape(str(checkpoint))}[/]")
     summary = Table.grid(padding=(0, 2))
-    summary.add_row("format", report.format)
-    summary.add_row("architecture", report.architecture.description)
+    summary.add_row("format", escape(report.format))
+    summary.add_row("architecture", escape(report.architecture.description))
     summary.add_row("parameters", f"{total:,} ({in_fc:,} in fc)")
     summary.add_row(
         "prunable weights", f"{sum(t.numel() for t in prunable.values()):,} in {len(prunable)} convs"
     )
-    summary.add_row("input", f"{report.normalization}: {NORMALIZATION.get(report.normalization, '?')}")
-    summary.add_row("head", report.head)
+    summary.add_row(
+        "input", escape(f"{report.normalization}: {NORMALIZATION.get(report.normalization, '?')}")
+    )
+    summary.add_row("head", escape(report.head))
     console.print(summary)
     console.print(_report_table(imported, keys))
     for note in report.notes:
-        console.print(f"note: {note}")
+        console.print(f"note: {escape(note)}")
     if arch is not None:
         _check_fit(imported, arch, console)
 
@@ -66,8 +69,8 @@ def _report_table(imported: ImportedCheckpoint, list_keys: bool) -> Table:
     table = Table("import", "count", "keys", title="import report", title_justify="left")
     table.add_row("loaded", str(len(report.loaded)), _examples(report.loaded))
     for reason, names in sorted(report.dropped_by_reason().items()):
-        shown = ", ".join(names) if list_keys else _examples(names)
-        table.add_row(f"dropped: {reason}", str(len(names)), shown)
+        shown = escape(", ".join(names)) if list_keys else _examples(names)
+        table.add_row(escape(f"dropped: {reason}"), str(len(names)), shown)
     table.add_row("missing", str(len(report.missing)), _examples(report.missing))
     mis = [f"{k} {list(a)} vs {list(b)}" for k, (a, b) in report.mis_shaped.items()]
     table.add_row("mis-shaped", str(len(mis)), _examples(mis))
@@ -76,8 +79,9 @@ def _report_table(imported: ImportedCheckpoint, list_keys: bool) -> Table:
 
 
 def _examples(names: list[str], limit: int = 3) -> str:
+    """The first ``limit`` names, escaped: key names come from the file and may hold rich markup."""
     more = f", … (+{len(names) - limit})" if len(names) > limit else ""
-    return ", ".join(names[:limit]) + more
+    return escape(", ".join(names[:limit]) + more)
 
 
 def _check_fit(imported: ImportedCheckpoint, arch: str, console: Console) -> None:
@@ -85,4 +89,4 @@ def _check_fit(imported: ImportedCheckpoint, arch: str, console: Console) -> Non
     spec = BackboneSpec(arch, info.width, info.stem, info.in_channels)
     model = build_backbone(spec, info.fc_classes or 1000)
     result = load_into(model, imported, strict=True, skip=() if info.fc_classes else ("fc.",))
-    console.print(f"fits {spec.label}: {len(result.loaded)} tensors load strictly")
+    console.print(f"fits {escape(spec.label)}: {len(result.loaded)} tensors load strictly")

@@ -96,8 +96,8 @@ def study(
     study_config = load_study(config)
     run_store = Store(store)
     if plan:
+        choice = choose_measurements(device, cost_file, cost_device)  # a bad --cost-file fails first
         planned, damaged = print_plan(console, study_config, run_store, full_hash=verify)
-        choice = choose_measurements(device, cost_file, cost_device)
         estimate = estimate_cost(
             planned, run_store, study_config.backbone, choice.measurements, damaged=damaged
         )
@@ -110,7 +110,7 @@ def study(
         run_store,
         device=device,
         quiet=quiet,
-        log=console.print,
+        log=lambda message: console.print(message, markup=False),  # names are the user's: "[/]x"
         workers=workers,
         threads=threads,
         executor=executor,
@@ -119,10 +119,10 @@ def study(
     )
     console.print(matching_rich_table(outcome.matching))
     if outcome.report is not None:
-        console.print(f"report: {outcome.report}")
+        console.print(f"report: {escape(str(outcome.report))}")
     console.print(
         f"{outcome.runs} runs ({outcome.computed} computed now) in {outcome.seconds:.0f} s; "
-        f"results in {outcome.folder}/ (matching.md, matching.json)"
+        f"results in {escape(str(outcome.folder))}/ (matching.md, matching.json)"
     )
 
 
@@ -136,7 +136,7 @@ def print_plan(
     damaged = Counter(name.split("/")[0] for name in summary.damaged)
     columns = ["run kind", "runs", "done", *(["damaged"] if damaged else []), "to do"]
     table = Table(
-        *columns, "training epochs to do", "training images to do", title=f"study {study_config.name}"
+        *columns, "training epochs to do", "training images to do", title=f"study {escape(study_config.name)}"
     )
     for kind in KIND_ORDER:
         if summary.total[kind]:
@@ -157,7 +157,8 @@ def print_plan(
     )
     print_damage(console, summary.damaged, sum(summary.done.values()), run_store, full_hash)
     if summary.unknown_sizes:
-        console.print(f"sizes unknown (data not found here): {', '.join(sorted(summary.unknown_sizes))}")
+        unknown = escape(", ".join(sorted(summary.unknown_sizes)))
+        console.print(f"sizes unknown (data not found here): {unknown}")
     estimate = summary.estimated_seconds
     if estimate is not None:
         console.print(
@@ -169,7 +170,7 @@ def print_plan(
     else:
         missing = sorted(set(summary.images_left_by_data) - set(summary.seconds_per_image))
         console.print(
-            f"wall time left from this store's finished runs: unknown until a run on {', '.join(missing)} "
+            f"wall time left from this store's finished runs: unknown until a run on {escape(', '.join(missing))} "
             "has finished here"
         )
     return planned, set(summary.damaged)
@@ -234,8 +235,8 @@ def matching_rich_table(results: list[MatchingResult]) -> Table:
     for r in results:
         row_universal = "" if r.on_pretraining_task else _percent(universal.get(r.source))
         table.add_row(
-            r.source,
-            r.task,
+            escape(r.source),
+            escape(r.task),
             f"{r.dense.mean:.4f}±{r.dense.std:.4f}",
             _percent(r.extreme_matching_sparsity),
             row_universal,

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cvlth.errors import DatasetError
+from cvlth.input_files import check_regular, display_path
 
 
 def require_files(dataset: str, root: Path, names: Sequence[str], hint: str | None = None) -> list[Path]:
@@ -21,6 +22,24 @@ def require_files(dataset: str, root: Path, names: Sequence[str], hint: str | No
             hint=hint or f"copy the official {dataset} files there, or pass --root / set $CVLTH_DATA",
         )
     return paths
+
+
+def require_regular_files(dataset: str, paths: Sequence[Path]) -> None:
+    """Refuse a listed file that is not a regular file with a UTF-8 name: a FIFO named ``x.jpg``
+    would block its decoding forever, a symlink loop fail it, and a name that is not UTF-8 can be
+    neither hashed into the decoded-image cache's key nor printed."""
+    for path in paths:
+        try:
+            str(path).encode("utf-8")
+        except UnicodeEncodeError:
+            raise DatasetError(
+                f"{dataset}: the file name {display_path(path)} is not valid UTF-8",
+                hint="rename the file (cvlth reads only UTF-8 file names)",
+            ) from None
+        try:
+            check_regular(path, "an image file", DatasetError)
+        except DatasetError as error:
+            raise DatasetError(f"{dataset}: {error.message}", hint=error.hint) from None
 
 
 def malformed(dataset: str, path: Path, what: str) -> DatasetError:

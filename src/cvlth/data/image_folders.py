@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from cvlth.data.classification import FileList, ImageSet
-from cvlth.data.files import malformed, require_files
+from cvlth.data.files import malformed, require_files, require_regular_files
 from cvlth.errors import DatasetError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -83,6 +83,7 @@ def _scan_class_tree(dataset: str, folder: Path) -> tuple[list[str], list[Path],
     empty: list[Path] = []
     for label, name in enumerate(classes):
         found = sorted(p for p in (folder / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        require_regular_files(dataset, found)
         empty += [] if found else [folder / name]
         files += found
         labels += [label] * len(found)

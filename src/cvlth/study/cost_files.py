@@ -26,11 +26,17 @@ from typing import Any
 
 from cvlth.atomic import atomic_path
 from cvlth.errors import CvlthError
+from cvlth.input_files import read_json
 
 FORMAT = "cvlth-costs/1"
 MEASUREMENTS_DIR = Path(__file__).parent / "measurements"
 BENCHMARK = "benchmarks/per_image_cost.py"
 DEVICE_TYPES = ("cpu", "cuda")
+#: A measurement file is a few kilobytes; this bound only stops a wrong file (or /dev/zero-like growth).
+MAX_MEASUREMENT_BYTES = 1 << 20
+#: An hour per image is far beyond any real measurement; larger values only make estimates overflow
+#: (1e308 s per image times a million images is ``inf`` hours).
+MAX_SECONDS_PER_IMAGE = 3600.0
 
 
 @dataclass(frozen=True)
@@ -73,11 +79,15 @@ def read_measurements(path: str | Path) -> Measurements:
     """Read and check a measurement file; a CvlthError names the file and what is wrong."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        data = read_json(path, "a measurement file", MAX_MEASUREMENT_BYTES)
     except FileNotFoundError:
         raise CvlthError(f"measurement file {path} does not exist", hint=_MAKE_ONE) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CvlthError(f"measurement file {path} is not readable JSON: {error}", hint=_MAKE_ONE) from None
+    except OSError as error:
+        raise CvlthError(
+            f"measurement file {path} is not readable: {error.strerror}", hint=_MAKE_ONE
+        ) from None
+    except CvlthError as error:
+        raise CvlthError(error.message, hint=error.hint or _MAKE_ONE) from None
 
     def bad(what: str) -> CvlthError:
         return CvlthError(f"measurement file {path}: {what}", hint=_MAKE_ONE)
@@ -111,8 +121,11 @@ def _check_kind(key: str, entry: Any, bad: Any) -> None:
         seconds = _field(entry.get(part), "seconds_per_image")
         if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not math.isfinite(seconds):
             raise bad(f"kinds[{key!r}].{part}.seconds_per_image must be a number (got {seconds!r})")
-        if seconds <= 0:
-            raise bad(f"kinds[{key!r}].{part}.seconds_per_image must be positive (got {seconds!r})")
+        if not 0 < seconds <= MAX_SECONDS_PER_IMAGE:
+            raise bad(
+                f"kinds[{key!r}].{part}.seconds_per_image must be positive and at most "
+                f"{MAX_SECONDS_PER_IMAGE:g} (got {seconds!r})"
+            )
     if not isinstance(entry.get("measured"), str) or not re.match(r"\d{4}-\d\d-\d\d", entry["measured"]):
         raise bad(f"kinds[{key!r}].measured must be an ISO date (got {entry.get('measured')!r})")
     threads = entry.get("threads")

@@ -25,11 +25,14 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 from cvlth.atomic import atomic_write_text
 from cvlth.errors import CvlthError
+from cvlth.input_files import read_json
 from cvlth.study.matching import MatchingResult, universal_matching
 
 MATCHING_FILE = "matching.json"
 TICKETS_FILE = "tickets.json"
 PERTURBATION_FILE = "perturbation.json"
+#: Far above any study's results (a paper-scale matching.json is < 1 MB); bounds a wrong file's read.
+MAX_RESULT_BYTES = 256 << 20
 
 
 class StudyOutputError(CvlthError):
@@ -218,9 +221,11 @@ def read_entries(path: Path, kind: type[E], hint: str) -> list[E]:
     if not path.is_file():
         raise StudyOutputError(f"{path} not found: the study has not finished writing its results", hint=hint)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = read_json(path, "a study result file", MAX_RESULT_BYTES, StudyOutputError)
+    except OSError as exc:
         raise StudyOutputError(f"{path} is not readable JSON ({exc})", hint=hint) from exc
+    except StudyOutputError as exc:
+        raise StudyOutputError(exc.message, hint=hint) from None
     if not isinstance(data, list):
         raise StudyOutputError(f"{path} is malformed: expected a list of {kind.LISTS}", hint=hint)
     entries = []

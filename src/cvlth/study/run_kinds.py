@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from stat import S_ISREG
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import Field, model_validator
@@ -161,10 +162,13 @@ _DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
 def file_digest(path: str) -> str | None:
-    """sha256 of a file's content (cached per path, size and mtime); None if it is not a file."""
+    """sha256 of a file's content (cached per path, size and mtime); None if it is not a regular file
+    (a FIFO would block the read, ``/dev/zero`` never end it; the import refuses them by name)."""
     try:
         stat = Path(path).stat()
     except OSError:
+        return None
+    if not S_ISREG(stat.st_mode):
         return None
     key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
     if key not in _DIGESTS:

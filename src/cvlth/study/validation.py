@@ -145,11 +145,18 @@ def input_adaptations(run: RunConfig, theta_channels: int, image_channels: int) 
 
 
 def checkpoint_channels(run: ImportRun) -> int:
+    """The input channels of an imported θ_p, once it is known to be a complete ResNet cvlth builds."""
     imported = import_checkpoint(checkpoint_file(run.path), source=run.source)
     if imported.spec is None:
         raise ConfigError(
             f"{run.path}: {imported.report.architecture.description} is not a ResNet cvlth can build",
             hint="import a torchvision-style ResNet (resnet18/34/50/101/152)",
+        )
+    incomplete = imported.report.incomplete()
+    if incomplete is not None:  # would fail only at the first run that loads it
+        raise ConfigError(
+            f"{run.path}: an incomplete {imported.report.architecture.description}: {incomplete}",
+            hint=f"`cvlth inspect {run.path}` lists them; import a complete checkpoint",
         )
     return imported.spec.in_channels
 

@@ -79,6 +79,16 @@ class ImportReport:
     def has_fc(self) -> bool:
         return self.architecture.fc_classes is not None
 
+    def incomplete(self) -> str | None:
+        """What the file lacks of its architecture (missing or mis-shaped tensors), or None when it is
+        complete: ``"1 missing tensor(s) (e.g. layer2.0.conv1.weight)"``."""
+        problems = [f"{len(self.missing)} missing"] if self.missing else []
+        problems += [f"{len(self.mis_shaped)} mis-shaped"] if self.mis_shaped else []
+        if not problems:
+            return None
+        example = (self.missing or list(self.mis_shaped))[0]
+        return f"{' and '.join(problems)} tensor(s) (e.g. {example})"
+
     def dropped_by_reason(self) -> dict[str, list[str]]:
         groups: dict[str, list[str]] = {}
         for key, reason in self.dropped.items():
@@ -117,6 +127,7 @@ def import_checkpoint(path: str | os.PathLike[str], source: str = "auto") -> Imp
     state, extras = unwrap(obj, file)
     kept, dropped, wrapper = select_backbone(state, file)
     projection = projection_head(state, wrapper, dropped)
+    _refuse_unusable({**kept, **projection}, file)
     _refuse_non_finite({**kept, **projection}, file)
     filled = fill_num_batches_tracked(kept)
     architecture = _infer_or_explain(kept, state, file)
@@ -142,6 +153,39 @@ def import_checkpoint(path: str | os.PathLike[str], source: str = "auto") -> Imp
         notes=_notes(fmt, extras, architecture) + _header_notes(header, architecture),
     )
     return ImportedCheckpoint(kept, report, projection)
+
+
+#: The dtypes weights, biases and BN statistics are trained, pruned and transferred in. Anything else
+#: would be cast silently (complex loses its imaginary part, bool and int8 weights become 0/1 or
+#: small integers) or fails in the first kernel that does not support it (fp8, sparse, quantized).
+REAL_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_COUNTER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, *REAL_FLOAT_DTYPES)
+
+
+def _unusable(name: str, tensor: torch.Tensor) -> str | None:
+    """Why ``tensor`` cannot be used as weights (its kind or dtype), or None."""
+    if tensor.is_nested:
+        return "a nested tensor"
+    if tensor.is_quantized:
+        return f"a quantized tensor ({tensor.dtype})"
+    if tensor.layout != torch.strided:
+        return f"a sparse tensor ({tensor.layout})"
+    allowed = _COUNTER_DTYPES if name.endswith("num_batches_tracked") else REAL_FLOAT_DTYPES
+    if tensor.dtype not in allowed:
+        return f"{tensor.dtype}, not a real floating-point dtype (float16, bfloat16, float32, float64)"
+    return None
+
+
+def _refuse_unusable(state: Mapping[str, torch.Tensor], file: Path) -> None:
+    """Every kept tensor is a dense tensor of a real floating-point dtype (BN counters: a number)."""
+    bad = {k: why for k, v in state.items() if (why := _unusable(k, v)) is not None}
+    if bad:
+        name, why = next(iter(bad.items()))
+        more = f" (and {len(bad) - 1} more tensor(s))" if len(bad) > 1 else ""
+        raise CheckpointError(
+            f"{file}: tensor {name} is {why}{more}",
+            hint="re-save the weights as dense float32 tensors (t.dequantize(), t.to_dense(), t.float())",
+        )
 
 
 def _refuse_non_finite(state: Mapping[str, torch.Tensor], file: Path) -> None:

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import os
 import re
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
 from cvlth.errors import CheckpointError
+from cvlth.input_files import check_regular
 
 
 def _sniff(file: Path) -> str:
@@ -34,6 +36,7 @@ def _sniff(file: Path) -> str:
 def read_object(path: str | os.PathLike[str]) -> tuple[object, dict[str, str]]:
     """The loaded object and safetensors metadata (``{}`` for torch files); every failure is a CheckpointError."""
     file = Path(path)
+    check_regular(file, "a checkpoint file", CheckpointError)  # a FIFO would block, a device never end
     if not file.is_file():
         raise CheckpointError(f"checkpoint not found: {file}", hint="check the path")
     if file.stat().st_size == 0:
@@ -55,7 +58,36 @@ def read_object(path: str | os.PathLike[str]) -> tuple[object, dict[str, str]]:
             f"{file} is neither a PyTorch checkpoint nor a safetensors file (unrecognised header)",
             hint="pass a .pt/.pth file written by torch.save or a .safetensors file",
         )
+    if kind == "zip":
+        _check_zip_sizes(file)
     return _read_torch(file), {}
+
+
+#: torch.save stores every record of its zip uncompressed, so what a checkpoint unpacks to is about
+#: its size on disk; a file re-zipped with compression may be a few times smaller. More is a bomb:
+#: torch allocates and inflates each record at the size the zip's directory declares.
+MAX_ZIP_INFLATION = 10
+
+
+def _check_zip_sizes(file: Path) -> None:
+    """Refuse a zip whose records declare more than MAX_ZIP_INFLATION times the file's size,
+    read from its central directory before anything is inflated."""
+    try:
+        with zipfile.ZipFile(file) as archive:
+            declared = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
+        raise CheckpointError(
+            f"{file} could not be read as a PyTorch checkpoint (truncated or corrupted zip?): {exc}",
+            hint="re-download or re-save the checkpoint",
+        ) from None
+    size = file.stat().st_size
+    if declared > MAX_ZIP_INFLATION * size:
+        raise CheckpointError(
+            f"{file}: refused: its zip records unpack to {declared:,} bytes, {declared / size:,.0f} times "
+            f"the file's {size:,} bytes (torch.save writes them uncompressed; more than "
+            f"{MAX_ZIP_INFLATION}x is a decompression bomb)",
+            hint="re-save the checkpoint with torch.save",
+        )
 
 
 def _read_safetensors(file: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
