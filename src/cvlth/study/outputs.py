@@ -3,8 +3,11 @@
 A study folder ``<store>/studies/<name>/`` holds three JSON lists besides ``study.yaml``:
 
 * ``matching.json`` -- one :class:`MatchingEntry` per (ticket source, task): a
-  :class:`~cvlth.study.matching.MatchingResult` and, for a downstream task, its source's universal
-  matching sparsity and the tasks that covers;
+  :class:`~cvlth.study.matching.MatchingResult` (means with 95% intervals, the test split's size,
+  each row's decided / undecided margin) and, for a downstream task, its source's universal
+  matching sparsity (both readings) and the tasks that covers;
+* ``claims.json`` -- one :class:`~cvlth.study.claims.ClaimResult` per claim of SPEC §8: holds,
+  refuted, undecided or not tested in this study, with the numbers that decide it;
 * ``tickets.json`` -- one :class:`TicketEntry` per ticket finder run (one per finder seed): its
   masks per level, as paths relative to the store;
 * ``perturbation.json`` (only with a perturbation analysis) -- one :class:`PerturbationCurve` per
@@ -45,11 +48,13 @@ class MatchingEntry:
     result: MatchingResult
     universal_matching_sparsity: float | None = None  # downstream entries of a source only
     universal_tasks: tuple[str, ...] | None = None
+    universal_monotone_sparsity: float | None = None  # its monotone reading
 
     def to_json(self) -> dict[str, Any]:
         entry = self.result.to_dict()
         if self.universal_tasks is not None:
             entry["universal_matching_sparsity"] = self.universal_matching_sparsity
+            entry["universal_monotone_sparsity"] = self.universal_monotone_sparsity
             entry["universal_tasks"] = list(self.universal_tasks)
         return entry
 
@@ -57,10 +62,12 @@ class MatchingEntry:
     def from_json(cls, data: dict[str, Any]) -> MatchingEntry:
         tasks = data.get("universal_tasks")
         universal = data.get("universal_matching_sparsity")
+        monotone = data.get("universal_monotone_sparsity")
         return cls(
             result=MatchingResult.from_dict(data),
             universal_matching_sparsity=None if universal is None else float(universal),
             universal_tasks=None if tasks is None else tuple(str(t) for t in tasks),
+            universal_monotone_sparsity=None if monotone is None else float(monotone),
         )
 
 
@@ -73,7 +80,9 @@ def matching_entries(table: Sequence[MatchingResult]) -> list[MatchingEntry]:
         if u is None:
             entries.append(MatchingEntry(result))
         else:
-            entries.append(MatchingEntry(result, u.universal_matching_sparsity, u.tasks))
+            entries.append(
+                MatchingEntry(result, u.universal_matching_sparsity, u.tasks, u.monotone_universal_sparsity)
+            )
     return entries
 
 

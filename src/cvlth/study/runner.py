@@ -219,21 +219,49 @@ def matching_table(
     downstream tasks, each as its transfers' mean against the dense transfers'. A ticket's mean at a
     sparsity is over every finder seed x every study seed (its ``n``); the dense mean over the seeds."""
     dense: dict[tuple[str, str], list[float]] = defaultdict(list)
+    dense_keys: dict[tuple[str, str], list[Any]] = defaultdict(list)
     tickets: dict[tuple[str, str, str], dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    ticket_keys: dict[tuple[str, str, str], dict[float, list[Any]]] = defaultdict(lambda: defaultdict(list))
+    sizes: dict[str, set[int | None]] = defaultdict(set)
     for item, result in zip(planned, results, strict=True):
         if item.run.kind != "transfer" or item.variant != "ticket":
             continue
         value = metric_of(result, study.task_metric(item.task))
+        sizes[item.task].add(result.get("test_size"))
         if item.finder is None:
             dense[(item.pretraining, item.task)].append(value)
+            dense_keys[(item.pretraining, item.task)].append(item.seed)
         else:
             sparsity = round(level_sparsity(item.level, study.fraction), 6)
             tickets[(item.pretraining, item.finder, item.task)][sparsity].append(value)
+            ticket_keys[(item.pretraining, item.finder, item.task)][sparsity].append(_pairing_key(item))
     table = pretraining_task_table(study, planned, results)
     for (pretraining, finder, task), values in tickets.items():
-        metric = study.task_metric(task)
-        table.append(matching(f"{pretraining}/{finder}", task, dense[(pretraining, task)], values, metric))
+        table.append(
+            matching(
+                f"{pretraining}/{finder}",
+                task,
+                dense[(pretraining, task)],
+                values,
+                study.task_metric(task),
+                dense_keys=dense_keys[(pretraining, task)],
+                ticket_keys=ticket_keys[(pretraining, finder, task)],
+                test_size=_one_size(sizes[task]),
+            )
+        )
     return table
+
+
+def _pairing_key(item: PlannedRun) -> Any:
+    """What a ticket transfer shares with the dense transfer of the same study seed: everything
+    random (data order, augmentation, new parameters) when its ticket's finder seed is 0, which
+    adds nothing to its seeds' entropy (:mod:`cvlth.seeds`); nothing otherwise."""
+    return item.seed if not item.finder_seed else (item.finder_seed, item.seed)
+
+
+def _one_size(sizes: set[int | None]) -> int | None:
+    """The test split's size, when every run recorded the same one (None: unknown or mixed)."""
+    return next(iter(sizes)) if len(sizes) == 1 else None
 
 
 def pretraining_task_table(
@@ -247,21 +275,36 @@ def pretraining_task_table(
     An IMP result written before θ_p was evaluated (no ``dense_upstream``) has no dense reference:
     its source is left out of this table."""
     dense: dict[str, list[float]] = defaultdict(list)
+    dense_keys: dict[str, list[int]] = defaultdict(list)
     tickets: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    ticket_keys: dict[str, dict[float, list[int]]] = defaultdict(lambda: defaultdict(list))
     metrics: dict[str, str] = {}
+    sizes: dict[str, set[int | None]] = defaultdict(set)
     for item, result in zip(planned, results, strict=True):
         if item.run.kind != "imp" or item.run.stage != "upstream" or "dense_upstream" not in result:
             continue
         source = item.source
         metric = metrics.setdefault(source, result["dense_upstream"]["metric"])
         dense[source].append(metric_of({"test_at_best_val": result["dense_upstream"]["test"]}, metric))
+        dense_keys[source].append(item.run.seed)  # θ_p and the tickets of one IMP run: a pair
         for trained in result.get("rounds", []):
             if _selection_metric(trained) != metric:
                 continue  # not the same objective: nothing to compare
             sparsity = round(level_sparsity(trained["trained_with_level"], study.fraction), 6)
             tickets[source][sparsity].append(metric_of(trained, metric))
+            ticket_keys[source][sparsity].append(item.run.seed)
+            sizes[source].add(trained.get("test_size"))
     return [
-        matching(source, PRETRAINING_TASK, dense[source], tickets[source], metrics[source])
+        matching(
+            source,
+            PRETRAINING_TASK,
+            dense[source],
+            tickets[source],
+            metrics[source],
+            dense_keys=dense_keys[source],
+            ticket_keys=ticket_keys[source],
+            test_size=_one_size(sizes[source]),
+        )
         for source in dense
         if tickets[source]
     ]
