@@ -31,7 +31,9 @@ def test_matching_rule_and_extreme_sparsity_by_hand():
     assert none.extreme_matching_sparsity is None
     text = matching_markdown([result, none])
     # dense CI: 0.80 ± t(.975, 2) * 0.02 / sqrt(3) = 0.80 ± 4.302653 * 0.011547 = [0.7503, 0.8497]
-    assert "| imagenet | cifar10 | accuracy | ? | 0.8000 ± 0.0200 [0.7503, 0.8497] | 59.04% | 36.00% |" in text
+    assert (
+        "| imagenet | cifar10 | accuracy | ? | 0.8000 ± 0.0200 [0.7503, 0.8497] | 59.04% | 36.00% |" in text
+    )
     assert "| x | y | accuracy | ? | 0.5000 ± 0.0000 [0.5000, 0.5000] | none | none |" in text
     assert result.to_dict()["rows"][2]["matching"] is False
     assert result.monotone_matching_sparsity == 0.36  # 48.8% fails: 59.04% does not count

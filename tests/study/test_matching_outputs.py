@@ -16,6 +16,7 @@ from cvlth.study.outputs import (
     write_entries,
 )
 
+
 def _ci(mean, std, n):
     """The 95% interval a study writes for a mean (checked against scipy in test_uncertainty.py)."""
     ci = SeedStats(mean, std, n).ci95
@@ -170,7 +171,9 @@ def test_older_matching_files_without_intervals_are_read(tmp_path):
     """matching.json written before intervals: no test size (shown as ?), Welch margins from the summaries."""
     path = tmp_path / "matching.json"
     keep = ("sparsity", "mean", "std", "n", "matching")
-    older = {key: value for key, value in MATCHING[0].items() if key in ("source", "task", "metric", "threshold")}
+    older = {
+        key: value for key, value in MATCHING[0].items() if key in ("source", "task", "metric", "threshold")
+    }
     older["dense"] = {"mean": 0.75, "std": 0.25, "n": 2}
     older["rows"] = [{key: row[key] for key in keep} for row in MATCHING[0]["rows"]]
     path.write_text(json.dumps([older]))

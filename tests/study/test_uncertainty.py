@@ -57,7 +57,12 @@ def test_welch_interval_matches_scipy_ttest_ind():
 
 def test_welch_interval_of_a_difference_of_differences_by_hand():
     # (a - b) - (c - d), four groups of 3 runs, stds 0.01, 0.02, 0.01, 0.02
-    groups = [SeedStats(0.9, 0.01, 3), SeedStats(0.7, 0.02, 3), SeedStats(0.8, 0.01, 3), SeedStats(0.75, 0.02, 3)]
+    groups = [
+        SeedStats(0.9, 0.01, 3),
+        SeedStats(0.7, 0.02, 3),
+        SeedStats(0.8, 0.01, 3),
+        SeedStats(0.75, 0.02, 3),
+    ]
     interval = welch_interval(list(zip([1, -1, -1, 1], groups, strict=True)))
     parts = [0.01**2 / 3, 0.02**2 / 3, 0.01**2 / 3, 0.02**2 / 3]
     variance = sum(parts)
@@ -80,7 +85,9 @@ def test_interval_round_trip_and_shift():
     interval = Interval(0.1, -0.05, 0.25, "welch", 3.5)
     assert Interval.from_dict(interval.to_dict()) == interval
     shifted = interval.shifted(0.1)
-    assert (shifted.estimate, shifted.low, shifted.high) == pytest.approx((0.2, 0.05, 0.35)) and shifted.decided
+    assert (shifted.estimate, shifted.low, shifted.high) == pytest.approx(
+        (0.2, 0.05, 0.35)
+    ) and shifted.decided
 
 
 def test_matching_margin_is_paired_over_shared_seeds():
@@ -103,14 +110,18 @@ def test_matching_margin_falls_back_to_welch_when_seeds_differ():
     dense, keys = [0.80, 0.84, 0.76], [0, 1, 2]
     for ticket_keys in ([0, 1, 3], [0, 1], [(1, 0), (1, 1), (1, 2)], [0, 0, 1]):
         values = [0.8] * len(ticket_keys)
-        row = matching("s", "t", dense, {0.2: values}, dense_keys=keys, ticket_keys={0.2: ticket_keys}).rows[0]
+        row = matching("s", "t", dense, {0.2: values}, dense_keys=keys, ticket_keys={0.2: ticket_keys}).rows[
+            0
+        ]
         assert row.margin.method == "welch", ticket_keys
 
 
 def test_decided_rows_agree_with_the_headline_and_are_counted():
     dense = [0.78, 0.80, 0.82]  # threshold 0.78
     values = {0.2: [0.90, 0.91, 0.89], 0.36: [0.79, 0.77, 0.80], 0.488: [0.50, 0.52, 0.51]}
-    result = matching("s", "t", dense, values, dense_keys=[0, 1, 2], ticket_keys={s: [0, 1, 2] for s in values})
+    result = matching(
+        "s", "t", dense, values, dense_keys=[0, 1, 2], ticket_keys={s: [0, 1, 2] for s in values}
+    )
     assert [(r.matching, r.decided) for r in result.rows] == [(True, True), (True, False), (False, True)]
     assert result.undecided == 1
     for row in result.rows:

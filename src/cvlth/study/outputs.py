@@ -33,6 +33,7 @@ from cvlth.study.matching import MatchingResult, universal_matching
 MATCHING_FILE = "matching.json"
 TICKETS_FILE = "tickets.json"
 PERTURBATION_FILE = "perturbation.json"
+CLAIMS_FILE = "claims.json"
 
 
 class StudyOutputError(CvlthError):
@@ -213,7 +214,13 @@ class _Entry(Protocol):
     def to_json(self) -> dict[str, Any]: ...
 
 
-E = TypeVar("E", MatchingEntry, TicketEntry, PerturbationCurve)
+class _ReadableEntry(_Entry, Protocol):
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Any: ...
+
+
+# the entry types of this module, and cvlth.study.claims.ClaimResult (claims.json)
+E = TypeVar("E", bound=_ReadableEntry)
 
 
 def write_entries(path: Path, entries: Sequence[_Entry]) -> None:

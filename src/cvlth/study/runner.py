@@ -2,7 +2,7 @@
 
 The study's own folder, ``<store>/studies/<name>/``, holds ``study.yaml`` (what was run),
 ``matching.json`` and ``matching.md`` (downstream tasks, Fig. 2's pre-training task, universal
-sparsity), ``tickets.json``, ``perturbation.json`` and the report. Everything else lives in the runs' folders, so a killed
+sparsity), ``claims.json`` (the paper's claims checked), ``tickets.json``, ``perturbation.json`` and the report. Everything else lives in the runs' folders, so a killed
 study resumes by running the same command again.
 """
 
@@ -20,11 +20,14 @@ import torch
 
 from cvlth.atomic import atomic_write_text
 from cvlth.errors import ConfigError, CvlthError
+from cvlth.masks import Mask
 from cvlth.pruning.strategies import level_sparsity
 from cvlth.registry import Registry
 from cvlth.report import write_report
 from cvlth.run_files import mask_path
 from cvlth.store import Store
+from cvlth.study.claim_inputs import claim_inputs, mask_facts
+from cvlth.study.claims import check_claims
 from cvlth.study.config import StudyConfig, study_to_yaml
 from cvlth.study.execute import Context, ensure
 from cvlth.study.matching import (
@@ -35,6 +38,7 @@ from cvlth.study.matching import (
     matching_markdown,
 )
 from cvlth.study.outputs import (
+    CLAIMS_FILE,
     MATCHING_FILE,
     PERTURBATION_FILE,
     TICKETS_FILE,
@@ -105,9 +109,13 @@ def run_study(
     results = [store.result(item.run) for item in planned]
     table = matching_table(study, planned, results)
     write_matching(folder, table)
-    write_entries(folder / TICKETS_FILE, ticket_index(study, planned, store))
+    tickets = ticket_index(study, planned, store)
+    write_entries(folder / TICKETS_FILE, tickets)
+    curves = None
     if study.perturbation is not None:
-        write_entries(folder / PERTURBATION_FILE, perturbation_curves(study, planned, results))
+        curves = perturbation_curves(study, planned, results)
+        write_entries(folder / PERTURBATION_FILE, curves)
+    write_claims(folder, study, table, curves, tickets, store)
     report = _write_report(folder, store, log)
     return StudyOutcome(folder, table, len(planned), computed, time.perf_counter() - start, report)
 
@@ -378,6 +386,23 @@ def ticket_index(study: StudyConfig, planned: list[PlannedRun], store: Store) ->
             )
         )
     return entries
+
+
+def write_claims(
+    folder: Path,
+    study: StudyConfig,
+    table: list[MatchingResult],
+    curves: list[PerturbationCurve] | None,
+    tickets: list[TicketEntry],
+    store: Store,
+) -> None:
+    """claims.json: the paper's claims (SPEC §8) checked on this study's results and masks."""
+
+    def load(ticket: TicketEntry, level: int) -> Mask:
+        return Mask.load(Path(store.root) / ticket.levels[level].mask)
+
+    masks = mask_facts(study, tickets, load, release=lambda: None)
+    write_entries(folder / CLAIMS_FILE, check_claims(claim_inputs(study, table, curves, masks)))
 
 
 def write_matching(folder: Path, table: list[MatchingResult]) -> None:

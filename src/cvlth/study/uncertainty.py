@@ -57,7 +57,13 @@ class Interval:
         return Interval(self.estimate + by, low, high, self.method, self.df)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"estimate": self.estimate, "low": self.low, "high": self.high, "method": self.method, "df": self.df}
+        return {
+            "estimate": self.estimate,
+            "low": self.low,
+            "high": self.high,
+            "method": self.method,
+            "df": self.df,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Interval:
