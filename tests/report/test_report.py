@@ -192,11 +192,35 @@ def test_report_summary_table_values(tmp_path):
     # 0.91 + 0.01 p ± 0.0141; imp-up at 20% is 0.9075 on digits, 0.9025 on shapes. So for
     # supervised (threshold 0.8959) both match at 20%; for moco (0.9059) only digits does.
     # Fig. 2: 0.62, 0.59, 0.56 against θ_p's 0.60 (supervised) and 0.55 (moco).
-    assert "| supervised/imp-up | 20.00% | 20.00% | 20.00% | 20.00% |" in markdown
-    assert "| moco/imp-up | 48.80% | 20.00% | none | none |" in markdown
-    assert "| supervised/random | – | none | none | none |" in markdown
+    # each cell: the paper's reading / the monotone one
+    assert (
+        "| supervised/imp-up | 20.00% / 20.00% | 20.00% / 20.00% | 20.00% / 20.00% | 20.00% / 20.00% |"
+        in markdown
+    )
+    assert "| moco/imp-up | 48.80% / 48.80% | 20.00% / 20.00% | none / none | none / none |" in markdown
+    assert "| supervised/random | – | none / none | none / none | none / none |" in markdown
     assert f"{PRETRAINING_TASK} (retrieval_accuracy)" in markdown
-    assert "0.5500 ± 0.0000 (n=1)" in markdown
+    assert "0.5500 ± 0.0000 [–] (n=1)" in markdown  # one run: no interval
+    # supervised dense on digits: 0.90, 0.92 -> 0.91 ± 0.0141, 95% CI 0.91 ± 12.7062 * 0.01 = [0.7829, 1.0371]
+    assert "0.9100 ± 0.0141 [0.7829, 1.0371] (n=2)" in markdown
+    # 0.9075 on digits: + 0.0116 above the threshold, but two runs a side (Welch, df ~ 1): undecided
+    assert "(n=2) ✓ matching; mean − threshold +0.0116 [-0.0896, +0.1129] · undecided" in markdown
+    # 54 verdicts (6 on the pre-training task, 48 downstream), counted; test sizes were not recorded
+    undecided = sum(r["undecided"] for r in table)
+    assert markdown.count("· undecided") == undecided == 40
+    assert f"{undecided} of 54 matching verdicts are undecided by their runs." in markdown
+    assert "| test size |  | ? | ? | ? |" in markdown
+    html = (folder / "report.html").read_text()
+    cells = re.findall(r"<td( class=\"[a-z]+\")?>([^<]*)</td>", html)
+    assert [css for css, text in cells if "· undecided" in text] == [' class="undecided"'] * undecided
+    # the claims open the report; this study tests some of them and lists the others with what to add
+    assert markdown.index("## The paper's claims, checked") < markdown.index("## What this shows")
+    assert (
+        "| C5 | ✗ refuted | digits: supervised/imp-task − supervised/imp-up: decided below at 4 of 4 levels"
+        in markdown
+    )
+    assert "| C1 | undecided |" in markdown and "| C3 | Rewinding to θ_p" in markdown
+    assert "C9" in markdown.split("Claims not tested in this study", 1)[1]
     names = {p.name for p in (folder / "figures").glob("accuracy-*.png")}
     assert {"accuracy-pretraining-supervised.png", "accuracy-pretraining-moco.png"} <= names
     assert "Perturbation" not in markdown
