@@ -261,6 +261,15 @@ def test_perturbation_variants_at_measured_sparsity(tmp_path):
     assert row.startswith("| 1 | 0.6000 ± 0.0100 (n=2) at 20.00% | 0.6000 ± 0.0100 (n=2) at 80.00% |")
     assert "at 51.20%" in markdown  # level 3's complement: 1 - 48.80%
     assert (folder / "figures" / "perturbation-supervised_imp-task-digits.png").is_file()
+    # the study checked the paper's claims: C3 (imp-task against imp-init) among them
+    claims = {c["claim"]: c for c in json.loads((folder / "claims.json").read_text())}
+    assert list(claims) == [f"C{k}" for k in range(1, 11)]
+    assert claims["C3"]["verdict"] in ("holds", "refuted", "undecided")
+    assert claims["C3"]["evidence"][0].startswith(
+        "digits: supervised/imp-task − supervised/imp-init (θ_0): 48.80%"
+    )
+    assert claims["C10"]["verdict"] == "not tested"
+    assert "## The paper's claims, checked" in markdown
 
 
 def _iou_by_hand(a: Mask, b: Mask) -> float:
@@ -321,6 +330,29 @@ def test_cli_malformed_matching_json(tmp_path, capsys):
     assert "matching.json is malformed" in capsys.readouterr().err
 
 
+def test_report_shows_the_studys_claims_json(tmp_path, capsys):
+    folder = _fabricate(tmp_path, perturbation=False)
+    claim = {
+        "claim": "C8",
+        "statement": "A universal subnetwork exists.",
+        "verdict": "holds",
+        "evidence": ["made-up: decided on every task up to 36.00%"],
+        "paper": "natural images 86.58%",
+        "missing": "",
+        "extensions": [],
+    }
+    (folder / "claims.json").write_text(json.dumps([claim]))
+    write_report(folder)
+    markdown = (folder / "report.md").read_text()
+    assert (
+        "| C8 | ✓ holds | made-up: decided on every task up to 36.00% | natural images 86.58% |" in markdown
+    )
+    assert "| C1 |" not in markdown  # taken from the file, not checked again
+    (folder / "claims.json").write_text(json.dumps([{**claim, "verdict": "perhaps"}]))
+    assert run_cli(["report", str(folder)]) == 2
+    assert "claims.json is malformed: entry 0: ValueError" in capsys.readouterr().err
+
+
 def test_cli_missing_mask_and_not_a_study(tmp_path, capsys):
     folder = _fabricate(tmp_path)
     ticket = json.loads((folder / "tickets.json").read_text())[0]
@@ -349,3 +381,12 @@ def test_report_of_a_real_tiny_study(tmp_path, capsys):
     for result in json.loads((folder / "matching.json").read_text()):
         assert f"{result['dense']['mean']:.4f} ± {result['dense']['std']:.4f}" in markdown
     assert (folder / "figures" / "perturbation-supervised_imp-task-digits.png").is_file()
+    # the study checked the paper's claims: C3 (imp-task against imp-init) among them
+    claims = {c["claim"]: c for c in json.loads((folder / "claims.json").read_text())}
+    assert list(claims) == [f"C{k}" for k in range(1, 11)]
+    assert claims["C3"]["verdict"] in ("holds", "refuted", "undecided")
+    assert claims["C3"]["evidence"][0].startswith(
+        "digits: supervised/imp-task − supervised/imp-init (θ_0): 48.80%"
+    )
+    assert claims["C10"]["verdict"] == "not tested"
+    assert "## The paper's claims, checked" in markdown
