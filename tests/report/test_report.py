@@ -192,11 +192,35 @@ def test_report_summary_table_values(tmp_path):
     # 0.91 + 0.01 p ± 0.0141; imp-up at 20% is 0.9075 on digits, 0.9025 on shapes. So for
     # supervised (threshold 0.8959) both match at 20%; for moco (0.9059) only digits does.
     # Fig. 2: 0.62, 0.59, 0.56 against θ_p's 0.60 (supervised) and 0.55 (moco).
-    assert "| supervised/imp-up | 20.00% | 20.00% | 20.00% | 20.00% |" in markdown
-    assert "| moco/imp-up | 48.80% | 20.00% | none | none |" in markdown
-    assert "| supervised/random | – | none | none | none |" in markdown
+    # each cell: the paper's reading / the monotone one
+    assert (
+        "| supervised/imp-up | 20.00% / 20.00% | 20.00% / 20.00% | 20.00% / 20.00% | 20.00% / 20.00% |"
+        in markdown
+    )
+    assert "| moco/imp-up | 48.80% / 48.80% | 20.00% / 20.00% | none / none | none / none |" in markdown
+    assert "| supervised/random | – | none / none | none / none | none / none |" in markdown
     assert f"{PRETRAINING_TASK} (retrieval_accuracy)" in markdown
-    assert "0.5500 ± 0.0000 (n=1)" in markdown
+    assert "0.5500 ± 0.0000 [–] (n=1)" in markdown  # one run: no interval
+    # supervised dense on digits: 0.90, 0.92 -> 0.91 ± 0.0141, 95% CI 0.91 ± 12.7062 * 0.01 = [0.7829, 1.0371]
+    assert "0.9100 ± 0.0141 [0.7829, 1.0371] (n=2)" in markdown
+    # 0.9075 on digits: + 0.0116 above the threshold, but two runs a side (Welch, df ~ 1): undecided
+    assert "(n=2) ✓ matching; mean − threshold +0.0116 [-0.0896, +0.1129] · undecided" in markdown
+    # 54 verdicts (6 on the pre-training task, 48 downstream), counted; test sizes were not recorded
+    undecided = sum(r["undecided"] for r in table)
+    assert markdown.count("· undecided") == undecided == 40
+    assert f"{undecided} of 54 matching verdicts are undecided by their runs." in markdown
+    assert "| test size |  | ? | ? | ? |" in markdown
+    html = (folder / "report.html").read_text()
+    cells = re.findall(r"<td( class=\"[a-z]+\")?>([^<]*)</td>", html)
+    assert [css for css, text in cells if "· undecided" in text] == [' class="undecided"'] * undecided
+    # the claims open the report; this study tests some of them and lists the others with what to add
+    assert markdown.index("## The paper's claims, checked") < markdown.index("## What this shows")
+    assert (
+        "| C5 | ✗ refuted | digits: supervised/imp-task − supervised/imp-up: decided below at 4 of 4 levels"
+        in markdown
+    )
+    assert "| C1 | undecided |" in markdown and "| C3 | Rewinding to θ_p" in markdown
+    assert "C9" in markdown.split("Claims not tested in this study", 1)[1]
     names = {p.name for p in (folder / "figures").glob("accuracy-*.png")}
     assert {"accuracy-pretraining-supervised.png", "accuracy-pretraining-moco.png"} <= names
     assert "Perturbation" not in markdown
@@ -237,6 +261,15 @@ def test_perturbation_variants_at_measured_sparsity(tmp_path):
     assert row.startswith("| 1 | 0.6000 ± 0.0100 (n=2) at 20.00% | 0.6000 ± 0.0100 (n=2) at 80.00% |")
     assert "at 51.20%" in markdown  # level 3's complement: 1 - 48.80%
     assert (folder / "figures" / "perturbation-supervised_imp-task-digits.png").is_file()
+    # the study checked the paper's claims: C4 on its perturbation analysis; no θ_0 finder: C3 not tested
+    claims = {c["claim"]: c for c in json.loads((folder / "claims.json").read_text())}
+    assert list(claims) == [f"C{k}" for k in range(1, 11)]
+    assert claims["C4"]["verdict"] in ("holds", "refuted", "undecided")
+    assert claims["C4"]["evidence"][0].startswith(
+        "supervised/imp-task → digits: ticket − complement: level 3"
+    )
+    assert claims["C3"]["verdict"] == "not tested" and "rewind: init" in claims["C3"]["missing"]
+    assert "## The paper's claims, checked" in markdown
 
 
 def _iou_by_hand(a: Mask, b: Mask) -> float:
@@ -295,6 +328,29 @@ def test_cli_malformed_matching_json(tmp_path, capsys):
     (folder / "matching.json").write_text(json.dumps([{"source": "x"}]))
     assert run_cli(["report", str(folder)]) == 2
     assert "matching.json is malformed" in capsys.readouterr().err
+
+
+def test_report_shows_the_studys_claims_json(tmp_path, capsys):
+    folder = _fabricate(tmp_path, perturbation=False)
+    claim = {
+        "claim": "C8",
+        "statement": "A universal subnetwork exists.",
+        "verdict": "holds",
+        "evidence": ["made-up: decided on every task up to 36.00%"],
+        "paper": "natural images 86.58%",
+        "missing": "",
+        "extensions": [],
+    }
+    (folder / "claims.json").write_text(json.dumps([claim]))
+    write_report(folder)
+    markdown = (folder / "report.md").read_text()
+    assert (
+        "| C8 | ✓ holds | made-up: decided on every task up to 36.00% | natural images 86.58% |" in markdown
+    )
+    assert "| C1 |" not in markdown  # taken from the file, not checked again
+    (folder / "claims.json").write_text(json.dumps([{**claim, "verdict": "perhaps"}]))
+    assert run_cli(["report", str(folder)]) == 2
+    assert "claims.json is malformed: entry 0: ValueError" in capsys.readouterr().err
 
 
 def test_cli_missing_mask_and_not_a_study(tmp_path, capsys):

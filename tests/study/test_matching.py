@@ -30,9 +30,13 @@ def test_matching_rule_and_extreme_sparsity_by_hand():
     none = matching("x", "y", [0.5, 0.5], {0.2: [0.1, 0.2]})
     assert none.extreme_matching_sparsity is None
     text = matching_markdown([result, none])
-    assert "| imagenet | cifar10 | accuracy | 0.8000 ± 0.0200 | 59.04% |" in text
-    assert "| x | y | accuracy | 0.5000 ± 0.0000 | none |" in text
+    # dense CI: 0.80 ± t(.975, 2) * 0.02 / sqrt(3) = 0.80 ± 4.302653 * 0.011547 = [0.7503, 0.8497]
+    assert (
+        "| imagenet | cifar10 | accuracy | ? | 0.8000 ± 0.0200 [0.7503, 0.8497] | 59.04% | 36.00% |" in text
+    )
+    assert "| x | y | accuracy | ? | 0.5000 ± 0.0000 [0.5000, 0.5000] | none | none |" in text
     assert result.to_dict()["rows"][2]["matching"] is False
+    assert result.monotone_matching_sparsity == 0.36  # 48.8% fails: 59.04% does not count
 
 
 def _table(source, task, dense, by_sparsity):
@@ -66,6 +70,9 @@ def test_universal_matching_sparsity_by_hand():
     assert universal["c"].universal_matching_sparsity == 0.36
     assert universal["a"].to_dict()["universal_matching_sparsity"] == 0.488
     text = matching_markdown(results)
-    assert "| a | t1, t2, t3 | 4 | 48.80% |" in text
-    assert "| b | t1, t2 | 2 | none |" in text
-    assert f"| a | {PRETRAINING_TASK} | accuracy | 0.5000 ± 0.0000 | 67.23% |" in text
+    # monotone: 20% on all tasks, 36% fails on t2
+    assert (a.monotone_universal_sparsity, universal["c"].monotone_universal_sparsity) == (0.2, 0.36)
+    assert universal["b"].monotone_universal_sparsity is None
+    assert "| a | t1, t2, t3 | 4 | 48.80% | 20.00% |" in text
+    assert "| b | t1, t2 | 2 | none | none |" in text
+    assert f"| a | {PRETRAINING_TASK} | accuracy | ? | 0.5000 ± 0.0000 [–] | 67.23% | 67.23% |" in text

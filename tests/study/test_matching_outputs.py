@@ -5,7 +5,7 @@ import json
 import pytest
 
 from cvlth.errors import CvlthError
-from cvlth.study.matching import PRETRAINING_TASK, matching
+from cvlth.study.matching import PRETRAINING_TASK, SeedStats, matching
 from cvlth.study.outputs import (
     MatchingEntry,
     PerturbationCurve,
@@ -16,30 +16,73 @@ from cvlth.study.outputs import (
     write_entries,
 )
 
+
+def _ci(mean, std, n):
+    """The 95% interval a study writes for a mean (checked against scipy in test_uncertainty.py)."""
+    ci = SeedStats(mean, std, n).ci95
+    return None if ci is None else list(ci)
+
+
 # Entries as a study writes them, by hand (key order included: the files are compared as text).
 MATCHING = [
     {
         "source": "supervised/imp-up",
         "task": "digits",
         "metric": "accuracy",
-        "dense": {"mean": 0.75, "std": 0.25, "n": 2},
+        "test_size": 1797,
+        "dense": {"mean": 0.75, "std": 0.25, "n": 2, "ci95": _ci(0.75, 0.25, 2)},
         "threshold": 0.5,
         "extreme_matching_sparsity": 0.2,
+        "monotone_matching_sparsity": 0.2,
+        "undecided": 1,
         "rows": [
-            {"sparsity": 0.2, "mean": 0.81, "std": 0.0, "n": 2, "matching": True},
-            {"sparsity": 0.36, "mean": 0.4, "std": 0.1, "n": 2, "matching": False},
+            {
+                "sparsity": 0.2,
+                "mean": 0.81,
+                "std": 0.0,
+                "n": 2,
+                "ci95": [0.81, 0.81],
+                "matching": True,
+                "decided": True,
+                "margin": {"estimate": 0.31, "low": 0.25, "high": 0.37, "method": "paired", "df": 1.0},
+            },
+            {
+                "sparsity": 0.36,
+                "mean": 0.4,
+                "std": 0.1,
+                "n": 2,
+                "ci95": _ci(0.4, 0.1, 2),
+                "matching": False,
+                "decided": False,
+                "margin": {"estimate": -0.1, "low": -3.5, "high": 3.3, "method": "welch", "df": 1.7},
+            },
         ],
         "universal_matching_sparsity": 0.2,
+        "universal_monotone_sparsity": 0.2,
         "universal_tasks": ["digits"],
     },
     {
         "source": "supervised/imp-up",
         "task": PRETRAINING_TASK,
         "metric": "retrieval_accuracy",
-        "dense": {"mean": 0.5, "std": 0.0, "n": 1},
+        "test_size": None,
+        "dense": {"mean": 0.5, "std": 0.0, "n": 1, "ci95": None},
         "threshold": 0.5,
         "extreme_matching_sparsity": None,
-        "rows": [{"sparsity": 0.2, "mean": 0.25, "std": 0.0, "n": 1, "matching": False}],
+        "monotone_matching_sparsity": None,
+        "undecided": 1,
+        "rows": [
+            {
+                "sparsity": 0.2,
+                "mean": 0.25,
+                "std": 0.0,
+                "n": 1,
+                "ci95": None,
+                "matching": False,
+                "decided": False,
+                "margin": {"estimate": -0.25, "low": None, "high": None, "method": "paired", "df": None},
+            }
+        ],
     },
 ]
 TICKETS = [
@@ -121,6 +164,23 @@ def test_matching_entries_carry_universal_on_downstream_tasks_only():
     # digits matches at 20% only (threshold 0.82 - 0.028), shapes at 36% only: no common sparsity
     assert entries[1]["universal_tasks"] == entries[2]["universal_tasks"] == ["digits", "shapes"]
     assert entries[1]["universal_matching_sparsity"] is None
+    assert entries[1]["universal_monotone_sparsity"] is None
+
+
+def test_older_matching_files_without_intervals_are_read(tmp_path):
+    """matching.json written before intervals: no test size (shown as ?), Welch margins from the summaries."""
+    path = tmp_path / "matching.json"
+    keep = ("sparsity", "mean", "std", "n", "matching")
+    older = {
+        key: value for key, value in MATCHING[0].items() if key in ("source", "task", "metric", "threshold")
+    }
+    older["dense"] = {"mean": 0.75, "std": 0.25, "n": 2}
+    older["rows"] = [{key: row[key] for key in keep} for row in MATCHING[0]["rows"]]
+    path.write_text(json.dumps([older]))
+    (entry,) = read_entries(path, MatchingEntry, hint="rerun")
+    assert entry.result.test_size is None
+    assert [row.margin.method for row in entry.result.rows] == ["welch", "welch"]
+    assert entry.result.rows[0].margin.low is not None and not entry.result.rows[0].decided  # wide: n=2
 
 
 def test_older_perturbation_files_without_levels_are_read(tmp_path):

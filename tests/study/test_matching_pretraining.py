@@ -47,6 +47,7 @@ def _fake_results(study: StudyConfig, planned) -> list[dict]:
                     "trained_with_level": level,
                     "selection": {"metric": "val.accuracy", "mode": "max"},
                     "test_at_best_val": {"accuracy": value, "loss": 1.0},
+                    "test_size": 1000,
                 }
                 for level, value in ((1, 0.70), (2, 0.62))
             ]
@@ -57,7 +58,7 @@ def _fake_results(study: StudyConfig, planned) -> list[dict]:
             sparsity = {"complement": 1 - nominal}.get(item.variant, nominal) if item.level else 0.0
             value = 0.80 + 0.04 * item.seed if item.finder is None else 0.83 - 0.01 * item.level
             value -= {"complement": 0.3, "random": 0.1}.get(item.variant, 0.0)
-            results.append({"sparsity": sparsity, "test_at_best_val": {"accuracy": value}})
+            results.append({"sparsity": sparsity, "test_at_best_val": {"accuracy": value}, "test_size": 500})
         else:
             results.append({})
     return results
@@ -96,12 +97,20 @@ def test_matching_json_holds_fig2_and_universal(tmp_path):
     planned = expand(study)
     write_matching(tmp_path, matching_table(study, planned, _fake_results(study, planned)))
     entries = {(e["source"], e["task"]): e for e in json.loads((tmp_path / "matching.json").read_text())}
-    assert entries[("supervised/imp-up", PRETRAINING_TASK)]["dense"] == {"mean": 0.65, "std": 0.0, "n": 1}
+    fig2 = entries[("supervised/imp-up", PRETRAINING_TASK)]
+    assert fig2["dense"] == {"mean": 0.65, "std": 0.0, "n": 1, "ci95": None}
+    assert fig2["test_size"] == 1000 and fig2["rows"][0]["margin"]["method"] == "paired"
+    digits = entries[("supervised/imp-up", "digits")]
+    assert digits["test_size"] == 500
+    assert {row["margin"]["method"] for row in digits["rows"]} == {"paired"}  # finder seed 0: the dense seeds
     assert "universal_matching_sparsity" not in entries[("supervised/imp-up", PRETRAINING_TASK)]
     assert entries[("supervised/imp-up", "digits")]["universal_matching_sparsity"] == pytest.approx(0.488)
     assert entries[("supervised/imp-up", "digits")]["universal_tasks"] == ["digits"]
     text = (tmp_path / "matching.md").read_text()
-    assert f"| supervised/imp-up | {PRETRAINING_TASK} | accuracy | 0.6500 ± 0.0000 | 20.00% |" in text
+    assert (
+        f"| supervised/imp-up | {PRETRAINING_TASK} | accuracy | 1,000 | 0.6500 ± 0.0000 [–] | 20.00% | 20.00% |"
+        in text
+    )
     assert "std is 0" in text
 
 

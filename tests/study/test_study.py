@@ -55,6 +55,13 @@ def test_tiny_study_runs_end_to_end_and_rerun_trains_nothing(tiny_study, tmp_pat
     )
     assert [row["source"] for row in table if row["task"] == "pre-training task"] == ["supervised/imp-up"]
     assert "extreme matching sparsity" in (store / "studies" / "tiny" / "matching.md").read_text()
+    # every run recorded its test split's size; finder seed 0 tickets pair with the dense runs' seeds
+    digits = [row for row in table if row["task"] == "digits"]
+    assert len({row["test_size"] for row in digits}) == 1 and digits[0]["test_size"] > 0
+    assert {row["rows"][0]["margin"]["method"] for row in digits} == {"paired"}
+    fig2 = next(row for row in table if row["task"] == "pre-training task")
+    assert fig2["test_size"] > 0 and all(r["margin"]["method"] == "paired" for r in fig2["rows"])
+    assert (store / "studies" / "tiny" / "claims.json").is_file()
 
     study = load_study(tiny_study)
     planned = expand(study)

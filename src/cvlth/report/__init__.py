@@ -9,13 +9,13 @@ store and writes, into that same folder:
   (Fig. 2), IoU between tickets and the share of fully pruned kernels at every level (curves
   against sparsity, beside their random-mask baselines), per-layer sparsity and pruned kernels at
   the level nearest 79.03%, a kernel heatmap, perturbation curves at the measured sparsity;
-* ``report.md`` -- tables and links to the figures;
+* ``report.md`` -- the paper's claims checked (``claims.json``), tables and links to the figures;
 * ``report.html`` -- the same, self-contained: figures embedded as ``data:`` URIs, inline CSS, no
   external reference of any kind, so it opens offline and can be mailed as one file.
 
 Everything shown is computed from those files; the "what this shows" section only restates numbers.
 
-Layout: :mod:`~cvlth.report.inputs` reads the folder; :mod:`~cvlth.report.results`,
+Layout: :mod:`~cvlth.report.inputs` reads the folder; :mod:`~cvlth.report.claims`, :mod:`~cvlth.report.results`,
 :mod:`~cvlth.report.structure` and :mod:`~cvlth.report.perturbation` compute the sections as plain
 data (:mod:`~cvlth.report.document`: paragraphs, tables, figure paths; figures styled by
 :mod:`~cvlth.report.styles`); :mod:`~cvlth.report.to_markdown` and :mod:`~cvlth.report.to_html`

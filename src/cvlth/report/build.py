@@ -6,6 +6,7 @@ from datetime import datetime
 from pathlib import Path
 
 from cvlth.atomic import atomic_write_text
+from cvlth.report.claims import claims_section
 from cvlth.report.document import Report, Section
 from cvlth.report.inputs import ReportError, StudyFiles, read_study_files
 from cvlth.report.perturbation import perturbation_section
@@ -23,7 +24,9 @@ from cvlth.report.to_markdown import render_markdown
 
 
 def build_report(files: StudyFiles, figures: Path, now: datetime) -> Report:
-    """Every section, its figures drawn into ``figures``; the summary restates the sections' facts."""
+    """Every section, its figures drawn into ``figures``; the claims open the report, the summary
+    (second) restates the sections' facts."""
+    claims = claims_section(files)
     sections = [setup_section(files, now), accuracy_section(files, figures), matching_section(files)]
     shown_kernels = kernel_tickets(files)[0] if files.tickets else []
     scan = scan_levels(files, ranked(files.tickets, MAX_IOU_TICKETS)[0], shown_kernels)
@@ -32,7 +35,7 @@ def build_report(files: StudyFiles, figures: Path, now: datetime) -> Report:
         sections.append(perturbation_section(files, figures))
     facts = matching_facts(files) + [fact for section in sections for fact in section.facts]
     summary = Section("What this shows", "summary", [facts] if facts else ["No results to summarise."])
-    sections.insert(1, summary)
+    sections[:0] = [claims, summary]
     return Report(f"Study {files.study.name}: lottery tickets report", sections)
 
 

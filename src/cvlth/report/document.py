@@ -20,6 +20,9 @@ class Figure:
     caption: str
 
 
+#: Marks a table cell whose verdict the runs do not decide: HTML greys it.
+UNDECIDED = "undecided"
+
 Block = str | list[str] | Table | Figure  # a paragraph, bullets, a table, a figure
 
 
@@ -50,6 +53,11 @@ def num(value: float) -> str:
 
 def pm(mean: float, std: float) -> str:
     return f"{num(mean)} ± {num(std)}"
+
+
+def ci(interval: tuple[float, float] | None) -> str:
+    """A 95% interval as ``[low, high]``; ``[–]`` when there is none (a single run)."""
+    return "[–]" if interval is None else f"[{num(interval[0])}, {num(interval[1])}]"
 
 
 def slug(text: str) -> str:

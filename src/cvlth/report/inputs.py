@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from cvlth.store import Store
+from cvlth.study.claims import ClaimResult
 from cvlth.study.matching import MatchingResult
 from cvlth.study.outputs import (
+    CLAIMS_FILE,
     MATCHING_FILE,
     PERTURBATION_FILE,
     TICKETS_FILE,
@@ -35,6 +37,7 @@ class StudyFiles:
     tickets: list[TicketEntry]
     perturbation: list[PerturbationCurve] | None  # None: the study has no perturbation analysis
     results_time: datetime
+    claims: list[ClaimResult] | None = None  # None: claims.json predates claims; the report checks them
     _masks: dict[str, Any] = field(default_factory=dict)  # mask path -> Mask, the current level's
 
     def rerun_hint(self) -> str:
@@ -86,6 +89,8 @@ def read_study_files(study_dir: Path, store_root: Path | None = None) -> StudyFi
     perturbation = None
     if perturbation_path.exists():
         perturbation = read_entries(perturbation_path, PerturbationCurve, hint)
+    claims_path = folder / CLAIMS_FILE
+    claims = read_entries(claims_path, ClaimResult, hint) if claims_path.exists() else None
     return StudyFiles(
         folder=folder,
         store=store,
@@ -94,4 +99,5 @@ def read_study_files(study_dir: Path, store_root: Path | None = None) -> StudyFi
         tickets=tickets,
         perturbation=perturbation,
         results_time=datetime.fromtimestamp(matching_path.stat().st_mtime),
+        claims=claims,
     )

@@ -7,10 +7,19 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
-from cvlth.report.document import Figure, Section, Table, num, pct, pm, slug
+from cvlth.report.document import UNDECIDED, Figure, Section, Table, ci, num, pct, pm, slug
 from cvlth.report.inputs import StudyFiles
 from cvlth.report.styles import finder_of, pretraining_of, styles
-from cvlth.study.matching import PRETRAINING_TASK, MatchingResult, universal_matching
+from cvlth.study.matching import (
+    DECISION_TEXT,
+    PRETRAINING_TASK,
+    MatchingResult,
+    MatchingRow,
+    SeedStats,
+    margin_text,
+    size_text,
+    universal_matching,
+)
 
 
 def setup_section(files: StudyFiles, now: datetime) -> Section:
@@ -72,7 +81,8 @@ def accuracy_section(files: StudyFiles, figures: Path) -> Section:
     section = Section("Accuracy vs remaining weights", "accuracy")
     colors, finder_styles = styles(files)
     section.blocks.append(
-        "One line per ticket source (mean ± std over seeds as a band); colour = pre-training, line style "
+        "One line per ticket source (its mean over runs; the band is the mean's 95% confidence interval, "
+        "none for a single run); colour = pre-training, line style "
         "and marker = ticket finder. Dashed horizontal lines: each pre-training's dense model; the hatched "
         "band below each is its matching band [mean − std, mean]: a ticket whose mean is at or above the "
         "band's lower edge matches. The pre-training task (the paper's Fig. 2) has one figure per "
@@ -90,7 +100,8 @@ def accuracy_section(files: StudyFiles, figures: Path) -> Section:
     for name, title, results in panels:
         metric = _metric_label(results)
         curves = {
-            r.source: [(row.sparsity, row.stats.mean, row.stats.std) for row in r.rows] for r in results
+            r.source: [(row.sparsity, row.stats.mean, _half_width(row.stats)) for row in r.rows]
+            for r in results
         }
         dense: dict[str, tuple[float, float]] = {}
         for r in results:
@@ -113,13 +124,31 @@ def accuracy_section(files: StudyFiles, figures: Path) -> Section:
     return section
 
 
+def _half_width(stats: SeedStats) -> float | None:
+    """Half the width of the mean's 95% interval (the plots' band), None for a single run."""
+    interval = stats.ci95
+    return None if interval is None else (interval[1] - interval[0]) / 2
+
+
+def _cell(row: MatchingRow) -> str:
+    """mean ± std [95% CI] (n), the headline verdict and, when the runs do not settle it, undecided."""
+    mark = "✓ matching" if row.matching else "✗"
+    text = f"{pm(row.stats.mean, row.stats.std)} {ci(row.stats.ci95)} (n={row.stats.n}) {mark}"
+    margin = f"; mean − threshold {margin_text(row.margin)}"
+    return text + margin + ("" if row.decided else f" · {UNDECIDED}")
+
+
 def matching_section(files: StudyFiles) -> Section:
     section = Section("Extreme matching sparsity", "matching")
     section.blocks.append(
         "A ticket matches when its mean over its runs (every finder seed x every seed) is at least the "
         "dense mean minus one standard deviation "
         "(dense of its own pre-training); the extreme matching sparsity is the highest sparsity at which it "
-        "matches (none: it matches at no sparsity tested)."
+        "matches (none: it matches at no sparsity tested), beside its monotone reading: the highest "
+        "sparsity up to which every sparsity tested matches. Every mean carries its 95% confidence "
+        "interval (Student t over its runs, [–] for one run) and n, its number of runs. "
+        + DECISION_TEXT
+        + " Undecided cells are greyed."
     )
     tasks = task_order(files)
     sources = list(dict.fromkeys(r.source for r in files.matching))
@@ -139,28 +168,40 @@ def matching_section(files: StudyFiles) -> Section:
     )
     rows = []
     for source in sources:
-        cells = [
-            pct(by_key[(source, t)].extreme_matching_sparsity) if (source, t) in by_key else "–"
-            for t in tasks
-        ]
+        cells = [_extremes(by_key[(source, t)]) if (source, t) in by_key else "–" for t in tasks]
         u = universal.get(source)
-        rows.append([source, *cells, "–" if u is None else pct(u.universal_matching_sparsity)])
+        rows.append(
+            [
+                source,
+                *cells,
+                "–"
+                if u is None
+                else f"{pct(u.universal_matching_sparsity)} / {pct(u.monotone_universal_sparsity)}",
+            ]
+        )
     section.blocks.append(
         Table(
             ["ticket source", *tasks, "universal (all downstream tasks)"],
             rows,
-            "Extreme matching sparsity (rows: source)",
+            "Extreme matching sparsity, the paper's reading / monotone (rows: source)",
         )
     )
+    undecided = sum(r.undecided for r in files.matching)
+    total = sum(len(r.rows) for r in files.matching)
+    section.blocks.append(f"{undecided} of {total} matching verdicts are undecided by their runs.")
     for source in sources:
         results = {t: by_key[(source, t)] for t in tasks if (source, t) in by_key}
         sparsities = sorted({row.sparsity for r in results.values() for row in r.rows})
         header = ["sparsity", "remaining", *(f"{t} ({r.metric})" for t, r in results.items())]
         table_rows = [
+            ["test size", "", *(size_text(r.test_size) for r in results.values())],
             [
                 "dense",
                 "100%",
-                *(f"{pm(r.dense.mean, r.dense.std)} (n={r.dense.n})" for r in results.values()),
+                *(
+                    f"{pm(r.dense.mean, r.dense.std)} {ci(r.dense.ci95)} (n={r.dense.n})"
+                    for r in results.values()
+                ),
             ],
             ["threshold", "", *(f"≥ {num(r.threshold)}" for r in results.values())],
         ]
@@ -168,14 +209,17 @@ def matching_section(files: StudyFiles) -> Section:
             cells = []
             for r in results.values():
                 row = next((row for row in r.rows if row.sparsity == s), None)
-                if row is None:
-                    cells.append("–")
-                else:
-                    mark = "✓ matching" if row.matching else "✗"
-                    cells.append(f"{pm(row.stats.mean, row.stats.std)} (n={row.stats.n}) {mark}")
+                cells.append("–" if row is None else _cell(row))
             table_rows.append([pct(s), pct(1.0 - s), *cells])
-        section.blocks.append(Table(header, table_rows, f"{source}: test metric per task"))
+        undecided = sum(r.undecided for r in results.values())
+        caption = f"{source}: test metric per task, mean ± std [95% CI] (n); {undecided} undecided"
+        section.blocks.append(Table(header, table_rows, caption))
     return section
+
+
+def _extremes(result: MatchingResult) -> str:
+    """The paper's reading / the monotone one."""
+    return f"{pct(result.extreme_matching_sparsity)} / {pct(result.monotone_matching_sparsity)}"
 
 
 def matching_facts(files: StudyFiles) -> list[str]:
@@ -187,7 +231,8 @@ def matching_facts(files: StudyFiles) -> list[str]:
             reverse=True,
         )
         matched = [
-            f"{r.source} up to {pct(r.extreme_matching_sparsity)}"
+            f"{r.source} up to {pct(r.extreme_matching_sparsity)} (every level up to "
+            f"{pct(r.monotone_matching_sparsity)})"
             for r in results
             if r.extreme_matching_sparsity is not None
         ]

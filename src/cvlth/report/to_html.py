@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import html
 
-from cvlth.report.document import Figure, Report, Table
+from cvlth.report.document import UNDECIDED, Figure, Report, Table
 
 CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 0; color: #1d1d1f;
@@ -20,11 +20,19 @@ caption { text-align: left; font-weight: 600; padding-bottom: .3rem; }
 th, td { border: 1px solid #d6d6d6; padding: .25rem .55rem; text-align: left; vertical-align: top; }
 th { background: #f0f0f0; }
 td.yes { background: #e6f4e6; }
+td.undecided { background: #ececec; color: #6e6e6e; }
 figure { margin: 1rem 0 1.6rem; }
 figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { font-size: .85rem; color: #555; }
 ul.facts li { margin-bottom: .35rem; }
 """
+
+
+def _cell_class(cell: str) -> str:
+    """Undecided verdicts greyed (even a matching one: the runs do not settle it), decided ones green."""
+    if UNDECIDED in cell:
+        return ' class="undecided"'
+    return ' class="yes"' if "✓" in cell else ""
 
 
 def render_html(report: Report) -> str:
@@ -56,7 +64,7 @@ def render_html(report: Report) -> str:
                     cells = []
                     for k, cell in enumerate(row):
                         tag = "th" if k == 0 else "td"
-                        css = ' class="yes"' if "✓" in cell else ""
+                        css = _cell_class(cell)
                         cells.append(f"<{tag}{css}>{esc(cell)}</{tag}>")
                     out.append("<tr>" + "".join(cells) + "</tr>")
                 out.append("</table>")

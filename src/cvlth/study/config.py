@@ -164,6 +164,11 @@ class StudyConfig(Strict):
     )
     perturbation: PerturbationEntry | None = None
     metric: str | None = Field(None, description="test metric for matching; default: by task objective")
+    domain_shift_tasks: list[str] = Field(
+        default_factory=list,
+        description="tasks whose images differ in kind from the pre-training's (synthetic to real, e.g. "
+        "VisDA-2017): the report checks the paper's domain-gap claim (C9) on them; no run's identity",
+    )
     executor: ExecutorSettings = Field(
         default_factory=ExecutorSettings,
         description="what each run asks a Ray cluster for; no run's identity",
@@ -212,6 +217,9 @@ class StudyConfig(Strict):
             for level in finder.levels or []:
                 if not 1 <= level <= self.rounds:
                     raise ValueError(f"finder {finder.name!r}: levels: {level} is outside 1..{self.rounds}")
+        for task in self.domain_shift_tasks:
+            if task not in self.tasks:
+                raise ValueError(f"domain_shift_tasks: unknown task {task!r} (tasks: {sorted(self.tasks)})")
         for task in self.task_adapt:
             if task not in self.tasks:
                 raise ValueError(f"task_adapt: unknown task {task!r} (tasks: {sorted(self.tasks)})")

@@ -5,7 +5,24 @@ its runs -- every finder seed x every study seed -- and the dense model's over t
 it matches when ``mean >= dense_mean - dense_std``. The extreme matching sparsity is the
 highest sparsity on the grid at which the ticket still matches (``None`` if none does).
 Standard deviations are sample standard deviations (ddof=1; 0 for a single run); ``n`` says how
-many runs each mean is over.
+many runs each mean is over, ``ci95`` gives each mean's 95% Student-t interval and ``test_size`` the
+number of test images (or samples) each run was evaluated on (None in results written before it was
+recorded).
+
+The paper's rule is the headline verdict. Beside it each row is *decided* or *undecided*: the 95%
+interval of ``mean - threshold`` (its ``margin``) is decided when it excludes zero. The threshold's
+margin, one dense std, is taken as the rule's fixed tolerance; the uncertainty is that of the
+difference ``ticket - dense``:
+
+* *paired* when the ticket's runs and the dense runs are the same seeds (each ticket run has the
+  dense run of its seed, which shares its data order, augmentation and new parameters): the
+  t-interval of the per-seed differences;
+* *Welch* otherwise (several finder seeds, or seeds that differ): the two-sample interval of
+  independent means (runs of one finder seed share their mask, so with several finder seeds the
+  interval can be too narrow).
+
+A decided row's direction is always the headline's (both intervals are centred on
+``mean - threshold``). With one run on either side the spread is unknown: undecided.
 
 Two more readings of the same rule:
 
@@ -16,14 +33,20 @@ Two more readings of the same rule:
 * The *universal* matching sparsity of a ticket source (:func:`universal_matching`): the highest
   sparsity, among those evaluated on every downstream task of the source, at which the source
   matches on all of them at once.
+
+Both extremes also come in a *monotone* reading: the highest sparsity up to which every sparsity
+tested matches (``None`` when the lowest does not), beside the paper's reading (the highest
+matching sparsity, whatever lies below it).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
+
+from cvlth.study.uncertainty import Interval, mean_interval, paired_interval, welch_interval
 
 #: The task name of Fig. 2's results: tickets and θ_p evaluated on their own pre-training task.
 PRETRAINING_TASK = "pre-training task"
@@ -44,6 +67,16 @@ class SeedStats:
         var = math.fsum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
         return cls(mean=mean, std=math.sqrt(var), n=n)
 
+    @property
+    def ci95(self) -> tuple[float, float] | None:
+        """The 95% Student-t interval of the mean (None for a single run)."""
+        interval = mean_interval(self)
+        return None if interval.low is None or interval.high is None else (interval.low, interval.high)
+
+    def to_dict(self) -> dict[str, Any]:
+        ci = self.ci95
+        return {"mean": self.mean, "std": self.std, "n": self.n, "ci95": None if ci is None else list(ci)}
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SeedStats:
         return cls(mean=float(data["mean"]), std=float(data["std"]), n=int(data["n"]))
@@ -53,7 +86,22 @@ class SeedStats:
 class MatchingRow:
     sparsity: float
     stats: SeedStats
-    matching: bool
+    matching: bool  # the paper's rule: mean >= threshold
+    margin: Interval | None = None  # mean - threshold with its 95% interval (module docstring)
+
+    @property
+    def decided(self) -> bool:
+        """Whether the interval of ``mean - threshold`` excludes zero."""
+        return self.margin is not None and self.margin.decided
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sparsity": self.sparsity,
+            **self.stats.to_dict(),
+            "matching": self.matching,
+            "decided": self.decided,
+            "margin": None if self.margin is None else self.margin.to_dict(),
+        }
 
 
 @dataclass(frozen=True)
@@ -63,6 +111,7 @@ class MatchingResult:
     dense: SeedStats
     rows: tuple[MatchingRow, ...]
     metric: str = "accuracy"
+    test_size: int | None = None  # test images (samples) per evaluation; None: not recorded
 
     @property
     def threshold(self) -> float:
@@ -70,8 +119,19 @@ class MatchingResult:
 
     @property
     def extreme_matching_sparsity(self) -> float | None:
+        """The paper's reading: the highest sparsity at which the ticket matches."""
         matching = [row.sparsity for row in self.rows if row.matching]
         return max(matching) if matching else None
+
+    @property
+    def monotone_matching_sparsity(self) -> float | None:
+        """The highest sparsity up to which every sparsity tested matches."""
+        return monotone_extreme([(row.sparsity, row.matching) for row in self.rows])
+
+    @property
+    def undecided(self) -> int:
+        """How many rows' verdicts the runs do not decide."""
+        return sum(not row.decided for row in self.rows)
 
     @property
     def on_pretraining_task(self) -> bool:
@@ -82,25 +142,76 @@ class MatchingResult:
             "source": self.source,
             "task": self.task,
             "metric": self.metric,
-            "dense": asdict(self.dense),
+            "test_size": self.test_size,
+            "dense": self.dense.to_dict(),
             "threshold": self.threshold,
             "extreme_matching_sparsity": self.extreme_matching_sparsity,
-            "rows": [{"sparsity": r.sparsity, **asdict(r.stats), "matching": r.matching} for r in self.rows],
+            "monotone_matching_sparsity": self.monotone_matching_sparsity,
+            "undecided": self.undecided,
+            "rows": [row.to_dict() for row in self.rows],
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> MatchingResult:
-        """The inverse of :meth:`to_dict` (its derived fields, threshold and extreme, are recomputed)."""
+        """The inverse of :meth:`to_dict` (its derived fields -- threshold, extremes, intervals of
+        the means -- are recomputed). A row written before margins were stored gets Welch's,
+        computed from the summaries (the per-seed values that a paired interval needs are gone)."""
+        dense = SeedStats.from_dict(data["dense"])
+        rows = []
+        for row in data["rows"]:
+            stats = SeedStats.from_dict(row)
+            margin = row.get("margin")
+            rows.append(
+                MatchingRow(
+                    float(row["sparsity"]),
+                    stats,
+                    bool(row["matching"]),
+                    _welch_margin(stats, dense) if margin is None else Interval.from_dict(margin),
+                )
+            )
+        size = data.get("test_size")
         return cls(
             source=str(data["source"]),
             task=str(data["task"]),
-            dense=SeedStats.from_dict(data["dense"]),
-            rows=tuple(
-                MatchingRow(float(row["sparsity"]), SeedStats.from_dict(row), bool(row["matching"]))
-                for row in data["rows"]
-            ),
+            dense=dense,
+            rows=tuple(rows),
             metric=str(data.get("metric", "accuracy")),
+            test_size=None if size is None else int(size),
         )
+
+
+def monotone_extreme(verdicts: Sequence[tuple[float, bool]]) -> float | None:
+    """The highest sparsity up to which every one of ``(sparsity, matches)`` matches."""
+    extreme = None
+    for sparsity, matches in sorted(verdicts):
+        if not matches:
+            break
+        extreme = sparsity
+    return extreme
+
+
+def _welch_margin(stats: SeedStats, dense: SeedStats) -> Interval:
+    """``mean - threshold`` with Welch's interval of ``ticket - dense`` (independent runs)."""
+    return welch_interval([(1.0, stats), (-1.0, dense)]).shifted(dense.std)
+
+
+def _margin(
+    stats: SeedStats,
+    dense: SeedStats,
+    values: Sequence[float],
+    dense_values: Sequence[float],
+    keys: Sequence[Hashable] | None,
+    dense_keys: Sequence[Hashable] | None,
+) -> Interval:
+    """Paired when the ticket's runs are exactly the dense runs' seeds, one each; else Welch."""
+    if keys is not None and dense_keys is not None and len(keys) == len(values):
+        by_key = dict(zip(dense_keys, dense_values, strict=True))
+        if len(by_key) == len(dense_keys) and len(set(keys)) == len(keys) and set(keys) == set(by_key):
+            paired = paired_interval(list(values), [by_key[k] for k in keys]).shifted(dense.std)
+            # the mean of differences is the difference of means; centre on the headline's own number
+            # so that rounding never makes a decided row disagree with it
+            return paired.shifted(stats.mean - dense.mean + dense.std - paired.estimate)
+    return _welch_margin(stats, dense)
 
 
 @dataclass(frozen=True)
@@ -116,8 +227,20 @@ class UniversalResult:
     def universal_matching_sparsity(self) -> float | None:
         return max(self.matching_all) if self.matching_all else None
 
+    @property
+    def monotone_universal_sparsity(self) -> float | None:
+        """The highest common sparsity up to which the source matches on every task at every one."""
+        return monotone_extreme([(s, s in self.matching_all) for s in self.sparsities])
+
     def to_dict(self) -> dict:
-        return {**asdict(self), "universal_matching_sparsity": self.universal_matching_sparsity}
+        return {
+            "source": self.source,
+            "tasks": list(self.tasks),
+            "sparsities": list(self.sparsities),
+            "matching_all": list(self.matching_all),
+            "universal_matching_sparsity": self.universal_matching_sparsity,
+            "monotone_universal_sparsity": self.monotone_universal_sparsity,
+        }
 
 
 def universal_matching(results: Sequence[MatchingResult]) -> list[UniversalResult]:
@@ -148,33 +271,52 @@ def matching(
     dense_values: Sequence[float],
     ticket_values: Mapping[float, Sequence[float]],
     metric: str = "accuracy",
+    *,
+    dense_keys: Sequence[Hashable] | None = None,
+    ticket_keys: Mapping[float, Sequence[Hashable]] | None = None,
+    test_size: int | None = None,
 ) -> MatchingResult:
     """Apply the matching rule to run results: ``ticket_values`` maps sparsity -> metric per run
-    (every finder seed x every transfer seed), ``dense_values`` holds one metric per dense run."""
+    (every finder seed x every transfer seed), ``dense_values`` holds one metric per dense run.
+
+    ``dense_keys[i]`` and ``ticket_keys[sparsity][i]`` name the seed a run shares with the runs of
+    the other side (e.g. the study seed of a finder-seed-0 ticket): where a sparsity's keys are
+    exactly the dense keys, its margin is paired; otherwise (or without keys) Welch's."""
     dense = SeedStats.of(dense_values)
     threshold = dense.mean - dense.std
     rows = []
     for sparsity in sorted(ticket_values):
-        stats = SeedStats.of(ticket_values[sparsity])
-        rows.append(MatchingRow(sparsity=sparsity, stats=stats, matching=stats.mean >= threshold))
-    return MatchingResult(source=source, task=task, dense=dense, rows=tuple(rows), metric=metric)
+        values = ticket_values[sparsity]
+        stats = SeedStats.of(values)
+        keys = None if ticket_keys is None else ticket_keys.get(sparsity)
+        margin = _margin(stats, dense, values, dense_values, keys, dense_keys)
+        rows.append(MatchingRow(sparsity, stats, stats.mean >= threshold, margin))
+    return MatchingResult(source, task, dense, tuple(rows), metric=metric, test_size=test_size)
 
 
 def matching_markdown(results: Sequence[MatchingResult]) -> str:
     """The summary of extreme matching sparsities, the universal ones, then one table per result."""
     lines = [
-        "| ticket source | task | metric | dense | extreme matching sparsity | runs per mean (dense / ticket) |",
-        "|---|---|---|---|---|---|",
+        "| ticket source | task | metric | test size | dense mean ± std [95% CI] "
+        "| extreme matching sparsity | monotone reading | undecided levels | runs per mean (dense / ticket) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
-            f"| {r.source} | {r.task} | {r.metric} | {r.dense.mean:.4f} ± {r.dense.std:.4f} "
-            f"| {_percent(r.extreme_matching_sparsity)} | {r.dense.n} / {_counts(r.rows)} |"
+            f"| {r.source} | {r.task} | {r.metric} | {size_text(r.test_size)} "
+            f"| {r.dense.mean:.4f} ± {r.dense.std:.4f} {ci_text(r.dense)} "
+            f"| {_percent(r.extreme_matching_sparsity)} | {_percent(r.monotone_matching_sparsity)} "
+            f"| {r.undecided} of {len(r.rows)} | {r.dense.n} / {_counts(r.rows)} |"
         )
     lines += [
         "",
         "Each mean is over runs: a ticket's over every finder seed x every seed of the study, the dense "
-        "model's over the seeds (Fig. 2 rows: over the finder's IMP runs).",
+        "model's over the seeds (Fig. 2 rows: over the finder's IMP runs); [95% CI] is its Student-t "
+        "interval, test size the number of test images each run was evaluated on (?: not recorded). "
+        "Extreme matching sparsity: the highest sparsity that matches (the paper's reading); monotone "
+        "reading: the highest sparsity up to which every sparsity tested matches.",
+        "",
+        DECISION_TEXT,
     ]
     if any(r.on_pretraining_task for r in results):
         lines += [
@@ -189,30 +331,66 @@ def matching_markdown(results: Sequence[MatchingResult]) -> str:
         lines += [
             "",
             "**Universal matching sparsity**: the highest sparsity, among those evaluated on every "
-            "downstream task of the source, at which it matches on all of them at once.",
+            "downstream task of the source, at which it matches on all of them at once (monotone: up "
+            "to which it matches on all of them at every such sparsity).",
             "",
-            "| ticket source | tasks | sparsities on every task | universal matching sparsity |",
-            "|---|---|---|---|",
+            "| ticket source | tasks | sparsities on every task | universal matching sparsity | monotone reading |",
+            "|---|---|---|---|---|",
         ]
         for u in universal:
             lines.append(
                 f"| {u.source} | {', '.join(u.tasks)} | {len(u.sparsities)} "
-                f"| {_percent(u.universal_matching_sparsity)} |"
+                f"| {_percent(u.universal_matching_sparsity)} | {_percent(u.monotone_universal_sparsity)} |"
             )
     for r in results:
         lines += [
             "",
-            f"**{r.source} → {r.task}** (matching: mean {r.metric} ≥ {r.threshold:.4f} = dense mean − dense std)",
+            f"**{r.source} → {r.task}** (matching: mean {r.metric} ≥ {r.threshold:.4f} = dense mean − dense std; "
+            f"test size {size_text(r.test_size)})",
             "",
-            f"| sparsity | mean {r.metric} | std | runs | matching |",
-            "|---|---|---|---|---|",
+            f"| sparsity | mean {r.metric} | std | 95% CI | runs | mean − threshold [95% CI] | matching | decision |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for row in r.rows:
             mark = "yes" if row.matching else "no"
             lines.append(
-                f"| {row.sparsity:.2%} | {row.stats.mean:.4f} | {row.stats.std:.4f} | {row.stats.n} | {mark} |"
+                f"| {row.sparsity:.2%} | {row.stats.mean:.4f} | {row.stats.std:.4f} | {ci_text(row.stats)} "
+                f"| {row.stats.n} | {margin_text(row.margin)} | {mark} | {decision_text(row)} |"
             )
     return "\n".join(lines) + "\n"
+
+
+#: What decided / undecided means, for every table that shows it.
+DECISION_TEXT = (
+    "Decision: a verdict is *decided* when the 95% interval of (ticket mean − threshold) excludes zero, "
+    "*undecided* otherwise (then more seeds could flip it). The interval is paired over seeds when the "
+    "ticket's runs are exactly the dense runs' seeds (same data order, augmentation and new parameters), "
+    "else Welch's two-sample interval; the threshold's one dense std is the rule's fixed tolerance."
+)
+
+
+def ci_text(stats: SeedStats) -> str:
+    """``[low, high]`` of a mean, or ``[–]`` for a single run."""
+    ci = stats.ci95
+    return "[–]" if ci is None else f"[{ci[0]:.4f}, {ci[1]:.4f}]"
+
+
+def margin_text(margin: Interval | None) -> str:
+    if margin is None:
+        return "?"
+    if margin.low is None or margin.high is None:
+        return f"{margin.estimate:+.4f} [–]"
+    return f"{margin.estimate:+.4f} [{margin.low:+.4f}, {margin.high:+.4f}]"
+
+
+def decision_text(row: MatchingRow) -> str:
+    """``decided (paired)``, ``undecided (welch)``, ...: the decision and how it was reached."""
+    how = "" if row.margin is None else f" ({row.margin.method})"
+    return ("decided" if row.decided else "undecided") + how
+
+
+def size_text(size: int | None) -> str:
+    return "?" if size is None else f"{size:,}"
 
 
 def _counts(rows: Sequence[MatchingRow]) -> str:

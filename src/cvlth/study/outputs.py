@@ -3,8 +3,11 @@
 A study folder ``<store>/studies/<name>/`` holds three JSON lists besides ``study.yaml``:
 
 * ``matching.json`` -- one :class:`MatchingEntry` per (ticket source, task): a
-  :class:`~cvlth.study.matching.MatchingResult` and, for a downstream task, its source's universal
-  matching sparsity and the tasks that covers;
+  :class:`~cvlth.study.matching.MatchingResult` (means with 95% intervals, the test split's size,
+  each row's decided / undecided margin) and, for a downstream task, its source's universal
+  matching sparsity (both readings) and the tasks that covers;
+* ``claims.json`` -- one :class:`~cvlth.study.claims.ClaimResult` per claim of SPEC §8: holds,
+  refuted, undecided or not tested in this study, with the numbers that decide it;
 * ``tickets.json`` -- one :class:`TicketEntry` per ticket finder run (one per finder seed): its
   masks per level, as paths relative to the store;
 * ``perturbation.json`` (only with a perturbation analysis) -- one :class:`PerturbationCurve` per
@@ -31,6 +34,7 @@ from cvlth.study.matching import MatchingResult, universal_matching
 MATCHING_FILE = "matching.json"
 TICKETS_FILE = "tickets.json"
 PERTURBATION_FILE = "perturbation.json"
+CLAIMS_FILE = "claims.json"
 #: Far above any study's results (a paper-scale matching.json is < 1 MB); bounds a wrong file's read.
 MAX_RESULT_BYTES = 256 << 20
 
@@ -48,11 +52,13 @@ class MatchingEntry:
     result: MatchingResult
     universal_matching_sparsity: float | None = None  # downstream entries of a source only
     universal_tasks: tuple[str, ...] | None = None
+    universal_monotone_sparsity: float | None = None  # its monotone reading
 
     def to_json(self) -> dict[str, Any]:
         entry = self.result.to_dict()
         if self.universal_tasks is not None:
             entry["universal_matching_sparsity"] = self.universal_matching_sparsity
+            entry["universal_monotone_sparsity"] = self.universal_monotone_sparsity
             entry["universal_tasks"] = list(self.universal_tasks)
         return entry
 
@@ -60,10 +66,12 @@ class MatchingEntry:
     def from_json(cls, data: dict[str, Any]) -> MatchingEntry:
         tasks = data.get("universal_tasks")
         universal = data.get("universal_matching_sparsity")
+        monotone = data.get("universal_monotone_sparsity")
         return cls(
             result=MatchingResult.from_dict(data),
             universal_matching_sparsity=None if universal is None else float(universal),
             universal_tasks=None if tasks is None else tuple(str(t) for t in tasks),
+            universal_monotone_sparsity=None if monotone is None else float(monotone),
         )
 
 
@@ -76,7 +84,9 @@ def matching_entries(table: Sequence[MatchingResult]) -> list[MatchingEntry]:
         if u is None:
             entries.append(MatchingEntry(result))
         else:
-            entries.append(MatchingEntry(result, u.universal_matching_sparsity, u.tasks))
+            entries.append(
+                MatchingEntry(result, u.universal_matching_sparsity, u.tasks, u.monotone_universal_sparsity)
+            )
     return entries
 
 
@@ -207,7 +217,13 @@ class _Entry(Protocol):
     def to_json(self) -> dict[str, Any]: ...
 
 
-E = TypeVar("E", MatchingEntry, TicketEntry, PerturbationCurve)
+class _ReadableEntry(_Entry, Protocol):
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Any: ...
+
+
+# the entry types of this module, and cvlth.study.claims.ClaimResult (claims.json)
+E = TypeVar("E", bound=_ReadableEntry)
 
 
 def write_entries(path: Path, entries: Sequence[_Entry]) -> None:

@@ -69,6 +69,7 @@ def round_info(recipe: Recipe, data: AnySplits, seeds: RunSeeds) -> dict[str, An
         "seeds": seeds.as_dict(),
         "threads": torch.get_num_threads(),
         "images_per_epoch": len(data.train),
+        "test_size": len(data.test),  # what each test metric is over (a result, not the run's identity)
         "data": recipe.data.name,  # lets `--plan` estimate time per dataset
     }
 

@@ -2,7 +2,7 @@
 
 The study's own folder, ``<store>/studies/<name>/``, holds ``study.yaml`` (what was run),
 ``matching.json`` and ``matching.md`` (downstream tasks, Fig. 2's pre-training task, universal
-sparsity), ``tickets.json``, ``perturbation.json`` and the report. Everything else lives in the runs' folders, so a killed
+sparsity), ``claims.json`` (the paper's claims checked), ``tickets.json``, ``perturbation.json`` and the report. Everything else lives in the runs' folders, so a killed
 study resumes by running the same command again.
 """
 
@@ -20,11 +20,14 @@ import torch
 
 from cvlth.atomic import atomic_write_text
 from cvlth.errors import ConfigError, CvlthError
+from cvlth.masks import Mask
 from cvlth.pruning.strategies import level_sparsity
 from cvlth.registry import Registry
 from cvlth.report import write_report
 from cvlth.run_files import mask_path
 from cvlth.store import Store
+from cvlth.study.claim_inputs import claim_inputs, mask_facts
+from cvlth.study.claims import check_claims
 from cvlth.study.config import StudyConfig, study_to_yaml
 from cvlth.study.execute import Context, ensure
 from cvlth.study.matching import (
@@ -35,6 +38,7 @@ from cvlth.study.matching import (
     matching_markdown,
 )
 from cvlth.study.outputs import (
+    CLAIMS_FILE,
     MATCHING_FILE,
     PERTURBATION_FILE,
     TICKETS_FILE,
@@ -105,9 +109,13 @@ def run_study(
     results = [store.result(item.run) for item in planned]
     table = matching_table(study, planned, results)
     write_matching(folder, table)
-    write_entries(folder / TICKETS_FILE, ticket_index(study, planned, store))
+    tickets = ticket_index(study, planned, store)
+    write_entries(folder / TICKETS_FILE, tickets)
+    curves = None
     if study.perturbation is not None:
-        write_entries(folder / PERTURBATION_FILE, perturbation_curves(study, planned, results))
+        curves = perturbation_curves(study, planned, results)
+        write_entries(folder / PERTURBATION_FILE, curves)
+    write_claims(folder, study, table, curves, tickets, store)
     report = _write_report(folder, store, log)
     return StudyOutcome(folder, table, len(planned), computed, time.perf_counter() - start, report)
 
@@ -219,21 +227,49 @@ def matching_table(
     downstream tasks, each as its transfers' mean against the dense transfers'. A ticket's mean at a
     sparsity is over every finder seed x every study seed (its ``n``); the dense mean over the seeds."""
     dense: dict[tuple[str, str], list[float]] = defaultdict(list)
+    dense_keys: dict[tuple[str, str], list[Any]] = defaultdict(list)
     tickets: dict[tuple[str, str, str], dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    ticket_keys: dict[tuple[str, str, str], dict[float, list[Any]]] = defaultdict(lambda: defaultdict(list))
+    sizes: dict[str, set[int | None]] = defaultdict(set)
     for item, result in zip(planned, results, strict=True):
         if item.run.kind != "transfer" or item.variant != "ticket":
             continue
         value = metric_of(result, study.task_metric(item.task))
+        sizes[item.task].add(result.get("test_size"))
         if item.finder is None:
             dense[(item.pretraining, item.task)].append(value)
+            dense_keys[(item.pretraining, item.task)].append(item.seed)
         else:
             sparsity = round(level_sparsity(item.level, study.fraction), 6)
             tickets[(item.pretraining, item.finder, item.task)][sparsity].append(value)
+            ticket_keys[(item.pretraining, item.finder, item.task)][sparsity].append(_pairing_key(item))
     table = pretraining_task_table(study, planned, results)
     for (pretraining, finder, task), values in tickets.items():
-        metric = study.task_metric(task)
-        table.append(matching(f"{pretraining}/{finder}", task, dense[(pretraining, task)], values, metric))
+        table.append(
+            matching(
+                f"{pretraining}/{finder}",
+                task,
+                dense[(pretraining, task)],
+                values,
+                study.task_metric(task),
+                dense_keys=dense_keys[(pretraining, task)],
+                ticket_keys=ticket_keys[(pretraining, finder, task)],
+                test_size=_one_size(sizes[task]),
+            )
+        )
     return table
+
+
+def _pairing_key(item: PlannedRun) -> Any:
+    """What a ticket transfer shares with the dense transfer of the same study seed: everything
+    random (data order, augmentation, new parameters) when its ticket's finder seed is 0, which
+    adds nothing to its seeds' entropy (:mod:`cvlth.seeds`); nothing otherwise."""
+    return item.seed if not item.finder_seed else (item.finder_seed, item.seed)
+
+
+def _one_size(sizes: set[int | None]) -> int | None:
+    """The test split's size, when every run recorded the same one (None: unknown or mixed)."""
+    return next(iter(sizes)) if len(sizes) == 1 else None
 
 
 def pretraining_task_table(
@@ -247,21 +283,36 @@ def pretraining_task_table(
     An IMP result written before θ_p was evaluated (no ``dense_upstream``) has no dense reference:
     its source is left out of this table."""
     dense: dict[str, list[float]] = defaultdict(list)
+    dense_keys: dict[str, list[int]] = defaultdict(list)
     tickets: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    ticket_keys: dict[str, dict[float, list[int]]] = defaultdict(lambda: defaultdict(list))
     metrics: dict[str, str] = {}
+    sizes: dict[str, set[int | None]] = defaultdict(set)
     for item, result in zip(planned, results, strict=True):
         if item.run.kind != "imp" or item.run.stage != "upstream" or "dense_upstream" not in result:
             continue
         source = item.source
         metric = metrics.setdefault(source, result["dense_upstream"]["metric"])
         dense[source].append(metric_of({"test_at_best_val": result["dense_upstream"]["test"]}, metric))
+        dense_keys[source].append(item.run.seed)  # θ_p and the tickets of one IMP run: a pair
         for trained in result.get("rounds", []):
             if _selection_metric(trained) != metric:
                 continue  # not the same objective: nothing to compare
             sparsity = round(level_sparsity(trained["trained_with_level"], study.fraction), 6)
             tickets[source][sparsity].append(metric_of(trained, metric))
+            ticket_keys[source][sparsity].append(item.run.seed)
+            sizes[source].add(trained.get("test_size"))
     return [
-        matching(source, PRETRAINING_TASK, dense[source], tickets[source], metrics[source])
+        matching(
+            source,
+            PRETRAINING_TASK,
+            dense[source],
+            tickets[source],
+            metrics[source],
+            dense_keys=dense_keys[source],
+            ticket_keys=ticket_keys[source],
+            test_size=_one_size(sizes[source]),
+        )
         for source in dense
         if tickets[source]
     ]
@@ -335,6 +386,23 @@ def ticket_index(study: StudyConfig, planned: list[PlannedRun], store: Store) ->
             )
         )
     return entries
+
+
+def write_claims(
+    folder: Path,
+    study: StudyConfig,
+    table: list[MatchingResult],
+    curves: list[PerturbationCurve] | None,
+    tickets: list[TicketEntry],
+    store: Store,
+) -> None:
+    """claims.json: the paper's claims (SPEC §8) checked on this study's results and masks."""
+
+    def load(ticket: TicketEntry, level: int) -> Mask:
+        return Mask.load(Path(store.root) / ticket.levels[level].mask)
+
+    masks = mask_facts(study, tickets, load, release=lambda: None)
+    write_entries(folder / CLAIMS_FILE, check_claims(claim_inputs(study, table, curves, masks)))
 
 
 def write_matching(folder: Path, table: list[MatchingResult]) -> None:

@@ -1,0 +1,146 @@
+"""Intervals of means and differences (cvlth.study.uncertainty) against scipy and by hand, and the
+decided / undecided verdicts of the matching table built on them."""
+
+import math
+
+import pytest
+from scipy import stats as sps
+
+from cvlth.study.matching import MatchingResult, SeedStats, matching
+from cvlth.study.uncertainty import (
+    Interval,
+    difference,
+    mean_interval,
+    paired_interval,
+    t_quantile,
+    welch_interval,
+)
+
+A = [0.81, 0.79, 0.84, 0.80]
+B = [0.78, 0.80, 0.80, 0.76]
+
+
+def test_t_quantile_by_table():
+    # printed Student-t tables: t(0.975, 2) = 4.303, t(0.975, 9) = 2.262
+    assert t_quantile(2) == pytest.approx(4.302653, abs=1e-6)
+    assert t_quantile(9) == pytest.approx(2.262157, abs=1e-6)
+
+
+def test_mean_interval_by_hand_and_scipy():
+    interval = mean_interval(SeedStats.of([0.90, 0.92, 0.94]))
+    half = 4.302653 * 0.02 / math.sqrt(3)  # t(.975, 2) * s / sqrt(n)
+    assert (interval.low, interval.high) == pytest.approx((0.92 - half, 0.92 + half), abs=1e-6)
+    low, high = sps.t.interval(0.95, df=3, loc=sps.tmean(A), scale=sps.sem(A))
+    assert SeedStats.of(A).ci95 == pytest.approx((low, high))
+    assert SeedStats.of([0.5]).ci95 is None  # one run: no spread, no interval
+
+
+def test_paired_interval_matches_scipy_ttest_rel():
+    interval = paired_interval(A, B)
+    ci = sps.ttest_rel(A, B).confidence_interval(0.95)
+    assert interval.estimate == pytest.approx(sps.tmean(A) - sps.tmean(B))
+    assert (interval.low, interval.high) == pytest.approx((ci.low, ci.high))
+    assert interval.df == 3 and interval.method == "paired"
+    single = paired_interval([0.5], [0.4])
+    assert single.low is None and not single.decided
+    with pytest.raises(ValueError, match="equal"):
+        paired_interval([0.1, 0.2], [0.1])
+
+
+def test_welch_interval_matches_scipy_ttest_ind():
+    c = [0.70, 0.75, 0.71]
+    interval = difference(SeedStats.of(A), SeedStats.of(c))
+    ci = sps.ttest_ind(A, c, equal_var=False).confidence_interval(0.95)
+    assert (interval.low, interval.high) == pytest.approx((ci.low, ci.high))
+    assert interval.decided  # A is clearly above c
+
+
+def test_welch_interval_of_a_difference_of_differences_by_hand():
+    # (a - b) - (c - d), four groups of 3 runs, stds 0.01, 0.02, 0.01, 0.02
+    groups = [
+        SeedStats(0.9, 0.01, 3),
+        SeedStats(0.7, 0.02, 3),
+        SeedStats(0.8, 0.01, 3),
+        SeedStats(0.75, 0.02, 3),
+    ]
+    interval = welch_interval(list(zip([1, -1, -1, 1], groups, strict=True)))
+    parts = [0.01**2 / 3, 0.02**2 / 3, 0.01**2 / 3, 0.02**2 / 3]
+    variance = sum(parts)
+    df = variance**2 / sum(p**2 / 2 for p in parts)  # Welch–Satterthwaite
+    half = sps.t.ppf(0.975, df) * math.sqrt(variance)
+    assert interval.estimate == pytest.approx(0.15)
+    assert (interval.low, interval.high, interval.df) == pytest.approx((0.15 - half, 0.15 + half, df))
+
+
+def test_welch_interval_edge_cases():
+    one = SeedStats(0.8, 0.0, 1)
+    assert welch_interval([(1, one), (-1, SeedStats(0.7, 0.1, 3))]).low is None  # one run: unknown spread
+    flat = welch_interval([(1, SeedStats(0.8, 0.0, 3)), (-1, SeedStats(0.7, 0.0, 3))])
+    assert (flat.low, flat.high) == pytest.approx((0.1, 0.1)) and flat.decided  # runs agree exactly
+    zero = welch_interval([(1, SeedStats(0.8, 0.0, 3)), (-1, SeedStats(0.8, 0.0, 3))])
+    assert not zero.decided  # [0, 0] does not exclude zero
+
+
+def test_interval_round_trip_and_shift():
+    interval = Interval(0.1, -0.05, 0.25, "welch", 3.5)
+    assert Interval.from_dict(interval.to_dict()) == interval
+    shifted = interval.shifted(0.1)
+    assert (shifted.estimate, shifted.low, shifted.high) == pytest.approx(
+        (0.2, 0.05, 0.35)
+    ) and shifted.decided
+
+
+def test_matching_margin_is_paired_over_shared_seeds():
+    dense = [0.80, 0.84, 0.76]  # mean 0.80, std 0.04 -> threshold 0.76
+    ticket = [0.77, 0.81, 0.73]  # each seed 0.03 below its dense run: differences agree exactly
+    result = matching("s", "t", dense, {0.2: ticket}, dense_keys=[0, 1, 2], ticket_keys={0.2: [0, 1, 2]})
+    (row,) = result.rows
+    assert row.matching and row.margin.method == "paired"
+    # mean - threshold = 0.77 - 0.76 = 0.01, with a zero-width interval: the seeds all agree
+    assert (row.margin.estimate, row.margin.low, row.margin.high) == pytest.approx((0.01, 0.01, 0.01))
+    assert row.decided
+    # the same numbers, unpaired: Welch sees two spreads of 0.04 and cannot decide
+    welch = matching("s", "t", dense, {0.2: ticket}).rows[0]
+    assert welch.margin.method == "welch" and not welch.decided
+    ci = sps.ttest_ind(ticket, dense, equal_var=False).confidence_interval(0.95)
+    assert (welch.margin.low, welch.margin.high) == pytest.approx((ci.low + 0.04, ci.high + 0.04))
+
+
+def test_matching_margin_falls_back_to_welch_when_seeds_differ():
+    dense, keys = [0.80, 0.84, 0.76], [0, 1, 2]
+    for ticket_keys in ([0, 1, 3], [0, 1], [(1, 0), (1, 1), (1, 2)], [0, 0, 1]):
+        values = [0.8] * len(ticket_keys)
+        row = matching("s", "t", dense, {0.2: values}, dense_keys=keys, ticket_keys={0.2: ticket_keys}).rows[
+            0
+        ]
+        assert row.margin.method == "welch", ticket_keys
+
+
+def test_decided_rows_agree_with_the_headline_and_are_counted():
+    dense = [0.78, 0.80, 0.82]  # threshold 0.78
+    values = {0.2: [0.90, 0.91, 0.89], 0.36: [0.79, 0.77, 0.80], 0.488: [0.50, 0.52, 0.51]}
+    result = matching(
+        "s", "t", dense, values, dense_keys=[0, 1, 2], ticket_keys={s: [0, 1, 2] for s in values}
+    )
+    assert [(r.matching, r.decided) for r in result.rows] == [(True, True), (True, False), (False, True)]
+    assert result.undecided == 1
+    for row in result.rows:
+        assert row.margin.estimate == pytest.approx(row.stats.mean - result.threshold)
+        if row.decided:
+            assert (row.margin.low > 0) == row.matching
+
+
+def test_matching_json_round_trip_and_older_rows():
+    result = matching("s", "t", [0.78, 0.80, 0.82], {0.2: [0.79, 0.81, 0.80]}, dense_keys=[0, 1, 2],
+                      ticket_keys={0.2: [0, 1, 2]}, test_size=500)  # fmt: skip
+    data = result.to_dict()
+    assert data["test_size"] == 500 and data["rows"][0]["margin"]["method"] == "paired"
+    assert data["dense"]["ci95"] == pytest.approx(list(SeedStats.of([0.78, 0.80, 0.82]).ci95))
+    assert MatchingResult.from_dict(data) == result
+    # a row written before margins: Welch from the summaries; no test size: None
+    older = {**data, "rows": [{k: data["rows"][0][k] for k in ("sparsity", "mean", "std", "n", "matching")}]}
+    del older["test_size"]
+    read = MatchingResult.from_dict(older)
+    assert read.test_size is None and read.rows[0].margin.method == "welch"
+    expected = difference(SeedStats.of([0.79, 0.81, 0.80]), SeedStats.of([0.78, 0.80, 0.82]))
+    assert read.rows[0].margin.low == pytest.approx(expected.low + 0.02)
