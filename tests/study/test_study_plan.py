@@ -160,9 +160,39 @@ def test_mask_variants_keep_counts():
         pruned = mask[name].numel() - kept
         assert not (complement[name] & mask[name]).any()  # only weights the ticket prunes
         assert int(complement[name].sum()) == min(kept, pruned)
-    assert vary_mask(mask, "random", seed=2).layer_counts() == mask.layer_counts()
+    assert vary_mask(mask, "random_layerwise", seed=2).layer_counts() == mask.layer_counts()
     assert vary_mask(mask, "perturbed", seed=2, fraction=0.1).layer_counts() == mask.layer_counts()
     assert vary_mask(mask, "ticket", seed=2) is mask
+
+
+def test_random_variant_is_the_papers_global_random_mask_of_equal_sparsity():
+    generator = torch.Generator().manual_seed(0)
+    mask = Mask(
+        {
+            "l1": torch.rand(200, 10, generator=generator) < 0.05,
+            "l2": torch.rand(300, generator=generator) < 0.9,
+        }
+    )
+    first, again, other = (vary_mask(mask, "random", seed=s) for s in (3, 3, 4))
+    kept = lambda m: sum(int(t.sum()) for t in m.values())  # noqa: E731
+    assert kept(first) == kept(mask) and first.shapes == mask.shapes
+    assert first == again and first != other
+    # global, not layer-matched: each layer keeps about the overall density, not the ticket's own.
+    density = kept(mask) / sum(t.numel() for t in mask.values())
+    assert abs(int(first["l1"].sum()) / 2000 - density) < 0.05
+    assert first.layer_counts() != mask.layer_counts()
+
+
+def test_layer_matched_random_keeps_the_hash_it_had_as_random():
+    from cvlth.run_identity import identity
+
+    base = expand(
+        StudyConfig.model_validate({**BASE, "perturbation": {"finders": ["task"], "variants": ["random"]}})
+    )
+    run = next(p.run for p in base if p.variant == "random")
+    layerwise = run.model_copy(update={"variant": "random_layerwise"})
+    assert identity(layerwise)["variant"] == "random"  # what `random` meant before: same hash
+    assert identity(run)["variant"] == "random_global"
 
 
 def test_import_with_an_unset_variable_says_which(tmp_path, monkeypatch):

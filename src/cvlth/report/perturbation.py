@@ -10,12 +10,14 @@ from cvlth.report.inputs import StudyFiles
 from cvlth.report.styles import pretraining_of
 from cvlth.study.outputs import PerturbationPoint
 
-VARIANT_ORDER = ("ticket", "complement", "complement_matched", "random", "perturbed")
+VARIANT_ORDER = ("ticket", "complement", "complement_matched", "random", "random_layerwise", "perturbed")
 # Labels of the mask variants; a variant not listed (a newer one) is shown under its own name.
 VARIANT_LABELS = {
     "ticket": "imp ticket",
     "complement": "complement 1 − m",
     "complement_matched": "complement, count-matched",
+    "random": "random (global)",
+    "random_layerwise": "random, layer-matched",
 }
 
 

@@ -67,9 +67,9 @@ PAPER_TASK_SPECIFIC = {  # C5: extreme matching sparsity of (m_T, θ_p) on dense
     "voc_detection": {"supervised": 0.9560, "simclr": 0.9313, "moco": 0.9775},
     "voc_segmentation": {"supervised": 0.7379, "simclr": 0.6723, "moco": 0.8658},
 }
-# C4: mask variants that differ from the paper's (cvlth's random variant keeps the ticket's per-layer counts).
+# C4: mask variants that are not the paper's (its random mask m_r is global: cvlth's ``random``).
 VARIANT_NOTES = {
-    "random": "random (layer-matched to the ticket: an extension of the paper's random mask)",
+    "random_layerwise": "random_layerwise (layer-matched to the ticket: an extension of the paper's random mask)",
     "complement_matched": "complement_matched (an extension: the complement subsampled to the ticket's counts)",
 }
 PAPER_UNIVERSAL = "natural images 86.58 / 86.58 / 89.26%; all classification 67.23 / 59.04 / 59.04% (supervised / SimCLR / MoCo)"

@@ -250,9 +250,10 @@ Finder = Annotated[ImpRun | BaselineRun, Field(discriminator="kind")]
 
 #: ``ticket``: the mask itself; ``complement``: the paper's m^c = 1 - m (every weight the ticket
 #: prunes, so its sparsity is 1 - s); ``complement_matched``: the weights it prunes, subsampled per
-#: layer to the ticket's kept count where possible; ``random``: random with the ticket's per-layer
-#: counts; ``perturbed``: ``perturb_fraction`` of its kept entries swapped with as many pruned ones.
-MaskVariant = Literal["ticket", "complement", "complement_matched", "random", "perturbed"]
+#: layer to the ticket's kept count where possible; ``random``: the paper's m_r, a global random mask
+#: of the ticket's sparsity; ``random_layerwise``: random with the ticket's per-layer counts (an
+#: extension); ``perturbed``: ``perturb_fraction`` of its kept entries swapped with as many pruned ones.
+MaskVariant = Literal["ticket", "complement", "complement_matched", "random", "random_layerwise", "perturbed"]
 
 
 @register_run_kind
@@ -289,6 +290,12 @@ class TransferRun(RunConfig):
     def normalize_identity(self, data: dict[str, Any]) -> dict[str, Any]:
         if self.variant != "perturbed":
             data.pop("perturb_fraction")  # only a perturbed mask reads it
+        # `random` was layer-matched until it became the paper's global m_r: the layer-matched runs
+        # keep their hashes under their new name, the global ones get their own.
+        if self.variant == "random_layerwise":
+            data["variant"] = "random"
+        elif self.variant == "random":
+            data["variant"] = "random_global"
         return data
 
 
