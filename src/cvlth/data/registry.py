@@ -7,11 +7,14 @@ else ``./data/<name>``; the world datasets read their own offline sources and ne
 
 Options shared by the file datasets: ``seed`` (which training images become val; default 0),
 ``val_size`` (default ``min(5000, n_train // 10)``), ``image_size`` (None keeps the native size;
-imagefolder and visda2017 default to 224 and are resized on load, then cached as uint8 tensors
-under ``cache_dir``, default ``$CVLTH_CACHE`` or ``~/.cache/cvlth``; ``cache=False`` turns that off).
-imagefolder and visda2017 take ``streaming=True`` for sets too large for RAM: images stay in their
+imagefolder and visda2017 default to 224).
+
+imagefolder and visda2017 stream by default, as torchvision's ImageFolder does: images stay in their
 files and are decoded and cropped to ``image_size`` per batch (see :mod:`cvlth.data.streaming`; SimCLR
-and MoCo get two crops of each full image, see :mod:`cvlth.objectives.views`).
+and MoCo get two crops of each full image, see :mod:`cvlth.objectives.views`). ``streaming=False``
+keeps a small set in memory instead: every image resized to ``image_size`` once, then cached as
+uint8 tensors under ``cache_dir`` (default ``$CVLTH_CACHE`` or ``~/.cache/cvlth``; ``cache=False``
+turns that off). That costs ``3 x image_size^2`` bytes per image (150 KB at 224 px).
 """
 
 from __future__ import annotations
@@ -61,6 +64,9 @@ class DatasetSpec:
     world: bool = False
     default_root: Path | None = None  # None: $CVLTH_DATA/<name> or ./data/<name>
     options: tuple[str, ...] = field(default=())
+    #: Options whose default changed, with their former default: a run's identity writes them as
+    #: that former default saw them, so configs written before the change keep their hashes.
+    former_defaults: dict[str, Any] = field(default_factory=dict)
 
     def missing(self, root: Path) -> list[str]:
         return self.probe(root)
@@ -174,7 +180,7 @@ def _large_images_loader(
         cache_dir: str | os.PathLike[str] | None = None,
         cache: bool = True,
         val_split: str = "random",
-        streaming: bool = False,
+        streaming: bool = True,
         train_crop: str = "random_resized",
     ) -> DatasetSplits:
         if streaming:  # files decoded per batch in DataLoader workers (cvlth.data.streaming)
@@ -193,10 +199,28 @@ def _option_names(load: Callable) -> tuple[str, ...]:
     return tuple(p for p in inspect.signature(load).parameters if p != "root")
 
 
+#: imagefolder and visda2017 kept decoded images in memory unless told ``streaming: true``.
+_IN_MEMORY_BEFORE = {"streaming": False}
+
+
 def _register_file_dataset(
-    name: str, description: str, load: Callable, files: tuple[str, ...], probe: Callable[[Path], list[str]]
+    name: str,
+    description: str,
+    load: Callable,
+    files: tuple[str, ...],
+    probe: Callable[[Path], list[str]],
+    former_defaults: dict[str, Any] | None = None,
 ) -> None:
-    DATASETS.add(name, DatasetSpec(name, description, load, files, probe, options=_option_names(load)))
+    spec = DatasetSpec(
+        name,
+        description,
+        load,
+        files,
+        probe,
+        options=_option_names(load),
+        former_defaults=former_defaults or {},
+    )
+    DATASETS.add(name, spec)
 
 
 _CIFAR10_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta")
@@ -234,6 +258,7 @@ _register_file_dataset(
     _large_images_loader("imagefolder", read_imagefolder, list_imagefolder, IMAGENET_STATS),
     ("train/<class>/*.png|jpg", "val/<class>/*.png|jpg"),
     _probe_tree,
+    _IN_MEMORY_BEFORE,
 )
 _register_file_dataset(
     "visda2017",
@@ -241,6 +266,7 @@ _register_file_dataset(
     _large_images_loader("visda2017", read_visda2017, list_visda2017, IMAGENET_STATS),
     ("train/image_list.txt", "validation/image_list.txt"),
     _probe_files(("train/image_list.txt", "validation/image_list.txt")),
+    _IN_MEMORY_BEFORE,
 )
 
 
