@@ -36,6 +36,7 @@ from cvlth.data.array_formats import (
     read_svhn,
 )
 from cvlth.data.classification import DatasetSplits, FileList, ImageSet, fit_images, split_train_val
+from cvlth.data.identity import DataIdentity, identity_of_files
 from cvlth.data.image_folders import (
     default_cache_dir,
     list_imagefolder,
@@ -67,6 +68,9 @@ class DatasetSpec:
     #: Options whose default changed, with their former default: a run's identity writes them as
     #: that former default saw them, so configs written before the change keep their hashes.
     former_defaults: dict[str, Any] = field(default_factory=dict)
+    #: The files the dataset reads under a root (its data identity, :mod:`cvlth.data.identity`);
+    #: None: no identity (the built-in world's package data; VOC, not covered yet).
+    files: Callable[[Path], list[Path]] | None = None
 
     def missing(self, root: Path) -> list[str]:
         return self.probe(root)
@@ -112,6 +116,16 @@ def load_dataset(
             hint=f"its options are: {', '.join(spec.options) or 'none'}",
         )
     return spec.load(resolve_root(name, root), **options)
+
+
+def data_identity(name: str, root: str | os.PathLike[str] | None = None) -> DataIdentity | None:
+    """What dataset ``name`` reads under its root now (:mod:`cvlth.data.identity`), or None for a
+    dataset without files of its own. Raises DatasetError when the files cannot be listed."""
+    spec = get_spec(name)
+    if spec.files is None:
+        return None
+    folder = resolve_root(name, root)
+    return identity_of_files(name, folder, spec.files(folder))
 
 
 # --- file datasets --------------------------------------------------------------------------------
@@ -199,6 +213,29 @@ def _option_names(load: Callable) -> tuple[str, ...]:
     return tuple(p for p in inspect.signature(load).parameters if p != "root")
 
 
+def _listed_files(lister: Callable[[Path], FileList], *extra: str) -> Callable[[Path], list[Path]]:
+    """The files an image-file dataset reads: its listing's train and test images, and ``extra``
+    (the image lists that hold VisDA's labels)."""
+
+    def files(root: Path) -> list[Path]:
+        _, (train, _), (test, _) = lister(root)
+        return [*(root / name for name in extra), *train, *test]
+
+    return files
+
+
+def _present_files(names: tuple[str, ...], subfolder: str | None = None) -> Callable[[Path], list[Path]]:
+    """The files of an array-file dataset (CIFAR, SVHN, Fashion-MNIST) that exist under a root."""
+
+    def files(root: Path) -> list[Path]:
+        base = root / subfolder if subfolder and (root / subfolder).is_dir() else root
+        return [base / n for n in names if (base / n).is_file()]
+
+    return files
+
+
+_IDX_FILES = tuple(f"{s}{gz}" for pair in FASHION_MNIST_FILES.values() for s in pair for gz in ("", ".gz"))
+
 #: imagefolder and visda2017 kept decoded images in memory unless told ``streaming: true``.
 _IN_MEMORY_BEFORE = {"streaming": False}
 
@@ -210,6 +247,7 @@ def _register_file_dataset(
     files: tuple[str, ...],
     probe: Callable[[Path], list[str]],
     former_defaults: dict[str, Any] | None = None,
+    read_files: Callable[[Path], list[Path]] | None = None,
 ) -> None:
     spec = DatasetSpec(
         name,
@@ -219,6 +257,7 @@ def _register_file_dataset(
         probe,
         options=_option_names(load),
         former_defaults=former_defaults or {},
+        files=read_files,
     )
     DATASETS.add(name, spec)
 
@@ -230,6 +269,7 @@ _register_file_dataset(
     _small_images_loader("cifar10", read_cifar10, CIFAR10_STATS),
     tuple(f"cifar-10-batches-py/{n}" for n in _CIFAR10_FILES),
     _probe_files(_CIFAR10_FILES, "cifar-10-batches-py"),
+    read_files=_present_files(_CIFAR10_FILES, "cifar-10-batches-py"),
 )
 _register_file_dataset(
     "cifar100",
@@ -237,6 +277,7 @@ _register_file_dataset(
     _small_images_loader("cifar100", read_cifar100, CIFAR100_STATS),
     ("cifar-100-python/train", "cifar-100-python/test", "cifar-100-python/meta"),
     _probe_files(("train", "test", "meta"), "cifar-100-python"),
+    read_files=_present_files(("train", "test", "meta"), "cifar-100-python"),
 )
 _register_file_dataset(
     "svhn",
@@ -244,6 +285,7 @@ _register_file_dataset(
     _small_images_loader("svhn", read_svhn, SVHN_STATS),
     ("train_32x32.mat", "test_32x32.mat"),
     _probe_files(("train_32x32.mat", "test_32x32.mat")),
+    read_files=_present_files(("train_32x32.mat", "test_32x32.mat")),
 )
 _register_file_dataset(
     "fashion_mnist",
@@ -251,6 +293,7 @@ _register_file_dataset(
     _small_images_loader("fashion_mnist", read_fashion_mnist, FASHION_MNIST_STATS),
     tuple(f"{s}[.gz]" for pair in FASHION_MNIST_FILES.values() for s in pair),
     _probe_idx,
+    read_files=_present_files(_IDX_FILES),
 )
 _register_file_dataset(
     "imagefolder",
@@ -259,6 +302,7 @@ _register_file_dataset(
     ("train/<class>/*.png|jpg", "val/<class>/*.png|jpg"),
     _probe_tree,
     _IN_MEMORY_BEFORE,
+    _listed_files(list_imagefolder),
 )
 _register_file_dataset(
     "visda2017",
@@ -267,6 +311,7 @@ _register_file_dataset(
     ("train/image_list.txt", "validation/image_list.txt"),
     _probe_files(("train/image_list.txt", "validation/image_list.txt")),
     _IN_MEMORY_BEFORE,
+    _listed_files(list_visda2017, "train/image_list.txt", "validation/image_list.txt"),
 )
 
 
