@@ -8,6 +8,8 @@ A run folder is ``<store>/<kind>/<hash>/``. Every run has:
 ``metrics.jsonl``         one JSON line per logged step / evaluation
 ``.lock``                 held while a process computes the run
 ``train-state.pt``        the resumable training state (cvlth-train-state/1), deleted when done
+``data-identity.json``    a run that reads a dataset's files: what they were when it started
+                          (cvlth-data-identity/1, see :mod:`cvlth.study.run_data`)
 ========================  ======================================================================
 
 and, by kind:
@@ -39,6 +41,9 @@ REWIND = "rewind.safetensors"
 LATEST_HEADS = "heads-latest.pt"
 MASKS = "masks"
 IMP_RECORD = "imp.json"  # what made an IMP folder (cvlth-imp-args/1)
+DATA_IDENTITY = "data-identity.json"
+#: Beside the kinds' folders in a store: the file lists of recorded data identities, by sha256.
+DATA_MANIFESTS = "data-manifests"
 
 
 def mask_path(folder: str | os.PathLike[str], level: int) -> Path:

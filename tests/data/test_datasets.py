@@ -235,7 +235,7 @@ def test_imagefolder_tree_resized_and_cached(tmp_path: Path) -> None:
         for name, color in colors.items():
             for i in range(count):
                 _png(root / split / name / f"{i}.png", color)
-    splits = load_dataset("imagefolder", root, image_size=16, cache_dir=cache, val_size=4)
+    splits = load_dataset("imagefolder", root, streaming=False, image_size=16, cache_dir=cache, val_size=4)
     assert splits.classes == ["ant", "bee"] and splits.image_shape == (3, 16, 16)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (16, 4, 4)
     red = torch.tensor([255, 0, 0], dtype=torch.uint8).view(3, 1, 1).expand(3, 16, 16)
@@ -247,7 +247,7 @@ def test_imagefolder_tree_resized_and_cached(tmp_path: Path) -> None:
     assert len(list(cache.rglob("*.safetensors"))) == 2
     (root / "train" / "ant" / "0.png").write_bytes(b"garbage")  # the cache must not hide a changed file
     with pytest.raises(DatasetError, match=r"0.png is malformed: not a readable image"):
-        load_dataset("imagefolder", root, image_size=16, cache_dir=cache)
+        load_dataset("imagefolder", root, streaming=False, image_size=16, cache_dir=cache)
 
 
 def test_imagefolder_empty(tmp_path: Path) -> None:
@@ -262,7 +262,7 @@ def test_visda_image_lists(tmp_path: Path) -> None:
             _png(tmp_path / split / f"cls{i % 3}" / f"{i}.jpg", color, (30, 30))
             lines.append(f"cls{i % 3}/{i}.jpg {i % 3}")
         (tmp_path / split / "image_list.txt").write_text("\n".join(lines) + "\n")
-    splits = load_dataset("visda2017", tmp_path, image_size=8, cache=False, val_size=1)
+    splits = load_dataset("visda2017", tmp_path, streaming=False, image_size=8, cache=False, val_size=1)
     assert splits.num_classes == 12 and splits.classes[0] == "aeroplane"
     assert (len(splits.train), len(splits.val), len(splits.test)) == (5, 1, 6)
     assert splits.test.labels.tolist() == [0, 1, 2, 0, 1, 2]

@@ -129,12 +129,14 @@ def study(
 def print_plan(
     console: Console, study_config: StudyConfig, run_store: Store, full_hash: bool = False
 ) -> tuple[list[PlannedRun], set[str]]:
-    """The plan's table of runs and what is left (damaged runs named); returns the planned runs and
-    the damaged ones' folders (``kind/hash``)."""
+    """The plan's table of runs and what is left (damaged and stale runs named); returns the planned
+    runs and the folders (``kind/hash``) of the damaged and stale ones (to do again)."""
     planned = expand(study_config)
     summary = summarize_plan(planned, run_store, train_size=_train_size, full_hash=full_hash)
     damaged = Counter(name.split("/")[0] for name in summary.damaged)
-    columns = ["run kind", "runs", "done", *(["damaged"] if damaged else []), "to do"]
+    stale = Counter(name.split("/")[0] for name in summary.stale)
+    extra = [*(["damaged"] if damaged else []), *(["stale"] if stale else [])]
+    columns = ["run kind", "runs", "done", *extra, "to do"]
     table = Table(
         *columns, "training epochs to do", "training images to do", title=f"study {escape(study_config.name)}"
     )
@@ -145,17 +147,21 @@ def print_plan(
                 str(summary.total[kind]),
                 str(summary.done[kind]),
                 *([str(damaged[kind])] if damaged else []),
+                *([str(stale[kind])] if stale else []),
                 str(summary.total[kind] - summary.done[kind]),
                 f"{summary.epochs_left[kind]:,}",
                 f"{summary.images_left[kind]:,}" if summary.images_left[kind] else "-",
             )
     console.print(table)
+    again = [f"{len(summary.damaged)} damaged"] if summary.damaged else []
+    again += [f"{len(summary.stale)} stale"] if summary.stale else []
+    again_text = f" ({', '.join(again)})" if again else ""
     console.print(
-        f"{sum(summary.total.values())} runs, {summary.runs_left} to do"
-        f"{f' ({len(summary.damaged)} damaged)' if summary.damaged else ''}, "
+        f"{sum(summary.total.values())} runs, {summary.runs_left} to do{again_text}, "
         f"{sum(summary.epochs_left.values()):,} training epochs to do"
     )
     print_damage(console, summary.damaged, sum(summary.done.values()), run_store, full_hash)
+    print_stale(console, summary.stale, run_store)
     if summary.unknown_sizes:
         unknown = escape(", ".join(sorted(summary.unknown_sizes)))
         console.print(f"sizes unknown (data not found here): {unknown}")
@@ -173,7 +179,7 @@ def print_plan(
             f"wall time left from this store's finished runs: unknown until a run on {escape(', '.join(missing))} "
             "has finished here"
         )
-    return planned, set(summary.damaged)
+    return planned, set(summary.damaged) | set(summary.stale)
 
 
 MAX_DAMAGED_LISTED = 20
@@ -206,6 +212,30 @@ def print_damage(
         console.print(
             f"  ... and {len(damaged) - len(listed)} more (`cvlth runs --store {store}` lists every one)"
         )
+    _print_forget(console, listed, store)
+
+
+def print_stale(console: Console, stale: dict[str, str], run_store: Store) -> None:
+    """The finished runs whose data changed since they started (what changed) and what to do."""
+    if not stale:
+        return
+    console.print(
+        f"stale: {len(stale)} finished run(s) were computed on data that changed since they started "
+        "(file list, sizes and modification times); `cvlth study` refuses to reuse them, so they are "
+        "counted to do:",
+        highlight=False,
+        soft_wrap=True,
+    )
+    listed = sorted(stale)[:MAX_DAMAGED_LISTED]
+    for name in listed:
+        console.print(f"  {escape(stale[name])}", highlight=False, soft_wrap=True)  # names the run
+    store = escape(str(run_store.root))
+    if len(stale) > len(listed):
+        console.print(f"  ... and {len(stale) - len(listed)} more")
+    _print_forget(console, listed, store)
+
+
+def _print_forget(console: Console, listed: list[str], store: str) -> None:
     forget = " ".join(f"--forget {escape(name)}" for name in listed)
     console.print(
         f"recompute: `cvlth runs --store {store} {forget}` deletes their folders; the next "

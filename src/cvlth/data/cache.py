@@ -32,6 +32,38 @@ def option_defaults(name: str) -> dict[str, Any]:
     return {**spec.option_defaults(), **dict.fromkeys(SUBSET_OPTIONS)}
 
 
+def former_defaults(name: str) -> dict[str, Any]:
+    """The former default of each option of dataset ``name`` whose default changed."""
+    spec = DATASETS.get(name)
+    return dict(spec.former_defaults) if spec is not None else {}
+
+
+def in_former_form(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with every option whose default changed (``streaming`` of imagefolder and visda2017)
+    written as before the change: present with its effective value when that differs from the former
+    default, absent otherwise. A run's identity and a cost measurement's work kind read options in
+    this form, so ``streaming: true`` and the new default are one run, as before, and ``streaming:
+    false`` is the run an omitted ``streaming`` named before."""
+    spec = DATASETS.get(name)
+    if spec is None or not spec.former_defaults:
+        return dict(options)
+    defaults = spec.option_defaults()
+    written = dict(options)
+    for key, former in spec.former_defaults.items():
+        effective = written.pop(key, defaults[key])
+        if effective != former:
+            written[key] = effective
+    return written
+
+
+def streams(name: str, options: dict[str, Any]) -> bool:
+    """Whether dataset ``name`` with ``options`` streams its images from their files."""
+    spec = DATASETS.get(name)
+    if spec is None or "streaming" not in spec.options:
+        return False
+    return bool(options.get("streaming", spec.option_defaults()["streaming"]))
+
+
 def loader_options(options: dict[str, Any]) -> dict[str, Any]:
     """``options`` without the subset options: what the dataset's loader takes."""
     return {k: v for k, v in options.items() if k not in SUBSET_OPTIONS}

@@ -7,11 +7,14 @@ else ``./data/<name>``; the world datasets read their own offline sources and ne
 
 Options shared by the file datasets: ``seed`` (which training images become val; default 0),
 ``val_size`` (default ``min(5000, n_train // 10)``), ``image_size`` (None keeps the native size;
-imagefolder and visda2017 default to 224 and are resized on load, then cached as uint8 tensors
-under ``cache_dir``, default ``$CVLTH_CACHE`` or ``~/.cache/cvlth``; ``cache=False`` turns that off).
-imagefolder and visda2017 take ``streaming=True`` for sets too large for RAM: images stay in their
+imagefolder and visda2017 default to 224).
+
+imagefolder and visda2017 stream by default, as torchvision's ImageFolder does: images stay in their
 files and are decoded and cropped to ``image_size`` per batch (see :mod:`cvlth.data.streaming`; SimCLR
-and MoCo get two crops of each full image, see :mod:`cvlth.objectives.views`).
+and MoCo get two crops of each full image, see :mod:`cvlth.objectives.views`). ``streaming=False``
+keeps a small set in memory instead: every image resized to ``image_size`` once, then cached as
+uint8 tensors under ``cache_dir`` (default ``$CVLTH_CACHE`` or ``~/.cache/cvlth``; ``cache=False``
+turns that off). That costs ``3 x image_size^2`` bytes per image (150 KB at 224 px).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from cvlth.data.array_formats import (
     read_svhn,
 )
 from cvlth.data.classification import DatasetSplits, FileList, ImageSet, fit_images, split_train_val
+from cvlth.data.identity import DataIdentity, identity_of_files
 from cvlth.data.image_folders import (
     default_cache_dir,
     list_imagefolder,
@@ -61,6 +65,12 @@ class DatasetSpec:
     world: bool = False
     default_root: Path | None = None  # None: $CVLTH_DATA/<name> or ./data/<name>
     options: tuple[str, ...] = field(default=())
+    #: Options whose default changed, with their former default: a run's identity writes them as
+    #: that former default saw them, so configs written before the change keep their hashes.
+    former_defaults: dict[str, Any] = field(default_factory=dict)
+    #: The files the dataset reads under a root (its data identity, :mod:`cvlth.data.identity`);
+    #: None: no identity (the built-in world's package data; VOC, not covered yet).
+    files: Callable[[Path], list[Path]] | None = None
 
     def missing(self, root: Path) -> list[str]:
         return self.probe(root)
@@ -106,6 +116,16 @@ def load_dataset(
             hint=f"its options are: {', '.join(spec.options) or 'none'}",
         )
     return spec.load(resolve_root(name, root), **options)
+
+
+def data_identity(name: str, root: str | os.PathLike[str] | None = None) -> DataIdentity | None:
+    """What dataset ``name`` reads under its root now (:mod:`cvlth.data.identity`), or None for a
+    dataset without files of its own. Raises DatasetError when the files cannot be listed."""
+    spec = get_spec(name)
+    if spec.files is None:
+        return None
+    folder = resolve_root(name, root)
+    return identity_of_files(name, folder, spec.files(folder))
 
 
 # --- file datasets --------------------------------------------------------------------------------
@@ -174,7 +194,7 @@ def _large_images_loader(
         cache_dir: str | os.PathLike[str] | None = None,
         cache: bool = True,
         val_split: str = "random",
-        streaming: bool = False,
+        streaming: bool = True,
         train_crop: str = "random_resized",
     ) -> DatasetSplits:
         if streaming:  # files decoded per batch in DataLoader workers (cvlth.data.streaming)
@@ -193,10 +213,53 @@ def _option_names(load: Callable) -> tuple[str, ...]:
     return tuple(p for p in inspect.signature(load).parameters if p != "root")
 
 
+def _listed_files(lister: Callable[[Path], FileList], *extra: str) -> Callable[[Path], list[Path]]:
+    """The files an image-file dataset reads: its listing's train and test images, and ``extra``
+    (the image lists that hold VisDA's labels)."""
+
+    def files(root: Path) -> list[Path]:
+        _, (train, _), (test, _) = lister(root)
+        return [*(root / name for name in extra), *train, *test]
+
+    return files
+
+
+def _present_files(names: tuple[str, ...], subfolder: str | None = None) -> Callable[[Path], list[Path]]:
+    """The files of an array-file dataset (CIFAR, SVHN, Fashion-MNIST) that exist under a root."""
+
+    def files(root: Path) -> list[Path]:
+        base = root / subfolder if subfolder and (root / subfolder).is_dir() else root
+        return [base / n for n in names if (base / n).is_file()]
+
+    return files
+
+
+_IDX_FILES = tuple(f"{s}{gz}" for pair in FASHION_MNIST_FILES.values() for s in pair for gz in ("", ".gz"))
+
+#: imagefolder and visda2017 kept decoded images in memory unless told ``streaming: true``.
+_IN_MEMORY_BEFORE = {"streaming": False}
+
+
 def _register_file_dataset(
-    name: str, description: str, load: Callable, files: tuple[str, ...], probe: Callable[[Path], list[str]]
+    name: str,
+    description: str,
+    load: Callable,
+    files: tuple[str, ...],
+    probe: Callable[[Path], list[str]],
+    former_defaults: dict[str, Any] | None = None,
+    read_files: Callable[[Path], list[Path]] | None = None,
 ) -> None:
-    DATASETS.add(name, DatasetSpec(name, description, load, files, probe, options=_option_names(load)))
+    spec = DatasetSpec(
+        name,
+        description,
+        load,
+        files,
+        probe,
+        options=_option_names(load),
+        former_defaults=former_defaults or {},
+        files=read_files,
+    )
+    DATASETS.add(name, spec)
 
 
 _CIFAR10_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta")
@@ -206,6 +269,7 @@ _register_file_dataset(
     _small_images_loader("cifar10", read_cifar10, CIFAR10_STATS),
     tuple(f"cifar-10-batches-py/{n}" for n in _CIFAR10_FILES),
     _probe_files(_CIFAR10_FILES, "cifar-10-batches-py"),
+    read_files=_present_files(_CIFAR10_FILES, "cifar-10-batches-py"),
 )
 _register_file_dataset(
     "cifar100",
@@ -213,6 +277,7 @@ _register_file_dataset(
     _small_images_loader("cifar100", read_cifar100, CIFAR100_STATS),
     ("cifar-100-python/train", "cifar-100-python/test", "cifar-100-python/meta"),
     _probe_files(("train", "test", "meta"), "cifar-100-python"),
+    read_files=_present_files(("train", "test", "meta"), "cifar-100-python"),
 )
 _register_file_dataset(
     "svhn",
@@ -220,6 +285,7 @@ _register_file_dataset(
     _small_images_loader("svhn", read_svhn, SVHN_STATS),
     ("train_32x32.mat", "test_32x32.mat"),
     _probe_files(("train_32x32.mat", "test_32x32.mat")),
+    read_files=_present_files(("train_32x32.mat", "test_32x32.mat")),
 )
 _register_file_dataset(
     "fashion_mnist",
@@ -227,6 +293,7 @@ _register_file_dataset(
     _small_images_loader("fashion_mnist", read_fashion_mnist, FASHION_MNIST_STATS),
     tuple(f"{s}[.gz]" for pair in FASHION_MNIST_FILES.values() for s in pair),
     _probe_idx,
+    read_files=_present_files(_IDX_FILES),
 )
 _register_file_dataset(
     "imagefolder",
@@ -234,6 +301,8 @@ _register_file_dataset(
     _large_images_loader("imagefolder", read_imagefolder, list_imagefolder, IMAGENET_STATS),
     ("train/<class>/*.png|jpg", "val/<class>/*.png|jpg"),
     _probe_tree,
+    _IN_MEMORY_BEFORE,
+    _listed_files(list_imagefolder),
 )
 _register_file_dataset(
     "visda2017",
@@ -241,6 +310,8 @@ _register_file_dataset(
     _large_images_loader("visda2017", read_visda2017, list_visda2017, IMAGENET_STATS),
     ("train/image_list.txt", "validation/image_list.txt"),
     _probe_files(("train/image_list.txt", "validation/image_list.txt")),
+    _IN_MEMORY_BEFORE,
+    _listed_files(list_visda2017, "train/image_list.txt", "validation/image_list.txt"),
 )
 
 

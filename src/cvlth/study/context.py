@@ -34,6 +34,8 @@ class Context:
     threads: int | None = None  # intra-op threads every run computes with (None: torch's default)
     log: Callable[[str], None] = print
     datasets: DatasetCache = field(default_factory=DatasetCache)
+    #: The data identities listed in this process (cvlth.study.run_data), like ``datasets``.
+    data_identities: dict[str, Any] = field(default_factory=dict)
 
     def dataset(self, ref: DataRef) -> AnySplits:
         return self.datasets.get(ref.name, ref.root, ref.options)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cvlth.config import DataRef, RunConfig
+from cvlth.data.cache import in_former_form
 from cvlth.errors import CvlthError
 from cvlth.models.task_models import DENSE_OBJECTIVES
 from cvlth.store import Store
@@ -117,7 +118,9 @@ def _theta_backbone(pretrained: PretrainRun | ImportRun, study_backbone: Backbon
 
 
 def _cost_options(ref: DataRef) -> dict[str, Any]:
-    return {k: v for k, v in ref.options.items() if k not in SIZE_ONLY_OPTIONS}
+    """The options that set an image's cost, an option whose default changed written as before the
+    change (so stored measurements keep matching, as run hashes do)."""
+    return {k: v for k, v in in_former_form(ref.name, ref.options).items() if k not in SIZE_ONLY_OPTIONS}
 
 
 def training_recipe(run: RunConfig) -> Recipe | None:

@@ -21,13 +21,15 @@ from typing import Any
 import torch
 
 from cvlth.config import RunConfig
+from cvlth.store import RunFolder
 
 # The run-kind modules register their executors in RUN_EXECUTORS when imported.
 from cvlth.study import run_finders, run_pretrain, run_transfer  # noqa: F401
 from cvlth.study.context import RUN_EXECUTORS, Context
+from cvlth.study.run_data import record_or_check
 from cvlth.study.run_kinds import dependencies
 
-__all__ = ["RUN_EXECUTORS", "Context", "ensure"]
+__all__ = ["RUN_EXECUTORS", "Context", "compute", "ensure"]
 
 
 def ensure(run: RunConfig, ctx: Context) -> dict[str, Any]:
@@ -37,10 +39,16 @@ def ensure(run: RunConfig, ctx: Context) -> dict[str, Any]:
         return folder.read_result()
     for dependency in dependencies(run):
         ensure(dependency, ctx)
-    executor = RUN_EXECUTORS[run.kind]
     if ctx.threads is not None:
         torch.set_num_threads(ctx.threads)
     start = time.perf_counter()
-    result = ctx.store.execute(run, lambda f: executor(run, f, ctx), drop_train_state=True)
+    result = ctx.store.execute(run, lambda f: compute(run, f, ctx), drop_train_state=True)
     ctx.log(f"  {run.kind} {folder.name} finished in {time.perf_counter() - start:.1f} s")
     return result
+
+
+def compute(run: RunConfig, folder: RunFolder, ctx: Context) -> dict[str, Any]:
+    """Compute ``run`` in ``folder`` (under its lock) with its kind's executor, once its data are
+    recorded, or found unchanged when it resumes (:func:`~cvlth.study.run_data.record_or_check`)."""
+    record_or_check(run, folder, ctx.store, ctx.data_identities)
+    return RUN_EXECUTORS[run.kind](run, folder, ctx)

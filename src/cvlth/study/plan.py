@@ -18,6 +18,7 @@ from cvlth.config import DataRef, RunConfig, format_error
 from cvlth.errors import ConfigError, CvlthError
 from cvlth.store import RunFolder, Store
 from cvlth.study.config import FinderEntry, StudyConfig
+from cvlth.study.run_data import Identities, stale_reason
 from cvlth.study.run_kinds import (
     BaselineRun,
     ImportRun,
@@ -258,6 +259,7 @@ class PlanSummary:
     unknown_sizes: frozenset[str]  # datasets whose size could not be read (not present here)
     seconds_per_image: dict[str, float]  # by dataset name, measured on this store's finished runs
     damaged: dict[str, str] = field(default_factory=dict)  # run folder (kind/hash) -> what is wrong; to do
+    stale: dict[str, str] = field(default_factory=dict)  # run folder -> how its data changed; to do
 
     @property
     def runs_left(self) -> int:
@@ -282,10 +284,14 @@ def summarize_plan(
     train_size: Callable[[DataRef], int | None] = lambda ref: None,
     full_hash: bool = False,
 ) -> PlanSummary:
-    """Count runs done / damaged / to do and the training left. A finished run is done only if its
-    result and files pass the store's check (sizes and mtimes; ``full_hash``: every sha256), else it
-    is damaged and counted to do. ``train_size`` gives a dataset's train-set size."""
+    """Count runs done / damaged / stale / to do and the training left. A finished run is done only
+    if its result and files pass the store's check (sizes and mtimes; ``full_hash``: every sha256),
+    else it is damaged, and if the files of its dataset are those it started on (where they are
+    present here; :mod:`cvlth.study.run_data`), else it is stale; both are counted to do.
+    ``train_size`` gives a dataset's train-set size."""
     damaged: dict[str, str] = {}
+    stale: dict[str, str] = {}
+    identities: Identities = {}
     total, done, epochs_left, images_left, by_data = Counter(), Counter(), Counter(), Counter(), Counter()
     unknown: set[str] = set()
     sizes: dict[str, int | None] = {}
@@ -294,10 +300,14 @@ def summarize_plan(
         total[kind] += 1
         folder = store.run_dir(item.run)
         if folder.is_done():
-            if (why := folder.damage(full_hash)) is None:
+            why = folder.damage(full_hash)
+            if why is None and (why_stale := stale_reason(item.run, folder, store, identities)) is not None:
+                stale[folder.name] = why_stale
+            elif why is None:
                 done[kind] += 1
                 continue
-            damaged[folder.name] = why
+            else:
+                damaged[folder.name] = why
         epochs = training_epochs(item.run)
         epochs_left[kind] += epochs
         ref = training_data(item.run)
@@ -320,6 +330,7 @@ def summarize_plan(
         frozenset(unknown),
         measured_seconds_per_image(store),
         damaged,
+        stale,
     )
 
 

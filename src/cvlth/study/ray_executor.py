@@ -104,6 +104,7 @@ def execute_rank(run: RunConfig, ctx: Context, env: DistEnv) -> None:
     lets every rank finish before rank 0 writes the result.
     """
     from cvlth.study.execute import RUN_EXECUTORS
+    from cvlth.study.execute import compute as compute_checked
     from cvlth.training import distributed
 
     compute_run = RUN_EXECUTORS[run.kind]
@@ -117,7 +118,7 @@ def execute_rank(run: RunConfig, ctx: Context, env: DistEnv) -> None:
     def compute(folder: Any) -> dict[str, Any]:
         nonlocal started
         started = distributed.agree(True, env)
-        result = compute_run(run, folder, ctx)
+        result = compute_checked(run, folder, ctx)  # records or checks the run's data first
         distributed.barrier(env)
         return result
 

@@ -39,7 +39,7 @@ from cvlth.config import (
     validate_config,
 )
 from cvlth.config_yaml import parse_yaml, read_config_text
-from cvlth.data.cache import option_defaults
+from cvlth.data.cache import former_defaults, in_former_form, option_defaults
 from cvlth.errors import CheckpointError, ConfigError
 from cvlth.models.checkpoints.sources import CheckpointSource
 from cvlth.models.task_models import check_model_options, model_option_defaults
@@ -113,9 +113,13 @@ class Recipe(Strict):
 
     def normalize_identity(self, data: dict[str, Any]) -> dict[str, Any]:
         """An option at its default value is the same run as the option left out; where the data are
-        cached (``cache``, ``cache_dir``) does not change a number."""
+        cached (``cache``, ``cache_dir``) does not change a number. An option whose default changed
+        is written as before the change (:func:`~cvlth.data.cache.in_former_form`), so that configs
+        keep their hashes."""
         data_options = {k: v for k, v in data["data"]["options"].items() if k not in _CACHE_OPTIONS}
-        data["data"]["options"] = without_defaults(data_options, option_defaults(self.data.name))
+        name = self.data.name
+        defaults = {**option_defaults(name), **former_defaults(name)}
+        data["data"]["options"] = without_defaults(in_former_form(name, data_options), defaults)
         data["objective"]["options"] = without_defaults(
             data["objective"]["options"], objective_option_defaults(self.objective.name)
         )

@@ -53,6 +53,7 @@ from cvlth.study.parallel import run_parallel
 from cvlth.study.plan import PlannedRun, expand
 from cvlth.study.ray_executor import run_on_ray
 from cvlth.study.resources import ExecutorSettings
+from cvlth.study.run_data import refuse_stale_runs
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,7 @@ def run_study(
     start = time.perf_counter()
     folder = study_folder(study, store)
     planned = expand(study)  # validates the whole study first: nothing is written for a refused one
+    refuse_stale_runs([item.run for item in planned], store)  # no result computed on other data
     atomic_write_text(folder / "study.yaml", study_to_yaml(study))
     computed = run_all(planned, store, how)
     results = [store.result(item.run) for item in planned]

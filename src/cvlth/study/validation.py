@@ -8,7 +8,7 @@ import typing
 from typing import Any
 
 from cvlth.config import DataRef, ObjectiveRef, RunConfig
-from cvlth.data.cache import SUBSET_OPTIONS, loader_options
+from cvlth.data.cache import SUBSET_OPTIONS, loader_options, streams
 from cvlth.data.registry import DATASETS, get_spec, load_dataset
 from cvlth.data.samples import SampleSplits
 from cvlth.errors import ConfigError, CvlthError
@@ -36,7 +36,7 @@ def check_contrastive_streaming(data: DataRef, objective: ObjectiveRef, where: s
     """SimCLR / MoCo on a streamed image folder draw both views from the full image in the data
     loader: a centre-cropped training set (``train_crop: center``) cannot give them (checked here,
     before any run, as well as when the run starts)."""
-    if objective.name not in CONTRASTIVE_VIEWS or not data.options.get("streaming"):
+    if objective.name not in CONTRASTIVE_VIEWS or not streams(data.name, data.options):
         return
     crop_scale(objective)  # a bad range fails now
     if data.options.get("train_crop") == "center":
