@@ -58,8 +58,9 @@ def hand_seconds(pretrain_done: bool) -> float:
     ta, ea = TASK_COSTS
     # batch 300 drops 100 of 1,000 images per epoch; evaluation: val 100 + test 200 after each epoch
     pretrain = 900 * 2 * tu + 300 * 2 * eu
-    # upstream IMP, 3 levels: θ_p pruned first, then 2 trainings; θ_p's own test pass (Fig. 2)
-    imp = 2 * (900 * 2 * tu + 300 * 2 * eu) + 200 * eu
+    # upstream IMP, 3 levels: θ_p pruned first, then 3 trainings (the last level's too, for Fig. 2);
+    # θ_p's own test pass (Fig. 2)
+    imp = 3 * (900 * 2 * tu + 300 * 2 * eu) + 200 * eu
     # 3 transfers (dense, IMP ticket, OMP ticket): 500 -> 384 images per epoch at batch 128;
     # evaluated after epoch 2 and after the last (3): 2 x (50 + 100)
     transfer = 384 * 3 * ta + 150 * 2 * ea
