@@ -8,6 +8,8 @@ A run folder is ``<store>/<kind>/<hash>/``. Every run has:
 ``metrics.jsonl``         one JSON line per logged step / evaluation
 ``.lock``                 held while a process computes the run
 ``train-state.pt``        the resumable training state (cvlth-train-state/1), deleted when done
+``tensorboard/``          TensorBoard event files, when the study logs to TensorBoard (not in the
+                          integrity record: a log beside the results, not one of them)
 ========================  ======================================================================
 
 and, by kind:
@@ -38,6 +40,7 @@ HEADS = "heads.pt"
 REWIND = "rewind.safetensors"
 LATEST_HEADS = "heads-latest.pt"
 MASKS = "masks"
+TENSORBOARD = "tensorboard"  # beside metrics.jsonl in every training folder (run or IMP round)
 
 
 def mask_path(folder: str | os.PathLike[str], level: int) -> Path:

@@ -49,6 +49,7 @@ from cvlth.study.parallel import run_parallel
 from cvlth.study.plan import PlannedRun, expand
 from cvlth.study.ray_executor import run_on_ray
 from cvlth.study.resources import ExecutorSettings
+from cvlth.training.scalar_logs import RunLogging
 
 
 @dataclass(frozen=True)
@@ -84,8 +85,10 @@ def run_study(
     default: the cores, or ``OMP_NUM_THREADS``),
     serially, on ``workers`` processes (see :mod:`cvlth.study.parallel`) or, with ``executor="ray"``,
     as Ray tasks (:mod:`cvlth.study.ray_executor`): the same numbers either way. On workers or Ray a
-    failed run starts again up to ``retries`` times.
+    failed run starts again up to ``retries`` times. Every training writes the scalar logs the
+    study's ``logging`` asks for (:mod:`cvlth.training.scalar_logs`).
     """
+    planned = expand(study)  # validates the whole study first: nothing is written for a refused one
     how = Execution(
         device=device,
         quiet=quiet,
@@ -95,11 +98,16 @@ def run_study(
         address=address,
         retries=retries,
         settings=study.executor,
+        logging=RunLogging.for_study(
+            tensorboard=study.logging.tensorboard,
+            mlflow=study.logging.mlflow,
+            store_root=store.root,
+            study=study.name,
+        ),
     )
     run_all = STUDY_EXECUTORS.lookup(executor)
     start = time.perf_counter()
     folder = study_folder(study, store)
-    planned = expand(study)  # validates the whole study first: nothing is written for a refused one
     atomic_write_text(folder / "study.yaml", study_to_yaml(study))
     computed = run_all(planned, store, how)
     results = [store.result(item.run) for item in planned]
@@ -124,6 +132,7 @@ class Execution:
     address: str | None
     retries: int
     settings: ExecutorSettings
+    logging: RunLogging = RunLogging()  # TensorBoard / MLflow logs of every training
 
 
 StudyExecutor = Callable[[list[PlannedRun], Store, Execution], int]
@@ -144,8 +153,11 @@ def run_locally(planned: list[PlannedRun], store: Store, how: Execution) -> int:
             retries=how.retries,
             log=how.log,
             describe=describe,
+            logging=how.logging,
         )
-    ctx = Context(store=store, device=how.device, quiet=how.quiet, log=how.log, threads=how.threads)
+    ctx = Context(
+        store=store, device=how.device, quiet=how.quiet, log=how.log, threads=how.threads, logging=how.logging
+    )
     computed = 0
     for index, item in enumerate(planned, start=1):
         if not store.is_done(item.run):
@@ -168,6 +180,7 @@ def run_with_ray(planned: list[PlannedRun], store: Store, how: Execution) -> int
         retries=how.retries,
         log=how.log,
         describe=describe,
+        logging=how.logging,
     )
 
 
