@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cvlth.errors import ConfigError
 from cvlth.store import RunFolder, Store
 from cvlth.training.scalar_logs import RunLogging, scalar_logging, scalars_of
 from training_fixtures import TinyNet, half_mask, run_tiny, tiny_config
@@ -170,6 +171,29 @@ def test_mlflow_holds_each_metrics_line_once_through_a_crash(tmp_path, reference
     expected = expected_scalars(folder.read_metrics(), half_mask_sparsity())
     assert mlflow_scalars(tmp_path, run) == {tag: sorted(points) for tag, points in expected.items()}
     assert (tmp_path / "mlruns").is_dir()  # the file store, in the store's root
+
+
+def test_a_recomputed_run_gets_a_new_mlflow_run_and_the_stale_one_is_deleted(tmp_path) -> None:
+    pytest.importorskip("mlflow")
+    folder = train_logged(tmp_path, tensorboard=False, mlflow=True)
+    (first,) = mlflow_runs(tmp_path)
+    Store(tmp_path).forget(folder.name)  # e.g. a damaged run, recomputed
+    train_logged(tmp_path, tensorboard=False, mlflow=True)
+    (second,) = mlflow_runs(tmp_path)  # the active runs
+    assert second.info.run_id != first.info.run_id
+    from cvlth.training.mlflow_log import client
+
+    assert client(tmp_path).get_run(first.info.run_id).info.lifecycle_stage == "deleted"
+    expected = expected_scalars(folder.read_metrics(), half_mask_sparsity())
+    assert mlflow_scalars(tmp_path, second) == {tag: sorted(points) for tag, points in expected.items()}
+
+
+def test_mlflow_refusing_its_file_store_is_a_config_error(tmp_path, monkeypatch) -> None:
+    pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "false")
+    with pytest.raises(ConfigError, match="MLflow refuses the file store") as refused:
+        RunLogging.for_study(tensorboard=False, mlflow=True, store_root=tmp_path, study="tiny")
+    assert "MLFLOW_ALLOW_FILE_STORE" in refused.value.hint
 
 
 # --- killed for real, in a subprocess -----------------------------------------------------------

@@ -3,7 +3,10 @@ experiment, in the file store ``<store>/mlruns`` (no server; ``pip install 'cvlt
 
 A training's MLflow run carries the tag ``cvlth.run`` = its folder relative to the store
 (``transfer/<hash>``, ``imp/<hash>/round-02``) and is named so; a resumed training finds it by that
-tag and goes on logging into it. Metrics are sent in batches (``log_batch``): at every checkpoint
+tag and goes on logging into it. A training that starts from its first step (killed before its
+first checkpoint, or recomputed after ``cvlth runs --forget``) deletes the MLflow runs of that name
+it finds (MLflow keeps them, marked deleted) and starts a new one, so a stale run never stands in
+for it. Metrics are sent in batches (``log_batch``): at every checkpoint
 and epoch end, every :data:`BATCH` scalars and every :data:`FLUSH_SECONDS` seconds.
 
 MLflow 3 keeps the file store only in "maintenance mode" and refuses it unless
@@ -34,13 +37,20 @@ def client(store_root: str | os.PathLike[str]) -> Any:
     """An ``MlflowClient`` on ``<store_root>/mlruns``."""
     os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # see the module's doc
     try:
+        from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
     except ImportError as error:
         raise ConfigError(
             "MLflow logging is asked for (logging: {mlflow: true} or --mlflow) but mlflow is not installed",
             hint="pip install 'cvlth[mlflow]', or turn MLflow logging off",
         ) from error
-    return MlflowClient(tracking_uri=tracking_uri(store_root))
+    try:
+        return MlflowClient(tracking_uri=tracking_uri(store_root))
+    except MlflowException as error:  # e.g. MLFLOW_ALLOW_FILE_STORE=false in the environment
+        raise ConfigError(
+            f"MLflow refuses the file store {Path(store_root) / MLRUNS}: {error.message.splitlines()[0]}",
+            hint="unset MLFLOW_ALLOW_FILE_STORE (cvlth then allows it) or set it to true",
+        ) from error
 
 
 def study_experiment(store_root: str, name: str) -> str:
@@ -55,17 +65,20 @@ def study_experiment(store_root: str, name: str) -> str:
 
 
 class MlflowSink:
-    def __init__(self, store_root: str, experiment_id: str, run_name: str) -> None:
+    """``fresh``: the training starts from its first step (see the module's doc)."""
+
+    def __init__(self, store_root: str, experiment_id: str, run_name: str, fresh: bool) -> None:
         from mlflow.entities import Metric
 
         self._metric = Metric
         self.client = client(store_root)
         self.pending: list[Any] = []
         self.sent = time.monotonic()
-        found = self.client.search_runs(
-            [experiment_id], filter_string=f"tags.`{RUN_TAG}` = '{run_name}'", max_results=1
-        )
-        if found:  # a resumed training: go on in its run
+        found = self.client.search_runs([experiment_id], filter_string=f"tags.`{RUN_TAG}` = '{run_name}'")
+        if fresh:
+            for stale in found:
+                self.client.delete_run(stale.info.run_id)
+        if found and not fresh:  # a resumed training: go on in its run
             run = found[0]
             self.run_id = run.info.run_id
             self.client.update_run(self.run_id, status="RUNNING")

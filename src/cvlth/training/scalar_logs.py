@@ -24,6 +24,8 @@ logged twice and nothing is lost: what a killed process logged past its checkpoi
 numbers on CPU, where a resumed run is bit-identical), what it had not written yet, or everything
 when logging was turned on only for the resumed process, is filled in from ``metrics.jsonl``.
 TensorBoard then reads two event files for the training (the killed process's and the new one's).
+A training that starts again from its first step gets a new MLflow run (the old one is marked
+deleted; see :mod:`cvlth.training.mlflow_log`).
 """
 
 from __future__ import annotations
@@ -173,6 +175,7 @@ def open_scalar_logs(folder: RunFolder | None, mask: Mask | None) -> ScalarLogs 
     settings = active_logging()
     if folder is None or not settings.enabled:
         return None
+    records = folder.read_metrics()
     sinks: list[Sink] = []
     if settings.tensorboard:
         from cvlth.training.tensorboard_log import TensorBoardSink
@@ -181,9 +184,10 @@ def open_scalar_logs(folder: RunFolder | None, mask: Mask | None) -> ScalarLogs 
     if settings.mlflow:
         from cvlth.training.mlflow_log import MlflowSink
 
-        sinks.append(MlflowSink(settings.store_root, settings.experiment_id, run_name(folder, settings)))
+        name = run_name(folder, settings)
+        sinks.append(MlflowSink(settings.store_root, settings.experiment_id, name, fresh=not records))
     logs = ScalarLogs(sinks, sparsity=0.0 if mask is None else mask.sparsity)
-    for record in folder.read_metrics():
+    for record in records:
         logs.write(record)
     return logs
 
