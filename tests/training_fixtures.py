@@ -2,7 +2,8 @@
 
 Run as a script (``python tests/training_fixtures.py STORE [CHECKPOINT_EVERY]``) it executes the
 standard tiny run in ``STORE``; with ``CVLTH_TEST_KILL_AT_STEP=N`` in the environment a test-only
-callback SIGKILLs the process right after step N (and after that step's checkpoint, if any).
+callback SIGKILLs the process right after step N (and after that step's checkpoint, if any); with
+``CVLTH_TEST_LOGGING=tensorboard,mlflow`` (either or both) it writes those scalar logs.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from cvlth.masks import Mask
 from cvlth.objectives.supervised import Normalize, SupervisedObjective
 from cvlth.store import RunFolder, Store
 from cvlth.training.loop import StepInfo, train
+from cvlth.training.scalar_logs import RunLogging, scalar_logging
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -127,7 +129,12 @@ def main(store_root: str, checkpoint_every: str = "2") -> None:
     kill_at = os.environ.get("CVLTH_TEST_KILL_AT_STEP")
     callbacks = (_kill_after(int(kill_at)),) if kill_at else ()
     store = Store(store_root)
-    store.execute(cfg, lambda folder: run_tiny(folder, cfg, callbacks)[0])
+    logs = os.environ.get("CVLTH_TEST_LOGGING", "").split(",")
+    logging = RunLogging.for_study(
+        tensorboard="tensorboard" in logs, mlflow="mlflow" in logs, store_root=store_root, study="tiny"
+    )
+    with scalar_logging(logging):
+        store.execute(cfg, lambda folder: run_tiny(folder, cfg, callbacks)[0])
     print(store.run_dir(cfg).path)
 
 

@@ -10,6 +10,8 @@ A run folder is ``<store>/<kind>/<hash>/``. Every run has:
 ``train-state.pt``        the resumable training state (cvlth-train-state/1), deleted when done
 ``data-identity.json``    a run that reads a dataset's files: what they were when it started
                           (cvlth-data-identity/1, see :mod:`cvlth.study.run_data`)
+``tensorboard/``          TensorBoard event files, when the study logs to TensorBoard (not in the
+                          integrity record: a log beside the results, not one of them)
 ========================  ======================================================================
 
 and, by kind:
@@ -44,6 +46,7 @@ IMP_RECORD = "imp.json"  # what made an IMP folder (cvlth-imp-args/1)
 DATA_IDENTITY = "data-identity.json"
 #: Beside the kinds' folders in a store: the file lists of recorded data identities, by sha256.
 DATA_MANIFESTS = "data-manifests"
+TENSORBOARD = "tensorboard"  # beside metrics.jsonl in every training folder (run or IMP round)
 
 
 def mask_path(folder: str | os.PathLike[str], level: int) -> Path:

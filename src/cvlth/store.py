@@ -6,6 +6,7 @@ Layout of ``<root>/<kind>/<hash>/``::
     train-state.pt   the latest resumable training state (cvlth.training.train_state; checkpoint.pt
                      in a folder an older cvlth started)
     metrics.jsonl    one JSON object per line, appended while training
+    tensorboard/     TensorBoard event files, when the study logs to TensorBoard (not artefacts)
     result.json      written last and atomically: its presence means "done"
     .lock            fcntl lock held by the process running the run (holds its pid)
     data-identity.json  the files of the dataset the run reads, as they were when it started
@@ -38,7 +39,7 @@ from typing import Any
 from cvlth.atomic import atomic_path, atomic_write_text, reported_io
 from cvlth.config import RunConfig
 from cvlth.errors import CvlthError
-from cvlth.run_files import CONFIG, LEGACY_TRAIN_STATE, LOCK, METRICS, RESULT, TRAIN_STATE
+from cvlth.run_files import CONFIG, LEGACY_TRAIN_STATE, LOCK, METRICS, RESULT, TENSORBOARD, TRAIN_STATE
 from cvlth.run_identity import HASH_LENGTH, config_hash
 from cvlth.store_integrity import INTEGRITY_KEY, IntegrityRecord, RecordError
 
@@ -59,6 +60,9 @@ _NOT_ARTEFACTS = (LOCK, TRAIN_STATE, LEGACY_TRAIN_STATE)  # lock and resumable s
 #: A run kind as a folder name: a lower-case identifier, never ``..``, ``/`` or an absolute path.
 _KIND_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 _HASH_PATTERN = re.compile(rf"[0-9a-f]{{{HASH_LENGTH}}}")
+# Log folders: optional copies of metrics.jsonl for viewers (a study may log them or not, a resumed
+# training appends a file, a user may delete them to save space); no result is read from them.
+_LOG_FOLDERS = (TENSORBOARD,)
 
 
 class StoreError(CvlthError):
@@ -203,14 +207,16 @@ class RunFolder:
         return stored
 
     def _artefacts(self) -> list[Path]:
-        """Every regular file of the folder except result.json itself, locks, checkpoints and
-        temporary files of interrupted atomic writes."""
+        """Every regular file of the folder except result.json itself, locks, checkpoints,
+        temporary files of interrupted atomic writes and what log folders (``tensorboard/``) hold."""
         files = []
         for path in sorted(self.path.rglob("*")):
             name = path.name
             if path.is_symlink() or not path.is_file() or path == self.result_path:
                 continue
             if name in _NOT_ARTEFACTS or (name.startswith(".") and name.endswith(".tmp")):
+                continue
+            if any(part in _LOG_FOLDERS for part in path.relative_to(self.path).parts[:-1]):
                 continue
             files.append(path)
         return files

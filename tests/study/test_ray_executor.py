@@ -21,6 +21,7 @@ from cvlth.study.plan import expand
 from cvlth.study.ray_executor import rank_environments, run_on_ray
 from cvlth.study.resources import Placement, RunResources
 from cvlth.study.run_kinds import PretrainRun
+from cvlth.training.scalar_logs import RunLogging
 from study_fixtures import NEEDS_FASHION_MNIST, TINY
 
 TESTS = Path(__file__).resolve().parents[1]
@@ -41,6 +42,15 @@ def local_ray():
     ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
     yield ray
     ray.shutdown()
+
+
+def _tensorboard_steps(directory: Path) -> list[int]:
+    """The steps of train/loss in ``directory``'s event files (TensorBoard's own reader)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(directory), purge_orphaned_data=False)
+    accumulator.Reload()
+    return [event.step for event in accumulator.Scalars("train/loss")]
 
 
 def _write(tmp_path: Path, config: dict) -> Path:
@@ -85,10 +95,13 @@ def test_executor_resources_change_no_run_and_name_real_tasks(tmp_path) -> None:
 def test_ray_gives_the_serial_results(local_ray, tmp_path) -> None:
     from cvlth.study.runner import run_study
 
-    study = load_study(_write(tmp_path, SMALL))
+    study = load_study(_write(tmp_path, {**SMALL, "logging": {"tensorboard": True}}))  # changes no number
     quiet = {"quiet": True, "log": lambda _: None}
     on_ray = run_study(study, Store(tmp_path / "ray"), executor="ray", **quiet)
     assert on_ray.computed == on_ray.runs == len(expand(study))
+    for metrics in (tmp_path / "ray").rglob("metrics.jsonl"):  # every training on Ray logged its steps
+        steps = [r["step"] for r in map(json.loads, metrics.read_text().splitlines()) if "step" in r]
+        assert _tensorboard_steps(metrics.parent / "tensorboard") == steps, metrics
     serial = run_study(study, Store(tmp_path / "serial"), **quiet)
     assert (on_ray.folder / "matching.json").read_bytes() == (serial.folder / "matching.json").read_bytes()
     threads = {Store(tmp_path / "ray").result(item.run).get("threads") for item in expand(study)}
@@ -200,7 +213,10 @@ def test_two_workers_train_as_two_torchrun_processes_do(local_ray, tmp_path) -> 
     items = [item for item in expand(study) if item.run.kind in ("pretrain", "imp")]
     pretrain, imp = (item.run for item in items)
     store = Store(tmp_path / "ray")
-    assert run_on_ray(items, store, settings=study.executor, threads=1, log=lambda _: None) == 2
+    logging = RunLogging(tensorboard=True, store_root=str(store.root.resolve()))
+    assert (
+        run_on_ray(items, store, settings=study.executor, threads=1, log=lambda _: None, logging=logging) == 2
+    )
 
     # The reference: the same two runs by two gloo processes under torchrun, one store per rank.
     env = {**os.environ, "PYTHONPATH": str(TESTS.parent / "src"), "OMP_NUM_THREADS": "1"}
@@ -226,6 +242,7 @@ def test_two_workers_train_as_two_torchrun_processes_do(local_ray, tmp_path) -> 
         assert ours == [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
         assert len(ours) == 256 // 64 + 1  # 4 steps of 64 images, one evaluation
         assert not (ranks[1].root / folder.relative_to(store.root) / "metrics.jsonl").exists()
+        assert _tensorboard_steps(folder / "tensorboard") == [r["step"] for r in ours if "step" in r]
     result = store.result(pretrain)  # written once, by rank 0, with the study's thread count
     assert result["threads"] == 1 and not store.run_dir(pretrain).train_state_path.exists()
 

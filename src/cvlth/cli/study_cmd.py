@@ -80,6 +80,22 @@ def study(
         Path | None,
         typer.Option(help="With --plan: the per-image cost measurement to estimate compute time from."),
     ] = None,
+    tensorboard: Annotated[
+        bool | None,
+        typer.Option(
+            "--tensorboard/--no-tensorboard",
+            help="Log every training's scalars to TensorBoard (<run>/tensorboard/); default: the study's "
+            "`logging: {tensorboard: ...}`. Changes no run and no number.",
+        ),
+    ] = None,
+    mlflow: Annotated[
+        bool | None,
+        typer.Option(
+            "--mlflow/--no-mlflow",
+            help="Log every training's scalars to MLflow (file store <store>/mlruns; needs "
+            "pip install 'cvlth[mlflow]'); default: the study's `logging: {mlflow: ...}`.",
+        ),
+    ] = None,
     cost_device: Annotated[
         str | None,
         typer.Option(
@@ -93,7 +109,7 @@ def study(
     STUDY_EXECUTORS.lookup(executor)  # an unknown name fails before anything is read
     if not plan:
         check_device(device)
-    study_config = load_study(config)
+    study_config = with_logging(load_study(config), tensorboard=tensorboard, mlflow=mlflow)
     run_store = Store(store)
     if plan:
         choice = choose_measurements(device, cost_file, cost_device)  # a bad --cost-file fails first
@@ -124,6 +140,14 @@ def study(
         f"{outcome.runs} runs ({outcome.computed} computed now) in {outcome.seconds:.0f} s; "
         f"results in {escape(str(outcome.folder))}/ (matching.md, matching.json)"
     )
+
+
+def with_logging(study_config: StudyConfig, **flags: bool | None) -> StudyConfig:
+    """The study with its ``logging`` overridden by the flags given (None: not given)."""
+    given = {name: value for name, value in flags.items() if value is not None}
+    if not given:
+        return study_config
+    return study_config.model_copy(update={"logging": study_config.logging.model_copy(update=given)})
 
 
 def print_plan(

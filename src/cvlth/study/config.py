@@ -143,6 +143,15 @@ class PerturbationEntry(Strict):
     fraction: float = Field(0.1, gt=0, lt=1, description="share of kept entries swapped by `perturbed`")
 
 
+class LoggingConfig(Strict):
+    """Scalar logs every training of the study writes besides ``metrics.jsonl``
+    (:mod:`cvlth.training.scalar_logs`); no run's identity. ``cvlth study --tensorboard / --mlflow``
+    override them."""
+
+    tensorboard: bool = Field(False, description="event files in <training folder>/tensorboard/")
+    mlflow: bool = Field(False, description="MLflow runs in <store>/mlruns (pip install 'cvlth[mlflow]')")
+
+
 class StudyConfig(Strict):
     name: Name
     backbone: BackboneConfig
@@ -172,6 +181,9 @@ class StudyConfig(Strict):
     executor: ExecutorSettings = Field(
         default_factory=ExecutorSettings,
         description="what each run asks a Ray cluster for; no run's identity",
+    )
+    logging: LoggingConfig = Field(
+        default_factory=LoggingConfig, description="TensorBoard / MLflow logs; no run's identity"
     )
 
     @field_validator("seeds")

@@ -19,6 +19,7 @@ from cvlth.registry import Registry
 from cvlth.seeds import RunSeeds, derive_seeds
 from cvlth.store import RunFolder, Store
 from cvlth.study.run_kinds import BaselineRun, ImpRun, PretrainRun, TransferRun
+from cvlth.training.scalar_logs import RunLogging
 
 AnySplits = DatasetSplits | SampleSplits
 EVAL_BATCH_SIZE = 512
@@ -26,13 +27,15 @@ EVAL_BATCH_SIZE = 512
 
 @dataclass
 class Context:
-    """What every executor shares: the store, the device, and an in-process dataset cache."""
+    """What every executor shares: the store, the device, the scalar logs every training writes
+    (TensorBoard / MLflow; none by default), and an in-process dataset cache."""
 
     store: Store
     device: str = "cpu"
     quiet: bool = False
     threads: int | None = None  # intra-op threads every run computes with (None: torch's default)
     log: Callable[[str], None] = print
+    logging: RunLogging = field(default_factory=RunLogging)
     datasets: DatasetCache = field(default_factory=DatasetCache)
     #: The data identities listed in this process (cvlth.study.run_data), like ``datasets``.
     data_identities: dict[str, Any] = field(default_factory=dict)

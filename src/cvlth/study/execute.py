@@ -28,6 +28,7 @@ from cvlth.study import run_finders, run_pretrain, run_transfer  # noqa: F401
 from cvlth.study.context import RUN_EXECUTORS, Context
 from cvlth.study.run_data import record_or_check
 from cvlth.study.run_kinds import dependencies
+from cvlth.training.scalar_logs import scalar_logging
 
 __all__ = ["RUN_EXECUTORS", "Context", "compute", "ensure"]
 
@@ -42,7 +43,8 @@ def ensure(run: RunConfig, ctx: Context) -> dict[str, Any]:
     if ctx.threads is not None:
         torch.set_num_threads(ctx.threads)
     start = time.perf_counter()
-    result = ctx.store.execute(run, lambda f: compute(run, f, ctx), drop_train_state=True)
+    with scalar_logging(ctx.logging):  # reaches every training of the run, IMP's rounds too
+        result = ctx.store.execute(run, lambda f: compute(run, f, ctx), drop_train_state=True)
     ctx.log(f"  {run.kind} {folder.name} finished in {time.perf_counter() - start:.1f} s")
     return result
 

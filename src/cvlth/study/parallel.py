@@ -41,6 +41,7 @@ from cvlth.store import Store
 from cvlth.study.execute import Context, ensure
 from cvlth.study.plan import PlannedRun
 from cvlth.study.run_kinds import dependencies
+from cvlth.training.scalar_logs import RunLogging
 
 # Scheduling priority by run kind: runs that others wait on first, longest chains (IMP) first.
 _KIND_RANK = {"pretrain": 0, "import": 0, "imp": 1, "baseline": 2, "transfer": 3}
@@ -77,13 +78,18 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(1)  # the run in progress resumes from its checkpoint next time
 
 
-def _start_worker(parent: int, store_root: str, device: str, threads: int) -> None:
+def _start_worker(parent: int, store_root: str, device: str, threads: int, logging: RunLogging) -> None:
     global _worker_context
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     torch.set_num_threads(threads)
     # No progress bars: several processes would draw over each other; the parent logs each run.
     _worker_context = Context(
-        store=Store(store_root), device=device, quiet=True, log=lambda _: None, threads=threads
+        store=Store(store_root),
+        device=device,
+        quiet=True,
+        log=lambda _: None,
+        threads=threads,
+        logging=logging,
     )
 
 
@@ -218,9 +224,10 @@ def run_parallel(
     retries: int = 0,
     log: Callable[[str], None] = print,
     describe: Callable[[PlannedRun], str] = lambda item: item.run.kind,
+    logging: RunLogging | None = None,
 ) -> int:
     """Compute every planned run that is not done yet on ``workers`` processes; returns how many
-    (see :func:`schedule`)."""
+    (see :func:`schedule`). ``logging``: the scalar logs every training writes."""
     threads = threads or torch.get_num_threads()
     with (
         _worker_environment(threads),
@@ -228,7 +235,7 @@ def run_parallel(
             max_workers=workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_start_worker,
-            initargs=(os.getpid(), str(store.root), device, threads),
+            initargs=(os.getpid(), str(store.root), device, threads, logging or RunLogging()),
         ) as pool,
     ):
         backend = _PoolBackend(pool, workers, threads)

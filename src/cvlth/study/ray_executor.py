@@ -37,6 +37,7 @@ from cvlth.store import Store
 from cvlth.study.parallel import schedule
 from cvlth.study.plan import PlannedRun
 from cvlth.study.resources import ExecutorSettings, Placement
+from cvlth.training.scalar_logs import RunLogging, scalar_logging
 
 if TYPE_CHECKING:
     from cvlth.study.execute import Context
@@ -44,20 +45,29 @@ if TYPE_CHECKING:
 
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 TRAINING_KINDS = frozenset({"pretrain", "imp", "transfer"})  # what trains data-parallel; others: 1 process
-_contexts: dict[tuple[str, str, int], Any] = {}  # per Ray worker process: its Context (dataset cache)
+_contexts: dict[
+    tuple[str, str, int, RunLogging], Any
+] = {}  # per Ray worker process: its Context (dataset cache)
 
 
-def _execute_on_node(run: RunConfig, store_root: str, device: str, threads: int) -> float:
+def _execute_on_node(
+    run: RunConfig, store_root: str, device: str, threads: int, logging: RunLogging
+) -> float:
     """The body of a Ray task: compute one run (its dependencies are done) in the shared store."""
     import torch
 
     from cvlth.study.execute import Context, ensure
 
     torch.set_num_threads(threads)  # Ray reuses worker processes: set it for every run
-    key = (store_root, device, threads)
+    key = (store_root, device, threads, logging)
     if key not in _contexts:
         _contexts[key] = Context(
-            store=Store(store_root), device=device, quiet=True, log=lambda _: None, threads=threads
+            store=Store(store_root),
+            device=device,
+            quiet=True,
+            log=lambda _: None,
+            threads=threads,
+            logging=logging,
         )
     start = time.perf_counter()
     ensure(run, _contexts[key])
@@ -122,7 +132,8 @@ def execute_rank(run: RunConfig, ctx: Context, env: DistEnv) -> None:
         distributed.barrier(env)
         return result
 
-    ctx.store.execute(run, compute, drop_train_state=True)
+    with scalar_logging(ctx.logging):  # only rank 0 writes the logs, like metrics.jsonl
+        ctx.store.execute(run, compute, drop_train_state=True)
     if not started:  # done already (e.g. by another study on the same store)
         distributed.agree(False, env)
 
@@ -142,7 +153,13 @@ class _Rank:
             return int(probe.getsockname()[1])
 
     def execute(
-        self, run: RunConfig, store_root: str, device: str, threads: int, environment: dict[str, str]
+        self,
+        run: RunConfig,
+        store_root: str,
+        device: str,
+        threads: int,
+        environment: dict[str, str],
+        logging: RunLogging,
     ) -> float:
         os.environ.update(environment)  # before CUDA starts: CUDA_VISIBLE_DEVICES
         import torch
@@ -156,7 +173,12 @@ class _Rank:
         try:
             local_device = f"cuda:{env.local_rank}" if on_gpu else device
             ctx = Context(
-                store=Store(store_root), device=local_device, quiet=True, log=lambda _: None, threads=threads
+                store=Store(store_root),
+                device=local_device,
+                quiet=True,
+                log=lambda _: None,
+                threads=threads,
+                logging=logging,
             )
             start = time.perf_counter()
             execute_rank(run, ctx, env)
@@ -172,6 +194,7 @@ def _execute_data_parallel(
     threads: int,
     placement: Placement,
     runtime_env: dict[str, Any],
+    logging: RunLogging,
 ) -> float:
     """The body of a data-parallel run's Ray task (which asks for nothing itself): its workers as
     actors in a placement group, ended with it; rank 0's seconds, or the first rank's error."""
@@ -199,7 +222,7 @@ def _execute_data_parallel(
         port = ray.get(ranks[0].free_port.remote())
         environments = rank_environments(where, port)
         refs = [
-            rank.execute.remote(run, store_root, device, threads, environment)
+            rank.execute.remote(run, store_root, device, threads, environment, logging)
             for rank, environment in zip(ranks, environments, strict=True)
         ]
         seconds, pending = 0.0, list(refs)
@@ -221,8 +244,17 @@ def _execute_data_parallel(
 class RayBackend:
     """Runs as Ray tasks on the cluster ``ray.init`` connected to."""
 
-    def __init__(self, ray: Any, store: Store, device: str, threads: int, settings: ExecutorSettings) -> None:
+    def __init__(
+        self,
+        ray: Any,
+        store: Store,
+        device: str,
+        threads: int,
+        settings: ExecutorSettings,
+        logging: RunLogging | None = None,
+    ) -> None:
         self.ray, self.device, self.threads, self.settings = ray, device, threads, settings
+        self.logging = logging or RunLogging()
         self.store_root = str(store.root.resolve())
         self.asked: dict[Hashable, tuple[float, float]] = {}  # (cpus, gpus) of each run in flight
         self.task = ray.remote(_execute_on_node)
@@ -260,12 +292,12 @@ class RayBackend:
         placement = self._placement(item)
         if placement.workers > 1:
             ref = self.group_task.options(num_cpus=0, max_retries=0).remote(
-                item.run, self.store_root, self.device, self.threads, placement, self.env
+                item.run, self.store_root, self.device, self.threads, placement, self.env, self.logging
             )
         else:
             ref = self.task.options(
                 num_cpus=placement.cpus, num_gpus=placement.gpus, max_retries=0, runtime_env=self.env
-            ).remote(item.run, self.store_root, self.device, self.threads)
+            ).remote(item.run, self.store_root, self.device, self.threads, self.logging)
         self.asked[ref] = (placement.cpus, placement.gpus)
         return ref
 
@@ -298,8 +330,10 @@ def run_on_ray(
     retries: int = 0,
     log: Callable[[str], None] = print,
     describe: Callable[[PlannedRun], str] = lambda item: item.run.kind,
+    logging: RunLogging | None = None,
 ) -> int:
-    """Compute every planned run not done yet as Ray tasks; returns how many (see
+    """Compute every planned run not done yet as Ray tasks, each training writing the scalar logs
+    ``logging`` asks for; returns how many (see
     :func:`cvlth.study.parallel.schedule`). Uses the Ray this process is connected to, else joins
     the cluster at ``address``, else starts a local one on this machine's cores."""
     try:
@@ -319,7 +353,7 @@ def run_on_ray(
                 hint="start one with `ray start --head` (then --address HOST:6379), or drop --address",
             ) from error
     try:
-        backend = RayBackend(ray, store, device, threads, settings)
+        backend = RayBackend(ray, store, device, threads, settings, logging)
         return schedule(planned, store, backend, retries=retries, log=log, describe=describe)
     finally:
         if connected_here:

@@ -54,6 +54,7 @@ from cvlth.study.plan import PlannedRun, expand
 from cvlth.study.ray_executor import run_on_ray
 from cvlth.study.resources import ExecutorSettings
 from cvlth.study.run_data import refuse_stale_runs
+from cvlth.training.scalar_logs import RunLogging
 
 
 @dataclass(frozen=True)
@@ -89,8 +90,10 @@ def run_study(
     default: the cores, or ``OMP_NUM_THREADS``),
     serially, on ``workers`` processes (see :mod:`cvlth.study.parallel`) or, with ``executor="ray"``,
     as Ray tasks (:mod:`cvlth.study.ray_executor`): the same numbers either way. On workers or Ray a
-    failed run starts again up to ``retries`` times.
+    failed run starts again up to ``retries`` times. Every training writes the scalar logs the
+    study's ``logging`` asks for (:mod:`cvlth.training.scalar_logs`).
     """
+    planned = expand(study)  # validates the whole study first: nothing is written for a refused one
     how = Execution(
         device=device,
         quiet=quiet,
@@ -100,11 +103,16 @@ def run_study(
         address=address,
         retries=retries,
         settings=study.executor,
+        logging=RunLogging.for_study(
+            tensorboard=study.logging.tensorboard,
+            mlflow=study.logging.mlflow,
+            store_root=store.root,
+            study=study.name,
+        ),
     )
     run_all = STUDY_EXECUTORS.lookup(executor)
     start = time.perf_counter()
     folder = study_folder(study, store)
-    planned = expand(study)  # validates the whole study first: nothing is written for a refused one
     refuse_stale_runs([item.run for item in planned], store)  # no result computed on other data
     atomic_write_text(folder / "study.yaml", study_to_yaml(study))
     computed = run_all(planned, store, how)
@@ -134,6 +142,7 @@ class Execution:
     address: str | None
     retries: int
     settings: ExecutorSettings
+    logging: RunLogging = RunLogging()  # TensorBoard / MLflow logs of every training
 
 
 StudyExecutor = Callable[[list[PlannedRun], Store, Execution], int]
@@ -154,8 +163,11 @@ def run_locally(planned: list[PlannedRun], store: Store, how: Execution) -> int:
             retries=how.retries,
             log=how.log,
             describe=describe,
+            logging=how.logging,
         )
-    ctx = Context(store=store, device=how.device, quiet=how.quiet, log=how.log, threads=how.threads)
+    ctx = Context(
+        store=store, device=how.device, quiet=how.quiet, log=how.log, threads=how.threads, logging=how.logging
+    )
     computed = 0
     for index, item in enumerate(planned, start=1):
         if not store.is_done(item.run):
@@ -178,6 +190,7 @@ def run_with_ray(planned: list[PlannedRun], store: Store, how: Execution) -> int
         retries=how.retries,
         log=how.log,
         describe=describe,
+        logging=how.logging,
     )
 
 

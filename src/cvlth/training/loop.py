@@ -3,7 +3,8 @@
 Per optimizer step: derive the augmentation generator from (seed, step), ``objective.train_step``,
 reject a non-finite loss, backward, optimizer step, **re-apply the mask**, the objective's optional
 ``objective.after_step(model)`` (MoCo's EMA), scheduler step, log one
-line to ``metrics.jsonl``, maybe capture the weights (IMP's early-rewind point) and checkpoint,
+line to ``metrics.jsonl`` (and, when the study asks, to TensorBoard / MLflow:
+:mod:`cvlth.training.scalar_logs`), maybe capture the weights (IMP's early-rewind point) and checkpoint,
 then run the callbacks. Per epoch: evaluate on validation (and on test when validation improves),
 checkpoint.
 
@@ -49,6 +50,7 @@ from cvlth.training.evaluation import evaluate_epoch, summarize
 from cvlth.training.metrics_log import MetricsLog, truncate_metrics
 from cvlth.training.objective import Objective
 from cvlth.training.optim import build_optimizer, build_scheduler
+from cvlth.training.scalar_logs import open_scalar_logs
 from cvlth.training.train_state import LoopState, resume_train_state, save_train_state, step_generator
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # fp32: autocast off
@@ -123,7 +125,7 @@ def train(
     enforcer = MaskEnforcer(model, mask) if mask is not None else None
     net = _wrap(model, env, device)
 
-    metrics_log = MetricsLog(writer.metrics_path if writer else None)
+    metrics_log = MetricsLog(writer.metrics_path if writer else None, open_scalar_logs(writer, mask))
     total_steps = steps_per_epoch * training.epochs
 
     def save_checkpoint() -> None:
