@@ -200,11 +200,12 @@ def test_report_summary_table_values(tmp_path):
     assert "| moco/imp-up | 48.80% / 48.80% | 20.00% / 20.00% | none / none | none / none |" in markdown
     assert "| supervised/random | – | none / none | none / none | none / none |" in markdown
     assert f"{PRETRAINING_TASK} (retrieval_accuracy)" in markdown
-    assert "0.5500 ± 0.0000 [–] (n=1)" in markdown  # one run: no interval
+    # report.md escapes every Markdown syntax character (a rendered "[" shows as "[")
+    assert "0.5500 ± 0.0000 \\[–\\] (n=1)" in markdown  # one run: no interval
     # supervised dense on digits: 0.90, 0.92 -> 0.91 ± 0.0141, 95% CI 0.91 ± 12.7062 * 0.01 = [0.7829, 1.0371]
-    assert "0.9100 ± 0.0141 [0.7829, 1.0371] (n=2)" in markdown
+    assert "0.9100 ± 0.0141 \\[0.7829, 1.0371\\] (n=2)" in markdown
     # 0.9075 on digits: + 0.0116 above the threshold, but two runs a side (Welch, df ~ 1): undecided
-    assert "(n=2) ✓ matching; mean − threshold +0.0116 [-0.0896, +0.1129] · undecided" in markdown
+    assert "(n=2) ✓ matching; mean − threshold +0.0116 \\[-0.0896, +0.1129\\] · undecided" in markdown
     # 54 verdicts (6 on the pre-training task, 48 downstream), counted; test sizes were not recorded
     undecided = sum(r["undecided"] for r in table)
     assert markdown.count("· undecided") == undecided == 40
@@ -261,15 +262,6 @@ def test_perturbation_variants_at_measured_sparsity(tmp_path):
     assert row.startswith("| 1 | 0.6000 ± 0.0100 (n=2) at 20.00% | 0.6000 ± 0.0100 (n=2) at 80.00% |")
     assert "at 51.20%" in markdown  # level 3's complement: 1 - 48.80%
     assert (folder / "figures" / "perturbation-supervised_imp-task-digits.png").is_file()
-    # the study checked the paper's claims: C4 on its perturbation analysis; no θ_0 finder: C3 not tested
-    claims = {c["claim"]: c for c in json.loads((folder / "claims.json").read_text())}
-    assert list(claims) == [f"C{k}" for k in range(1, 11)]
-    assert claims["C4"]["verdict"] in ("holds", "refuted", "undecided")
-    assert claims["C4"]["evidence"][0].startswith(
-        "supervised/imp-task → digits: ticket − complement: level 3"
-    )
-    assert claims["C3"]["verdict"] == "not tested" and "rewind: init" in claims["C3"]["missing"]
-    assert "## The paper's claims, checked" in markdown
 
 
 def _iou_by_hand(a: Mask, b: Mask) -> float:
@@ -381,6 +373,15 @@ def test_report_of_a_real_tiny_study(tmp_path, capsys):
     for result in json.loads((folder / "matching.json").read_text()):
         assert f"{result['dense']['mean']:.4f} ± {result['dense']['std']:.4f}" in markdown
     assert (folder / "figures" / "perturbation-supervised_imp-task-digits.png").is_file()
+    # the study checked the paper's claims: C4 on its perturbation analysis; no θ_0 finder: C3 not tested
+    claims = {c["claim"]: c for c in json.loads((folder / "claims.json").read_text())}
+    assert list(claims) == [f"C{k}" for k in range(1, 11)]
+    assert claims["C4"]["verdict"] in ("holds", "refuted", "undecided")
+    assert claims["C4"]["evidence"][0].startswith(
+        "supervised/imp-task → digits: ticket − complement: level 3"
+    )
+    assert claims["C3"]["verdict"] == "not tested" and "rewind: init" in claims["C3"]["missing"]
+    assert "## The paper's claims, checked" in markdown
 
 
 # --- the report never deletes through a symbolic link ------------------------------------------

@@ -161,7 +161,19 @@ def test_c4_perturbation_gaps(random, init_random, verdict):
     ]
     result = claim_c4(inputs(perturbation=curves))
     assert result.verdict == verdict
-    assert "layer-matched" in result.evidence[0] and "θ_p gap − θ_0 gap" in result.evidence[0]
+    # `random` is the paper's m_r (global, equal sparsity): no extension label
+    assert "layer-matched" not in result.evidence[0] and "θ_p gap − θ_0 gap" in result.evidence[0]
+
+
+def test_c4_labels_the_layer_matched_random_mask_an_extension():
+    curves = [
+        curve("sup/task", "ticket", {1: ABOVE}),
+        curve("sup/task", "random_layerwise", {1: BELOW}),
+        curve("sup/task-init", "ticket", {1: DENSE[:2] + [0.81]}),
+        curve("sup/task-init", "random_layerwise", {1: [0.79, 0.80, 0.81]}),
+    ]
+    result = claim_c4(inputs(perturbation=curves))
+    assert any("layer-matched" in line for line in [*result.evidence, *result.extensions])
 
 
 def test_c4_needs_a_theta_p_finder_in_the_perturbation_analysis():

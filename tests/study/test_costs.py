@@ -143,7 +143,9 @@ def test_missing_kinds_are_reported_not_guessed(tmp_path):
     )
     assert not estimate.complete and list(estimate.missing) == [task] and estimate.missing[task][1] == 3
     tu, eu = UP_COSTS
-    assert estimate.seconds == pytest.approx(2 * (900 * 2 * tu + 300 * 2 * eu) + 200 * eu)  # IMP only
+    assert estimate.seconds == pytest.approx(
+        3 * (900 * 2 * tu + 300 * 2 * eu) + 200 * eu
+    )  # IMP only (3 rounds)
     choice = choose_measurements("cpu", cost_file=tmp_path / "m.json")
     text = "\n".join(cost_lines(estimate, choice, "s.yaml", "cpu", str(tmp_path / "m.json")))
     assert "at least" in text and "1 of 4 runs to train counted" in text

@@ -47,12 +47,30 @@ def _study(**finder_seeds: list[int] | None) -> dict:
     return study
 
 
-def _hashes(study: dict) -> dict[tuple, str]:
+def _as_before_train_last_level(run):  # noqa: ANN001, ANN202 - a planned run config
+    """``run`` as planned before upstream IMP trained its last level (the only deliberate change
+    to these runs since finder seeds: the upstream IMP and its transfers got new hashes then)."""
+    if run.kind == "imp":
+        return run.model_copy(update={"train_last_level": False})
+    if run.kind == "transfer" and run.ticket is not None and run.ticket.kind == "imp":
+        return run.model_copy(update={"ticket": run.ticket.model_copy(update={"train_last_level": False})})
+    return run
+
+
+def _hashes(study: dict, before_last_level: bool = True) -> dict[tuple, str]:
     return {
-        (item.run.kind, item.finder, item.level, item.seed): item.run.hash()
+        (item.run.kind, item.finder, item.level, item.seed): (
+            _as_before_train_last_level(item.run) if before_last_level else item.run
+        ).hash()
         for item in expand(StudyConfig.model_validate(study))
         if item.finder in ("imp-up", "random", "omp") and item.finder_seed == 0
     }
+
+
+def test_upstream_imp_now_trains_its_last_level_under_a_new_hash() -> None:
+    now, before = _hashes(TINY, before_last_level=False), _hashes(TINY)
+    assert now[("imp", "imp-up", 0, None)] != before[("imp", "imp-up", 0, None)]
+    assert now[("baseline", "random", 0, None)] == before[("baseline", "random", 0, None)]
 
 
 def test_without_seeds_or_with_seed_0_every_run_is_the_run_of_before() -> None:

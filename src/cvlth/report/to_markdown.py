@@ -14,8 +14,9 @@ from pathlib import Path
 from cvlth.report.document import Figure, Report, Table
 
 # Characters that start Markdown (or inline HTML / entity) syntax anywhere in a line. ``_`` only
-# at a word's edge: within a word (retrieval_accuracy) CommonMark never reads it as emphasis.
-_INLINE = re.compile(r"[\\`*\[\]<>&#|~]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
+# at a word's edge: within a word (retrieval_accuracy, θ_p: Unicode letters too) CommonMark never reads
+# it as emphasis.
+_INLINE = re.compile(r"[\\`*\[\]<>&#|~]|(?<!\w)_|_(?!\w)")
 # What starts a list or a thematic break only at the start of a line: "- x", "+ x", "1. x", "---".
 _LINE_START = re.compile(r"^(\s*)([-+](?=\s|$|[-+])|\d+(?=[.)](?:\s|$)))")
 
