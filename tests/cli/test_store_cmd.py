@@ -94,3 +94,22 @@ def test_runs_kind_lists_that_kind(tmp_path: Path, capsys) -> None:
     capsys.readouterr()
     assert run_cli(["runs", "--store", str(project), "--kind", "train"]) == 0
     assert run.name in capsys.readouterr().out
+
+
+def test_runs_describe_each_run_and_filter_by_study(tmp_path: Path, capsys) -> None:
+    import yaml
+
+    from study_fixtures import TINY
+
+    study = tmp_path / "tiny.yaml"
+    study.write_text(yaml.safe_dump(TINY))
+    capsys.readouterr()
+    assert run_cli(["runs", "--store", str(tmp_path / "store"), "--study", str(study)]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.lstrip().startswith("transfer/")]
+    assert rows and all("to do" in row for row in rows)
+    assert any("digits" in row for row in rows)
+    project, run = _project_with_a_store(tmp_path)
+    assert run_cli(["runs", "--store", str(project)]) == 0
+    (row,) = [line for line in capsys.readouterr().out.splitlines() if run.name in line]
+    assert "tiny" in row and "done" in row  # TrainConfig(data=tiny): its data set, its state

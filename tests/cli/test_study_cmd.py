@@ -182,3 +182,24 @@ def test_unsafe_names_are_refused_at_plan(tmp_path: Path, capsys, where: str, na
     assert "not a usable name" in captured.err or "at most 255 characters" in captured.err, captured.err
     assert file_hashes(tmp_path) == before
     assert sorted(p.name for p in store.iterdir()) == ["keep.png"]
+
+
+def test_matching_table_at_80_columns_never_cuts_names_into_ambiguity() -> None:
+    dense = [0.90, 0.92]
+    names = [
+        "supervised/imp-mnist",
+        "supervised/imp-mnist-init",
+        "supervised/imp-mnist-early",
+        "supervised/omp",
+    ]
+    results = [matching(name, "mnist-with-a-long-task-name", dense, {0.2: [0.95]}) for name in names]
+    console = Console(record=True, width=80)
+    console.print(matching_rich_table(results))
+    text = console.export_text()
+    assert "…" not in text
+    assert max(len(line) for line in text.splitlines()) <= 80
+    # the first column's lines, joined, hold every name whole (folded names continue on the next line)
+    first_cells = [line.split("│")[1].strip() for line in text.splitlines() if line.startswith("│")]
+    joined = "".join(first_cells)
+    for name in names:
+        assert name in joined.replace(" ", ""), (name, text)

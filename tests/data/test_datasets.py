@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import pickle
 import struct
@@ -314,3 +315,21 @@ def test_val_split_last_takes_the_last_training_images() -> None:
     assert val.labels.tolist() == [15, 16, 17, 18, 19] and train.labels.tolist() == list(range(15))
     _, random_val = split_train_val(full, 5, seed=3)
     assert random_val.labels.tolist() != [15, 16, 17, 18, 19]
+
+
+def test_fashion_mnist_falls_back_to_debians_package(tmp_path: Path, monkeypatch, capsys) -> None:
+    """`cvlth datasets` says fashion_mnist is there when only Debian's files are (as world_upstream
+    reads them); a folder of the user's under $CVLTH_DATA still comes first."""
+    from cvlth.data import registry
+
+    system = tmp_path / "usr-share"
+    _write_fashion(system)
+    spec = dataclasses.replace(registry.DATASETS["fashion_mnist"], system_root=system)
+    monkeypatch.setitem(registry.DATASETS._items, "fashion_mnist", spec)
+    monkeypatch.setenv("CVLTH_DATA", str(tmp_path / "data"))
+    assert registry.resolve_root("fashion_mnist") == system
+    assert run_cli(["datasets"]) == 0
+    rows = {line.split("│")[1].strip(): line for line in capsys.readouterr().out.splitlines() if "│" in line}
+    assert "yes" in rows["fashion_mnist"]
+    _write_fashion(tmp_path / "data" / "fashion_mnist")
+    assert registry.resolve_root("fashion_mnist") == tmp_path / "data" / "fashion_mnist"

@@ -106,6 +106,21 @@ def test_genuine_cifar_pickles_still_read(tmp_path: Path, protocol: object) -> N
     assert train.labels.tolist() == [1, 9] * 5 and train.classes == [f"c{i}" for i in range(10)]
 
 
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_cifar_labels_saved_as_numpy_scalars_read(tmp_path: Path, protocol: int) -> None:
+    """A CIFAR batch re-saved with numpy scalar labels (np.int64) pickles numpy's ``scalar``."""
+
+    def write(path: Path, obj: dict) -> None:
+        if b"labels" in obj:
+            obj = {**obj, b"labels": [np.int64(label) for label in obj[b"labels"]]}
+        path.write_bytes(pickle.dumps(obj, protocol=protocol))
+
+    _write_cifar10(tmp_path, write)
+    assert b"scalar" in (tmp_path / "test_batch").read_bytes()  # the global this test is about
+    train, test = read_cifar10(tmp_path)
+    assert train.labels.tolist() == [1, 9] * 5 and test.labels.tolist() == [1, 9]
+
+
 @pytest.mark.parametrize("payload", [_SystemPayload, _ExecPayload])
 @pytest.mark.parametrize("target", ["data_batch_3", "test_batch", "batches.meta"])
 def test_malicious_cifar_pickle_never_runs(tmp_path: Path, capsys, payload, target: str) -> None:

@@ -5,13 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from cvlth.cli.app import app
-from cvlth.store import DEFAULT_STORE_ROOT, Store
-from cvlth.study.run_kinds import RUN_KINDS
+from cvlth.errors import CvlthError
+from cvlth.store import DEFAULT_STORE_ROOT, RunFolder, Store, check_kind
+from cvlth.study.config import StudyConfig, load_study
+from cvlth.study.plan import expand
+from cvlth.study.run_kinds import RUN_KINDS, load_config
 
 #: The ``--store`` option every command that reads or writes runs shares.
 STORE_OPTION = typer.Option(Path(DEFAULT_STORE_ROOT), "--store", help="Root folder of the run store.")
@@ -26,6 +30,11 @@ def runs(
         "--forget",
         metavar="KIND/HASH",
         help="Delete this run's folder (e.g. a damaged run) so that the next study computes it again.",
+    ),
+    study: str | None = typer.Option(
+        None,
+        "--study",
+        help="Only the runs this study plans (a YAML path or a packaged study), named as in it.",
     ),
 ) -> None:
     """List the runs in the store: kind, hash, status (done / damaged / resumable / started).
@@ -43,15 +52,27 @@ def runs(
                 soft_wrap=True,
             )
         return
-    folders = run_store.runs(kind, RUN_KINDS)
-    table = Table("kind", "hash", "status")
+    if study is not None:
+        described = study_runs(load_study(study), run_store)
+        if kind is not None:
+            check_kind(kind, RUN_KINDS)
+            described = [(folder, what) for folder, what in described if folder.path.parent.name == kind]
+    else:
+        described = [(folder, describe_config(folder)) for folder in run_store.runs(kind, RUN_KINDS)]
+    table = Table(box=box.SIMPLE, pad_edge=False)  # no vertical rules: fits 80 columns
+    table.add_column("run", no_wrap=True)  # KIND/HASH, what --forget takes: never shortened
+    table.add_column("status", no_wrap=True)
+    for column in ("pre-training", "finder", "task", "level", "seed"):
+        table.add_column(column, overflow="fold")  # wrapped, never cut into an ambiguous "…"
     damaged = []
-    for folder in folders:
+    for folder, what in described:
         why = folder.damage() if folder.is_done() else None
-        table.add_row(folder.path.parent.name, folder.path.name, "damaged" if why else folder.status)
+        status = "damaged" if why else (folder.status if folder.config_path.is_file() else "to do")
+        cells = [escape(str(what.get(key, ""))) for key in ("pretraining", "finder", "task", "level", "seed")]
+        table.add_row(folder.name, status, *cells)
         if why:
             damaged.append((folder, why))
-    console.print(table if folders else f"no runs under {escape(str(store))}")
+    console.print(table if described else f"no runs under {escape(str(store))}")
     for _, why in damaged:
         console.print(f"damaged: {escape(why)}", soft_wrap=True)
     if damaged:
@@ -60,3 +81,52 @@ def runs(
             f"recompute: `cvlth runs --store {escape(str(store))} {names}`, then run the study again",
             soft_wrap=True,
         )
+
+
+def study_runs(study: StudyConfig, store: Store) -> list[tuple[RunFolder, dict[str, object]]]:
+    """Each run ``study`` plans (once, in plan order), described with the study's own names."""
+    seen: dict[str, tuple[RunFolder, dict[str, object]]] = {}
+    for item in expand(study):
+        folder = store.run_dir(item.run)
+        if folder.name in seen:
+            continue
+        what: dict[str, object] = {"pretraining": item.pretraining, "finder": item.finder or ""}
+        if item.run.kind in ("imp", "baseline"):
+            what["level"] = f"1..{item.run.rounds}"
+            what["seed"] = item.finder_seed if item.finder_seed is not None else ""
+        if item.run.kind == "transfer":
+            variant = "" if item.variant == "ticket" else f" ({item.variant})"
+            what.update(task=item.task, level=f"{item.level}{variant}", seed=item.seed)
+        elif item.task is not None:
+            what["task"] = item.task
+        seen[folder.name] = (folder, what)
+    return list(seen.values())
+
+
+def describe_config(folder: RunFolder) -> dict[str, object]:
+    """What a run is, from its config.yaml alone (no study at hand): data set names, finder kind."""
+    try:
+        run = load_config(folder.config_path)
+    except CvlthError:
+        return {"finder": "(unreadable config.yaml)"}
+    if run.kind == "pretrain":
+        return {"pretraining": run.recipe.objective.name, "task": run.recipe.data.name}
+    if run.kind == "import":
+        return {"pretraining": run.path}
+    if run.kind == "imp":
+        finder = f"imp {run.stage}, rewind {run.rewind}"
+        return {"finder": finder, "task": run.recipe.data.name, "level": f"1..{run.rounds}", "seed": run.seed}
+    if run.kind == "baseline":
+        return {"finder": run.method, "level": f"1..{run.rounds}", "seed": run.seed}
+    if run.kind == "transfer":
+        ticket = run.ticket
+        finder = "" if ticket is None else (f"imp {ticket.stage}" if ticket.kind == "imp" else ticket.method)
+        variant = "" if run.variant == "ticket" else f" ({run.variant})"
+        return {
+            "finder": finder,
+            "task": run.task.data.name,
+            "level": f"{run.level}{variant}",
+            "seed": run.seed,
+        }
+    data = getattr(run, "data", None)  # a plain training run (the Python API's TrainConfig)
+    return {"task": data.name} if data is not None else {}

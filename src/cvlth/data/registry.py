@@ -71,6 +71,9 @@ class DatasetSpec:
     #: The files the dataset reads under a root (its data identity, :mod:`cvlth.data.identity`);
     #: None: no identity (the built-in world's package data; VOC, not covered yet).
     files: Callable[[Path], list[Path]] | None = None
+    #: Where a system package installs the dataset (Debian's dataset-fashion-mnist): used when the
+    #: usual root ($CVLTH_DATA/<name> or ./data/<name>) lacks its files and this one has them.
+    system_root: Path | None = None
 
     def missing(self, root: Path) -> list[str]:
         return self.probe(root)
@@ -96,7 +99,10 @@ def resolve_root(name: str, root: str | os.PathLike[str] | None = None) -> Path:
     spec = get_spec(name)
     if spec.default_root is not None:
         return spec.default_root
-    return Path(os.environ.get("CVLTH_DATA", "data")) / name
+    usual = Path(os.environ.get("CVLTH_DATA", "data")) / name
+    if spec.system_root is not None and spec.missing(usual) and not spec.missing(spec.system_root):
+        return spec.system_root
+    return usual
 
 
 def load_dataset(
@@ -248,6 +254,7 @@ def _register_file_dataset(
     probe: Callable[[Path], list[str]],
     former_defaults: dict[str, Any] | None = None,
     read_files: Callable[[Path], list[Path]] | None = None,
+    system_root: Path | None = None,
 ) -> None:
     spec = DatasetSpec(
         name,
@@ -258,6 +265,7 @@ def _register_file_dataset(
         options=_option_names(load),
         former_defaults=former_defaults or {},
         files=read_files,
+        system_root=system_root,
     )
     DATASETS.add(name, spec)
 
@@ -294,6 +302,7 @@ _register_file_dataset(
     tuple(f"{s}[.gz]" for pair in FASHION_MNIST_FILES.values() for s in pair),
     _probe_idx,
     read_files=_present_files(_IDX_FILES),
+    system_root=world.FASHION_MNIST_SYSTEM_DIR,
 )
 _register_file_dataset(
     "imagefolder",

@@ -29,6 +29,8 @@ _ALLOWED: dict[tuple[str, str], Any] = {
         for m in ("numpy.core.multiarray", "numpy._core.multiarray")
     },
     **{(m, "_frombuffer"): numeric._frombuffer for m in ("numpy.core.numeric", "numpy._core.numeric")},
+    # A numpy scalar (a label re-saved as np.int64): its dtype and raw bytes, nothing callable else.
+    **{(m, "scalar"): multiarray.scalar for m in ("numpy.core.multiarray", "numpy._core.multiarray")},
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
     # Python 3 writes bytes as _codecs.encode(str, "latin1") under protocols 0-2.
