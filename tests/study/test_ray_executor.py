@@ -260,3 +260,32 @@ def test_a_failing_data_parallel_run_reports_the_runs_own_error(local_ray, tmp_p
         run_on_ray(pretrain, Store(tmp_path / "ray"), settings=study.executor, threads=1, log=lines.append)
     assert any(line.startswith("FAILED: pretrain") for line in lines)
     assert not Store(tmp_path / "ray").is_done(pretrain[0].run)
+
+
+def test_an_address_with_no_ray_there_fails_in_seconds_with_one_line(tmp_path, capsys) -> None:
+    import socket
+    import time
+
+    from hostile_fixtures import cli_error
+    from study_fixtures import TINY
+
+    with socket.socket() as probe:  # a port nobody listens on once this closes
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    study = tmp_path / "tiny.yaml"
+    study.write_text(yaml.safe_dump(TINY))
+    args = [
+        "study",
+        str(study),
+        "--store",
+        str(tmp_path / "s"),
+        "--executor",
+        "ray",
+        "--address",
+        f"127.0.0.1:{port}",
+    ]
+    start = time.perf_counter()
+    line = cli_error(args, capsys)
+    assert f"cannot reach a Ray cluster at 127.0.0.1:{port}" in line
+    assert time.perf_counter() - start < 30  # not the minutes ray.init would retry for
+    assert not (tmp_path / "s").exists() or not list((tmp_path / "s").glob("*/*/result.json"))

@@ -344,6 +344,8 @@ def run_on_ray(
         ) from error
     connected_here = not ray.is_initialized()
     if connected_here:
+        if address:
+            check_reachable(address)
         try:
             local = {} if address else {"include_dashboard": False}  # settings only a new cluster takes
             ray.init(address=address, logging_level="warning", **local)
@@ -358,3 +360,23 @@ def run_on_ray(
     finally:
         if connected_here:
             ray.shutdown()
+
+
+#: Seconds to wait for a TCP connection to ``--address``: ray.init itself retries for minutes.
+CONNECT_TIMEOUT = 5.0
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
+    """Refuse a ``HOST:PORT`` address where nothing accepts a TCP connection, in ``timeout``
+    seconds (``ray.init`` would wait minutes); other forms (``auto``, ``ray://...``) pass."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in address:
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as error:
+        raise ConfigError(
+            f"cannot reach a Ray cluster at {address}: no answer in {timeout:g} s ({error})",
+            hint="start one with `ray start --head` (then --address HOST:6379), or drop --address",
+        ) from None
