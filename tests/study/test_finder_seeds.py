@@ -316,12 +316,12 @@ def test_finder_seeds_end_to_end(tmp_path, monkeypatch) -> None:
         assert row["n"] == len(values) == 4
         assert row["mean"] == pytest.approx(statistics.mean(values), abs=1e-12)
         assert row["std"] == pytest.approx(statistics.stdev(values), abs=1e-12)
-    # Fig. 2: rounds = 2 is one training, with the level-1 mask, in each IMP run
+    # Fig. 2: rounds = 2 is two trainings (levels 1 and 2: the last level is trained too) per IMP run
     fig2 = entries[("supervised/imp-up", PRETRAINING_TASK)]
     trained = [store.result(run)["rounds"] for run in imps.values()]
-    assert [[r["trained_with_level"] for r in rounds] for rounds in trained] == [[1], [1]]
+    assert [[r["trained_with_level"] for r in rounds] for rounds in trained] == [[1, 2], [1, 2]]
     level_1 = [rounds[0]["test_at_best_val"]["accuracy"] for rounds in trained]
-    assert [(r["sparsity"], r["n"]) for r in fig2["rows"]] == [(0.2, 2)]
+    assert [(r["sparsity"], r["n"]) for r in fig2["rows"]] == [(0.2, 2), (0.36, 2)]
     assert fig2["rows"][0]["mean"] == pytest.approx(statistics.mean(level_1), abs=1e-12)
     assert fig2["rows"][0]["std"] == pytest.approx(statistics.stdev(level_1), abs=1e-12)
     theta_p = [store.result(run)["dense_upstream"]["test"]["accuracy"] for run in imps.values()]

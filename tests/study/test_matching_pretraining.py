@@ -202,8 +202,8 @@ def test_fig2_numbers_of_a_tiny_study_against_direct_evaluation(tmp_path, monkey
     assert fig2.dense.mean == pytest.approx(_top1(model, data.test, data), abs=1e-6)
     assert (fig2.dense.std, fig2.threshold) == (0.0, fig2.dense.mean)
     rows = {row.sparsity: row.stats.mean for row in fig2.rows}
-    assert sorted(rows) == [0.2, 0.36]  # levels 1 and 2 are trained; level 3 is the last mask
-    for level in (1, 2):
+    assert sorted(rows) == [0.2, 0.36, 0.488]  # every level is trained, the last (3) included
+    for level in (1, 2, 3):
         model.load_state_dict(trained[f"round-{level:02d}"])
         assert rows[round(level_sparsity(level), 6)] == pytest.approx(_top1(model, data.test, data), abs=1e-6)
     table = json.loads((outcome.folder / "matching.json").read_text())

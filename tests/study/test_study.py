@@ -102,7 +102,7 @@ def test_rewinding_restores_theta_p_exactly(tiny_study, tmp_path, monkeypatch):
 
     theta_p = import_checkpoint(Path(store.run_dir(pretrain)) / run_files.THETA_P).state_dict
     imp_starts = starts[1:]  # the first training is the pre-training itself
-    assert len(imp_starts) == 2  # 3 levels, pruned once before training: 2 trainings
+    assert len(imp_starts) == 3  # 3 levels, pruned once before training: 3 trainings, the last level's too
     for start in imp_starts:
         assert start.keys() == theta_p.keys()
         for key, value in theta_p.items():

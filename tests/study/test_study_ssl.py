@@ -123,9 +123,9 @@ def test_imported_moco_checkpoint_continues_upstream_imp(tmp_path, monkeypatch):
         "train": TRAIN,
     }
     study = _study({"moco": {"import_path": str(checkpoint), "import_source": "moco", "upstream": upstream}})
-    study["rounds"] = 3  # two IMP trainings: the head must be restored before each
+    study["rounds"] = 3  # three IMP trainings (the last level's too): the head must be restored before each
     path = _run(tmp_path, study)
-    assert len(heads_at_start) == 2
+    assert len(heads_at_start) == 3
     for heads in heads_at_start:  # θ_MoCo's own encoder_q head, in the query and the key head alike
         for name in ("query_head", "key_head"):
             assert all(torch.equal(heads[name][k], v) for k, v in head.items()), name
