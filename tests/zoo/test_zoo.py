@@ -115,3 +115,16 @@ def test_tiny_zoo_builds_measures_exports_and_imports_as_world_names(tmp_path, m
     result = import_run.read_result()
     assert result["zoo"] == "world:simclr" and result["zoo_quality"] == pytest.approx(qualities["simclr"])
     assert (import_run.path / "heads.pt").is_file()
+
+
+def test_inspect_shows_a_world_checkpoints_quality_and_provenance(capsys) -> None:
+    if not zoo_checkpoint("supervised").is_file():
+        pytest.skip("world-supervised.safetensors is not built yet")
+    with safe_open(str(zoo_checkpoint("supervised")), "pt") as handle:
+        quality = json.loads(handle.metadata()["quality"])
+    capsys.readouterr()
+    assert run_cli(["inspect", "world:supervised"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "world checkpoint world:supervised" in out
+    assert f"top-1 {quality['top1_accuracy']:.4f}" in out and f"{quality['test_images']} images" in out
+    assert quality["top1_accuracy"] >= 0.90  # the floor for the supervised θ_p

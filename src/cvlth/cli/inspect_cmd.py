@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -17,6 +18,7 @@ from cvlth.models.checkpoints.importer import ImportedCheckpoint, import_checkpo
 from cvlth.models.checkpoints.loading import load_into
 from cvlth.models.checkpoints.sources import NORMALIZATION, SOURCES
 from cvlth.scope import prunable_state
+from cvlth.zoo.files import checkpoint_file, is_zoo_path
 
 _BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
@@ -39,6 +41,8 @@ def inspect(
     keys: Annotated[bool, typer.Option(help="List every dropped key, not only a count per reason.")] = False,
 ) -> None:
     """Print a checkpoint's format, architecture, parameter counts and import report."""
+    if is_zoo_path(str(checkpoint)):  # world:NAME, a checkpoint cvlth ships
+        checkpoint = checkpoint_file(str(checkpoint))
     imported = import_checkpoint(input_file(checkpoint, "a checkpoint file"), source)
     report = imported.report
     console = Console()
@@ -56,6 +60,8 @@ def inspect(
         "input", escape(f"{report.normalization}: {NORMALIZATION.get(report.normalization, '?')}")
     )
     summary.add_row("head", escape(report.head))
+    for label, text in zoo_provenance(report.metadata):
+        summary.add_row(label, escape(text))
     console.print(summary)
     console.print(_report_table(imported, keys))
     for note in report.notes:
@@ -90,3 +96,26 @@ def _check_fit(imported: ImportedCheckpoint, arch: str, console: Console) -> Non
     model = build_backbone(spec, info.fc_classes or 1000)
     result = load_into(model, imported, strict=True, skip=() if info.fc_classes else ("fc.",))
     console.print(f"fits {escape(spec.label)}: {len(result.loaded)} tensors load strictly")
+
+
+def zoo_provenance(metadata: dict[str, str]) -> list[tuple[str, str]]:
+    """A world checkpoint's measured quality and what built it (empty for other checkpoints)."""
+    if "zoo_name" not in metadata:
+        return []
+    try:
+        quality = json.loads(metadata.get("quality", "{}"))
+    except json.JSONDecodeError:
+        quality = {}
+    names = {
+        "top1_accuracy": "top-1",
+        "knn_accuracy": "k-NN",
+        "linear_probe_accuracy": "linear probe",
+        "objective_retrieval_accuracy": "Eq. 2 retrieval",
+    }
+    measured = ", ".join(f"{label} {quality[key]:.4f}" for key, label in names.items() if key in quality)
+    test = quality.get("test_images", "?")
+    return [
+        ("world checkpoint", f"world:{metadata['zoo_name']}"),
+        ("quality", f"{measured} (upstream test split, {test} images)"),
+        ("built by", f"{metadata.get('run_hash', '?')} at cvlth {metadata.get('cvlth_commit', '?')}"),
+    ]

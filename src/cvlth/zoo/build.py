@@ -85,6 +85,7 @@ def build_zoo(
 ) -> dict[str, dict[str, Any]]:
     """Train (or reuse), measure and export each named checkpoint; return its quality by name."""
     ctx = Context(store=store, quiet=quiet, threads=threads, log=log)
+    commit = cvlth_commit()  # the code that trains, not whatever is checked out when it exports
     qualities = {}
     for name in names:
         run = recipe.run(name)
@@ -92,7 +93,7 @@ def build_zoo(
         ensure(run, ctx)
         log(f"{name}: θ_p {run.kind}/{config_hash(run)} ready after {time.perf_counter() - start:.0f} s")
         quality = measure_quality(run, ctx, recipe.knn_k)
-        export_checkpoint(recipe, name, run, ctx, quality, out)
+        export_checkpoint(recipe, name, run, ctx, quality, out, commit)
         log(f"{name}: {json.dumps(quality)} -> {zoo_checkpoint(name, out)}")
         qualities[name] = quality
     return qualities
@@ -125,7 +126,13 @@ def measure_quality(run: PretrainRun, ctx: Context, k: int) -> dict[str, Any]:
 
 
 def export_checkpoint(
-    recipe: ZooRecipe, name: str, run: PretrainRun, ctx: Context, quality: dict[str, Any], out: Path
+    recipe: ZooRecipe,
+    name: str,
+    run: PretrainRun,
+    ctx: Context,
+    quality: dict[str, Any],
+    out: Path,
+    commit: str,
 ) -> Path:
     """``world-<name>.safetensors`` (θ_p with its provenance) and, when θ_p has heads, its heads file."""
     theta = load_pretrained(run, ctx)
@@ -140,7 +147,7 @@ def export_checkpoint(
         zoo_name=name,
         zoo_recipe=recipe.entry_yaml(name),
         run_hash=f"{run.kind}/{config_hash(run)}",
-        cvlth_commit=cvlth_commit(),
+        cvlth_commit=commit,
         quality=json.dumps(quality, sort_keys=True),
     )
     heads = pretrained_heads(run, ctx)
