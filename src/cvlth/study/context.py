@@ -40,6 +40,18 @@ class Context:
     #: The data identities listed in this process (cvlth.study.run_data), like ``datasets``.
     data_identities: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def for_worker(cls, store_root: Any, device: str, threads: int | None, logging: RunLogging) -> Context:
+        """The context of a worker process or Ray task: no progress output (the parent logs each run)."""
+        return cls(
+            store=Store(store_root),
+            device=device,
+            quiet=True,
+            log=lambda _: None,
+            threads=threads,
+            logging=logging,
+        )
+
     def dataset(self, ref: DataRef) -> AnySplits:
         return self.datasets.get(ref.name, ref.root, ref.options)
 

@@ -83,14 +83,7 @@ def _start_worker(parent: int, store_root: str, device: str, threads: int, loggi
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     torch.set_num_threads(threads)
     # No progress bars: several processes would draw over each other; the parent logs each run.
-    _worker_context = Context(
-        store=Store(store_root),
-        device=device,
-        quiet=True,
-        log=lambda _: None,
-        threads=threads,
-        logging=logging,
-    )
+    _worker_context = Context.for_worker(store_root, device, threads, logging)
 
 
 def _execute_in_worker(run: RunConfig) -> float:

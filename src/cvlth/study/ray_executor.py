@@ -61,14 +61,7 @@ def _execute_on_node(
     torch.set_num_threads(threads)  # Ray reuses worker processes: set it for every run
     key = (store_root, device, threads, logging)
     if key not in _contexts:
-        _contexts[key] = Context(
-            store=Store(store_root),
-            device=device,
-            quiet=True,
-            log=lambda _: None,
-            threads=threads,
-            logging=logging,
-        )
+        _contexts[key] = Context.for_worker(store_root, device, threads, logging)
     start = time.perf_counter()
     ensure(run, _contexts[key])
     return time.perf_counter() - start
@@ -172,14 +165,7 @@ class _Rank:
         env = distributed.init_from_env(backend="nccl" if on_gpu else "gloo")
         try:
             local_device = f"cuda:{env.local_rank}" if on_gpu else device
-            ctx = Context(
-                store=Store(store_root),
-                device=local_device,
-                quiet=True,
-                log=lambda _: None,
-                threads=threads,
-                logging=logging,
-            )
+            ctx = Context.for_worker(store_root, local_device, threads, logging)
             start = time.perf_counter()
             execute_rank(run, ctx, env)
             return time.perf_counter() - start
