@@ -1,5 +1,6 @@
 """End-to-end tests of the study on a tiny slice of the built-in world (seconds per study)."""
 
+import contextlib
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import yaml
 import cvlth.pruning.imp as imp_module
 from cvlth import run_files
 from cvlth.cli import run_cli
+from cvlth.cli.app import INTERRUPTED_MESSAGE
 from cvlth.errors import CvlthError
 from cvlth.masks import Mask
 from cvlth.models.checkpoints.importer import import_checkpoint
@@ -172,6 +174,13 @@ def _state(pid: int) -> str | None:
         return None
 
 
+def _ignores_sigint(pid: int) -> bool:
+    """Whether the process ignores SIGINT (the SigIgn mask of /proc/PID/status)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    ignored = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigIgn:")), 16)
+    return bool(ignored >> (signal.SIGINT - 1) & 1)
+
+
 def _children(pid: int) -> list[int]:
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -208,6 +217,45 @@ def test_killed_parallel_study_stops_its_workers_and_resumes(tiny_study, tmp_pat
 
     assert run_cli(["study", str(tiny_study), "--store", str(store), "--quiet", "--workers", "2"]) == 0
     assert (store / "studies" / "tiny" / "matching.json").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc")
+@pytest.mark.parametrize("starts", [1, 3], ids=["worker-starting", "workers-computing"])
+def test_repeated_ctrl_c_stops_a_parallel_study_with_one_line(tiny_study, tmp_path, starts):
+    """Ctrl-C reaches the whole process group (the study and its workers), often twice: while the
+    first worker starts (importing torch) and while both compute."""
+    store = tmp_path / "store"
+    command = [sys.executable, "-m", "cvlth.cli", "study", str(tiny_study), "--store", str(store)]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    process = subprocess.Popen(
+        [*command, "--workers", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+    seen = 0
+    for line in process.stdout:
+        seen += line.startswith("start:")
+        if seen == starts:
+            break
+    assert seen == starts, "the study ended early"
+    workers = _children(process.pid)
+    assert len(workers) >= min(starts, 2)
+    assert all(_ignores_sigint(pid) for pid in workers), "a worker would handle Ctrl-C itself"
+    os.killpg(process.pid, signal.SIGINT)
+    time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "Traceback" not in out + err
+    assert err.strip().splitlines() == [INTERRUPTED_MESSAGE]
+    assert all(_state(pid) in (None, "Z") for pid in workers), "workers kept running after Ctrl-C"
+    assert not (store / "studies" / "tiny" / "matching.json").exists()
+    assert run_cli(["study", str(tiny_study), "--store", str(store), "--quiet", "--workers", "2"]) == 0
 
 
 @pytest.mark.parametrize("error", [CvlthError("no masks here"), OSError(28, "No space left on device")])

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cvlth.cli.app import app
+from cvlth.cli.app import app, stops_cleanly_on_interrupt
 from cvlth.cli.checks import check_device
 from cvlth.config import DataRef
 from cvlth.data.cache import DatasetCache
@@ -28,6 +28,7 @@ StoreOption = Annotated[Path, typer.Option("--store", help="Run store root (defa
 
 
 @app.command()
+@stops_cleanly_on_interrupt
 def study(
     config: Annotated[
         Path, typer.Argument(help="Study YAML, or a packaged study: demo, smoke, paper-resnet50.")

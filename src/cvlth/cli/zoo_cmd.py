@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cvlth.cli.app import app
+from cvlth.cli.app import app, stops_cleanly_on_interrupt
 from cvlth.errors import ConfigError
 from cvlth.models.checkpoints.reading import read_object
 from cvlth.store import Store
@@ -57,6 +57,7 @@ def list_zoo(context: typer.Context) -> None:
 
 
 @zoo_app.command("build")
+@stops_cleanly_on_interrupt
 def build(
     names: list[str] = typer.Argument(None, help="checkpoints to build (default: all of the recipe)"),
     store: Path = typer.Option(Path("runs-zoo"), "--store", help="run store the pre-trainings run in"),

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Collection, Hashable, Iterator
@@ -80,6 +81,9 @@ def _exit_with_parent(parent: int) -> None:
 
 def _start_worker(parent: int, store_root: str, device: str, threads: int, logging: RunLogging) -> None:
     global _worker_context
+    # Ctrl-C reaches the whole process group; the study process alone handles it and stops the
+    # workers (a worker's own KeyboardInterrupt would print its traceback and race the shutdown).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     torch.set_num_threads(threads)
     # No progress bars: several processes would draw over each other; the parent logs each run.
@@ -197,14 +201,46 @@ class _PoolBackend:
         return len(running) < self.workers
 
     def submit(self, item: PlannedRun) -> Future[float]:
-        return self.pool.submit(_execute_in_worker, item.run)
+        # The pool spawns its workers here; ignored signals stay ignored in the child, so Ctrl-C
+        # cannot interrupt a worker even while it imports torch, before its initializer runs.
+        with _ignoring_interrupts():
+            return self.pool.submit(_execute_in_worker, item.run)
 
     def wait_any(self, running: Collection[Hashable]) -> list[tuple[Hashable, float | BaseException]]:
         finished, _ = wait(running, return_when=FIRST_COMPLETED)  # type: ignore[arg-type]
         return [(future, future.exception() or future.result()) for future in finished]
 
     def abort(self, running: Collection[Hashable]) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        """Terminate the workers (the runs in flight resume from their checkpoints next time).
+
+        ``shutdown`` alone would wait for the runs in flight to finish; a repeated Ctrl-C while
+        waiting left the pool's threads half shut down. Further Ctrl-Cs are ignored until the
+        workers are gone.
+        """
+        with _ignoring_interrupts():
+            # Python 3.14 has ProcessPoolExecutor.terminate_workers(); before it, the pool's own table.
+            processes = list((getattr(self.pool, "_processes", None) or {}).values())
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                process.join(timeout=10)
+                if process.is_alive():
+                    process.kill()
+                    process.join(timeout=5)
+            self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def _ignoring_interrupts() -> Iterator[None]:
+    """SIGINT ignored inside (main thread only: elsewhere signals cannot be set, nor arrive)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def run_parallel(
