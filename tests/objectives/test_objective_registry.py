@@ -6,7 +6,7 @@ import torch
 from cvlth.config import ObjectiveRef
 from cvlth.data.classification import DatasetSplits, ImageSet
 from cvlth.errors import ConfigError
-from cvlth.objectives.registry import build_objective
+from cvlth.objectives.registry import OBJECTIVES, OBJECTIVES_WITH_HEADS, build_objective
 
 
 def _data() -> DatasetSplits:
@@ -31,6 +31,13 @@ def test_heads_depend_on_the_seed_only(name):
     assert all(torch.equal(first[k], second[k]) for k in first)
     other = _head_state(name, 1, seed=5)
     assert not all(torch.equal(first[k], other[k]) for k in first if first[k].is_floating_point())
+
+
+def test_the_objectives_with_heads_are_those_whose_built_objective_has_modules():
+    built = {
+        name: build_objective(ObjectiveRef(name=name), feature_dim=16, data=_data()) for name in OBJECTIVES
+    }
+    assert {name for name, objective in built.items() if objective.modules()} == set(OBJECTIVES_WITH_HEADS)
 
 
 def test_unknown_objective_and_bad_option_name_the_problem():

@@ -186,3 +186,40 @@ def test_simclr_on_digits_through_the_loop_learns() -> None:
     chance = 1 / (2 * 128 - 1)  # 2N - 1 candidates for each of the 2N representations
     assert after["retrieval_accuracy"] > max(20 * chance, before["retrieval_accuracy"] + 0.05)
     assert result["selection"] == {"metric": "val.retrieval_accuracy", "mode": "max"}
+
+
+@pytest.mark.parametrize("name", ["simclr", "moco"])
+def test_feature_retrieval_accuracy_is_eq2_on_backbone_features_whatever_the_head(name: str) -> None:
+    """Fig. 2's SSL metric (the reference code's val_cacc(mlp=False)): Eq. 2 on the backbone's
+    features of the evaluation's two views, so a re-drawn projection head does not move it."""
+    from cvlth.objectives.moco import MoCoObjective
+    from cvlth.objectives.simclr import eval_generator
+    from cvlth.objectives.views import two_views
+
+    torch.manual_seed(0)
+    _, val_data = digit_sources(val=48)
+    model = NarrowResNet().eval()
+
+    def objective(seed: int) -> SimCLRObjective | MoCoObjective:
+        torch.manual_seed(seed)  # heads drawn from the global generator
+        if name == "simclr":
+            return SimCLRObjective(feature_dim(model), projection_dim=8)
+        built = MoCoObjective(feature_dim(model), dim=8, queue_size=32)
+        built.bind(model)
+        return built
+
+    first, second = objective(1), objective(2)
+    with torch.no_grad():
+        a, b = first.evaluate(model, val_data), second.evaluate(model, val_data)
+        # independently: the same views, cosine nearest neighbours by a plain loop
+        generator = eval_generator(first.eval_seed, torch.device("cpu"))
+        hits = total = 0
+        for batch in val_data.epoch_batches(0):
+            view1, view2 = two_views(first.augment, batch[0], generator)
+            f1, f2 = features(model, view1), features(model, view2)
+            hits += _loop_retrieval(f1, f2) * 2 * len(f1)
+            total += 2 * len(f1)
+    assert a["feature_retrieval_accuracy"] == pytest.approx(hits / total)
+    assert a["feature_retrieval_accuracy"] == b["feature_retrieval_accuracy"]
+    assert a["retrieval_accuracy"] != b["retrieval_accuracy"]  # the projections do depend on the head
+    assert first.figure2_metric == "feature_retrieval_accuracy"

@@ -166,3 +166,87 @@ def test_train_last_level_trains_every_level_once(tmp_path) -> None:
     without = _imp_call(tmp_path / "plain", rounds=3, prune_first=True)
     assert [r["trained_with_level"] for r in without.rounds] == [1, 2]
     assert all(without.masks[k] == result.masks[k] for k in (1, 2, 3))  # the extra round prunes nothing
+
+
+# --- the objective's heads from round to round (the paper's code: HEAD_POLICIES "reference") ------
+
+
+class _Counter(torch.nn.Module):
+    """A queue-like buffer: counts the optimizer steps it has seen."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("steps", torch.zeros(()))
+
+
+class _HeadedObjective(SupervisedObjective):
+    """Supervised, plus a trained projection head and a carried queue-like buffer."""
+
+    carried_across_rounds = frozenset({"queue"})
+    made: list["_HeadedObjective"] = []
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.projection = torch.nn.Linear(2, 2)
+        self.queue = _Counter()
+        self.started: dict[str, dict[str, torch.Tensor]] = {}
+        _HeadedObjective.made.append(self)
+
+    def modules(self):
+        return {"projection": self.projection, "queue": self.queue}
+
+    def bind(self, model, mask=None):  # the loop binds after the heads were loaded: the round's start
+        self.started = {
+            n: {k: v.clone() for k, v in m.state_dict().items()} for n, m in self.modules().items()
+        }
+
+    def train_step(self, model, batch, generator):
+        loss, metrics = super().train_step(model, batch, generator)
+        return loss + self.projection(torch.ones(1, 2)).pow(2).sum(), metrics
+
+    def after_step(self, model):
+        self.queue.steps += 1
+
+
+def _ended(objective: _HeadedObjective) -> dict[str, dict[str, torch.Tensor]]:
+    return {
+        n: {k: v.detach().clone() for k, v in m.state_dict().items()} for n, m in objective.modules().items()
+    }
+
+
+def _same(a, b) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("policy", ["reference", "rewind", "carry"])
+@pytest.mark.parametrize("theta_p_has_projection", [True, False])
+def test_head_policies_start_each_round_from_the_right_heads(
+    tmp_path, policy, theta_p_has_projection
+) -> None:
+    _HeadedObjective.made.clear()
+    torch.manual_seed(0)
+    rewind = {"queue": {"steps": torch.tensor(100.0)}}
+    if theta_p_has_projection:
+        rewind["projection"] = {"weight": torch.full((2, 2), 0.5), "bias": torch.zeros(2)}
+    train_data = make_sources(batch_size=16)[0]
+    imp(
+        TinyNet(), _HeadedObjective, train_data, rounds=3, folder=tmp_path, heads=rewind, head_policy=policy,
+        training=TrainingConfig(epochs=1, batch_size=16), optim=SGDConfig(lr=0.05), schedule=ConstantSchedule(),
+    )  # fmt: skip
+    rounds = [o for o in _HeadedObjective.made if o.started]  # the probes imp() builds never train
+    assert len(rounds) == 3
+    steps = len(train_data)
+    for k, objective in enumerate(rounds):
+        queue = objective.started["queue"]["steps"]
+        projection = objective.started["projection"]
+        previous = _ended(rounds[k - 1]) if k else None
+        carried_queue = policy != "rewind"
+        assert float(queue) == (100 + k * steps if carried_queue else 100), (k, float(queue))
+        if k == 0 or policy == "rewind" or (policy == "reference" and theta_p_has_projection):
+            if theta_p_has_projection:
+                assert _same(projection, rewind["projection"])
+            elif k:  # a fresh head: drawn again (make_objective's draw), not the trained one
+                assert not _same(projection, previous["projection"])
+        else:  # the head keeps its training: it starts where the previous round ended
+            assert _same(projection, previous["projection"])
+            assert not _same(projection, rounds[0].started["projection"])

@@ -331,7 +331,8 @@ def test_the_stored_measurements_read_and_cover_the_packaged_cpu_studies():
     stored = cost_files.stored_measurements()
     assert stored and all(m.device_type in ("cpu", "cuda") for m in stored)
     assert not [m for m in stored if m.device_type == "cuda"]  # none made yet: no GPU was available
-    cpu = next(m for m in stored if m.device_name == "Intel(R) Xeon(R) Processor")
+    cpus = [m for m in stored if m.device_type == "cpu"]
     for name in ("demo", "smoke", "cpu-study", "paper-resnet50"):  # re-measure when this fails
         study = load_study(name)
-        assert set(study_work_kinds(expand(study), study.backbone)) <= set(cpu.kinds), name
+        kinds = set(study_work_kinds(expand(study), study.backbone))
+        assert any(kinds <= set(cpu.kinds) for cpu in cpus), name  # on one of the machines measured

@@ -10,7 +10,8 @@ from cvlth.pruning.variants import restricted_complement, vary_mask
 from cvlth.store import Store
 from cvlth.study.config import StudyConfig, load_study
 from cvlth.study.plan import expand, summarize_plan
-from cvlth.study.run_kinds import ImpRun, TransferRun, dependencies
+from cvlth.study.run_kinds import ImportRun, ImpRun, PretrainRun, TransferRun, dependencies
+from cvlth.zoo.files import checkpoint_file
 
 BASE = {
     "name": "plan",
@@ -147,6 +148,27 @@ def test_packaged_studies_validate_and_plan_without_data(monkeypatch, tmp_path):
     dense_levels = {p.level for p in cpu if p.task in ("detection", "segmentation") and p.level}
     assert dense_levels == {8}  # task_levels narrow the expensive transfers
     assert {p.level for p in cpu if p.task == "mnist" and p.level} == {3, 5, 8}
+
+
+def test_the_demo_imports_the_zoo_and_reaches_the_sparsities_where_tickets_differ(monkeypatch, tmp_path):
+    """As in the paper, the demo pre-trains nothing: its θ_p come from cvlth's model zoo."""
+    monkeypatch.setenv("CVLTH_DATA", str(tmp_path / "nowhere"))
+    study = load_study("demo")
+    planned = expand(study)
+    assert not [p for p in planned if isinstance(p.run, PretrainRun)]
+    imports = {p.run.path for p in planned if isinstance(p.run, ImportRun)}
+    assert imports == {"world:supervised", "world:simclr", "world:moco"}
+    assert all(checkpoint_file(path).is_file() for path in imports)  # shipped with the package
+    assert study.rounds >= 10 and 1 - (1 - study.fraction) ** study.rounds >= 0.89
+    assert max(study.transfer_levels) == study.rounds and len(study.seeds) >= 3
+    kinds = {(f.method, f.stage, f.rewind) for f in study.finders}
+    assert kinds >= {
+        ("imp", "upstream", "pretrained"),
+        ("imp", "downstream", "pretrained"),
+        ("imp", "downstream", "init"),
+        ("imp", "downstream", "early"),
+    } and {f.method for f in study.finders} == {"imp", "omp", "random"}
+    assert study.perturbation is not None and len(study.pretrainings) == 3  # Fig. 2, IoU between θ_p
 
 
 def test_mask_variants_keep_counts():

@@ -12,6 +12,7 @@ from cvlth.study.uncertainty import (
     difference,
     mean_interval,
     paired_interval,
+    proportions_interval,
     t_quantile,
     welch_interval,
 )
@@ -144,3 +145,27 @@ def test_matching_json_round_trip_and_older_rows():
     assert read.test_size is None and read.rows[0].margin.method == "welch"
     expected = difference(SeedStats.of([0.79, 0.81, 0.80]), SeedStats.of([0.78, 0.80, 0.82]))
     assert read.rows[0].margin.low == pytest.approx(expected.low + 0.02)
+
+
+def test_proportions_interval_is_walds_difference_of_two_proportions():
+    interval = proportions_interval(0.90, 0.85, 2000)
+    half = sps.norm.ppf(0.975) * math.sqrt((0.90 * 0.10 + 0.85 * 0.15) / 2000)  # 0.0204
+    assert (interval.estimate, interval.low, interval.high) == pytest.approx((0.05, 0.05 - half, 0.05 + half))
+    assert interval.method == "binomial" and interval.decided
+    assert not proportions_interval(0.90, 0.89, 2000).decided
+    with pytest.raises(ValueError):
+        proportions_interval(1.2, 0.5, 100)
+
+
+def test_rows_measured_once_are_decided_by_the_test_sample_alone():
+    # Fig. 2 with one finder seed: θ_p and each ticket evaluated once on 2,000 test images
+    values = {0.2: [0.944], 0.8: [0.905], 0.9: [0.80]}
+    result = matching("s", "pre-training task", [0.945], values, test_size=2000)
+    near, below, far = result.rows
+    assert all(row.margin.method == "binomial" for row in result.rows)
+    assert not near.decided and near.matching is False  # 0.001 below: the test sample cannot tell
+    assert below.decided and not below.matching  # 0.04 below, > 1.96 * 0.0070
+    assert far.decided and (far.margin.high < 0)
+    # without a test size, or in a metric that is not a fraction, the spread stays unknown
+    assert all(not r.decided for r in matching("s", "t", [0.945], values).rows)
+    assert all(not r.decided for r in matching("s", "t", [0.945], values, "loss", test_size=2000).rows)

@@ -101,6 +101,10 @@ class MoCoObjective(ObjectiveBase):
     :func:`~cvlth.objectives.views.two_views`). Call :meth:`bind` before training (the loop does)."""
 
     selection: tuple[str, Literal["max", "min"]] = ("retrieval_accuracy", "max")
+    figure2_metric = "feature_retrieval_accuracy"
+    #: IMP's ``reference`` head policy carries the queue from round to round (the reference code's
+    #: queue is a buffer outside the encoders it rewinds).
+    carried_across_rounds = frozenset({"queue"})
 
     def __init__(
         self,
@@ -249,20 +253,23 @@ class MoCoObjective(ObjectiveBase):
         images; fixed views, key encoder in eval mode (no shuffle needed). The Eq. 2 retrieval
         accuracy is measured on the *query* encoder's projections of the two views: that is the
         encoder being pruned, and q-vs-k retrieval mostly measures how far the EMA key encoder lags
-        (early in training every q's nearest neighbour is another q)."""
+        (early in training every q's nearest neighbour is another q); ``feature_retrieval_accuracy``
+        is Eq. 2 on the query encoder's backbone features, what Fig. 2 compares (no head involved)."""
         device = next(model.parameters()).device
         generator = eval_generator(self.eval_seed, device)
-        sums = {"loss": 0.0, "top1": 0.0, "retrieval_accuracy": 0.0}
+        sums = {"loss": 0.0, "top1": 0.0, "retrieval_accuracy": 0.0, "feature_retrieval_accuracy": 0.0}
         count = 0
         for batch in batches.epoch_batches(0):
             images = batch[0].to(device)
             view1, view2 = two_views(self.augment, images, generator)
-            q = self.query(model, view1)
+            f1, f2 = features(model, view1), features(model, view2)
+            q = F.normalize(self.query_head(f1), dim=1)  # = self.query(model, view1)
             k = self._encode_keys(view2)
             loss, logits = self.info_nce(q, k)
             n = images.shape[0]
             sums["loss"] += float(loss) * n
             sums["top1"] += float((logits.argmax(1) == 0).float().sum())
-            sums["retrieval_accuracy"] += retrieval_accuracy(q, self.query(model, view2)) * n
+            sums["retrieval_accuracy"] += retrieval_accuracy(q, F.normalize(self.query_head(f2), dim=1)) * n
+            sums["feature_retrieval_accuracy"] += retrieval_accuracy(f1, f2) * n
             count += n
         return {name: (value / count if count else float("nan")) for name, value in sums.items()}

@@ -36,6 +36,11 @@ Builder = Callable[..., Objective]
 OBJECTIVES: Registry[Builder] = Registry("objective", ConfigError)
 
 
+#: The objectives that own heads (``modules()`` not empty: projection MLPs, MoCo's queue), known
+#: without building one (a run's identity needs it; a test checks it against every objective built).
+OBJECTIVES_WITH_HEADS = frozenset({"simclr", "moco"})
+
+
 def objective_option_defaults(name: str) -> dict[str, Any]:
     """Every option of objective ``name`` with its default value (empty for an unknown name). A
     builder's ``**options`` are the contrastive view's (:func:`_contrastive_augment`)."""

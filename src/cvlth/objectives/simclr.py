@@ -7,7 +7,11 @@ probability instead; it is available as ``variant="log_mean_reference"`` (by Jen
 larger than the standard loss).
 
 ``retrieval_accuracy`` is the paper's Eq. 2: the fraction of the 2N representations whose
-cosine-nearest *other* representation is their partner view.
+cosine-nearest *other* representation is their partner view. Evaluation reports it on the
+projections (what the loss trains) and, as ``feature_retrieval_accuracy``, on the backbone's
+features, where the reference code measures it (``val_cacc(..., mlp=False)``): Fig. 2 compares θ_p
+with its tickets there, so that a θ_p imported without its projection head is not judged through
+an untrained head.
 
 Negatives come from this process's batch only: on several processes each rank contrasts its own
 slice of the global batch (no cross-rank gather).
@@ -97,6 +101,7 @@ class SimCLRObjective(ObjectiveBase):
     """
 
     selection: tuple[str, Literal["max", "min"]] = ("retrieval_accuracy", "max")
+    figure2_metric = "feature_retrieval_accuracy"
 
     def __init__(
         self,
@@ -139,14 +144,16 @@ class SimCLRObjective(ObjectiveBase):
         """Loss and retrieval accuracy per batch (N = batch size), averaged over images."""
         device = next(model.parameters()).device
         generator = eval_generator(self.eval_seed, device)
-        loss_sum = accuracy_sum = 0.0
+        sums = {"loss": 0.0, "retrieval_accuracy": 0.0, "feature_retrieval_accuracy": 0.0}
         count = 0
         for batch in batches.epoch_batches(0):
-            z1, z2 = self._two_views(model, batch[0].to(device), generator)
+            views = torch.cat(two_views(self.augment, batch[0].to(device), generator))
+            feature = features(model, views)
+            f1, f2 = feature.chunk(2)
+            z1, z2 = self.head(feature).chunk(2)
             n = z1.shape[0]  # images, not views
-            loss_sum += float(nt_xent(z1, z2, self.temperature, self.variant)) * n
-            accuracy_sum += retrieval_accuracy(z1, z2) * n
+            sums["loss"] += float(nt_xent(z1, z2, self.temperature, self.variant)) * n
+            sums["retrieval_accuracy"] += retrieval_accuracy(z1, z2) * n
+            sums["feature_retrieval_accuracy"] += retrieval_accuracy(f1, f2) * n
             count += n
-        if count == 0:
-            return {"loss": float("nan"), "retrieval_accuracy": float("nan")}
-        return {"loss": loss_sum / count, "retrieval_accuracy": accuracy_sum / count}
+        return {name: (value / count if count else float("nan")) for name, value in sums.items()}

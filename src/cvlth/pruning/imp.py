@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -43,7 +43,7 @@ from cvlth.run_files import LATEST_HEADS, REWIND, capture_path, mask_path, round
 from cvlth.scope import prunable_parameters
 from cvlth.store import RunFolder
 from cvlth.training.loop import train
-from cvlth.training.objective import Objective, head_states, load_heads
+from cvlth.training.objective import Objective, head_state, head_states, load_heads
 
 REWIND_FORMAT = "cvlth-rewind/1"
 
@@ -76,7 +76,7 @@ def imp(
     prune_first: bool = False,
     rewind_step: int | None = None,
     heads: Heads | None = None,
-    rewind_heads: bool = True,
+    head_policy: HeadPolicy = "reference",
     val_data: BatchSource | None = None,
     test_data: BatchSource | None = None,
     device: str | torch.device = "cpu",
@@ -89,8 +89,10 @@ def imp(
     """Masks at levels 1..``rounds`` of ``model`` (trained in place; it ends rewound and trained
     in the last round), saved and resumable in ``folder`` (see the module docstring).
 
-    ``make_objective()`` builds the objective of one round (its heads are then loaded from the
-    rewind point's ``heads``, or from the previous round's with ``rewind_heads=False``).
+    ``make_objective()`` builds the objective of one round; its heads are then loaded per
+    ``head_policy`` (:data:`HEAD_POLICIES`): by default as the paper's code does, a head the rewind
+    point ``heads`` holds is rewound with the backbone, a head it lacks (drawn fresh) keeps its
+    training from round to round, and what the objective carries across rounds (MoCo's queue) does.
     ``prune_first`` prunes the model once before any training (the paper's upstream IMP: K levels
     take K-1 trainings); otherwise round 0 trains the dense model. ``rewind_step``: rewind to the
     weights after that step of round 0 instead of the model as given. ``label`` names the rewind
@@ -110,7 +112,11 @@ def imp(
         "strategy": strategy,
         "prune_first": prune_first,
         "train_last_level": train_last_level,
-        "rewind": {"label": label, "step": rewind_step, "heads": rewind_heads},
+        "rewind": {
+            "label": label,
+            "step": rewind_step,
+            "heads": _recorded_policy(head_policy, make_objective),
+        },
         "training": training,
         "optim": optim,
         "schedule": schedule,
@@ -141,7 +147,7 @@ def imp(
             model.load_state_dict(state["model"])
             heads = state["heads"]
         objective = make_objective()
-        load_heads(objective, heads if rewind_heads else _latest_heads(root, heads))
+        load_heads(objective, round_heads(head_policy, objective, heads, _latest_heads(root, heads)))
         if before_round is not None:
             before_round(level)
         start = time.perf_counter()
@@ -161,7 +167,7 @@ def imp(
             quiet=quiet,
         )
         result.update(wall_seconds=time.perf_counter() - start, **(round_info or {}))
-        if not rewind_heads:
+        if head_policy != "rewind" and objective.modules():
             _save_torch(head_states(objective), root / LATEST_HEADS)
         if capture is not None:  # θ_k: the weights after `rewind_step` steps of round 0
             captured = torch.load(capture_path(folder_k, capture), map_location="cpu", weights_only=True)
@@ -208,8 +214,8 @@ def _check_arguments(
 def save_rewind(path: Path, state: Mapping[str, Any], *, point: str, step: int = 0) -> None:
     """The rewind weights as a plain safetensors file: ``model.<key>`` and ``heads.<head>.<key>``."""
     tensors = {f"model.{key}": value for key, value in state["model"].items()}
-    for head, head_state in state.get("heads", {}).items():
-        tensors.update({f"heads.{head}.{key}": value for key, value in head_state.items()})
+    for head, saved in state.get("heads", {}).items():
+        tensors.update({f"heads.{head}.{key}": value for key, value in saved.items()})
     tensors = {key: value.detach().cpu().contiguous().clone() for key, value in tensors.items()}
     metadata = {"format": REWIND_FORMAT, "point": point, "step": str(step)}
     with atomic_path(path) as tmp:
@@ -231,6 +237,43 @@ def load_rewind(path: str | os.PathLike[str]) -> dict[str, Any]:
 def _prune_step(prune: Strategy, model: nn.Module, fraction: float, mask: Mask | None) -> Mask:
     weights = {name: parameter.detach() for name, parameter in prunable_parameters(model).items()}
     return prune(weights, fraction, mask)
+
+
+#: How an IMP round starts the objective's heads (projection MLPs, MoCo's queue):
+#: ``reference`` -- as the paper's code: a head the rewind point holds is rewound with the backbone
+#: (SimCLR/MoCo: their checkpoint's keys are reloaded), a head it lacks keeps training across rounds
+#: (SimCLR's reference code never reloads a head its checkpoint does not have), and what the
+#: objective carries (``carried_across_rounds``: MoCo's queue, a buffer outside the encoders) too;
+#: ``rewind`` -- every head and the queue back to the rewind point's (a fresh head: the same draw);
+#: ``carry`` -- every head and the queue as the previous round left them.
+HeadPolicy = Literal["reference", "rewind", "carry"]
+HEAD_POLICIES: tuple[HeadPolicy, ...] = ("reference", "rewind", "carry")
+
+
+def round_heads(policy: HeadPolicy, objective: Objective, rewind: Heads, latest: Heads) -> Heads:
+    """The heads one round starts from: from ``rewind`` (the rewind point's) or ``latest`` (the
+    previous round's; the rewind point's before round 1), per ``policy``."""
+    if policy == "rewind":
+        return rewind
+    if policy == "carry":
+        return latest
+    if policy != "reference":
+        raise ValueError(f"unknown head policy {policy!r}; use one of {', '.join(HEAD_POLICIES)}")
+    carried = getattr(objective, "carried_across_rounds", frozenset())
+    chosen: dict[str, Any] = {}
+    for name in objective.modules():
+        own = head_state(rewind, name)
+        if own is not None and name not in carried:
+            chosen[name] = own
+        elif head_state(latest, name) is not None:
+            chosen[name] = head_state(latest, name)
+    return chosen
+
+
+def _recorded_policy(policy: HeadPolicy, make_objective: Callable[[], Objective]) -> HeadPolicy | bool:
+    """What ``imp.json`` records: an objective without heads records ``True`` as folders made before
+    the policies existed did (the policy changes nothing there)."""
+    return policy if make_objective().modules() else True
 
 
 def _latest_heads(root: Path, rewind_heads: Heads) -> Heads:

@@ -52,7 +52,7 @@ def setup_section(files: StudyFiles, now: datetime) -> Section:
                 "test "
                 + ", ".join(f"{study.task_metric(t)} ({t})" for t in study.tasks)
                 + " at the best validation epoch; on the pre-training task (upstream IMP): the objective's "
-                "metric (top-1 accuracy, or retrieval accuracy for SimCLR/MoCo)",
+                "metric (top-1 accuracy, or Eq. 2 retrieval accuracy on backbone features for SimCLR/MoCo)",
             ],
             ["perturbation", "yes" if study.perturbation is not None else "no"],
             ["results written", files.results_time.strftime("%Y-%m-%d %H:%M")],
@@ -70,7 +70,7 @@ def task_order(files: StudyFiles) -> list[str]:
 
 def _metric_label(results: Sequence[MatchingResult]) -> str:
     """``test accuracy``, or every metric with its sources when they differ (Fig. 2: top-1 for
-    supervised, retrieval accuracy for SimCLR/MoCo)."""
+    supervised, Eq. 2 retrieval accuracy on backbone features for SimCLR/MoCo)."""
     metrics = list(dict.fromkeys(r.metric for r in results))
     return f"test {metrics[0]}" if len(metrics) == 1 else "test " + " / ".join(metrics)
 
@@ -158,7 +158,7 @@ def matching_section(files: StudyFiles) -> Section:
         section.blocks.append(
             f"The {PRETRAINING_TASK} column is the paper's Fig. 2: each upstream IMP ticket after its "
             "round's training and θ_p untrained, on the pre-training task's test split, in the "
-            "objective's metric (top-1 accuracy supervised, Eq. 2 retrieval accuracy for SimCLR/MoCo); "
+            "objective's metric (top-1 accuracy supervised, Eq. 2 retrieval accuracy on backbone features for SimCLR/MoCo); "
             "θ_p is evaluated without training by each IMP run, so its std is 0 and the threshold is its "
             "value (unless its objective heads are new, drawn from each finder seed)."
         )

@@ -29,6 +29,7 @@ from cvlth.config import (
 from cvlth.config_yaml import parse_yaml, read_config_text
 from cvlth.errors import ConfigError
 from cvlth.models.checkpoints.sources import CheckpointSource
+from cvlth.pruning.imp import HeadPolicy
 from cvlth.study.resources import ExecutorSettings
 from cvlth.study.run_kinds import AdaptConfig, BackboneConfig, MaskVariant, Recipe
 
@@ -85,13 +86,16 @@ class FinderEntry(Strict):
     or random-mask run (data order, augmentation, new heads, random draws all derive from it), and
     every one of its tickets is fine-tuned with every seed of the study. OMP draws nothing at
     random, so it takes one seed.
+
+    ``heads`` (IMP): how each round starts the objective's heads (``cvlth.pruning.imp.HEAD_POLICIES``;
+    the default, ``reference``, is the paper's code).
     """
 
     name: Name
     method: Literal["imp", "omp", "random"]
     stage: Literal["upstream", "downstream"] = "upstream"
     rewind: Literal["pretrained", "init", "early"] = "pretrained"
-    rewind_heads: bool = True
+    heads: HeadPolicy = "reference"
     optim: OptimConfig | None = None
     schedule: ScheduleConfig | None = None
     train: TrainingConfig | None = None

@@ -21,8 +21,14 @@ difference ``ticket - dense``:
   independent means (runs of one finder seed share their mask, so with several finder seeds the
   interval can be too narrow).
 
-A decided row's direction is always the headline's (both intervals are centred on
-``mean - threshold``). With one run on either side the spread is unknown: undecided.
+* *binomial* when the ticket and the dense model were each measured once (Fig. 2 with one finder
+  seed: no seeds to spread over), in a metric that is a fraction of the test split's items
+  (:data:`PROPORTION_METRICS`): the only uncertainty left is the test sample, Wald's interval of the
+  difference of two accuracies on ``test_size`` items each.
+
+A decided row's direction is always the headline's (all intervals are centred on
+``mean - threshold``). With one run on either side and no test size (or a metric that is not a
+fraction), the spread is unknown: undecided.
 
 Two more readings of the same rule:
 
@@ -46,7 +52,13 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cvlth.study.uncertainty import Interval, mean_interval, paired_interval, welch_interval
+from cvlth.study.uncertainty import (
+    Interval,
+    mean_interval,
+    paired_interval,
+    proportions_interval,
+    welch_interval,
+)
 
 #: The task name of Fig. 2's results: tickets and θ_p evaluated on their own pre-training task.
 PRETRAINING_TASK = "pre-training task"
@@ -190,6 +202,23 @@ def monotone_extreme(verdicts: Sequence[tuple[float, bool]]) -> float | None:
     return extreme
 
 
+#: Metrics that are the fraction of a test split's items got right (top-1 accuracy; Eq. 2 retrieval
+#: accuracy, on projections or backbone features: the fraction of representations whose positive is
+#: the nearest).
+PROPORTION_METRICS = frozenset({"accuracy", "retrieval_accuracy", "feature_retrieval_accuracy"})
+
+
+def _test_sample_margin(
+    stats: SeedStats, dense: SeedStats, metric: str, test_size: int | None
+) -> Interval | None:
+    """``mean - threshold`` with the test sample's interval, for one run on each side."""
+    if stats.n != 1 or dense.n != 1 or not test_size or metric not in PROPORTION_METRICS:
+        return None
+    if not (0.0 <= stats.mean <= 1.0 and 0.0 <= dense.mean <= 1.0):
+        return None
+    return proportions_interval(stats.mean, dense.mean, test_size).shifted(dense.std)
+
+
 def _welch_margin(stats: SeedStats, dense: SeedStats) -> Interval:
     """``mean - threshold`` with Welch's interval of ``ticket - dense`` (independent runs)."""
     return welch_interval([(1.0, stats), (-1.0, dense)]).shifted(dense.std)
@@ -289,7 +318,9 @@ def matching(
         values = ticket_values[sparsity]
         stats = SeedStats.of(values)
         keys = None if ticket_keys is None else ticket_keys.get(sparsity)
-        margin = _margin(stats, dense, values, dense_values, keys, dense_keys)
+        margin = _test_sample_margin(stats, dense, metric, test_size) or _margin(
+            stats, dense, values, dense_values, keys, dense_keys
+        )
         rows.append(MatchingRow(sparsity, stats, stats.mean >= threshold, margin))
     return MatchingResult(source, task, dense, tuple(rows), metric=metric, test_size=test_size)
 
@@ -365,7 +396,9 @@ DECISION_TEXT = (
     "Decision: a verdict is *decided* when the 95% interval of (ticket mean − threshold) excludes zero, "
     "*undecided* otherwise (then more seeds could flip it). The interval is paired over seeds when the "
     "ticket's runs are exactly the dense runs' seeds (same data order, augmentation and new parameters), "
-    "else Welch's two-sample interval; the threshold's one dense std is the rule's fixed tolerance."
+    "else Welch's two-sample interval; a ticket and a dense model measured once each (Fig. 2) get the "
+    "test sample's interval of two accuracies (binomial); the threshold's one dense std is the rule's "
+    "fixed tolerance."
 )
 
 

@@ -107,6 +107,7 @@ def _finder_runs_with_seed(
         "rounds": study.rounds,
         "fraction": study.fraction,
         "rewind": finder.rewind,
+        "heads": finder.heads,
         "seed": seed,
     }
     if finder.stage == "upstream":

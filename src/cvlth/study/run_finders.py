@@ -95,7 +95,7 @@ def execute_imp(run: ImpRun, folder: RunFolder, ctx: Context) -> dict[str, Any]:
         prune_first=run.stage == "upstream",  # the paper prunes θ_p once before any training
         rewind_step=_early_capture_step(run, data) if run.rewind == "early" else None,
         heads=heads,
-        rewind_heads=run.rewind_heads,
+        head_policy=run.heads,
         val_data=batches(data, "val", EVAL_BATCH_SIZE) if data.val is not None else None,
         test_data=batches(data, "test", EVAL_BATCH_SIZE),
         device=ctx.device,

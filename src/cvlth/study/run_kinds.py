@@ -43,7 +43,8 @@ from cvlth.data.cache import former_defaults, in_former_form, option_defaults
 from cvlth.errors import CheckpointError, ConfigError
 from cvlth.models.checkpoints.sources import CheckpointSource
 from cvlth.models.task_models import check_model_options, model_option_defaults
-from cvlth.objectives.registry import objective_option_defaults
+from cvlth.objectives.registry import OBJECTIVES_WITH_HEADS, objective_option_defaults
+from cvlth.pruning.imp import HeadPolicy
 from cvlth.registry import Registry
 from cvlth.run_identity import without_defaults
 from cvlth.zoo.files import checkpoint_file
@@ -206,10 +207,12 @@ class ImpRun(RunConfig):
     fraction: float = Field(0.2, gt=0, lt=1)
     rewind: Literal["pretrained", "init", "early"] = "pretrained"
     rewind_fraction: float = Field(0.05, gt=0, lt=1)
-    rewind_heads: bool = Field(
-        True,
-        description="rewind the objective's heads (projection/MLP) with the backbone; the paper's "
-        "SimCLR code kept training its head across rounds (False)",
+    heads: HeadPolicy = Field(
+        "reference",
+        description="how each IMP round starts the objective's heads (projection MLPs, MoCo's queue): "
+        "reference = as the paper's code (a head θ_p has is rewound with the backbone, a head it lacks "
+        "keeps training across rounds, MoCo's queue carries across rounds); rewind = all rewound; "
+        "carry = all kept from the previous round",
     )
     adapt: AdaptConfig = Field(default_factory=AdaptConfig)
     seed: int = Field(0, ge=0)
@@ -226,9 +229,16 @@ class ImpRun(RunConfig):
         return self.rounds - (self.stage == "upstream") + self.train_last_level
 
     def normalize_identity(self, data: dict[str, Any]) -> dict[str, Any]:
-        """Runs computed before ``train_last_level`` existed did not train it: their hashes stay."""
+        """Runs computed before ``train_last_level`` existed did not train it, and runs whose
+        objective has no heads (or that rewind or carry them all) are what they were before head
+        policies existed: their hashes stay."""
         if not data.get("train_last_level"):
             data.pop("train_last_level", None)
+        policy = data.pop("heads")
+        if policy == "reference" and self.recipe.objective.name in OBJECTIVES_WITH_HEADS:
+            data["heads"] = policy
+        else:
+            data["rewind_heads"] = policy != "carry"
         return data
 
     @model_validator(mode="after")

@@ -6,6 +6,10 @@ Every number a study concludes from is a mean over a few runs, so each comes wit
 * :func:`paired_interval` -- the mean of per-seed differences ``a_s - b_s`` (runs that share their
   data order, augmentation and new parameters, e.g. a ticket and the dense model fine-tuned with
   the same seed): a one-sample t-interval of the differences;
+* :func:`proportions_interval` -- two accuracies measured once each on ``n`` test images: the
+  only uncertainty left is which images the test split drew (Wald's interval of a difference of
+  two proportions, z = 1.96; treated as independent samples, which is conservative when both were
+  measured on the same images);
 * :func:`welch_interval` -- a linear combination ``Σ c_i · mean_i`` of independent means
   (``a - b``, or a difference of differences), with the Welch–Satterthwaite degrees of freedom.
 
@@ -42,7 +46,7 @@ class Interval:
     estimate: float
     low: float | None
     high: float | None
-    method: str  # "paired", "welch" or "t" (one mean)
+    method: str  # "paired", "welch", "binomial" (test sample only) or "t" (one mean)
     df: float | None = None  # degrees of freedom of the t quantile (None: no interval, or no spread)
 
     @property
@@ -107,6 +111,16 @@ def paired_interval(a: Sequence[float], b: Sequence[float]) -> Interval:
     variance = math.fsum((d - mean) ** 2 for d in diffs) / (n - 1)
     low, high = _bounds(mean, variance / n, float(n - 1))
     return Interval(mean, low, high, "paired", float(n - 1))
+
+
+def proportions_interval(a: float, b: float, n: int) -> Interval:
+    """The 95% interval of ``a - b`` for two proportions (accuracies) each measured on ``n`` items."""
+    from scipy.stats import norm
+
+    if n < 1 or not (0.0 <= a <= 1.0 and 0.0 <= b <= 1.0):
+        raise ValueError(f"proportions in [0, 1] over n >= 1 items needed (got {a}, {b}, n={n})")
+    half = float(norm.ppf(0.5 + CONFIDENCE / 2)) * math.sqrt((a * (1 - a) + b * (1 - b)) / n)
+    return Interval(a - b, a - b - half, a - b + half, "binomial")
 
 
 def welch_interval(terms: Sequence[tuple[float, Summary]]) -> Interval:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from cvlth.data.source import BatchSource
-from cvlth.training.objective import Objective
+from cvlth.training.objective import Objective, figure2_metric
 
 
 def evaluate_on_pretraining(
@@ -26,7 +26,8 @@ def evaluate_on_pretraining(
 ) -> dict[str, Any]:
     """Test metrics of ``model`` (θ_p with its pre-training ``fc``) under ``objective`` (built with the
     IMP recipe and θ_p's heads loaded). ``model`` is copied, never changed.
-    Returns ``{"test": {metric: value, ...}, "metric": <selection metric>}``.
+    Returns ``{"test": {metric: value, ...}, "metric": <Fig. 2's metric>}`` (the objective's
+    :func:`~cvlth.training.objective.figure2_metric`).
     """
     model = copy.deepcopy(model)
     objective.bind(model, None)  # as the training loop does before its evaluations
@@ -35,4 +36,4 @@ def evaluate_on_pretraining(
         module.eval()
     with torch.no_grad():
         test = objective.evaluate(model, test_batches)
-    return {"test": test, "metric": objective.selection[0]}
+    return {"test": test, "metric": figure2_metric(objective)}

@@ -9,7 +9,10 @@ MoCo, detection, segmentation) implements three things:
   (the loop derives it from (seed, step), so resume is exact) and return ``(loss, metrics)``;
 * ``evaluate(model, batches)``: metrics over a whole :class:`~cvlth.data.source.BatchSource`.
 
-``selection`` names the validation metric that picks the best epoch and whether higher is better.
+``selection`` names the validation metric that picks the best epoch and whether higher is better;
+``figure2_metric`` the test metric that compares θ_p with its upstream tickets on the pre-training
+task (Fig. 2): the selection metric, unless the objective names another (SimCLR and MoCo: Eq. 2 on
+backbone features, which does not depend on a projection head).
 
 Two hooks, no-ops in :class:`ObjectiveBase` (which every objective of cvlth extends), that the loop
 calls around training:
@@ -64,6 +67,10 @@ class Objective(Protocol):
 class ObjectiveBase:
     """The hooks' defaults: an objective with no modules of its own and nothing to do around steps."""
 
+    selection: tuple[str, Literal["max", "min"]]
+    #: The pre-training task's metric for Fig. 2 (None: the selection metric).
+    figure2_metric: str | None = None
+
     def modules(self) -> dict[str, nn.Module]:
         return {}
 
@@ -76,6 +83,11 @@ class ObjectiveBase:
 
 #: SimCLR's head name, and the name an imported projection head (MoCo v2 / SimCLR ``fc.0``/``fc.2``) is
 #: saved under; MoCo loads it into its query and key heads alike, as the reference code does.
+def figure2_metric(objective: Objective) -> str:
+    """The metric Fig. 2 compares θ_p and its upstream tickets in (see the module docstring)."""
+    return getattr(objective, "figure2_metric", None) or objective.selection[0]
+
+
 PROJECTION = "projection"
 _PROJECTION_ALIASES = frozenset({"query_head", "key_head"})
 
@@ -85,11 +97,17 @@ def head_states(objective: Objective) -> dict[str, dict[str, torch.Tensor]]:
     return {name: module.state_dict() for name, module in objective.modules().items()}
 
 
+def head_state(heads: Mapping[str, Any], name: str) -> Any:
+    """The state saved for the objective's module ``name`` (a projection head saved once as
+    ``projection`` stands for MoCo's query and key heads), or None."""
+    return heads.get(name, heads.get(PROJECTION) if name in _PROJECTION_ALIASES else None)
+
+
 def load_heads(objective: Objective, heads: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
     """Load each module the objective has from ``heads`` (a projection head saved once as
     ``projection`` goes into MoCo's query and key heads); modules not in ``heads`` keep their init."""
     for name, module in objective.modules().items():
-        state = heads.get(name, heads.get(PROJECTION) if name in _PROJECTION_ALIASES else None)
+        state = head_state(heads, name)
         if state is None:
             continue
         try:
