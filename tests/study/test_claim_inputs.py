@@ -21,6 +21,7 @@ STUDY = {
     ],
     "rounds": 2,
     "domain_shift_tasks": ["digits"],
+    "task_groups": {"both": ["digits", "voc"]},
 }
 
 
@@ -34,6 +35,7 @@ def test_kinds_and_sources_from_the_study():
     assert infos["sup/up"].upstream_imp and not infos["sup/up"].task_specific("pretrained")
     inputs = claim_inputs(study, [], None, None)
     assert inputs.dense_prediction == {"voc"} and inputs.domain_shift == ("digits",)
+    assert inputs.task_groups == {"both": ("digits", "voc")}
     assert inputs.simclr_temperatures == {"sim": 0.2} and inputs.task_data["voc"] == "world_upstream"
 
 
@@ -77,3 +79,16 @@ def test_mask_facts_pairs_pretrainings_and_picks_the_level_nearest_79_percent():
     assert iou_last == masks[("sup", 2)].iou(masks[("sim", 2)]) == 18 / 54
     assert facts.kernels["sup"] == (levels[2].sparsity, [(0.5, 0.75, 0.25)])  # level 2 (36%) is nearest
     assert facts.kernels["sim"] == (levels[2].sparsity, [(0.5, 0.25, 0.75)])
+
+
+def test_task_groups_are_checked():
+    import pytest
+    from pydantic import ValidationError
+
+    for groups, message in [
+        ({"all": ["digits", "voc"]}, "reserved"),
+        ({"g": ["digits", "nope"]}, "unknown task 'nope'"),
+        ({"g": ["digits", "digits"]}, "two or more different tasks"),
+    ]:
+        with pytest.raises(ValidationError, match=message):
+            StudyConfig.model_validate({**STUDY, "task_groups": groups})

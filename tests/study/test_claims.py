@@ -247,6 +247,24 @@ def test_c8_universal_ticket(second, verdict):
     assert result.evidence[0].startswith("sup/up on a, b:")
 
 
+def test_c8_is_also_checked_per_task_group():
+    tables = [
+        table("sup/up", "a", {S1: ABOVE, S2: ABOVE}),
+        table("sup/up", "b", {S1: ABOVE, S2: BELOW}),
+        table("sup/up", "c", {S1: BELOW, S2: BELOW}),
+    ]
+    result = claim_c8(inputs(*tables, task_groups={"ab": ("a", "b"), "bc": ("b", "c"), "ax": ("a", "x")}))
+    # named groups are the claim's cases (all three tasks together are not one): ab holds at S1,
+    # bc is refuted (c never matches), ax is not a group this source covers (no x)
+    assert [e.split(":")[0] for e in result.evidence] == [
+        "sup/up (group ab) on a, b",
+        "sup/up (group bc) on b, c",
+    ]
+    assert result.verdict == combine([HOLDS, REFUTED]) == REFUTED
+    only_ab = claim_c8(inputs(*tables, task_groups={"ab": ("a", "b")}))
+    assert only_ab.verdict == HOLDS
+
+
 @pytest.mark.parametrize(
     ("moco", "verdict"),
     [

@@ -43,6 +43,54 @@ def _table(source, task, dense, by_sparsity):
     return matching(source, task, dense, {s: [v] for s, v in by_sparsity.items()})
 
 
+def test_universal_matching_per_task_group_and_never_for_task_specific_tickets():
+    from cvlth.study.matching import ALL_TASKS, universal_matching
+
+    dense = [0.80, 0.80]
+    results = [
+        _table("a", "t1", dense, {0.2: 0.9, 0.36: 0.9, 0.488: 0.9}),
+        _table("a", "t2", dense, {0.2: 0.9, 0.36: 0.9, 0.488: 0.7}),
+        _table("a", "t3", dense, {0.2: 0.9, 0.36: 0.7, 0.488: 0.9}),
+        # a downstream IMP source: one mask per task, so no universal figure at all
+        matching("d", "t1", dense, {0.2: [0.9]}, task_specific=True),
+        matching("d", "t2", dense, {0.2: [0.9]}, task_specific=True),
+    ]
+    groups = {"pair": ["t1", "t2"], "odd": ["t1", "t3"], "missing": ["t1", "t4"]}
+    universal = {(u.source, u.group): u for u in universal_matching(results, groups)}
+    assert set(universal) == {("a", ALL_TASKS), ("a", "pair"), ("a", "odd")}  # t4: a never ran there
+    assert universal[("a", ALL_TASKS)].universal_matching_sparsity == 0.2  # 0.36 fails t3, 0.488 t2
+    assert universal[("a", "pair")].universal_matching_sparsity == 0.36  # t1 and t2 both match at 0.36
+    assert universal[("a", "odd")].universal_matching_sparsity == 0.488  # t1, t3: 0.36 fails, 0.488 not
+    assert universal[("a", "odd")].monotone_universal_sparsity == 0.2
+    text = matching_markdown(results, groups)
+    universal_section = text.split("**Universal matching sparsity**")[1].split("\n**")[0]
+    assert "| a | pair | t1, t2 | 3 | 36.00% | 36.00% |" in universal_section
+    assert "| d |" not in universal_section
+    assert matching_entries_universal(results, groups) == {
+        ("a", "t1"): {"pair": 0.36, "odd": 0.488},
+        ("a", "t2"): {"pair": 0.36},
+        ("a", "t3"): {"odd": 0.488},
+        ("d", "t1"): None,
+        ("d", "t2"): None,
+    }
+
+
+def matching_entries_universal(results, groups):
+    """What matching.json says of each entry's universal sparsities per group (None: no universal)."""
+    from cvlth.study.outputs import matching_entries
+
+    found = {}
+    for entry in matching_entries(results, groups):
+        data = entry.to_json()
+        if "universal_matching_sparsity" not in data:
+            found[(data["source"], data["task"])] = None
+            continue
+        found[(data["source"], data["task"])] = {
+            g: v["universal_matching_sparsity"] for g, v in data.get("universal_groups", {}).items()
+        }
+    return found
+
+
 def test_universal_matching_sparsity_by_hand():
     from cvlth.study.matching import PRETRAINING_TASK, universal_matching
 
@@ -73,6 +121,6 @@ def test_universal_matching_sparsity_by_hand():
     # monotone: 20% on all tasks, 36% fails on t2
     assert (a.monotone_universal_sparsity, universal["c"].monotone_universal_sparsity) == (0.2, 0.36)
     assert universal["b"].monotone_universal_sparsity is None
-    assert "| a | t1, t2, t3 | 4 | 48.80% | 20.00% |" in text
-    assert "| b | t1, t2 | 2 | none | none |" in text
+    assert "| a | all | t1, t2, t3 | 4 | 48.80% | 20.00% |" in text
+    assert "| b | all | t1, t2 | 2 | none | none |" in text
     assert f"| a | {PRETRAINING_TASK} | accuracy | ? | 0.5000 ± 0.0000 [–] | 67.23% | 67.23% |" in text

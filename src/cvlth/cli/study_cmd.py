@@ -20,7 +20,7 @@ from cvlth.store import Store
 from cvlth.study.config import StudyConfig, load_study
 from cvlth.study.cost_files import choose_measurements
 from cvlth.study.costs import cost_lines, estimate_cost
-from cvlth.study.matching import MatchingResult, universal_matching
+from cvlth.study.matching import ALL_TASKS, MatchingResult, universal_matching
 from cvlth.study.plan import KIND_ORDER, PlannedRun, expand, summarize_plan
 from cvlth.study.runner import STUDY_EXECUTORS, run_study
 
@@ -281,7 +281,9 @@ def _train_size(ref: DataRef) -> int | None:
 def matching_rich_table(results: list[MatchingResult]) -> Table:
     """The matching table, with each source's universal matching sparsity (all its downstream tasks
     at once) on its downstream rows."""
-    universal = {u.source: u.universal_matching_sparsity for u in universal_matching(results)}
+    universal = {
+        u.source: u.universal_matching_sparsity for u in universal_matching(results) if u.group == ALL_TASKS
+    }
     table = Table(title="matching tickets (extreme and universal matching sparsity)")
     # Names wrap (fold), never end in "…": at 80 columns imp-mnist, imp-mnist-init and imp-mnist-early
     # must stay three different names.

@@ -11,6 +11,7 @@ from cvlth.report.document import UNDECIDED, Figure, Section, Table, ci, num, pc
 from cvlth.report.inputs import StudyFiles
 from cvlth.report.styles import finder_of, pretraining_of, styles
 from cvlth.study.matching import (
+    ALL_TASKS,
     DECISION_TEXT,
     PRETRAINING_TASK,
     MatchingResult,
@@ -153,7 +154,8 @@ def matching_section(files: StudyFiles) -> Section:
     tasks = task_order(files)
     sources = list(dict.fromkeys(r.source for r in files.matching))
     by_key = {(r.source, r.task): r for r in files.matching}
-    universal = {u.source: u for u in universal_matching(files.matching)}
+    groups = dict(getattr(files.study, "task_groups", None) or {})
+    universal = {(u.source, u.group): u for u in universal_matching(files.matching, groups)}
     if PRETRAINING_TASK in tasks:
         section.blocks.append(
             f"The {PRETRAINING_TASK} column is the paper's Fig. 2: each upstream IMP ticket after its "
@@ -163,25 +165,31 @@ def matching_section(files: StudyFiles) -> Section:
             "value (unless its objective heads are new, drawn from each finder seed)."
         )
     section.blocks.append(
-        "Universal: the highest sparsity, among those evaluated on every downstream task of the source, "
-        "at which it matches on all of them at once (for a task-specific finder each task has its own ticket)."
+        "Universal: the highest sparsity, among those evaluated on every task of the group, at which the "
+        "source matches on all of them at once; `all` is every downstream task of the source, the other "
+        "columns are the study's `task_groups`. A task-specific finder (downstream IMP) has none: each "
+        "task has its own ticket."
     )
+    group_names = [ALL_TASKS, *groups]
     rows = []
     for source in sources:
         cells = [_extremes(by_key[(source, t)]) if (source, t) in by_key else "–" for t in tasks]
-        u = universal.get(source)
-        rows.append(
-            [
-                source,
-                *cells,
+        universal_cells = []
+        for group in group_names:
+            u = universal.get((source, group))
+            universal_cells.append(
                 "–"
                 if u is None
-                else f"{pct(u.universal_matching_sparsity)} / {pct(u.monotone_universal_sparsity)}",
-            ]
-        )
+                else f"{pct(u.universal_matching_sparsity)} / {pct(u.monotone_universal_sparsity)}"
+            )
+        rows.append([source, *cells, *universal_cells])
+    headers = [
+        "universal (all downstream tasks)",
+        *(f"universal ({g}: {', '.join(groups[g])})" for g in groups),
+    ]
     section.blocks.append(
         Table(
-            ["ticket source", *tasks, "universal (all downstream tasks)"],
+            ["ticket source", *tasks, *headers],
             rows,
             "Extreme matching sparsity, the paper's reading / monotone (rows: source)",
         )
@@ -244,7 +252,11 @@ def matching_facts(files: StudyFiles) -> list[str]:
         if never:
             parts.append("no match at any sparsity tested: " + ", ".join(never))
         facts.append(f"{task} (sparsities tested up to {pct(tested)}): " + "; ".join(parts) + ".")
-    universal = [u for u in universal_matching(files.matching) if len(u.tasks) > 1]
+    universal = [
+        u
+        for u in universal_matching(files.matching, getattr(files.study, "task_groups", None))
+        if len(u.tasks) > 1 and u.group == ALL_TASKS
+    ]
     if universal:
         facts.append(
             "Universal (matching on every downstream task at once): "

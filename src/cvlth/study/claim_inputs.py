@@ -61,6 +61,7 @@ def claim_inputs(
             task for task, recipe in study.tasks.items() if recipe.objective.name in DENSE_PREDICTION
         ),
         domain_shift=tuple(study.domain_shift_tasks),
+        task_groups={name: tuple(tasks) for name, tasks in study.task_groups.items()},
         perturbation=perturbation,
         masks=masks,
         simclr_temperatures={name: t for name, t in temperatures.items() if t is not None},

@@ -116,6 +116,7 @@ class ClaimInputs:
     task_data: Mapping[str, str] = field(default_factory=dict)  # task -> dataset name
     dense_prediction: frozenset[str] = frozenset()  # detection / segmentation tasks
     domain_shift: Sequence[str] = ()
+    task_groups: Mapping[str, Sequence[str]] = field(default_factory=dict)  # the study's, by name
     perturbation: Sequence[PerturbationCurve] | None = None
     masks: MaskFacts | None = None
     simclr_temperatures: Mapping[str, float] = field(default_factory=dict)  # pre-training -> temperature
@@ -546,20 +547,29 @@ def claim_c8(inputs: ClaimInputs) -> ClaimResult:
     by_source: dict[str, list[MatchingResult]] = {}
     for r in inputs.results(lambda s: s.upstream_imp):
         by_source.setdefault(r.source, []).append(r)
-    for source, results in by_source.items():
-        if len(results) < 2:
-            continue
-        rows = [_rows(r) for r in results]
-        common = sorted(set.intersection(*(set(r) for r in rows)))
-        all_matching = [s for s in common if all(r[s].decided and r[s].matching for r in rows)]
-        against = [s for s in common if any(r[s].decided and not r[s].matching for r in rows)]
-        verdicts.append(HOLDS if all_matching else REFUTED if len(against) == len(common) else UNDECIDED)
-        headline = [s for s in common if all(r[s].matching for r in rows)]
-        evidence.append(
-            f"{source} on {', '.join(r.task for r in results)}: universal {pct(max(headline, default=None))}, "
-            f"decided on every task up to {pct(max(all_matching, default=None))}; "
-            f"{len(against)} of {len(common)} common levels decided not matching on some task"
-        )
+    for source, all_results in by_source.items():
+        by_task = {r.task: r for r in all_results}
+        # the study's task groups that the source covers (the paper's claim is per group), or, when
+        # the study names none, every downstream task of the source
+        groups = {g: list(t) for g, t in inputs.task_groups.items() if set(t) <= set(by_task)}
+        if not inputs.task_groups:
+            groups = {"all": list(by_task)}
+        for group, tasks in groups.items():
+            if len(tasks) < 2:
+                continue
+            results = [by_task[t] for t in tasks]
+            rows = [_rows(r) for r in results]
+            common = sorted(set.intersection(*(set(r) for r in rows)))
+            all_matching = [s for s in common if all(r[s].decided and r[s].matching for r in rows)]
+            against = [s for s in common if any(r[s].decided and not r[s].matching for r in rows)]
+            verdicts.append(HOLDS if all_matching else REFUTED if len(against) == len(common) else UNDECIDED)
+            headline = [s for s in common if all(r[s].matching for r in rows)]
+            name = "" if group == "all" else f" (group {group})"
+            evidence.append(
+                f"{source}{name} on {', '.join(tasks)}: universal {pct(max(headline, default=None))}, "
+                f"decided on every task up to {pct(max(all_matching, default=None))}; "
+                f"{len(against)} of {len(common)} common levels decided not matching on some task"
+            )
     return _result(
         "C8",
         verdicts,

@@ -182,6 +182,12 @@ class StudyConfig(Strict):
         description="tasks whose images differ in kind from the pre-training's (synthetic to real, e.g. "
         "VisDA-2017): the report checks the paper's domain-gap claim (C9) on them; no run's identity",
     )
+    task_groups: dict[Name, list[str]] = Field(
+        default_factory=dict,
+        description="named groups of downstream tasks over which universal matching sparsity is also "
+        "reported (the paper's: natural images; all classification; detection and segmentation "
+        "separately); every source is also reported over all its tasks (group `all`); no run's identity",
+    )
     executor: ExecutorSettings = Field(
         default_factory=ExecutorSettings,
         description="what each run asks a Ray cluster for; no run's identity",
@@ -233,6 +239,18 @@ class StudyConfig(Strict):
             for level in finder.levels or []:
                 if not 1 <= level <= self.rounds:
                     raise ValueError(f"finder {finder.name!r}: levels: {level} is outside 1..{self.rounds}")
+        for group, members in self.task_groups.items():
+            if group == "all":
+                raise ValueError(
+                    "task_groups: `all` is reserved (every source is reported over all its tasks)"
+                )
+            unknown = [task for task in members if task not in self.tasks]
+            if unknown:
+                raise ValueError(
+                    f"task_groups.{group}: unknown task {unknown[0]!r} (tasks: {sorted(self.tasks)})"
+                )
+            if len(set(members)) < 2:
+                raise ValueError(f"task_groups.{group}: a group needs two or more different tasks")
         for task in self.domain_shift_tasks:
             if task not in self.tasks:
                 raise ValueError(f"domain_shift_tasks: unknown task {task!r} (tasks: {sorted(self.tasks)})")

@@ -124,6 +124,7 @@ class MatchingResult:
     rows: tuple[MatchingRow, ...]
     metric: str = "accuracy"
     test_size: int | None = None  # test images (samples) per evaluation; None: not recorded
+    task_specific: bool = False  # each task has its own ticket (downstream IMP): no universal figure
 
     @property
     def threshold(self) -> float:
@@ -160,6 +161,7 @@ class MatchingResult:
             "extreme_matching_sparsity": self.extreme_matching_sparsity,
             "monotone_matching_sparsity": self.monotone_matching_sparsity,
             "undecided": self.undecided,
+            **({"task_specific": True} if self.task_specific else {}),
             "rows": [row.to_dict() for row in self.rows],
         }
 
@@ -189,6 +191,7 @@ class MatchingResult:
             rows=tuple(rows),
             metric=str(data.get("metric", "accuracy")),
             test_size=None if size is None else int(size),
+            task_specific=bool(data.get("task_specific", False)),
         )
 
 
@@ -243,14 +246,19 @@ def _margin(
     return _welch_margin(stats, dense)
 
 
+#: The group every source's universal sparsity is computed over: all its downstream tasks.
+ALL_TASKS = "all"
+
+
 @dataclass(frozen=True)
 class UniversalResult:
-    """One ticket source on all its downstream tasks at once."""
+    """One ticket source on a group of its downstream tasks at once."""
 
     source: str
     tasks: tuple[str, ...]
     sparsities: tuple[float, ...]  # the sparsities evaluated on every one of ``tasks``
     matching_all: tuple[float, ...]  # those at which the source matches on every task
+    group: str = ALL_TASKS  # the study's name for the group (``task_groups``), or ALL_TASKS
 
     @property
     def universal_matching_sparsity(self) -> float | None:
@@ -264,6 +272,7 @@ class UniversalResult:
     def to_dict(self) -> dict:
         return {
             "source": self.source,
+            "group": self.group,
             "tasks": list(self.tasks),
             "sparsities": list(self.sparsities),
             "matching_all": list(self.matching_all),
@@ -272,25 +281,37 @@ class UniversalResult:
         }
 
 
-def universal_matching(results: Sequence[MatchingResult]) -> list[UniversalResult]:
-    """Per ticket source (in first-seen order), over its downstream tasks (Fig. 2 rows left out):
-    the sparsities every task was evaluated at, and those matching on all tasks there."""
-    by_source: dict[str, list[MatchingResult]] = {}
+def universal_matching(
+    results: Sequence[MatchingResult], groups: Mapping[str, Sequence[str]] | None = None
+) -> list[UniversalResult]:
+    """Per ticket source (in first-seen order), over all its downstream tasks (group
+    :data:`ALL_TASKS`), then over each of ``groups`` (name -> tasks; the paper's: natural images, all
+    classification, ...) whose tasks the source was all transferred to: the sparsities every task of
+    the group was evaluated at, and those matching on all of them. Fig. 2 rows are left out, and so
+    are task-specific sources (downstream IMP: each task has its own mask, so no one ticket is
+    universal)."""
+    by_source: dict[str, dict[str, MatchingResult]] = {}
     for result in results:
-        if not result.on_pretraining_task:
-            by_source.setdefault(result.source, []).append(result)
+        if not result.on_pretraining_task and not result.task_specific:
+            by_source.setdefault(result.source, {})[result.task] = result
     universal = []
-    for source, tasks in by_source.items():
-        rows = [{row.sparsity: row.matching for row in r.rows} for r in tasks]
-        common = sorted(set.intersection(*(set(r) for r in rows)))
-        universal.append(
-            UniversalResult(
-                source=source,
-                tasks=tuple(r.task for r in tasks),
-                sparsities=tuple(common),
-                matching_all=tuple(s for s in common if all(r[s] for r in rows)),
-            )
+    for source, by_task in by_source.items():
+        chosen = {ALL_TASKS: list(by_task)}
+        chosen.update(
+            {name: list(tasks) for name, tasks in (groups or {}).items() if set(tasks) <= set(by_task)}
         )
+        for group, tasks in chosen.items():
+            rows = [{row.sparsity: row.matching for row in by_task[t].rows} for t in tasks]
+            common = sorted(set.intersection(*(set(r) for r in rows)))
+            universal.append(
+                UniversalResult(
+                    source=source,
+                    tasks=tuple(tasks),
+                    sparsities=tuple(common),
+                    matching_all=tuple(s for s in common if all(r[s] for r in rows)),
+                    group=group,
+                )
+            )
     return universal
 
 
@@ -304,6 +325,7 @@ def matching(
     dense_keys: Sequence[Hashable] | None = None,
     ticket_keys: Mapping[float, Sequence[Hashable]] | None = None,
     test_size: int | None = None,
+    task_specific: bool = False,
 ) -> MatchingResult:
     """Apply the matching rule to run results: ``ticket_values`` maps sparsity -> metric per run
     (every finder seed x every transfer seed), ``dense_values`` holds one metric per dense run.
@@ -322,11 +344,16 @@ def matching(
             stats, dense, values, dense_values, keys, dense_keys
         )
         rows.append(MatchingRow(sparsity, stats, stats.mean >= threshold, margin))
-    return MatchingResult(source, task, dense, tuple(rows), metric=metric, test_size=test_size)
+    return MatchingResult(
+        source, task, dense, tuple(rows), metric=metric, test_size=test_size, task_specific=task_specific
+    )
 
 
-def matching_markdown(results: Sequence[MatchingResult]) -> str:
-    """The summary of extreme matching sparsities, the universal ones, then one table per result."""
+def matching_markdown(
+    results: Sequence[MatchingResult], groups: Mapping[str, Sequence[str]] | None = None
+) -> str:
+    """The summary of extreme matching sparsities, the universal ones (over all downstream tasks and
+    over each of the study's task ``groups``), then one table per result."""
     lines = [
         "| ticket source | task | metric | test size | dense mean ± std [95% CI] "
         "| extreme matching sparsity | monotone reading | undecided levels | runs per mean (dense / ticket) |",
@@ -357,20 +384,23 @@ def matching_markdown(results: Sequence[MatchingResult]) -> str:
             "evaluated by each IMP run without training on fixed batches, so its std is 0 and the "
             "threshold is its value (unless the objective's heads are new, drawn from the finder seed).",
         ]
-    universal = universal_matching(results)
+    universal = universal_matching(results, groups)
     if universal:
         lines += [
             "",
             "**Universal matching sparsity**: the highest sparsity, among those evaluated on every "
-            "downstream task of the source, at which it matches on all of them at once (monotone: up "
-            "to which it matches on all of them at every such sparsity).",
+            "task of the group, at which the source matches on all of them at once (monotone: up to "
+            f"which it matches on all of them at every such sparsity); group `{ALL_TASKS}` is every "
+            "downstream task of the source, the others are the study's `task_groups`. Task-specific "
+            "tickets (downstream IMP: one mask per task) have none.",
             "",
-            "| ticket source | tasks | sparsities on every task | universal matching sparsity | monotone reading |",
-            "|---|---|---|---|---|",
+            "| ticket source | group | tasks | sparsities on every task | universal matching sparsity "
+            "| monotone reading |",
+            "|---|---|---|---|---|---|",
         ]
         for u in universal:
             lines.append(
-                f"| {u.source} | {', '.join(u.tasks)} | {len(u.sparsities)} "
+                f"| {u.source} | {u.group} | {', '.join(u.tasks)} | {len(u.sparsities)} "
                 f"| {_percent(u.universal_matching_sparsity)} | {_percent(u.monotone_universal_sparsity)} |"
             )
     for r in results:

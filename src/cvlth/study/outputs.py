@@ -21,7 +21,7 @@ and :func:`read_entries` move whole files, the latter raising :class:`StudyOutpu
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
@@ -29,7 +29,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 from cvlth.atomic import atomic_write_text
 from cvlth.errors import CvlthError
 from cvlth.input_files import read_json
-from cvlth.study.matching import MatchingResult, universal_matching
+from cvlth.study.matching import ALL_TASKS, MatchingResult, UniversalResult, universal_matching
 
 MATCHING_FILE = "matching.json"
 TICKETS_FILE = "tickets.json"
@@ -53,6 +53,8 @@ class MatchingEntry:
     universal_matching_sparsity: float | None = None  # downstream entries of a source only
     universal_tasks: tuple[str, ...] | None = None
     universal_monotone_sparsity: float | None = None  # its monotone reading
+    #: The source's universal sparsity over each of the study's task groups that hold this task.
+    universal_groups: tuple[UniversalResult, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         entry = self.result.to_dict()
@@ -60,6 +62,15 @@ class MatchingEntry:
             entry["universal_matching_sparsity"] = self.universal_matching_sparsity
             entry["universal_monotone_sparsity"] = self.universal_monotone_sparsity
             entry["universal_tasks"] = list(self.universal_tasks)
+        if self.universal_groups:
+            entry["universal_groups"] = {
+                u.group: {
+                    "tasks": list(u.tasks),
+                    "universal_matching_sparsity": u.universal_matching_sparsity,
+                    "universal_monotone_sparsity": u.monotone_universal_sparsity,
+                }
+                for u in self.universal_groups
+            }
         return entry
 
     @classmethod
@@ -75,18 +86,29 @@ class MatchingEntry:
         )
 
 
-def matching_entries(table: Sequence[MatchingResult]) -> list[MatchingEntry]:
-    """The table's entries; a downstream one also carries its source's universal matching sparsity."""
-    universal = {u.source: u for u in universal_matching(table)}
+def matching_entries(
+    table: Sequence[MatchingResult], groups: Mapping[str, Sequence[str]] | None = None
+) -> list[MatchingEntry]:
+    """The table's entries; a downstream one of a source that is not task-specific also carries the
+    source's universal matching sparsity (over all its tasks, and over each task group holding it)."""
+    universal = universal_matching(table, groups)
+    overall = {u.source: u for u in universal if u.group == ALL_TASKS}
     entries = []
     for result in table:
-        u = universal.get(result.source) if not result.on_pretraining_task else None
+        u = overall.get(result.source) if not result.on_pretraining_task else None
         if u is None:
             entries.append(MatchingEntry(result))
-        else:
-            entries.append(
-                MatchingEntry(result, u.universal_matching_sparsity, u.tasks, u.monotone_universal_sparsity)
+            continue
+        in_groups = tuple(
+            g
+            for g in universal
+            if g.source == result.source and g.group != ALL_TASKS and result.task in g.tasks
+        )
+        entries.append(
+            MatchingEntry(
+                result, u.universal_matching_sparsity, u.tasks, u.monotone_universal_sparsity, in_groups
             )
+        )
     return entries
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,7 +118,7 @@ def run_study(
     computed = run_all(planned, store, how)
     results = [store.result(item.run) for item in planned]
     table = matching_table(study, planned, results)
-    write_matching(folder, table)
+    write_matching(folder, table, study.task_groups)
     tickets = ticket_index(study, planned, store)
     write_entries(folder / TICKETS_FILE, tickets)
     curves = None
@@ -254,6 +254,7 @@ def matching_table(
             tickets[(item.pretraining, item.finder, item.task)][sparsity].append(value)
             ticket_keys[(item.pretraining, item.finder, item.task)][sparsity].append(_pairing_key(item))
     table = pretraining_task_table(study, planned, results)
+    task_specific = {f.name for f in study.finders if f.method == "imp" and f.stage == "downstream"}
     for (pretraining, finder, task), values in tickets.items():
         table.append(
             matching(
@@ -265,6 +266,7 @@ def matching_table(
                 dense_keys=dense_keys[(pretraining, task)],
                 ticket_keys=ticket_keys[(pretraining, finder, task)],
                 test_size=_one_size(sizes[task]),
+                task_specific=finder in task_specific,
             )
         )
     return table
@@ -415,8 +417,11 @@ def write_claims(
     write_entries(folder / CLAIMS_FILE, check_claims(claim_inputs(study, table, curves, masks)))
 
 
-def write_matching(folder: Path, table: list[MatchingResult]) -> None:
+def write_matching(
+    folder: Path, table: list[MatchingResult], groups: Mapping[str, Sequence[str]] | None = None
+) -> None:
     """matching.json: one entry per (source, task); a downstream entry also holds its source's
-    universal matching sparsity and the tasks it covers. matching.md: the same as tables."""
-    write_entries(folder / MATCHING_FILE, matching_entries(table))
-    atomic_write_text(folder / "matching.md", "# Matching tickets\n\n" + matching_markdown(table))
+    universal matching sparsity and the tasks it covers (and per task group ``groups``).
+    matching.md: the same as tables."""
+    write_entries(folder / MATCHING_FILE, matching_entries(table, groups))
+    atomic_write_text(folder / "matching.md", "# Matching tickets\n\n" + matching_markdown(table, groups))
