@@ -250,3 +250,43 @@ def test_head_policies_start_each_round_from_the_right_heads(
         else:  # the head keeps its training: it starts where the previous round ended
             assert _same(projection, previous["projection"])
             assert not _same(projection, rounds[0].started["projection"])
+
+
+class _RecordingSource:
+    """A batch source that records which epochs were read, and the loop's augmentation seed."""
+
+    def __init__(self, source) -> None:
+        self.source, self.epochs = source, []
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def epoch_batches(self, epoch, start=0):
+        self.epochs.append(epoch)
+        return self.source.epoch_batches(epoch, start)
+
+
+@pytest.mark.parametrize("reshuffle", [True, False])
+def test_each_round_continues_the_loader_as_the_reference_code(tmp_path, monkeypatch, reshuffle) -> None:
+    source = _RecordingSource(make_sources(batch_size=16)[0])
+    seeds = []
+    real_train = imp_module.train
+
+    def recording_train(net, objective, data, **kwargs):
+        seeds.append(kwargs["training"].seed)
+        before = len(source.epochs)
+        result = real_train(net, objective, data, **kwargs)
+        rounds_read.append(source.epochs[before:])
+        return result
+
+    rounds_read: list[list[int]] = []
+    monkeypatch.setattr(imp_module, "train", recording_train)
+    imp(
+        TinyNet(), SupervisedObjective, source, rounds=3, folder=tmp_path, reshuffle=reshuffle,
+        training=TrainingConfig(epochs=2, batch_size=16, seed=7), optim=SGDConfig(lr=0.05), schedule=ConstantSchedule(),
+    )  # fmt: skip
+    if reshuffle:  # round k reads epochs 2k and 2k+1, with its own augmentation seed
+        assert rounds_read == [[0, 1], [2, 3], [4, 5]]
+        assert seeds[0] == 7 and len(set(seeds)) == 3
+    else:
+        assert rounds_read == [[0, 1]] * 3 and seeds == [7, 7, 7]

@@ -138,8 +138,9 @@ def test_packaged_studies_validate_and_plan_without_data(monkeypatch, tmp_path):
     transfers = [p for p in expand(paper) if isinstance(p.run, TransferRun)]
     # Per pre-training and seed: 4 small classification tasks x (dense + upstream IMP, random, OMP at
     # 18 levels + task IMP from θ_p, θ_0, θ_5% at 18 levels x 4 perturbation variants); VisDA and the
-    # two VOC tasks x (dense + upstream IMP, random and task IMP at 18 levels).
-    assert len(transfers) == 3 * 3 * (4 * (1 + 3 * 18 + 3 * 18 * 4) + 3 * (1 + 3 * 18))
+    # two VOC tasks x (dense + upstream IMP, random and task IMP at 18 levels); VisDA's task IMP also
+    # from θ_0 and θ_5% (18 levels each).
+    assert len(transfers) == 3 * 3 * (4 * (1 + 3 * 18 + 3 * 18 * 4) + 3 * (1 + 3 * 18) + 2 * 18)
     finders = {(p.finder, p.variant) for p in transfers if p.task == "cifar10"}
     assert {(f, "complement") for f in ("imp-task", "imp-task-init", "imp-task-early")} <= finders
     assert {p.level for p in transfers if p.task == "voc_detection" and p.level} == set(range(1, 19))

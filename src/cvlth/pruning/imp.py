@@ -41,6 +41,7 @@ from cvlth.pruning.imp_record import check_imp_folder, imp_record
 from cvlth.pruning.strategies import Strategy, get_strategy
 from cvlth.run_files import LATEST_HEADS, REWIND, capture_path, mask_path, round_path
 from cvlth.scope import prunable_parameters
+from cvlth.seeds import mix
 from cvlth.store import RunFolder
 from cvlth.training.loop import train
 from cvlth.training.objective import Objective, head_state, head_states, load_heads
@@ -77,6 +78,7 @@ def imp(
     rewind_step: int | None = None,
     heads: Heads | None = None,
     head_policy: HeadPolicy = "reference",
+    reshuffle: bool = True,
     val_data: BatchSource | None = None,
     test_data: BatchSource | None = None,
     device: str | torch.device = "cpu",
@@ -93,6 +95,9 @@ def imp(
     ``head_policy`` (:data:`HEAD_POLICIES`): by default as the paper's code does, a head the rewind
     point ``heads`` holds is rewound with the backbone, a head it lacks (drawn fresh) keeps its
     training from round to round, and what the objective carries across rounds (MoCo's queue) does.
+    ``reshuffle``: round ``k`` reads the epochs that follow round ``k-1``'s (data order) and draws
+    its own augmentations, as the reference code's one continuous loader does; otherwise every round
+    repeats round 0's batches.
     ``prune_first`` prunes the model once before any training (the paper's upstream IMP: K levels
     take K-1 trainings); otherwise round 0 trains the dense model. ``rewind_step``: rewind to the
     weights after that step of round 0 instead of the model as given. ``label`` names the rewind
@@ -112,6 +117,7 @@ def imp(
         "strategy": strategy,
         "prune_first": prune_first,
         "train_last_level": train_last_level,
+        **({"reshuffle": True} if reshuffle else {}),
         "rewind": {
             "label": label,
             "step": rewind_step,
@@ -151,11 +157,15 @@ def imp(
         if before_round is not None:
             before_round(level)
         start = time.perf_counter()
+        round_data, round_training = train_data, training
+        if reshuffle and level > first:  # the first round trained reads the loader from its start
+            round_data = _LaterEpochs(train_data, (level - first) * training.epochs)
+            round_training = training.model_copy(update={"seed": mix(training.seed, level)})
         result = train(
             model,
             objective,
-            train_data,
-            training=training,
+            round_data,
+            training=round_training,
             optim=optim,
             schedule=schedule,
             run=folder_k,
@@ -237,6 +247,22 @@ def load_rewind(path: str | os.PathLike[str]) -> dict[str, Any]:
 def _prune_step(prune: Strategy, model: nn.Module, fraction: float, mask: Mask | None) -> Mask:
     weights = {name: parameter.detach() for name, parameter in prunable_parameters(model).items()}
     return prune(weights, fraction, mask)
+
+
+class _LaterEpochs:
+    """``source`` with its epochs numbered from ``offset``: round k of IMP continues the loader."""
+
+    def __init__(self, source: BatchSource, offset: int) -> None:
+        self.source, self.offset = source, offset
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def epoch_batches(self, epoch: int, start: int = 0) -> Any:
+        return self.source.epoch_batches(epoch + self.offset, start)
+
+    def __getattr__(self, name: str) -> Any:  # everything else is the source's (e.g. its dataset)
+        return getattr(self.source, name)
 
 
 #: How an IMP round starts the objective's heads (projection MLPs, MoCo's queue):

@@ -96,6 +96,7 @@ def execute_imp(run: ImpRun, folder: RunFolder, ctx: Context) -> dict[str, Any]:
         rewind_step=_early_capture_step(run, data) if run.rewind == "early" else None,
         heads=heads,
         head_policy=run.heads,
+        reshuffle=run.reshuffle_rounds,
         val_data=batches(data, "val", EVAL_BATCH_SIZE) if data.val is not None else None,
         test_data=batches(data, "test", EVAL_BATCH_SIZE),
         device=ctx.device,

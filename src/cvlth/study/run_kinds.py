@@ -216,6 +216,11 @@ class ImpRun(RunConfig):
     )
     adapt: AdaptConfig = Field(default_factory=AdaptConfig)
     seed: int = Field(0, ge=0)
+    reshuffle_rounds: bool = Field(
+        True,
+        description="each IMP round reads the epochs after the previous round's (its own data order "
+        "and augmentations), as the reference code's one continuous loader; false repeats round 0's",
+    )
     train_last_level: bool = Field(
         False,
         description="train the last level's mask once more, so that every level has a trained round "
@@ -229,11 +234,13 @@ class ImpRun(RunConfig):
         return self.rounds - (self.stage == "upstream") + self.train_last_level
 
     def normalize_identity(self, data: dict[str, Any]) -> dict[str, Any]:
-        """Runs computed before ``train_last_level`` existed did not train it, and runs whose
+        """Runs computed before ``train_last_level`` or ``reshuffle_rounds`` existed did neither, and runs whose
         objective has no heads (or that rewind or carry them all) are what they were before head
         policies existed: their hashes stay."""
         if not data.get("train_last_level"):
             data.pop("train_last_level", None)
+        if not data.get("reshuffle_rounds"):  # what IMP did before rounds reshuffled
+            data.pop("reshuffle_rounds", None)
         policy = data.pop("heads")
         if policy == "reference" and self.recipe.objective.name in OBJECTIVES_WITH_HEADS:
             data["heads"] = policy
