@@ -65,6 +65,22 @@ def test_queue_and_key_side_are_checkpointed_and_frozen() -> None:
 # --- EMA and the mask --------------------------------------------------------------------------
 
 
+def test_bind_keeps_a_loaded_queue_and_refills_a_fresh_one() -> None:
+    """IMP loads θ_p's queue (or the previous round's) before the loop binds: the reference code
+    carries its queue across rounds, so binding must not refill a loaded one."""
+    model = NarrowResNet()
+    fresh = MoCoObjective(feature_dim(model), dim=8, queue_size=16)
+    fresh.bind(model)
+    saved = {"keys": torch.nn.functional.normalize(torch.ones(16, 8), dim=1), "pointer": torch.tensor(5)}
+    loaded = MoCoObjective(feature_dim(model), dim=8, queue_size=16)
+    loaded.queue.load_state_dict(saved)
+    loaded.bind(model)
+    assert torch.equal(loaded.queue.keys, saved["keys"]) and int(loaded.queue.pointer) == 5
+    assert not torch.equal(fresh.queue.keys, saved["keys"]) and int(fresh.queue.pointer) == 0
+    loaded.queue.reset()
+    assert not loaded.queue.loaded and not torch.equal(loaded.queue.keys, saved["keys"])
+
+
 def test_ema_matches_the_formula() -> None:
     model = NarrowResNet()
     objective = small_objective(model, momentum=0.9)

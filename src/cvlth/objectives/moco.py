@@ -59,6 +59,11 @@ class KeyQueue(nn.Module):
             raise ValueError(f"queue_size must be >= 1, got {size}")
         self.register_buffer("keys", F.normalize(torch.randn(size, dim), dim=1))
         self.register_buffer("pointer", torch.zeros((), dtype=torch.long))
+        self.loaded = False  # keys loaded from a saved state (θ_p's, the previous IMP round's)
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self.loaded = True
 
     @property
     def size(self) -> int:
@@ -66,6 +71,7 @@ class KeyQueue(nn.Module):
 
     def reset(self, seed: int = 0) -> None:
         """Refill with random unit keys drawn from ``seed`` (not the process-dependent global RNG)."""
+        self.loaded = False
         generator = torch.Generator(device=self.keys.device).manual_seed(seed)
         keys = torch.randn(self.keys.shape, generator=generator, device=self.keys.device)
         self.keys.copy_(F.normalize(keys, dim=1))
@@ -133,13 +139,16 @@ class MoCoObjective(ObjectiveBase):
     # --- set-up -------------------------------------------------------------------------
     def bind(self, model: nn.Module, mask: Mask | None = None) -> MoCoObjective:
         """Start a run on ``model``: key encoder and key head become copies of the query side, the
-        queue is refilled with random keys, the unused ``fc`` is frozen, and ``mask`` (if given)
-        is applied to the key encoder. A resumed run then overwrites all of it from the checkpoint."""
+        queue is refilled with random keys unless it was loaded (θ_p's queue, or the previous IMP
+        round's, which the reference code carries across rounds), the unused ``fc`` is frozen, and
+        ``mask`` (if given) is applied to the key encoder. A resumed run then overwrites all of it
+        from the checkpoint."""
         bare = unwrap(model)
         freeze_classifier(bare)
         self.key_encoder = copy.deepcopy(bare).requires_grad_(False)
         self.key_head.load_state_dict(self.query_head.state_dict())
-        self.queue.reset()
+        if not self.queue.loaded:
+            self.queue.reset()
         self._key_enforcer = None
         if mask is not None or self.mask is not None:
             self.set_mask(mask if mask is not None else self.mask)

@@ -242,7 +242,10 @@ class ImpRun(RunConfig):
         if not data.get("reshuffle_rounds"):  # what IMP did before rounds reshuffled
             data.pop("reshuffle_rounds", None)
         policy = data.pop("heads")
-        if policy == "reference" and self.recipe.objective.name in OBJECTIVES_WITH_HEADS:
+        objective = self.recipe.objective.name
+        # MoCo's rounds now start from a loaded queue (θ_p's or the previous round's), not a random
+        # one: every policy is a new identity there
+        if objective in OBJECTIVES_WITH_HEADS and (policy == "reference" or objective == "moco"):
             data["heads"] = policy
         else:
             data["rewind_heads"] = policy != "carry"
