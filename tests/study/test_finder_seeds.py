@@ -47,13 +47,17 @@ def _study(**finder_seeds: list[int] | None) -> dict:
     return study
 
 
+#: What IMP runs were before the deliberate changes since finder seeds (each gave IMP runs and their
+#: transfers new hashes): upstream IMP trains its last level; every round continues the loader.
+_IMP_BEFORE = {"train_last_level": False, "reshuffle_rounds": False}
+
+
 def _as_before_train_last_level(run):  # noqa: ANN001, ANN202 - a planned run config
-    """``run`` as planned before upstream IMP trained its last level (the only deliberate change
-    to these runs since finder seeds: the upstream IMP and its transfers got new hashes then)."""
+    """``run`` as planned before those changes (:data:`_IMP_BEFORE`)."""
     if run.kind == "imp":
-        return run.model_copy(update={"train_last_level": False})
+        return run.model_copy(update=_IMP_BEFORE)
     if run.kind == "transfer" and run.ticket is not None and run.ticket.kind == "imp":
-        return run.model_copy(update={"ticket": run.ticket.model_copy(update={"train_last_level": False})})
+        return run.model_copy(update={"ticket": run.ticket.model_copy(update=_IMP_BEFORE)})
     return run
 
 

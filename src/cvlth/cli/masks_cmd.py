@@ -91,7 +91,8 @@ def show(
     mask, provenance = load_mask(input_file(path, "a mask file"))
     console = Console()
     # Every name and value comes from the file (or the command line) and may hold rich markup.
-    console.print(f"[bold]{escape(str(path))}[/]  {escape(str(provenance.get('format')))}")
+    # soft_wrap: a long path stays one line that can be copied, whatever the terminal's width
+    console.print(f"[bold]{escape(str(path))}[/]  {escape(str(provenance.get('format')))}", soft_wrap=True)
     for key, value in sorted(provenance.items()):
         if key != "format":
             console.print(f"  {escape(key)}: {escape(value)}")
