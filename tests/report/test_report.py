@@ -3,6 +3,7 @@
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import matplotlib.image as mpimg
 import numpy as np
@@ -63,9 +64,9 @@ def _random_mask(sparsity: float, seed: int) -> Mask:
     return Mask({n: torch.rand(s, generator=generator) >= sparsity for n, s in SHAPES.items()})
 
 
-def _fabricate(root: Path, perturbation: bool = True) -> Path:
+def _fabricate(root: Path, perturbation: bool = True, **study_fields: Any) -> Path:
     """A study folder as `cvlth study` leaves it, with made-up numbers and random masks."""
-    study = StudyConfig.model_validate(STUDY)
+    study = StudyConfig.model_validate({**STUDY, **study_fields})
     folder = root / "studies" / "fab"
     folder.mkdir(parents=True)
     (folder / "study.yaml").write_text(study_to_yaml(study))
@@ -179,6 +180,18 @@ def test_report_from_fabricated_study(tmp_path):
     assert "supervised/imp-up" in text and "What this shows" in text
     assert "resnet18" in markdown and "imp-task (imp, downstream" in markdown
     assert "random (random, finder seeds 0, 1)" in markdown
+
+
+def test_report_universal_column_per_task_group(tmp_path):
+    folder = _fabricate(tmp_path, perturbation=False, task_groups={"both": ["digits", "shapes"]})
+    write_report(folder)
+    markdown = (folder / "report.md").read_text()
+    assert "universal (both: digits, shapes)" in markdown
+    # the group holds every task here, so its column repeats the all-tasks one
+    assert (
+        "| supervised/imp-up | 20.00% / 20.00% | 20.00% / 20.00% | 20.00% / 20.00% | 20.00% / 20.00% "
+        "| 20.00% / 20.00% |" in markdown
+    )
 
 
 def test_report_summary_table_values(tmp_path):

@@ -154,7 +154,7 @@ def matching_section(files: StudyFiles) -> Section:
     tasks = task_order(files)
     sources = list(dict.fromkeys(r.source for r in files.matching))
     by_key = {(r.source, r.task): r for r in files.matching}
-    groups = dict(getattr(files.study, "task_groups", None) or {})
+    groups = dict(files.study.task_groups)
     universal = {(u.source, u.group): u for u in universal_matching(files.matching, groups)}
     if PRETRAINING_TASK in tasks:
         section.blocks.append(
@@ -254,7 +254,7 @@ def matching_facts(files: StudyFiles) -> list[str]:
         facts.append(f"{task} (sparsities tested up to {pct(tested)}): " + "; ".join(parts) + ".")
     universal = [
         u
-        for u in universal_matching(files.matching, getattr(files.study, "task_groups", None))
+        for u in universal_matching(files.matching, files.study.task_groups)
         if len(u.tasks) > 1 and u.group == ALL_TASKS
     ]
     if universal:
