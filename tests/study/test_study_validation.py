@@ -12,7 +12,7 @@ from cvlth.cli import run_cli
 from cvlth.errors import ConfigError
 from cvlth.models.backbones import BackboneSpec, build_backbone
 from cvlth.models.checkpoints.cvlth_format import save_checkpoint
-from cvlth.study.config import StudyConfig
+from cvlth.study.config import StudyConfig, builtin_study_path, load_study
 from cvlth.study.plan import expand
 from cvlth.study.run_kinds import AdaptConfig, ImportRun, ImpRun, PretrainRun, Recipe, TransferRun
 from cvlth.study.validation import input_adaptations
@@ -229,3 +229,24 @@ def test_a_study_too_large_to_plan_is_refused_before_building_runs() -> None:
     # (1, or 20 for the two downstream IMP finders): 18,001 + 3 x 18,001 + 2 x 18,020 = 108,044.
     with pytest.raises(ConfigError, match=f"up to 108,044 runs.*at most {MAX_PLANNED_RUNS:,}"):
         expand(StudyConfig.model_validate(huge))  # refused from its sizes, before building a run
+
+
+@pytest.mark.parametrize(
+    ("pretraining", "option", "value", "shipped"),
+    [("moco", "queue_size", None, 4096), ("moco", "dim", 64, 128), ("simclr", "projection_dim", 64, 128)],
+)
+def test_world_heads_that_do_not_fit_the_upstream_objective_are_refused_at_plan(
+    pretraining, option, value, shipped, tmp_path
+):
+    """The demo's zoo θ_p bring their heads (MoCo: and its 4,096-key queue) into upstream IMP."""
+    config = yaml.safe_load(builtin_study_path("demo").read_text())
+    options = config["pretrainings"][pretraining]["upstream"]["objective"]["options"]
+    if value is None:
+        options.pop(option)  # the default, 65,536
+    else:
+        options[option] = value
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match=rf"{option} .*trained with {option} {shipped}") as error:
+        expand(load_study(path))
+    assert f"`{option}: {shipped}`" in error.value.hint

@@ -18,7 +18,7 @@ from cvlth.objectives.registry import OBJECTIVES, objective_option_defaults
 from cvlth.objectives.views import CONTRASTIVE_VIEWS, crop_scale
 from cvlth.study.config import StudyConfig
 from cvlth.study.run_kinds import ImportRun, ImpRun, TransferRun, training_data
-from cvlth.zoo.files import checkpoint_file
+from cvlth.zoo.files import checkpoint_file, zoo_head_shapes
 
 
 def check_study(study: StudyConfig) -> None:
@@ -30,6 +30,42 @@ def check_study(study: StudyConfig) -> None:
             check_objective_ref(objective, f"{where}.objective")
         if data is not None and objective is not None:
             check_contrastive_streaming(data, objective, where)
+    check_zoo_heads(study)
+
+
+#: Where each objective's head sizes show in a world checkpoint's heads file: option -> (tensor, axis).
+_HEAD_SIZES = {
+    "moco": {"queue_size": ("queue.keys", 0), "dim": ("queue.keys", 1)},
+    "simclr": {"projection_dim": ("projection.2.weight", 0)},
+}
+
+
+def check_zoo_heads(study: StudyConfig) -> None:
+    """A world checkpoint's heads (projection, MoCo's queue) must fit the upstream IMP objective that
+    loads them: refused here, at ``--plan``, rather than when the IMP run starts."""
+    for name, entry in study.pretrainings.items():
+        shapes = zoo_head_shapes(entry.import_path) if entry.import_path is not None else {}
+        if not shapes:
+            continue
+        for finder in study.finders:
+            if finder.method != "imp" or finder.stage != "upstream":
+                continue
+            if finder.pretrainings is not None and name not in finder.pretrainings:
+                continue
+            objective = finder.objective or entry.upstream_recipe.objective
+            where = (
+                f"finders.{finder.name}.objective"
+                if finder.objective
+                else f"pretrainings.{name}.upstream.objective"
+            )
+            options = {**objective_option_defaults(objective.name), **objective.options}
+            for option, (tensor, axis) in _HEAD_SIZES.get(objective.name, {}).items():
+                if tensor in shapes and options.get(option) != shapes[tensor][axis]:
+                    raise ConfigError(
+                        f"{where}: {objective.name} {option} {options.get(option)}, but {entry.import_path}'s "
+                        f"heads were trained with {option} {shapes[tensor][axis]} (they are loaded for upstream IMP)",
+                        hint=f"set `{option}: {shapes[tensor][axis]}` in {where}.options",
+                    )
 
 
 def check_contrastive_streaming(data: DataRef, objective: ObjectiveRef, where: str) -> None:

@@ -12,6 +12,7 @@ from importlib import resources
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from cvlth.errors import CheckpointError
@@ -56,6 +57,17 @@ def checkpoint_file(path: str | os.PathLike[str]) -> Path:
             hint="build it once with `cvlth zoo build " + name + "`",
         )
     return file
+
+
+def zoo_head_shapes(path: str) -> dict[str, tuple[int, ...]]:
+    """The tensor shapes (``head.key``) of world checkpoint ``path``'s heads file, read from its
+    header only; empty when it has none (a supervised θ_p) or cvlth lacks the checkpoint."""
+    name = str(path).removeprefix(SCHEME)
+    file = zoo_heads(name)
+    if not is_zoo_path(path) or name not in ZOO_NAMES or not file.is_file():
+        return {}
+    with safe_open(str(file), framework="pt") as heads:
+        return {key: tuple(heads.get_slice(key).get_shape()) for key in heads.keys()}  # noqa: SIM118
 
 
 def load_zoo_heads(path: Path) -> dict[str, dict[str, torch.Tensor]]:
