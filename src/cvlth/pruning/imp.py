@@ -121,7 +121,7 @@ def imp(
         "rewind": {
             "label": label,
             "step": rewind_step,
-            "heads": _recorded_policy(head_policy, make_objective),
+            "heads": head_policy,
         },
         "training": training,
         "optim": optim,
@@ -294,12 +294,6 @@ def round_heads(policy: HeadPolicy, objective: Objective, rewind: Heads, latest:
         elif head_state(latest, name) is not None:
             chosen[name] = head_state(latest, name)
     return chosen
-
-
-def _recorded_policy(policy: HeadPolicy, make_objective: Callable[[], Objective]) -> HeadPolicy | bool:
-    """What ``imp.json`` records: an objective without heads records ``True`` as folders made before
-    the policies existed did (the policy changes nothing there)."""
-    return policy if make_objective().modules() else True
 
 
 def _latest_heads(root: Path, rewind_heads: Heads) -> Heads:

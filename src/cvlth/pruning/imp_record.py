@@ -46,6 +46,10 @@ def imp_record(
         name: {key: list(value.shape) for key, value in module.state_dict().items()}
         for name, module in sorted(probe.modules().items())
     }
+    rewind = settings.get("rewind")
+    if isinstance(rewind, Mapping) and not heads:
+        # no heads: the head policy changes nothing, recorded as folders made before policies existed
+        settings = {**settings, "rewind": {**rewind, "heads": True}}
     return {
         "format": IMP_RECORD_FORMAT,
         "prunable": {name: list(p.shape) for name, p in prunable_parameters(model).items()},
