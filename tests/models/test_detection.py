@@ -33,7 +33,7 @@ def test_ap_of_perfect_predictions_is_one():
     result = average_precision(
         [_pred([BOX], [0.9]), _pred([OTHER], [0.8], [2])], [_target([BOX]), _target([OTHER], [2])]
     )
-    assert result == pytest.approx({"map": 1.0, "map50": 1.0, "map75": 1.0})
+    assert result == pytest.approx({"map": 1.0, "map50": 1.0, "map75": 1.0, "voc07_ap50": 1.0})
 
 
 def test_ap_with_a_false_positive():
@@ -41,11 +41,12 @@ def test_ap_with_a_false_positive():
     # is 1 at recall 1 already, and interpolated precision (the max over recall >= r) is 1 at every
     # one of COCO's 101 recall points: AP = 1.
     lower = average_precision([_pred([BOX, OTHER], [0.9, 0.5])], [_target([BOX])])
-    assert lower["map"] == pytest.approx(1.0)
+    assert lower["map"] == pytest.approx(1.0) and lower["voc07_ap50"] == pytest.approx(1.0)
     # Scored higher, the false positive comes first: (recall 0, precision 0), then the true positive
     # (recall 1, precision 1/2). Interpolated precision is 1/2 at all 101 recall points: AP = 0.5.
     higher = average_precision([_pred([BOX, OTHER], [0.5, 0.9])], [_target([BOX])])
-    assert higher == pytest.approx({"map": 0.5, "map50": 0.5, "map75": 0.5})
+    # VOC07's 11 recall points see the same precision 1/2.
+    assert higher == pytest.approx({"map": 0.5, "map50": 0.5, "map75": 0.5, "voc07_ap50": 0.5})
 
 
 def test_ap_with_a_missed_box():
@@ -53,7 +54,9 @@ def test_ap_with_a_missed_box():
     # recall points 0, 0.01, ..., 1, the 51 points r <= 0.5 have precision 1, the other 50 have 0:
     # AP = 51 / 101 at every IoU threshold.
     result = average_precision([_pred([BOX], [0.9])], [_target([BOX, OTHER])])
-    assert result == pytest.approx({"map": 51 / 101, "map50": 51 / 101, "map75": 51 / 101})
+    # VOC07: 6 of its 11 recall points (0, 0.1, ..., 0.5) have precision 1: AP50 = 6 / 11.
+    expected = {"map": 51 / 101, "map50": 51 / 101, "map75": 51 / 101, "voc07_ap50": 6 / 11}
+    assert result == pytest.approx(expected)
 
 
 def test_difficult_objects_are_ignored_in_evaluation():
@@ -124,7 +127,7 @@ def test_evaluate_runs_on_scene_batches():
     samples = list(zip(images, targets, strict=True))
     detector = build_detector(None, SPEC, num_classes=4, min_size=32, max_size=32).eval()
     result = DetectionObjective().evaluate(detector, sample_batches(samples, 2, shuffle=False))
-    assert set(result) == {"map", "map50", "map75"} and 0.0 <= result["map"] <= 1.0
+    assert set(result) == {"map", "map50", "map75", "voc07_ap50"} and 0.0 <= result["map"] <= 1.0
 
 
 def test_returned_layers_choose_the_fpn_levels_and_their_anchors():

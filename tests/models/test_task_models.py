@@ -82,3 +82,50 @@ def test_model_options_are_part_of_the_run_identity():
     plain = validate_config(Recipe, base)
     tuned = validate_config(Recipe, {**base, "model": {"box_batch_size_per_image": 32}})
     assert plain.model == {} and config_hash(plain) != config_hash(tuned)
+
+
+def test_the_segmenters_paper_defaults_are_new_identities_and_the_former_values_keep_old_hashes():
+    from cvlth.run_identity import identity
+
+    base = {"data": {"name": "world_scenes"}, "objective": {"name": "segmentation"}}
+    paper = validate_config(Recipe, base)  # backbone lr x0.1, BN momentum 0.01: computes something new
+    former = validate_config(
+        Recipe, {**base, "model": {"backbone_lr_factor": 1.0, "backbone_bn_momentum": 0.1}}
+    )
+    assert identity(paper)["model"] == {"backbone_lr_factor": 0.1, "backbone_bn_momentum": 0.01}
+    assert identity(former)["model"] == {}  # what a segmentation task named before these options existed
+    spelled = validate_config(Recipe, {**base, "model": {"backbone_lr_factor": 0.1}})
+    assert config_hash(spelled) == config_hash(paper) != config_hash(former)
+    other = validate_config(Recipe, {**base, "model": {"backbone_bn_momentum": 0.1, "head_channels": 8}})
+    assert identity(other)["model"] == {"backbone_lr_factor": 0.1, "head_channels": 8}
+
+
+def test_segmenter_backbone_learns_at_a_tenth_and_its_bn_moves_slowly(theta):
+    from torch import nn
+
+    from cvlth.config import PolySchedule, SGDConfig
+    from cvlth.training.loop import parameter_groups
+    from cvlth.training.optim import build_optimizer, build_scheduler
+
+    segmenter = build_task_model("segmentation", theta, SPEC, DATA, seed=0)
+    backbone_bns = [m for m in segmenter.backbone.modules() if isinstance(m, nn.BatchNorm2d)]
+    head_bns = [m for m in segmenter.decoder.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert backbone_bns and all(m.momentum == 0.01 for m in backbone_bns)
+    assert head_bns and all(m.momentum == 0.1 for m in head_bns)
+
+    optimizer = build_optimizer(parameter_groups(segmenter, {}, 0.2), SGDConfig(lr=0.2))
+    backbone = {id(p) for p in segmenter.backbone.parameters()}
+    heads = {id(p) for n, p in segmenter.named_parameters() if not n.startswith("backbone.")}
+    by_lr = {round(group["lr"], 9): {id(p) for p in group["params"]} for group in optimizer.param_groups}
+    assert by_lr == {0.02: backbone, 0.2: heads}
+    scheduler = build_scheduler(optimizer, PolySchedule(power=0.9), steps_per_epoch=10, epochs=1)
+    optimizer.step()
+    scheduler.step()
+    lrs = sorted(group["lr"] for group in optimizer.param_groups)
+    assert lrs == pytest.approx([0.02 * 0.9**0.9, 0.2 * 0.9**0.9])  # the schedule scales both
+
+    # a classifier (no lr factors) keeps one plain parameter list, as before groups existed
+    classifier = build_backbone(SPEC, 10)
+    assert parameter_groups(classifier, {}, 0.2) == list(classifier.parameters())
+    former = build_task_model("segmentation", theta, SPEC, DATA, seed=0, options={"backbone_lr_factor": 1.0})
+    assert parameter_groups(former, {}, 0.2) == list(former.parameters())

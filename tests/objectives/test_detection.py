@@ -53,7 +53,7 @@ def test_flip_mirrors_image_and_boxes_by_hand():
 
 def test_paper_config_uses_detectron2_voc_sizes_and_they_reach_the_detector():
     model = load_study("paper-resnet50").tasks["voc_detection"].model
-    assert model == {"min_size": list(range(480, 801, 32)), "max_size": 1333}
+    assert model == {"min_size": list(range(480, 801, 32)), "max_size": 1333, "frozen_bn": True}
     check_model_options("detection", model)
     # The same kind of options, scaled down, through the task-model builder: training draws a
     # shorter side per image from min_size, evaluation uses the last one.

@@ -24,9 +24,11 @@ from cvlth.study.claims import (
     claim_c9,
     claim_c10,
     combine,
+    equivalence_verdict,
 )
 from cvlth.study.matching import PRETRAINING_TASK, matching
 from cvlth.study.outputs import PerturbationCurve, PerturbationPoint
+from cvlth.study.uncertainty import Interval
 
 DENSE = [0.80, 0.80, 0.80]  # threshold 0.80, no spread: a row's interval is its own t-interval
 ABOVE = [0.90, 0.91, 0.89]  # decided matching
@@ -280,7 +282,54 @@ def test_c9_domain_gap(moco, verdict):
     assert claim_c9(inputs(sup, table("moco/up", "visda", moco))).verdict == NOT_TESTED  # no task marked
 
 
+TEMPERATURE_SOURCES = {
+    f"{name}/up": SourceInfo(name, "simclr", "up", "imp", "upstream", "pretrained")
+    for name in ("t01", "t05", "t10")
+}
+TEMPERATURES = {"t01": 0.1, "t05": 0.5, "t10": 1.0}
+TIGHT = [0.900, 0.901, 0.899]  # std 0.001: a difference's interval is about ±0.003 wide
+CLOSE = [0.901, 0.902, 0.900]  # 0.001 above TIGHT
+
+
+def temperature_inputs(t01, t05, t10=None):
+    results = [table("t01/up", "cifar", {S1: t01}), table("t05/up", "cifar", {S1: t05})]
+    if t10 is not None:
+        results.append(table("t10/up", "cifar", {S1: t10}))
+    return ClaimInputs(matching=results, sources=TEMPERATURE_SOURCES, simclr_temperatures=TEMPERATURES)
+
+
+def test_equivalence_verdict_against_the_margin():
+    assert equivalence_verdict(Interval(0.0, -0.005, 0.005, "welch")) == HOLDS
+    assert equivalence_verdict(Interval(0.0, -0.01, 0.01, "welch")) == HOLDS  # the margin itself
+    assert equivalence_verdict(Interval(0.02, 0.015, 0.025, "welch")) == REFUTED
+    assert equivalence_verdict(Interval(-0.02, -0.025, -0.015, "welch")) == REFUTED
+    assert equivalence_verdict(Interval(0.0, -0.02, 0.02, "welch")) == UNDECIDED
+    assert equivalence_verdict(Interval(0.0, -0.02, 0.02, "welch"), margin=0.03) == HOLDS
+    assert equivalence_verdict(Interval(0.0, None, None, "welch")) == UNDECIDED
+
+
+@pytest.mark.parametrize(
+    ("t01", "t05", "t10", "verdict"),
+    [
+        (TIGHT, CLOSE, BELOW, HOLDS),  # 0.1 ≈ 0.5 within a point, 1.0 decided below them
+        (TIGHT, CLOSE, None, HOLDS),  # no extreme temperature: only the range is checked
+        (TIGHT, BELOW, None, REFUTED),  # 0.1 and 0.5 twenty points apart
+        (TIGHT, CLOSE, [0.99, 0.991, 0.989], REFUTED),  # the extreme is decided better
+        (ABOVE, CLOSE, None, UNDECIDED),  # spread 0.01: too noisy to say they differ by under a point
+        (TIGHT, CLOSE, WIDE, UNDECIDED),  # the extreme is not decided below
+    ],
+)
+def test_c10_temperature(t01, t05, t10, verdict):
+    result = claim_c10(temperature_inputs(t01, t05, t10))
+    assert result.verdict == verdict
+    assert result.evidence[0].startswith("up → cifar: 20.00%: τ 0.1 − τ 0.5")
+
+
 def test_c10_needs_several_simclr_temperatures():
     assert claim_c10(inputs(simclr_temperatures={"simclr": 0.5})).verdict == NOT_TESTED
-    several = claim_c10(inputs(simclr_temperatures={"sup": 0.1, "moco": 0.5}))
-    assert several.verdict == UNDECIDED and "no rule" in several.evidence[-1]
+    one = ClaimInputs(
+        matching=[table("t01/up", "cifar", {S1: ABOVE})],
+        sources=TEMPERATURE_SOURCES,
+        simclr_temperatures=TEMPERATURES,
+    )
+    assert claim_c10(one).verdict == NOT_TESTED  # only one temperature has tickets

@@ -63,6 +63,25 @@ def test_dense_tasks_run_through_the_study(tmp_path):
     assert table[("supervised/imp-up", "segment")]["metric"] == "miou"
     assert table[("supervised/imp-detect", "detect")]["rows"][0]["sparsity"] == pytest.approx(0.36)
     assert ("supervised/imp-detect", "segment") not in table  # task-specific masks stay on their task
+    assert table[("supervised/imp-up", "detect")]["model"] == "Faster R-CNN + FPN"
+    assert table[("supervised/imp-up", "segment")]["model"] == "DeepLabV3+"
+
+    # AP50, AP75 and VOC07's 11-point AP50 beside AP; the last mIoU beside the reported one
+    folder = store / "studies" / "dense"
+    beside = json.loads((folder / "matching-beside.json").read_text())
+    metrics = {(r["source"], r["task"], r["metric"]) for r in beside}
+    assert metrics == {
+        *(("supervised/imp-up", "detect", m) for m in ("map50", "map75", "voc07_ap50")),
+        *(("supervised/imp-detect", "detect", m) for m in ("map50", "map75", "voc07_ap50")),
+        ("supervised/imp-up", "segment", "miou@final"),
+    }
+    transfers = [p for p in expand(load_study(path)) if p.run.kind == "transfer" and p.task == "detect"]
+    dense = next(p.run for p in transfers if p.finder is None)
+    result = json.loads((Path(Store(store).run_dir(dense)) / "result.json").read_text())
+    beside_dense = next(r for r in beside if r["task"] == "detect" and r["metric"] == "voc07_ap50")["dense"]
+    assert beside_dense["mean"] == pytest.approx(result["reported"]["test"]["voc07_ap50"])
+    assert "## Beside the headline metrics" in (folder / "matching.md").read_text()
+    assert "Beside the headline metrics" in (folder / "report.md").read_text()
 
     # The task-specific detection mask is a mask of the backbone: it fits a classifier's scope too.
     study = load_study(path)

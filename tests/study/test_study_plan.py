@@ -243,3 +243,13 @@ def test_task_adapt_sets_one_tasks_classifier_adaptation() -> None:
     }
     assert ("visda2017", False) in adapts and ("visda2017", True) not in adapts
     assert ("cifar10", True) in adapts and ("cifar10", False) not in adapts
+
+
+def test_the_progress_line_gives_the_sparsity_of_the_studys_pruning_fraction():
+    from cvlth.study.runner import describe
+
+    planned = expand(_study(fraction=0.5))
+    ticket = next(p for p in planned if p.run.kind == "transfer" and p.finder == "up" and p.level == 2)
+    assert "level 2 (75.0%)" in describe(ticket)  # 1 - 0.5^2, not 1 - 0.8^2 = 36%
+    dense = next(p for p in planned if p.run.kind == "transfer" and p.finder is None)
+    assert "dense" in describe(dense)

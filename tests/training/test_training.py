@@ -312,3 +312,45 @@ def test_test_split_is_evaluated_only_when_validation_improves(scores, tested_ep
     assert [r["epoch"] for r in result["history"] if "test" in r] == tested_epochs
     assert result["best_epoch"] == best_epoch
     assert result["test_at_best_val"] == {"accuracy": float(len(tested_epochs))}  # the last test pass
+
+
+def test_without_validation_the_last_test_is_reported_or_the_best_one_when_the_objective_asks() -> None:
+    from cvlth.training.evaluation import AT_BEST_VALIDATION, BEST_TEST, LAST_TEST, summarize
+
+    history = [
+        {"epoch": 1, "test": {"miou": 0.3}},
+        {"epoch": 2, "test": {"miou": 0.5}},
+        {"epoch": 3, "test": {"miou": 0.4}},
+    ]
+    last = summarize(history, ("miou", "max"), steps=3, epochs=3)
+    assert last["reported"] == {"rule": LAST_TEST, "epoch": 3, "test": {"miou": 0.4}}
+    best = summarize(history, ("miou", "max"), steps=3, epochs=3, best_without_validation=True)
+    assert best["reported"] == {"rule": BEST_TEST, "epoch": 2, "test": {"miou": 0.5}}
+    assert best["test_final"] == {"miou": 0.4}
+    # with a validation split the paper's model selection stands, whatever the objective asks
+    validated = [
+        {"epoch": 1, "val": {"miou": 0.6}, "test": {"miou": 0.3}},
+        {"epoch": 2, "val": {"miou": 0.5}},
+    ]
+    chosen = summarize(validated, ("miou", "max"), steps=2, epochs=2, best_without_validation=True)
+    assert chosen["reported"] == {"rule": AT_BEST_VALIDATION, "epoch": 1, "test": {"miou": 0.3}}
+    assert "test_final" not in chosen  # the last epoch did not improve: its test split was not evaluated
+
+
+def test_an_objective_that_reports_its_last_test_evaluation_gets_one() -> None:
+    train_source, val_source, test_source = make_sources(3, 16)
+    objective = _ScriptedValidation([0.5, 0.7, 0.6], val_source)
+    objective.best_without_validation = True  # segmentation's: the last evaluation beside the best
+    result = train(
+        TinyNet(),
+        objective,
+        train_source,
+        training=TrainingConfig(epochs=3, batch_size=16),
+        optim=SGDConfig(lr=0.01),
+        schedule=ConstantSchedule(),
+        val_data=val_source,
+        test_data=test_source,
+        quiet=True,
+    )
+    assert [r["epoch"] for r in result["history"] if "test" in r] == [1, 2, 3]
+    assert result["test_at_best_val"] == {"accuracy": 2.0} and result["test_final"] == {"accuracy": 3.0}

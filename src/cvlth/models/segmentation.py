@@ -12,6 +12,13 @@
 
 Head widths scale with the backbone width (``width / 64`` of DeepLab's 256 and 48, with floors of
 16 and 8). Input: a float [N, C, H, W] batch already normalised (the objective does it).
+
+Fine-tuning follows the paper's reference code (its ``Segmentation/main*.py``): the backbone learns
+at ``backbone_lr_factor`` (0.1) times the heads' learning rate -- the model names its parameter groups
+in :meth:`DeepLabV3Plus.parameter_lr_factors`, which the training loop reads -- and the backbone's BN
+layers update their running statistics with momentum ``backbone_bn_momentum`` (0.01; torch's default
+is 0.1). Runs computed before these were the defaults had 1.0 and 0.1: those values keep their hashes
+(:data:`cvlth.models.task_models.FORMER_MODEL_DEFAULTS`).
 """
 
 from __future__ import annotations
@@ -68,8 +75,10 @@ class DeepLabV3Plus(nn.Module):
         atrous_rates: Sequence[int] = ATROUS_RATES,
         head_channels: int = 256,
         low_projected: int = 48,
+        backbone_lr_factor: float = 1.0,
     ) -> None:
         super().__init__()
+        self.backbone_lr_factor = backbone_lr_factor
         spec = backbone.spec
         expansion = spec.architecture.expansion
         backbone.avgpool = nn.Identity()  # unused: no dangling parameters for DDP or the optimizer
@@ -77,6 +86,10 @@ class DeepLabV3Plus(nn.Module):
         self.backbone = backbone
         self.aspp = ASPP(8 * spec.width * expansion, list(atrous_rates), head_channels)
         self.decoder = DeepLabDecoder(spec.width * expansion, low_projected, head_channels, num_classes)
+
+    def parameter_lr_factors(self) -> dict[str, float]:
+        """Learning-rate factor by parameter-name prefix (the rest: 1): the backbone's."""
+        return {"backbone.": self.backbone_lr_factor}
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         b = self.backbone
@@ -97,15 +110,23 @@ def build_segmenter(
     atrous_rates: Sequence[int] = ATROUS_RATES,
     head_channels: int | None = None,
     low_projected: int | None = None,
+    backbone_lr_factor: float = 0.1,
+    backbone_bn_momentum: float = 0.01,
 ) -> DeepLabV3Plus:
     """A DeepLabV3+ for ``num_classes`` (background included) from θ_p (``fc`` is not loaded).
 
     ``source`` is a canonical state_dict or an :class:`ImportedCheckpoint` (``None``: random
     backbone); new tensors (ASPP, decoder) are drawn from ``seed``, independently of the global RNG.
-    ``head_channels`` / ``low_projected`` override the scaled ASPP-decoder and low-level widths.
+    ``head_channels`` / ``low_projected`` override the scaled ASPP-decoder and low-level widths;
+    ``backbone_lr_factor`` scales the backbone's learning rate and ``backbone_bn_momentum`` is its BN
+    layers' running-statistics momentum (the reference's 0.1 and 0.01).
     """
     if output_stride not in _DILATION:
         raise ValueError(f"output_stride must be one of {sorted(_DILATION)}, got {output_stride}")
+    if not backbone_lr_factor > 0:
+        raise ValueError(f"backbone_lr_factor must be > 0, got {backbone_lr_factor}")
+    if not 0 < backbone_bn_momentum <= 1:
+        raise ValueError(f"backbone_bn_momentum must be in (0, 1], got {backbone_bn_momentum}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         backbone = build_backbone(spec, replace_stride_with_dilation=_DILATION[output_stride])
@@ -115,7 +136,11 @@ def build_segmenter(
             atrous_rates=atrous_rates,
             head_channels=head_channels or scaled_channels(256, spec.width, 16),
             low_projected=low_projected or scaled_channels(48, spec.width, 8),
+            backbone_lr_factor=backbone_lr_factor,
         )
+    for module in backbone.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.momentum = backbone_bn_momentum
     if source is not None:
         load_into(model, source, strict=True, skip=("fc.",))
     return model

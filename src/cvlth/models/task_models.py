@@ -26,6 +26,7 @@ from cvlth.models.checkpoints.importer import ImportedCheckpoint
 from cvlth.models.detection import build_detector
 from cvlth.models.segmentation import build_segmenter
 from cvlth.registry import Registry
+from cvlth.run_identity import without_defaults
 
 #: The model a dense-prediction task fine-tunes, by the task's objective name.
 TASK_MODELS: Registry[Callable[..., nn.Module]] = Registry("dense-prediction objective", ConfigError)
@@ -48,6 +49,9 @@ def _segmenter(
 ) -> nn.Module:
     return build_segmenter(theta, spec, data.num_classes, seed=seed, **options)
 
+
+#: What each dense-prediction objective's model is, as result tables label the task.
+TASK_MODEL_NAMES: dict[str, str] = {"detection": "Faster R-CNN + FPN", "segmentation": "DeepLabV3+"}
 
 #: The objectives whose tasks fine-tune a detector / segmenter rather than a classifier.
 DENSE_OBJECTIVES: tuple[str, ...] = tuple(TASK_MODELS)
@@ -84,6 +88,23 @@ def model_option_defaults(objective: str) -> dict[str, Any]:
             {n: p.default for n, p in signature.parameters.items() if n in names and p.default is not p.empty}
         )
     return defaults
+
+
+#: Options whose default became the paper's after runs were computed, with the value those runs had:
+#: a run's identity writes such an option when its effective value differs from the former default
+#: (:func:`model_options_identity`), so an old config keeps its hash only where it computes the same.
+FORMER_MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "segmentation": {"backbone_lr_factor": 1.0, "backbone_bn_momentum": 0.1},
+}
+
+
+def model_options_identity(objective: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` as a run's identity holds them: options at their default left out, except those
+    whose default changed (:data:`FORMER_MODEL_DEFAULTS`), written when they differ from the former one."""
+    defaults = model_option_defaults(objective)
+    former = FORMER_MODEL_DEFAULTS.get(objective, {})
+    effective = {**{key: defaults[key] for key in former}, **options}
+    return without_defaults(effective, {**defaults, **former})
 
 
 def check_model_options(objective: str, options: Mapping[str, Any]) -> None:

@@ -9,7 +9,8 @@ torch's global RNG, which a run seeds and a resume restores) and evaluation use 
 detectron2's multi-scale ``MIN_SIZE_TRAIN`` / ``MIN_SIZE_TEST``.
 
 Evaluation is AP@[.5:.95] (``map``), AP50 and AP75 from torchmetrics' ``MeanAveragePrecision``
-(pycocotools backend: COCO's 101-point interpolated precision, up to 100 detections per image).
+(pycocotools backend: COCO's 101-point interpolated precision, up to 100 detections per image), and
+beside them VOC07's 11-point AP50 (``voc07_ap50``, :mod:`cvlth.objectives.voc_ap`).
 VOC "difficult" objects are neither trained on (unless ``train_difficult``) nor counted in
 evaluation: they are passed as COCO "crowd" regions, so detections on them are ignored.
 """
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 from cvlth.data.source import BatchSource
+from cvlth.objectives.voc_ap import voc07_ap50
 from cvlth.training.objective import ObjectiveBase
 
 TRAINING_KEYS = ("boxes", "labels")
@@ -89,7 +91,8 @@ class DetectionObjective(ObjectiveBase):
 def average_precision(
     predictions: Iterable[dict[str, torch.Tensor]], targets: Iterable[dict[str, Any]]
 ) -> dict[str, float]:
-    """``{"map", "map50", "map75"}``: COCO AP@[.5:.95], AP at IoU .5 and .75 over all images.
+    """``{"map", "map50", "map75", "voc07_ap50"}``: COCO AP@[.5:.95], AP at IoU .5 and .75 over all
+    images, and VOC07's 11-point AP at IoU .5.
 
     ``predictions``: per image ``boxes`` (N, 4) xyxy, ``scores`` (N,), ``labels`` (N,);
     ``targets``: per image ``boxes`` and ``labels`` (and optionally ``difficult``, ignored objects).
@@ -97,6 +100,7 @@ def average_precision(
     from torchmetrics.detection import MeanAveragePrecision  # lazy (no cycle): torchmetrics is slow to import
 
     metric = MeanAveragePrecision(iou_type="bbox", box_format="xyxy", backend="pycocotools")
+    predictions, targets = list(predictions), list(targets)
     preds, refs = [], []
     for prediction, target in zip(predictions, targets, strict=True):
         preds.append({k: prediction[k].cpu() for k in ("boxes", "scores", "labels")})
@@ -105,7 +109,12 @@ def average_precision(
             reference["iscrowd"] = target["difficult"].cpu().to(torch.int64)
         refs.append(reference)
     if not preds:
-        return {"map": float("nan"), "map50": float("nan"), "map75": float("nan")}
+        return {"map": float("nan"), "map50": float("nan"), "map75": float("nan"), "voc07_ap50": float("nan")}
     metric.update(preds, refs)
     result = metric.compute()
-    return {"map": float(result["map"]), "map50": float(result["map_50"]), "map75": float(result["map_75"])}
+    return {
+        "map": float(result["map"]),
+        "map50": float(result["map_50"]),
+        "map75": float(result["map_75"]),
+        "voc07_ap50": voc07_ap50(predictions, targets),
+    }

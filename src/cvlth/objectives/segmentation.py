@@ -102,6 +102,8 @@ class SegmentationObjective(ObjectiveBase):
     horizontal flips."""
 
     selection: tuple[str, Literal["max", "min"]] = ("miou", "max")
+    # VOC has no validation split: the paper reports the best mIoU over its evaluations of val.
+    best_without_validation = True
 
     def __init__(
         self,

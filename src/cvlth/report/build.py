@@ -10,7 +10,13 @@ from cvlth.report.claims import claims_section
 from cvlth.report.document import Report, Section
 from cvlth.report.inputs import ReportError, StudyFiles, read_study_files
 from cvlth.report.perturbation import perturbation_section
-from cvlth.report.results import accuracy_section, matching_facts, matching_section, setup_section
+from cvlth.report.results import (
+    accuracy_section,
+    beside_section,
+    matching_facts,
+    matching_section,
+    setup_section,
+)
 from cvlth.report.structure import (
     MAX_IOU_TICKETS,
     iou_section,
@@ -28,6 +34,8 @@ def build_report(files: StudyFiles, figures: Path, now: datetime) -> Report:
     (second) restates the sections' facts."""
     claims = claims_section(files)
     sections = [setup_section(files, now), accuracy_section(files, figures), matching_section(files)]
+    if files.beside:
+        sections.append(beside_section(files))
     shown_kernels = kernel_tickets(files)[0] if files.tickets else []
     scan = scan_levels(files, ranked(files.tickets, MAX_IOU_TICKETS)[0], shown_kernels)
     sections += [iou_section(files, scan, figures), structure_section(files, scan, figures)]

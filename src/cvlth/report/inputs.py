@@ -12,6 +12,7 @@ from cvlth.store import Store
 from cvlth.study.claims import ClaimResult
 from cvlth.study.matching import MatchingResult
 from cvlth.study.outputs import (
+    BESIDE_FILE,
     CLAIMS_FILE,
     MATCHING_FILE,
     PERTURBATION_FILE,
@@ -38,6 +39,7 @@ class StudyFiles:
     perturbation: list[PerturbationCurve] | None  # None: the study has no perturbation analysis
     results_time: datetime
     claims: list[ClaimResult] | None = None  # None: claims.json predates claims; the report checks them
+    beside: list[MatchingResult] = field(default_factory=list)  # matching-beside.json (may be absent)
     _masks: dict[str, Any] = field(default_factory=dict)  # mask path -> Mask, the current level's
 
     def rerun_hint(self) -> str:
@@ -91,6 +93,8 @@ def read_study_files(study_dir: Path, store_root: Path | None = None) -> StudyFi
         perturbation = read_entries(perturbation_path, PerturbationCurve, hint)
     claims_path = folder / CLAIMS_FILE
     claims = read_entries(claims_path, ClaimResult, hint) if claims_path.exists() else None
+    beside_path = folder / BESIDE_FILE
+    beside = read_entries(beside_path, MatchingEntry, hint) if beside_path.exists() else []
     return StudyFiles(
         folder=folder,
         store=store,
@@ -100,4 +104,5 @@ def read_study_files(study_dir: Path, store_root: Path | None = None) -> StudyFi
         perturbation=perturbation,
         results_time=datetime.fromtimestamp(matching_path.stat().st_mtime),
         claims=claims,
+        beside=[entry.result for entry in beside],
     )

@@ -19,6 +19,7 @@ from cvlth.study.matching import (
     SeedStats,
     margin_text,
     size_text,
+    task_text,
     universal_matching,
 )
 
@@ -200,7 +201,7 @@ def matching_section(files: StudyFiles) -> Section:
     for source in sources:
         results = {t: by_key[(source, t)] for t in tasks if (source, t) in by_key}
         sparsities = sorted({row.sparsity for r in results.values() for row in r.rows})
-        header = ["sparsity", "remaining", *(f"{t} ({r.metric})" for t, r in results.items())]
+        header = ["sparsity", "remaining", *(f"{task_text(r)} ({r.metric})" for r in results.values())]
         table_rows = [
             ["test size", "", *(size_text(r.test_size) for r in results.values())],
             [
@@ -222,6 +223,38 @@ def matching_section(files: StudyFiles) -> Section:
         undecided = sum(r.undecided for r in results.values())
         caption = f"{source}: test metric per task, mean ± std [95% CI] (n); {undecided} undecided"
         section.blocks.append(Table(header, table_rows, caption))
+    return section
+
+
+def beside_section(files: StudyFiles) -> Section:
+    """The matching rule in the metrics read beside each task's headline one (detection's AP50, AP75
+    and VOC07 11-point AP50; segmentation's last mIoU beside its best): per source, one table."""
+    section = Section("Beside the headline metrics", "beside")
+    section.blocks.append(
+        "The same matching rule, in the metrics read beside each task's headline one: detection's AP50 "
+        "(map50), AP75 (map75) and VOC07's 11-point AP50 (voc07_ap50) beside AP@[.5:.95] (map); "
+        "segmentation's last evaluation (miou@final) beside the reported mIoU, the best over "
+        "evaluations as the paper's. Extreme matching sparsity, the paper's reading / monotone:"
+    )
+    sources = list(dict.fromkeys(r.source for r in files.beside))
+    for source in sources:
+        results = [r for r in files.beside if r.source == source]
+        sparsities = sorted({row.sparsity for r in results for row in r.rows})
+        header = ["sparsity", *(f"{task_text(r)} ({r.metric})" for r in results)]
+        table_rows = [
+            ["extreme", *(_extremes(r) for r in results)],
+            [
+                "dense",
+                *(f"{pm(r.dense.mean, r.dense.std)} {ci(r.dense.ci95)} (n={r.dense.n})" for r in results),
+            ],
+        ]
+        for sparsity in sparsities:
+            cells = []
+            for r in results:
+                row = next((row for row in r.rows if row.sparsity == sparsity), None)
+                cells.append("–" if row is None else _cell(row))
+            table_rows.append([pct(sparsity), *cells])
+        section.blocks.append(Table(header, table_rows, f"{source}: metrics beside the headline one"))
     return section
 
 

@@ -32,8 +32,11 @@ The rules, case by case (every interval 95%, Welch's two-sample one between diff
   decided matching on every task, against when every common level is decided not matching on one.
 * C9 -- per task in ``domain_shift_tasks``, supervised vs each self-supervised upstream IMP source,
   at every common level up to 67.23%: for when the supervised mean is decided above.
-* C10 -- needs SimCLR pre-trainings at several temperatures; with them the numbers are listed and
-  the claim left undecided (no rule is implemented yet).
+* C10 -- per upstream IMP finder, downstream task and level, over SimCLR pre-trainings at several
+  temperatures: for every pair inside [0.1, 0.5], for when the interval of their difference lies
+  within ±0.01 (one point: "matters little"), against when it lies wholly outside; for every
+  temperature outside the range, for when it is decided below the best one inside, against when
+  decided above.
 
 OMP and random masks are not in the paper: they enter no rule and are listed as extensions.
 """
@@ -613,30 +616,83 @@ def claim_c9(inputs: ClaimInputs) -> ClaimResult:
     )
 
 
+#: C10: the temperatures the paper calls harmless, and how far apart two of them may be to "matter
+#: little" (one point of the metric, e.g. 0.01 accuracy).
+TEMPERATURE_RANGE = (0.1, 0.5)
+EQUIVALENCE_MARGIN = 0.01
+
+
+def equivalence_verdict(interval: Interval, margin: float = EQUIVALENCE_MARGIN) -> str:
+    """Two means "differ little": holds when the 95% interval of their difference lies inside
+    ``[-margin, margin]``, refuted when it lies wholly outside it, undecided otherwise (or unbounded)."""
+    if interval.low is None or interval.high is None:
+        return UNDECIDED
+    if -margin <= interval.low and interval.high <= margin:
+        return HOLDS
+    if interval.low > margin or interval.high < -margin:
+        return REFUTED
+    return UNDECIDED
+
+
 def claim_c10(inputs: ClaimInputs) -> ClaimResult:
+    """Per upstream IMP finder, downstream task and level over the SimCLR θ_p at several temperatures:
+    every pair of temperatures in [0.1, 0.5] differs little (:func:`equivalence_verdict`), and every
+    temperature outside it is decided below the best one inside (Welch)."""
     temperatures = dict(inputs.simclr_temperatures)
-    if len(set(temperatures.values())) < 2:
-        return _result(
-            "C10",
-            [],
-            [],
-            "Table 2: temperature in [0.1, 0.5] changes little; extremes hurt",
-            "SimCLR pre-trainings (or imports) at several temperatures, e.g. 0.1, 0.2, 0.5 and 1.0, with the "
-            "same finders and tasks",
-        )
-    evidence = [
-        f"{r.source} (temperature {temperatures[inputs.sources[r.source].pretraining]}) → {r.task}: "
-        f"extreme {pct(r.extreme_matching_sparsity)}"
-        for r in inputs.results(lambda s: s.upstream_imp and s.pretraining in temperatures)
-    ]
-    evidence.append("no rule for this claim is implemented yet: compare the numbers above")
-    return ClaimResult(
+    verdicts: list[str] = []
+    evidence: list[str] = []
+    if len(set(temperatures.values())) >= 2:
+        tickets: dict[tuple[str, str], dict[float, dict[float, MatchingRow]]] = {}
+        for r in inputs.results(lambda s: s.upstream_imp and s.pretraining in temperatures):
+            info = inputs.sources[r.source]
+            by_temperature = tickets.setdefault((info.finder, r.task), {})
+            by_temperature[temperatures[info.pretraining]] = _rows(r)
+        for (finder, task), by_temperature in sorted(tickets.items()):
+            if len(by_temperature) < 2:
+                continue
+            case_verdicts, parts = _temperature_cases(by_temperature)
+            verdicts += case_verdicts
+            evidence.append(
+                f"{finder} → {task}: " + ("; ".join(parts) or "no level common to two temperatures")
+            )
+    return _result(
         "C10",
-        STATEMENTS["C10"],
-        UNDECIDED,
-        tuple(evidence),
-        "Table 2: [0.1, 0.5] changes little; extremes hurt",
+        verdicts,
+        evidence,
+        "Table 2: temperature in [0.1, 0.5] changes little; extremes hurt",
+        "SimCLR pre-trainings (or imports) at several temperatures, e.g. 0.05, 0.1, 0.2, 0.5 and 1.0, "
+        "with the same upstream IMP finder and tasks",
     )
+
+
+def _temperature_cases(
+    by_temperature: Mapping[float, Mapping[float, MatchingRow]],
+) -> tuple[list[str], list[str]]:
+    low, high = TEMPERATURE_RANGE
+    verdicts, parts = [], []
+    levels = sorted(set().union(*(set(rows) for rows in by_temperature.values())))
+    for sparsity in levels:
+        present = {t: rows[sparsity] for t, rows in by_temperature.items() if sparsity in rows}
+        inside = {t: row for t, row in present.items() if low - 1e-9 <= t <= high + 1e-9}
+        outside = {t: row for t, row in present.items() if t not in inside}
+        texts = []
+        names = sorted(inside)
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                interval = difference(inside[a].stats, inside[b].stats)
+                verdicts.append(equivalence_verdict(interval))
+                texts.append(f"τ {a:g} − τ {b:g} {interval_text(interval)} {_mark(verdicts[-1])}")
+        if inside:
+            best = max(inside, key=lambda t: inside[t].stats.mean)
+            for t in sorted(outside):
+                interval = difference(inside[best].stats, outside[t].stats)
+                verdicts.append(sign_verdict(interval))
+                texts.append(
+                    f"τ {best:g} − τ {t:g} (outside) {interval_text(interval)} {_mark(verdicts[-1])}"
+                )
+        if texts:
+            parts.append(f"{pct(sparsity)}: " + ", ".join(texts))
+    return verdicts, parts
 
 
 CLAIMS: tuple[Callable[[ClaimInputs], ClaimResult], ...] = (

@@ -34,6 +34,15 @@ from cvlth.study.resources import ExecutorSettings
 from cvlth.study.run_kinds import AdaptConfig, BackboneConfig, MaskVariant, Recipe
 
 DEFAULT_METRICS = {"supervised": "accuracy", "detection": "map", "segmentation": "miou"}
+#: A metric name with this suffix is read from a run's last evaluation (``test_final``).
+FINAL_SUFFIX = "@final"
+#: Metrics matched beside the headline one (matching.md's second part, ``matching-beside.json``):
+#: detection's AP50, AP75 and VOC07's 11-point AP50 beside AP@[.5:.95]; segmentation's last mIoU
+#: beside the reported one (the best over evaluations, the paper's).
+BESIDE_METRICS: dict[str, tuple[str, ...]] = {
+    "detection": ("map50", "map75", "voc07_ap50"),
+    "segmentation": ("miou" + FINAL_SUFFIX,),
+}
 
 
 def _distinct(seeds: list[int]) -> list[int]:
@@ -283,6 +292,12 @@ class StudyConfig(Strict):
         if self.metric is not None:
             return self.metric
         return DEFAULT_METRICS.get(self.tasks[task].objective.name, "accuracy")
+
+    def beside_metrics(self, task: str) -> tuple[str, ...]:
+        """The metrics matched beside the headline one on ``task`` (none when the study sets ``metric``)."""
+        if self.metric is not None:
+            return ()
+        return BESIDE_METRICS.get(self.tasks[task].objective.name, ())
 
     @property
     def levels(self) -> list[int]:

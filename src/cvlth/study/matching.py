@@ -125,6 +125,7 @@ class MatchingResult:
     metric: str = "accuracy"
     test_size: int | None = None  # test images (samples) per evaluation; None: not recorded
     task_specific: bool = False  # each task has its own ticket (downstream IMP): no universal figure
+    model: str | None = None  # the task's model, where it is not a classifier (e.g. "Faster R-CNN + FPN")
 
     @property
     def threshold(self) -> float:
@@ -162,6 +163,7 @@ class MatchingResult:
             "monotone_matching_sparsity": self.monotone_matching_sparsity,
             "undecided": self.undecided,
             **({"task_specific": True} if self.task_specific else {}),
+            **({"model": self.model} if self.model else {}),
             "rows": [row.to_dict() for row in self.rows],
         }
 
@@ -192,6 +194,7 @@ class MatchingResult:
             metric=str(data.get("metric", "accuracy")),
             test_size=None if size is None else int(size),
             task_specific=bool(data.get("task_specific", False)),
+            model=None if data.get("model") is None else str(data["model"]),
         )
 
 
@@ -326,6 +329,7 @@ def matching(
     ticket_keys: Mapping[float, Sequence[Hashable]] | None = None,
     test_size: int | None = None,
     task_specific: bool = False,
+    model: str | None = None,
 ) -> MatchingResult:
     """Apply the matching rule to run results: ``ticket_values`` maps sparsity -> metric per run
     (every finder seed x every transfer seed), ``dense_values`` holds one metric per dense run.
@@ -345,7 +349,14 @@ def matching(
         )
         rows.append(MatchingRow(sparsity, stats, stats.mean >= threshold, margin))
     return MatchingResult(
-        source, task, dense, tuple(rows), metric=metric, test_size=test_size, task_specific=task_specific
+        source,
+        task,
+        dense,
+        tuple(rows),
+        metric=metric,
+        test_size=test_size,
+        task_specific=task_specific,
+        model=model,
     )
 
 
@@ -354,18 +365,7 @@ def matching_markdown(
 ) -> str:
     """The summary of extreme matching sparsities, the universal ones (over all downstream tasks and
     over each of the study's task ``groups``), then one table per result."""
-    lines = [
-        "| ticket source | task | metric | test size | dense mean ± std [95% CI] "
-        "| extreme matching sparsity | monotone reading | undecided levels | runs per mean (dense / ticket) |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in results:
-        lines.append(
-            f"| {r.source} | {r.task} | {r.metric} | {size_text(r.test_size)} "
-            f"| {r.dense.mean:.4f} ± {r.dense.std:.4f} {ci_text(r.dense)} "
-            f"| {_percent(r.extreme_matching_sparsity)} | {_percent(r.monotone_matching_sparsity)} "
-            f"| {r.undecided} of {len(r.rows)} | {r.dense.n} / {_counts(r.rows)} |"
-        )
+    lines = _summary_lines(results)
     lines += [
         "",
         "Each mean is over runs: a ticket's over every finder seed x every seed of the study, the dense "
@@ -403,11 +403,53 @@ def matching_markdown(
                 f"| {u.source} | {u.group} | {', '.join(u.tasks)} | {len(u.sparsities)} "
                 f"| {_percent(u.universal_matching_sparsity)} | {_percent(u.monotone_universal_sparsity)} |"
             )
+    lines += _result_tables(results)
+    return "\n".join(lines) + "\n"
+
+
+def beside_markdown(results: Sequence[MatchingResult]) -> str:
+    """The same rule on the metrics read beside the headline one (detection's AP50 / AP75 / VOC07
+    11-point AP50, segmentation's last mIoU): the summary and one table per result; no universal
+    figure (that is the headline metric's)."""
+    lines = [
+        "The matching rule applied to the metrics read beside each task's headline metric: detection's "
+        "AP50 (`map50`), AP75 (`map75`) and VOC07's 11-point AP50 (`voc07_ap50`) beside AP@[.5:.95]; "
+        "segmentation's last evaluation (`miou@final`) beside the best one over evaluations (the paper's).",
+        "",
+        *_summary_lines(results),
+        *_result_tables(results),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def task_text(result: MatchingResult) -> str:
+    """The task, with its model when that is not a classifier (``voc [Faster R-CNN + FPN]``)."""
+    return f"{result.task} [{result.model}]" if result.model else result.task
+
+
+def _summary_lines(results: Sequence[MatchingResult]) -> list[str]:
+    lines = [
+        "| ticket source | task | metric | test size | dense mean ± std [95% CI] "
+        "| extreme matching sparsity | monotone reading | undecided levels | runs per mean (dense / ticket) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.source} | {task_text(r)} | {r.metric} | {size_text(r.test_size)} "
+            f"| {r.dense.mean:.4f} ± {r.dense.std:.4f} {ci_text(r.dense)} "
+            f"| {_percent(r.extreme_matching_sparsity)} | {_percent(r.monotone_matching_sparsity)} "
+            f"| {r.undecided} of {len(r.rows)} | {r.dense.n} / {_counts(r.rows)} |"
+        )
+    return lines
+
+
+def _result_tables(results: Sequence[MatchingResult]) -> list[str]:
+    lines: list[str] = []
     for r in results:
         lines += [
             "",
-            f"**{r.source} → {r.task}** (matching: mean {r.metric} ≥ {r.threshold:.4f} = dense mean − dense std; "
-            f"test size {size_text(r.test_size)})",
+            f"**{r.source} → {task_text(r)}** (matching: mean {r.metric} ≥ {r.threshold:.4f} = dense mean "
+            f"− dense std; test size {size_text(r.test_size)})",
             "",
             f"| sparsity | mean {r.metric} | std | 95% CI | runs | mean − threshold [95% CI] | matching | decision |",
             "|---|---|---|---|---|---|---|---|",
@@ -418,7 +460,7 @@ def matching_markdown(
                 f"| {row.sparsity:.2%} | {row.stats.mean:.4f} | {row.stats.std:.4f} | {ci_text(row.stats)} "
                 f"| {row.stats.n} | {margin_text(row.margin)} | {mark} | {decision_text(row)} |"
             )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 #: What decided / undecided means, for every table that shows it.

@@ -1,11 +1,14 @@
 """The study's result files, typed once: the study writes them, the report reads them back.
 
-A study folder ``<store>/studies/<name>/`` holds three JSON lists besides ``study.yaml``:
+A study folder ``<store>/studies/<name>/`` holds these JSON lists besides ``study.yaml``:
 
 * ``matching.json`` -- one :class:`MatchingEntry` per (ticket source, task): a
   :class:`~cvlth.study.matching.MatchingResult` (means with 95% intervals, the test split's size,
   each row's decided / undecided margin) and, for a downstream task, its source's universal
   matching sparsity (both readings) and the tasks that covers;
+* ``matching-beside.json`` (only with detection or segmentation tasks) -- the same entries, without
+  universal figures, in the metrics read beside the headline one (AP50, AP75, VOC07 11-point AP50;
+  the last mIoU beside the best);
 * ``claims.json`` -- one :class:`~cvlth.study.claims.ClaimResult` per claim of SPEC §8: holds,
   refuted, undecided or not tested in this study, with the numbers that decide it;
 * ``tickets.json`` -- one :class:`TicketEntry` per ticket finder run (one per finder seed): its
@@ -32,6 +35,8 @@ from cvlth.input_files import read_json
 from cvlth.study.matching import ALL_TASKS, MatchingResult, UniversalResult, universal_matching
 
 MATCHING_FILE = "matching.json"
+#: The same rule in the metrics read beside each task's headline one (detection, segmentation).
+BESIDE_FILE = "matching-beside.json"
 TICKETS_FILE = "tickets.json"
 PERTURBATION_FILE = "perturbation.json"
 CLAIMS_FILE = "claims.json"

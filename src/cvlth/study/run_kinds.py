@@ -42,7 +42,7 @@ from cvlth.config_yaml import parse_yaml, read_config_text
 from cvlth.data.cache import former_defaults, in_former_form, option_defaults
 from cvlth.errors import CheckpointError, ConfigError
 from cvlth.models.checkpoints.sources import CheckpointSource
-from cvlth.models.task_models import check_model_options, model_option_defaults
+from cvlth.models.task_models import check_model_options, model_options_identity
 from cvlth.objectives.registry import OBJECTIVES_WITH_HEADS, objective_option_defaults
 from cvlth.pruning.imp import HeadPolicy
 from cvlth.registry import Registry
@@ -124,7 +124,7 @@ class Recipe(Strict):
         data["objective"]["options"] = without_defaults(
             data["objective"]["options"], objective_option_defaults(self.objective.name)
         )
-        data["model"] = without_defaults(data["model"], model_option_defaults(self.objective.name))
+        data["model"] = model_options_identity(self.objective.name, data["model"])
         return data
 
 

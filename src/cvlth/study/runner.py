@@ -21,6 +21,7 @@ import torch
 from cvlth.atomic import atomic_write_text
 from cvlth.errors import ConfigError, CvlthError
 from cvlth.masks import Mask
+from cvlth.models.task_models import TASK_MODEL_NAMES
 from cvlth.pruning.strategies import level_sparsity
 from cvlth.registry import Registry
 from cvlth.report import write_report
@@ -28,20 +29,23 @@ from cvlth.run_files import mask_path
 from cvlth.store import Store
 from cvlth.study.claim_inputs import claim_inputs, mask_facts
 from cvlth.study.claims import check_claims
-from cvlth.study.config import StudyConfig, study_to_yaml
+from cvlth.study.config import FINAL_SUFFIX, StudyConfig, study_to_yaml
 from cvlth.study.execute import Context, ensure
 from cvlth.study.matching import (
     PRETRAINING_TASK,
     MatchingResult,
     SeedStats,
+    beside_markdown,
     matching,
     matching_markdown,
 )
 from cvlth.study.outputs import (
+    BESIDE_FILE,
     CLAIMS_FILE,
     MATCHING_FILE,
     PERTURBATION_FILE,
     TICKETS_FILE,
+    MatchingEntry,
     PerturbationCurve,
     PerturbationPoint,
     TicketEntry,
@@ -118,7 +122,7 @@ def run_study(
     computed = run_all(planned, store, how)
     results = [store.result(item.run) for item in planned]
     table = matching_table(study, planned, results)
-    write_matching(folder, table, study.task_groups)
+    write_matching(folder, table, study.task_groups, beside_tables(study, planned, results))
     tickets = ticket_index(study, planned, store)
     write_entries(folder / TICKETS_FILE, tickets)
     curves = None
@@ -216,7 +220,10 @@ def describe(item: PlannedRun) -> str:
     if item.task:
         parts.append(f"→ {item.task}")
     if run.kind == "transfer":
-        parts.append(f"level {item.level} ({level_sparsity(item.level):.1%})" if item.level else "dense")
+        if run.ticket is None:
+            parts.append("dense")
+        else:  # the ticket finder's own pruning fraction, not the default 20%
+            parts.append(f"level {item.level} ({level_sparsity(item.level, run.ticket.fraction):.1%})")
         parts.append(f"seed {item.seed}")
         if item.variant != "ticket":
             parts.append(f"[{item.variant} mask]")
@@ -224,27 +231,40 @@ def describe(item: PlannedRun) -> str:
 
 
 def metric_of(result: dict[str, Any], metric: str) -> float:
-    """The test metric at the best-validation epoch (the paper's rule)."""
-    test = result.get("test_at_best_val") or {}
+    """The run's reported test metric (``reported``: at the best-validation epoch, the paper's rule;
+    without a validation split the last evaluation, or segmentation's best one); ``NAME@final``
+    reads the last evaluation's. Results written before ``reported`` existed: at the best-validation
+    epoch (then the same)."""
+    if metric.endswith(FINAL_SUFFIX):
+        metric, test = metric.removesuffix(FINAL_SUFFIX), result.get("test_final") or {}
+    else:
+        test = (result.get("reported") or {}).get("test") or result.get("test_at_best_val") or {}
     value = test.get(metric)
     return float(value) if value is not None else math.nan
 
 
 def matching_table(
-    study: StudyConfig, planned: list[PlannedRun], results: list[dict[str, Any]]
+    study: StudyConfig,
+    planned: list[PlannedRun],
+    results: list[dict[str, Any]],
+    metrics: Mapping[str, str] | None = None,
 ) -> list[MatchingResult]:
     """Matching per (ticket source, task): Fig. 2's rows on the pre-training task first, then the
     downstream tasks, each as its transfers' mean against the dense transfers'. A ticket's mean at a
-    sparsity is over every finder seed x every study seed (its ``n``); the dense mean over the seeds."""
+    sparsity is over every finder seed x every study seed (its ``n``); the dense mean over the seeds.
+
+    ``metrics`` (task -> metric) matches those tasks only, in those metrics, without Fig. 2's rows
+    (:func:`beside_tables`); by default every task in its headline metric."""
+    metric_of_task = metrics.get if metrics is not None else study.task_metric
     dense: dict[tuple[str, str], list[float]] = defaultdict(list)
     dense_keys: dict[tuple[str, str], list[Any]] = defaultdict(list)
     tickets: dict[tuple[str, str, str], dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     ticket_keys: dict[tuple[str, str, str], dict[float, list[Any]]] = defaultdict(lambda: defaultdict(list))
     sizes: dict[str, set[int | None]] = defaultdict(set)
     for item, result in zip(planned, results, strict=True):
-        if item.run.kind != "transfer" or item.variant != "ticket":
+        if item.run.kind != "transfer" or item.variant != "ticket" or metric_of_task(item.task) is None:
             continue
-        value = metric_of(result, study.task_metric(item.task))
+        value = metric_of(result, metric_of_task(item.task))
         sizes[item.task].add(result.get("test_size"))
         if item.finder is None:
             dense[(item.pretraining, item.task)].append(value)
@@ -253,7 +273,7 @@ def matching_table(
             sparsity = round(level_sparsity(item.level, study.fraction), 6)
             tickets[(item.pretraining, item.finder, item.task)][sparsity].append(value)
             ticket_keys[(item.pretraining, item.finder, item.task)][sparsity].append(_pairing_key(item))
-    table = pretraining_task_table(study, planned, results)
+    table = pretraining_task_table(study, planned, results) if metrics is None else []
     task_specific = {f.name for f in study.finders if f.method == "imp" and f.stage == "downstream"}
     for (pretraining, finder, task), values in tickets.items():
         table.append(
@@ -262,14 +282,28 @@ def matching_table(
                 task,
                 dense[(pretraining, task)],
                 values,
-                study.task_metric(task),
+                metric_of_task(task),
                 dense_keys=dense_keys[(pretraining, task)],
                 ticket_keys=ticket_keys[(pretraining, finder, task)],
                 test_size=_one_size(sizes[task]),
                 task_specific=finder in task_specific,
+                model=TASK_MODEL_NAMES.get(study.tasks[task].objective.name),
             )
         )
     return table
+
+
+def beside_tables(
+    study: StudyConfig, planned: list[PlannedRun], results: list[dict[str, Any]]
+) -> list[MatchingResult]:
+    """Matching in the metrics read beside each task's headline one (:meth:`StudyConfig.beside_metrics`),
+    one table per (source, task, metric)."""
+    table: list[MatchingResult] = []
+    depth = max((len(study.beside_metrics(task)) for task in study.tasks), default=0)
+    for index in range(depth):
+        metrics = {t: m[index] for t in study.tasks if len(m := study.beside_metrics(t)) > index}
+        table += matching_table(study, planned, results, metrics)
+    return sorted(table, key=lambda r: (r.source, r.task))
 
 
 def _pairing_key(item: PlannedRun) -> Any:
@@ -418,10 +452,20 @@ def write_claims(
 
 
 def write_matching(
-    folder: Path, table: list[MatchingResult], groups: Mapping[str, Sequence[str]] | None = None
+    folder: Path,
+    table: list[MatchingResult],
+    groups: Mapping[str, Sequence[str]] | None = None,
+    beside: Sequence[MatchingResult] = (),
 ) -> None:
     """matching.json: one entry per (source, task); a downstream entry also holds its source's
     universal matching sparsity and the tasks it covers (and per task group ``groups``).
-    matching.md: the same as tables."""
+    matching-beside.json: one entry per (source, task, metric read beside the headline one), when
+    the study has such tasks (detection, segmentation). matching.md: the same as tables."""
     write_entries(folder / MATCHING_FILE, matching_entries(table, groups))
-    atomic_write_text(folder / "matching.md", "# Matching tickets\n\n" + matching_markdown(table, groups))
+    text = "# Matching tickets\n\n" + matching_markdown(table, groups)
+    if beside:
+        write_entries(folder / BESIDE_FILE, [MatchingEntry(result) for result in beside])
+        text += "\n## Beside the headline metrics\n\n" + beside_markdown(beside)
+    else:
+        (folder / BESIDE_FILE).unlink(missing_ok=True)  # a study that no longer has them
+    atomic_write_text(folder / "matching.md", text)

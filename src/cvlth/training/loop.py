@@ -111,7 +111,7 @@ def train(
     extra = objective.modules()
     for module in (model, *extra.values()):
         module.to(device=device, memory_format=memory_format)
-    optimizer = build_optimizer(_parameters(model, extra), optim)
+    optimizer = build_optimizer(parameter_groups(model, extra, optim.lr), optim)
     scaler = torch.amp.GradScaler(device.type, enabled=training.precision == "fp16")
     scheduler = build_scheduler(optimizer, schedule, steps_per_epoch, training.epochs)
 
@@ -179,13 +179,27 @@ def train(
                 distributed.sync_buffers(module, env)
             if state.epoch % training.eval_every_epochs == 0 or state.epoch == training.epochs:
                 record = evaluate_epoch(
-                    net, model, extra, objective, state.epoch, val_data, test_data, state.history
+                    net,
+                    model,
+                    extra,
+                    objective,
+                    state.epoch,
+                    val_data,
+                    test_data,
+                    state.history,
+                    last=state.epoch == training.epochs,
                 )
                 state.history.append(record)
                 metrics_log.write(record)
             save_checkpoint()
     distributed.barrier(env)
-    return summarize(state.history, objective.selection, steps=state.step, epochs=training.epochs)
+    return summarize(
+        state.history,
+        objective.selection,
+        steps=state.step,
+        epochs=training.epochs,
+        best_without_validation=getattr(objective, "best_without_validation", False),
+    )
 
 
 # --- one step -----------------------------------------------------------------------------
@@ -236,11 +250,24 @@ def _to_device(batch: Any, device: torch.device, memory_format: torch.memory_for
     return batch
 
 
-def _parameters(model: nn.Module, extra: dict[str, nn.Module]) -> list[nn.Parameter]:
-    params = [p for p in model.parameters() if p.requires_grad]
+def parameter_groups(
+    model: nn.Module, extra: dict[str, nn.Module], lr: float
+) -> list[nn.Parameter] | list[dict[str, Any]]:
+    """The trainable parameters of ``model`` and the objective's modules, in a fixed order (the
+    optimizer's state is checkpointed by position). A model with ``parameter_lr_factors()`` (name
+    prefix -> factor: DeepLabV3+'s backbone at 0.1x) gets one group per factor, each at ``lr`` times
+    it; otherwise one plain list, as every run before groups existed."""
+    factors: dict[str, float] = getattr(model, "parameter_lr_factors", dict)()
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     for name in sorted(extra):
-        params.extend(p for p in extra[name].parameters() if p.requires_grad)
-    return params
+        named.extend((f"{name}:{n}", p) for n, p in extra[name].named_parameters() if p.requires_grad)
+    if not any(factor != 1.0 for factor in factors.values()):
+        return [p for _, p in named]
+    groups: dict[float, list[nn.Parameter]] = {}
+    for name, param in named:
+        factor = next((f for prefix, f in factors.items() if name.startswith(prefix)), 1.0)
+        groups.setdefault(factor, []).append(param)
+    return [{"params": params, "lr": lr * factor} for factor, params in groups.items()]
 
 
 def _wrap(model: nn.Module, env: DistEnv, device: torch.device) -> nn.Module:

@@ -12,7 +12,9 @@ MoCo, detection, segmentation) implements three things:
 ``selection`` names the validation metric that picks the best epoch and whether higher is better;
 ``figure2_metric`` the test metric that compares θ_p with its upstream tickets on the pre-training
 task (Fig. 2): the selection metric, unless the objective names another (SimCLR and MoCo: Eq. 2 on
-backbone features, which does not depend on a projection head).
+backbone features, which does not depend on a projection head). ``best_without_validation``: with no
+validation split, a run reports its best test evaluation (the paper's segmentation number: the
+reference keeps the best mIoU over its evaluations on VOC val) rather than its last one.
 
 Two hooks, no-ops in :class:`ObjectiveBase` (which every objective of cvlth extends), that the loop
 calls around training:
@@ -70,6 +72,8 @@ class ObjectiveBase:
     selection: tuple[str, Literal["max", "min"]]
     #: The pre-training task's metric for Fig. 2 (None: the selection metric).
     figure2_metric: str | None = None
+    #: Without a validation split, report the best test evaluation (True) or the last one (False).
+    best_without_validation: bool = False
 
     def modules(self) -> dict[str, nn.Module]:
         return {}

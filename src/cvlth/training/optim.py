@@ -29,7 +29,9 @@ from cvlth.config import (
 )
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig) -> Optimizer:
+def build_optimizer(params: Iterable[torch.nn.Parameter] | Iterable[dict], cfg: OptimConfig) -> Optimizer:
+    """The optimizer of ``cfg`` over ``params``: parameters, or parameter groups (dicts with
+    ``params`` and their own ``lr``; every schedule scales each group's own lr)."""
     params = list(params)
     if isinstance(cfg, SGDConfig):
         return torch.optim.SGD(
