@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: test demo lint world install clean
+.PHONY: test demo lint docs world install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,5 +38,17 @@ lint: install
 demo: install world
 	$(BIN)/cvlth demo
 
+# The documentation site (mkdocs.yml, docs/) into site/; MkDocs gets its own venv, not the project's.
+DOCS_VENV := .venv-docs
+MKDOCS := mkdocs==1.6.1
+
+$(DOCS_VENV)/bin/mkdocs:
+	$(PYTHON) -m venv $(DOCS_VENV)
+	$(DOCS_VENV)/bin/pip install --quiet "$(MKDOCS)"
+
+docs: install $(DOCS_VENV)/bin/mkdocs
+	$(BIN)/python docs/gen_config_reference.py --check
+	$(DOCS_VENV)/bin/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs $(DOCS_VENV) site

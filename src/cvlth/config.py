@@ -33,30 +33,34 @@ class Strict(BaseModel):
 
 
 class SGDConfig(Strict):
-    name: Literal["sgd"] = "sgd"
-    lr: float = Field(0.1, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    nesterov: bool = False
+    name: Literal["sgd"] = Field("sgd", description="selects SGD")
+    lr: float = Field(0.1, gt=0, description="peak learning rate (the schedule scales it per step)")
+    momentum: float = Field(0.9, ge=0, lt=1, description="momentum factor")
+    weight_decay: float = Field(0.0, ge=0, description="L2 penalty coefficient")
+    nesterov: bool = Field(False, description="use Nesterov momentum")
 
 
 class AdamWConfig(Strict):
-    name: Literal["adamw"] = "adamw"
-    lr: float = Field(1e-3, gt=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = Field(1e-8, gt=0)
-    weight_decay: float = Field(0.01, ge=0)
+    name: Literal["adamw"] = Field("adamw", description="selects AdamW")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate (the schedule scales it per step)")
+    betas: tuple[float, float] = Field(
+        (0.9, 0.999), description="decay rates of the first and second moment estimates"
+    )
+    eps: float = Field(1e-8, gt=0, description="term added to the denominator for numerical stability")
+    weight_decay: float = Field(0.01, ge=0, description="decoupled weight decay coefficient")
 
 
 class LarsConfig(Strict):
     """SGD with layer-wise trust ratios (You et al. 2017), as used for SimCLR pre-training."""
 
-    name: Literal["lars"] = "lars"
-    lr: float = Field(0.3, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(1e-6, ge=0)
-    trust_coefficient: float = Field(0.001, gt=0)
-    eps: float = Field(1e-8, gt=0)
+    name: Literal["lars"] = Field("lars", description="selects LARS")
+    lr: float = Field(0.3, gt=0, description="peak learning rate (the schedule scales it per step)")
+    momentum: float = Field(0.9, ge=0, lt=1, description="momentum factor")
+    weight_decay: float = Field(1e-6, ge=0, description="L2 penalty coefficient (added to the gradient)")
+    trust_coefficient: float = Field(
+        0.001, gt=0, description="scale of the per-tensor trust ratio |w| / |grad|"
+    )
+    eps: float = Field(1e-8, gt=0, description="term added to the gradient norm in the trust ratio")
 
 
 OptimConfig = Annotated[SGDConfig | AdamWConfig | LarsConfig, Field(discriminator="name")]
@@ -64,17 +68,19 @@ OptimConfig = Annotated[SGDConfig | AdamWConfig | LarsConfig, Field(discriminato
 
 # --- learning-rate schedules (all stepped per iteration; epochs may be fractional) ------------
 
+_WARMUP = "epochs of linear warm-up from lr / warm-up steps to lr (0: none; may be fractional)"
+
 
 class ConstantSchedule(Strict):
-    name: Literal["constant"] = "constant"
-    warmup_epochs: float = Field(0.0, ge=0)
+    name: Literal["constant"] = Field("constant", description="selects a constant learning rate")
+    warmup_epochs: float = Field(0.0, ge=0, description=_WARMUP)
 
 
 class MultiStepSchedule(Strict):
-    name: Literal["multistep"] = "multistep"
+    name: Literal["multistep"] = Field("multistep", description="selects step decay at milestones")
     milestones: tuple[float, ...] = Field(default=(), description="epochs at which lr *= gamma")
-    gamma: float = Field(0.1, gt=0)
-    warmup_epochs: float = Field(0.0, ge=0)
+    gamma: float = Field(0.1, gt=0, description="factor the learning rate is multiplied by at each milestone")
+    warmup_epochs: float = Field(0.0, ge=0, description=_WARMUP)
 
     @field_validator("milestones")
     @classmethod
@@ -85,15 +91,15 @@ class MultiStepSchedule(Strict):
 
 
 class CosineSchedule(Strict):
-    name: Literal["cosine"] = "cosine"
+    name: Literal["cosine"] = Field("cosine", description="selects cosine decay after the warm-up")
     final_factor: float = Field(0.0, ge=0, le=1, description="lr at the end, as a fraction of lr")
-    warmup_epochs: float = Field(0.0, ge=0)
+    warmup_epochs: float = Field(0.0, ge=0, description=_WARMUP)
 
 
 class PolySchedule(Strict):
-    name: Literal["poly"] = "poly"
-    power: float = Field(0.9, gt=0)
-    warmup_epochs: float = Field(0.0, ge=0)
+    name: Literal["poly"] = Field("poly", description="selects polynomial decay after the warm-up")
+    power: float = Field(0.9, gt=0, description="exponent: lr factor is (1 - progress) ** power")
+    warmup_epochs: float = Field(0.0, ge=0, description=_WARMUP)
 
 
 ScheduleConfig = Annotated[
@@ -105,12 +111,18 @@ ScheduleConfig = Annotated[
 
 
 class TrainingConfig(Strict):
-    epochs: int = Field(1, ge=1)
-    batch_size: int = Field(128, ge=1)
-    seed: int = Field(0, ge=0)
-    checkpoint_every_steps: int | None = Field(None, ge=1, description="besides every epoch end")
-    eval_every_epochs: int = Field(1, ge=1)
-    channels_last: bool = False
+    epochs: int = Field(1, ge=1, description="passes over the training split")
+    batch_size: int = Field(128, ge=1, description="images per optimiser step (all processes together)")
+    seed: int = Field(
+        0, ge=0, description="the training seed: the run's random streams derive from it (and the run's seed)"
+    )
+    checkpoint_every_steps: int | None = Field(
+        None, ge=1, description="steps between extra checkpoints, besides every epoch end"
+    )
+    eval_every_epochs: int = Field(
+        1, ge=1, description="epochs between val/test evaluations (the last epoch is always evaluated)"
+    )
+    channels_last: bool = Field(False, description="train in the channels-last memory format")
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="torch.autocast dtype of the training forward; fp16 adds a gradient scaler"
     )
@@ -132,14 +144,25 @@ class BackboneRef(Strict):
 
 
 class DataRef(Strict):
-    name: str
-    root: str | None = None
-    options: dict[str, Any] = Field(default_factory=dict)
+    name: str = Field(description="a registered dataset name (`cvlth datasets` lists them)")
+    root: str | None = Field(
+        None,
+        description="folder holding the dataset's files (default: $CVLTH_DATA/<name>, else ./data/<name>)",
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the dataset's options by name (e.g. image_size, val_size, max_train)",
+    )
 
 
 class ObjectiveRef(Strict):
-    name: str = "supervised"
-    options: dict[str, Any] = Field(default_factory=dict)
+    name: str = Field(
+        "supervised", description="the objective: supervised, simclr, moco, detection or segmentation"
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the objective's options by name (e.g. augment, temperature, queue_size)",
+    )
 
 
 # --- run kinds ----------------------------------------------------------------------------

@@ -63,10 +63,16 @@ class PretrainEntry(Strict):
     defaults to ``recipe`` and must be given for an imported θ_p that upstream IMP should prune.
     """
 
-    recipe: Recipe | None = None
-    import_path: str | None = None
-    import_source: CheckpointSource = "auto"
-    upstream: Recipe | None = None
+    recipe: Recipe | None = Field(None, description="train θ_p here with this recipe")
+    import_path: str | None = Field(
+        None, description="import θ_p from this checkpoint file, or `world:NAME` for a built-in one"
+    )
+    import_source: CheckpointSource = Field(
+        "auto", description="the imported checkpoint's format (auto: detected from its keys)"
+    )
+    upstream: Recipe | None = Field(
+        None, description="the pre-training task upstream IMP trains on (default: recipe)"
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> PretrainEntry:
@@ -100,18 +106,30 @@ class FinderEntry(Strict):
     the default, ``reference``, is the paper's code).
     """
 
-    name: Name
-    method: Literal["imp", "omp", "random"]
-    stage: Literal["upstream", "downstream"] = "upstream"
-    rewind: Literal["pretrained", "init", "early"] = "pretrained"
-    heads: HeadPolicy = "reference"
-    optim: OptimConfig | None = None
-    schedule: ScheduleConfig | None = None
-    train: TrainingConfig | None = None
-    objective: ObjectiveRef | None = None
-    data: DataRef | None = None
-    tasks: list[str] | None = None
-    pretrainings: list[str] | None = None
+    name: Name = Field(description="the finder's name in tables and reports")
+    method: Literal["imp", "omp", "random"] = Field(
+        description="iterative magnitude pruning, one-shot magnitude pruning or random masks"
+    )
+    stage: Literal["upstream", "downstream"] = Field(
+        "upstream", description="IMP on the pre-training task (upstream) or on each downstream task"
+    )
+    rewind: Literal["pretrained", "init", "early"] = Field(
+        "pretrained", description="IMP's rewind point: θ_p, a random init θ_0, or θ_5% (early in round 0)"
+    )
+    heads: HeadPolicy = Field(
+        "reference", description="how each IMP round starts the objective's heads: reference, rewind, carry"
+    )
+    optim: OptimConfig | None = Field(None, description="replaces the IMP recipe's optimiser")
+    schedule: ScheduleConfig | None = Field(None, description="replaces the IMP recipe's schedule")
+    train: TrainingConfig | None = Field(None, description="replaces the IMP recipe's loop settings")
+    objective: ObjectiveRef | None = Field(None, description="replaces the IMP recipe's objective")
+    data: DataRef | None = Field(None, description="replaces the IMP recipe's dataset")
+    tasks: list[str] | None = Field(
+        None, description="the tasks its tickets are found on or transferred to (default: all)"
+    )
+    pretrainings: list[str] | None = Field(
+        None, description="the pre-trainings it is applied to (default: all)"
+    )
     levels: list[int] | None = Field(
         None, description="levels fine-tuned downstream for this finder (default: the study's)"
     )
@@ -148,11 +166,14 @@ class PerturbationEntry(Strict):
     variant is fine-tuned from the finder's rewind point; ``ticket`` is the ordinary transfer.
     """
 
-    finders: list[str] = Field(min_length=1)
+    finders: list[str] = Field(min_length=1, description="names of the IMP finders whose masks are varied")
     variants: list[MaskVariant] = Field(
-        default_factory=lambda: ["ticket", "complement", "random", "perturbed"]
+        default_factory=lambda: ["ticket", "complement", "random", "perturbed"],
+        description="the mask variants fine-tuned at every level and seed",
     )
-    levels: list[int] | None = Field(None, description="default: the study's transfer levels")
+    levels: list[int] | None = Field(
+        None, description="levels whose variants are fine-tuned (default: the study's transfer levels)"
+    )
     fraction: float = Field(0.1, gt=0, lt=1, description="share of kept entries swapped by `perturbed`")
 
 
@@ -166,25 +187,40 @@ class LoggingConfig(Strict):
 
 
 class StudyConfig(Strict):
-    name: Name
-    backbone: BackboneConfig
-    pretrainings: dict[Name, PretrainEntry] = Field(min_length=1)
-    tasks: dict[Name, Recipe] = Field(min_length=1)
-    finders: list[FinderEntry] = Field(min_length=1)
+    name: Name = Field(description="the study's name: its folder <store>/studies/<name>/")
+    backbone: BackboneConfig = Field(description="the architecture of every θ_p and ticket")
+    pretrainings: dict[Name, PretrainEntry] = Field(
+        min_length=1, description="the pre-trained models θ_p, by name"
+    )
+    tasks: dict[Name, Recipe] = Field(
+        min_length=1, description="the downstream tasks, by name, each with its fine-tuning recipe"
+    )
+    finders: list[FinderEntry] = Field(min_length=1, description="the ways tickets are found")
     rounds: int = Field(ge=1, le=40, description="IMP levels; sparsity after k is 1 - (1-fraction)^k")
-    fraction: float = Field(0.2, gt=0, lt=1)
+    fraction: float = Field(
+        0.2, gt=0, lt=1, description="share of the remaining weights each IMP level prunes"
+    )
     transfer_levels: list[int] | None = Field(None, description="levels fine-tuned downstream (default: all)")
     task_levels: dict[str, list[int]] = Field(
         default_factory=dict, description="per task, the levels fine-tuned on it (default: transfer_levels)"
     )
-    seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
-    adapt: AdaptConfig = Field(default_factory=AdaptConfig)
+    seeds: list[Annotated[int, Field(ge=0)]] = Field(
+        default_factory=lambda: [0, 1, 2],
+        min_length=1,
+        description="fine-tuning seeds: every ticket and the dense model are fine-tuned once per seed",
+    )
+    adapt: AdaptConfig = Field(
+        default_factory=AdaptConfig,
+        description="how θ_p becomes a downstream classifier (tasks without task_adapt)",
+    )
     task_adapt: dict[str, AdaptConfig] = Field(
         default_factory=dict,
         description="per task, how θ_p becomes its classifier (default: adapt); e.g. VisDA at 224 px keeps "
         "the ImageNet stem",
     )
-    perturbation: PerturbationEntry | None = None
+    perturbation: PerturbationEntry | None = Field(
+        None, description="the perturbation analysis of some IMP finders' masks (default: none)"
+    )
     metric: str | None = Field(None, description="test metric for matching; default: by task objective")
     domain_shift_tasks: list[str] = Field(
         default_factory=list,

@@ -82,7 +82,9 @@ class RunResources(Strict):
 
 
 class ExecutorSettings(Strict):
-    resources: RunResources = Field(default_factory=RunResources)
+    resources: RunResources = Field(
+        default_factory=RunResources, description="what every run asks for unless named below"
+    )
     tasks: dict[str, RunResources] = Field(default_factory=dict, description="by downstream task")
     pretrainings: dict[str, RunResources] = Field(
         default_factory=dict, description="by pre-training (upstream runs)"

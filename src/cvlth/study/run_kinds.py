@@ -84,20 +84,24 @@ ArchName = Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 
 
 class BackboneConfig(Strict):
-    arch: ArchName = "resnet50"
+    arch: ArchName = Field("resnet50", description="torchvision ResNet depth")
     width: int = Field(64, ge=1, description="channels of layer1 (64 = torchvision)")
-    stem: Literal["imagenet", "cifar"] = "imagenet"
-    in_channels: int = Field(3, ge=1)
+    stem: Literal["imagenet", "cifar"] = Field(
+        "imagenet", description="imagenet: 7x7/2 conv and max-pool; cifar: 3x3/1 conv, no max-pool"
+    )
+    in_channels: int = Field(3, ge=1, description="channels of the input images (1 for grayscale)")
 
 
 class Recipe(Strict):
     """How to train on one dataset: data, objective, optimiser, schedule, loop settings."""
 
-    data: DataRef
-    objective: ObjectiveRef = Field(default_factory=ObjectiveRef)
-    optim: OptimConfig = Field(default_factory=SGDConfig)
-    schedule: ScheduleConfig = Field(default_factory=ConstantSchedule)
-    train: TrainingConfig = Field(default_factory=TrainingConfig)
+    data: DataRef = Field(description="the dataset trained and evaluated on")
+    objective: ObjectiveRef = Field(default_factory=ObjectiveRef, description="the loss and metrics")
+    optim: OptimConfig = Field(default_factory=SGDConfig, description="the optimiser, chosen by `name`")
+    schedule: ScheduleConfig = Field(
+        default_factory=ConstantSchedule, description="the learning-rate schedule, chosen by `name`"
+    )
+    train: TrainingConfig = Field(default_factory=TrainingConfig, description="the training loop's settings")
     model: dict[str, Any] = Field(
         default_factory=dict,
         description="options of a detection/segmentation task's model (see cvlth.models.task_models)",
