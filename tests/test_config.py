@@ -4,7 +4,8 @@ from typing import Literal
 
 import pytest
 
-from cvlth.config import AdamWConfig, DataRef, MultiStepSchedule, SGDConfig, TrainConfig, TrainingConfig
+from config_fixtures import TrainConfig
+from cvlth.config import AdamWConfig, DataRef, MultiStepSchedule, SGDConfig, TrainingConfig
 from cvlth.errors import ConfigError
 from cvlth.run_identity import IDENTITY_VERSION, canonical_json, config_hash
 from cvlth.study.run_kinds import load_config

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from config_fixtures import TrainConfig
 from cvlth.atomic import atomic_path, atomic_write_text
-from cvlth.config import DataRef, TrainConfig, TrainingConfig
+from cvlth.config import DataRef, TrainingConfig
 from cvlth.errors import CvlthError
 from cvlth.run_identity import config_hash
 from cvlth.store import RunBusyError, Store, reported_io
@@ -104,7 +105,8 @@ def test_second_process_waits_or_refuses_while_a_run_is_locked(tmp_path) -> None
     store = Store(tmp_path)
     code = f"""
         import sys
-        from cvlth.config import DataRef, TrainConfig, TrainingConfig
+        from config_fixtures import TrainConfig
+        from cvlth.config import DataRef, TrainingConfig
         from cvlth.store import Store
         cfg = TrainConfig(data=DataRef(name="tiny"), train=TrainingConfig(seed=0))
         try:
@@ -126,7 +128,7 @@ def test_second_process_waits_or_refuses_while_a_run_is_locked(tmp_path) -> None
 
 
 def python_run(code: str, *args: str) -> tuple[str, str]:
-    env = {**os.environ, "PYTHONPATH": SRC}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, str(Path(__file__).parent)])}
     done = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code), *args],
         env=env,
@@ -138,7 +140,7 @@ def python_run(code: str, *args: str) -> tuple[str, str]:
 
 
 def python_popen(code: str, *args: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": SRC}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, str(Path(__file__).parent)])}
     return subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(code), *args],
         env=env,

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from config_fixtures import TrainConfig
 from cvlth.cli import run_cli
-from cvlth.config import DataRef, TrainConfig, TrainingConfig
+from cvlth.config import DataRef, TrainingConfig
 from cvlth.errors import CvlthError
 from cvlth.store import RunFolder, Store, StoreError
 from cvlth.study.config import StudyConfig, study_to_yaml

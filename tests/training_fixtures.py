@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from cvlth.config import DataRef, MultiStepSchedule, SGDConfig, TrainConfig, TrainingConfig
+from config_fixtures import TrainConfig
+from cvlth.config import DataRef, MultiStepSchedule, SGDConfig, TrainingConfig
 from cvlth.data.source import TensorBatchSource
 from cvlth.masks import Mask
 from cvlth.objectives.supervised import Normalize, SupervisedObjective

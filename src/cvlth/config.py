@@ -12,7 +12,7 @@ them with :func:`cvlth.study.run_kinds.register_run_kind` so ``load_config`` can
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, TypeVar, get_args
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -137,12 +137,6 @@ class TrainingConfig(Strict):
 # --- references to things other modules build ---------------------------------------------
 
 
-class BackboneRef(Strict):
-    arch: str = "resnet50"
-    weights: str | None = Field(None, description="checkpoint path, or None for a random init")
-    options: dict[str, Any] = Field(default_factory=dict)
-
-
 class DataRef(Strict):
     name: str = Field(description="a registered dataset name (`cvlth datasets` lists them)")
     root: str | None = Field(
@@ -171,9 +165,55 @@ C = TypeVar("C", bound="RunConfig")
 
 
 class RunConfig(Strict):
-    """Base of every run kind. Subclasses narrow ``kind`` to a ``Literal``."""
+    """Base of every run kind. Subclasses narrow ``kind`` to a ``Literal`` and say, in their own
+    class, what the study needs to know about them (the defaults: a run that reads no other run and
+    trains nothing). Nothing outside a run kind's module asks which kind a run is."""
 
     kind: str
+    #: Scheduling order of the kinds: among runs that may start, lower ranks first (the one ordering
+    #: of the plan, its table and the parallel scheduler; the long IMP runs before the mask baselines).
+    rank: ClassVar[int] = 9
+    #: Whether the run finds ticket masks (one per level), which transfers fine-tune.
+    finds_masks: ClassVar[bool] = False
+
+    @property
+    def trains_theta_p(self) -> bool:
+        """Whether the run trains θ_p's own network (pre-training, upstream IMP) rather than a task
+        model built from it."""
+        return False
+
+    def dependencies(self) -> list[RunConfig]:
+        """The runs whose results this run reads (direct dependencies only)."""
+        return []
+
+    def training_recipe(self) -> Any:
+        """The recipe (``cvlth.study.run_kinds.Recipe``) this run trains with; None: it trains nothing."""
+        return None
+
+    def trainings(self) -> int:
+        """How many times the run trains its recipe (IMP: once per round it trains)."""
+        return 0
+
+    def untrained_test_evaluations(self) -> int:
+        """Test-split evaluations besides its trainings' (upstream IMP evaluates θ_p once, untrained)."""
+        return 0
+
+    def theta_backbone(self, study_backbone: Any) -> Any:
+        """The architecture of the θ_p this run computes with (``BackboneConfig``): the study's, unless
+        the run trains θ_p here (or reads a run that does)."""
+        return study_backbone
+
+    def classifier_adapt(self) -> Any:
+        """The ``adapt`` settings when this run turns θ_p into a new downstream classifier, else None."""
+        return None
+
+    def seed_entropy(self) -> tuple[int, ...]:
+        """The root entropy of every random stream of the run (``cvlth.seeds.derive_seeds``)."""
+        return (getattr(self, "seed", 0),)
+
+    def summary(self) -> dict[str, object]:
+        """What the run is, from its config alone (``cvlth runs``): pretraining, finder, task, level, seed."""
+        return {}
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -184,18 +224,6 @@ class RunConfig(Strict):
 
     def hash(self) -> str:
         return config_hash(self)
-
-
-class TrainConfig(RunConfig):
-    """Train a backbone (plus the objective's heads) on one dataset with one objective."""
-
-    kind: Literal["train"] = "train"
-    backbone: BackboneRef = Field(default_factory=BackboneRef)
-    data: DataRef
-    objective: ObjectiveRef = Field(default_factory=ObjectiveRef)
-    optim: OptimConfig = Field(default_factory=SGDConfig)
-    schedule: ScheduleConfig = Field(default_factory=ConstantSchedule)
-    train: TrainingConfig = Field(default_factory=TrainingConfig)
 
 
 # --- validation, error messages ---------------------------------------------------------------

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from config_fixtures import TrainConfig
 from cvlth.cli import run_cli
-from cvlth.config import DataRef, TrainConfig, TrainingConfig
+from cvlth.config import DataRef, TrainingConfig
 from cvlth.store import Store
 from hostile_fixtures import cli_error, file_hashes
 

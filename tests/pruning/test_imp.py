@@ -273,7 +273,7 @@ def test_each_round_continues_the_loader_as_the_reference_code(tmp_path, monkeyp
     real_train = imp_module.train
 
     def recording_train(net, objective, data, **kwargs):
-        seeds.append(kwargs["training"].seed)
+        seeds.append(kwargs["augmentation_seed"])
         before = len(source.epochs)
         result = real_train(net, objective, data, **kwargs)
         rounds_read.append(source.epochs[before:])

@@ -3,9 +3,7 @@ measures them. Expected times are computed by hand from the measurement file's n
 
 from __future__ import annotations
 
-import argparse
 import copy
-import importlib.util
 import json
 from pathlib import Path
 
@@ -149,7 +147,7 @@ def test_missing_kinds_are_reported_not_guessed(tmp_path):
     choice = choose_measurements("cpu", cost_file=tmp_path / "m.json")
     text = "\n".join(cost_lines(estimate, choice, "s.yaml", "cpu", str(tmp_path / "m.json")))
     assert "at least" in text and "1 of 4 runs to train counted" in text
-    assert f"python benchmarks/per_image_cost.py s.yaml --device cpu --output {tmp_path / 'm.json'}" in text
+    assert f"cvlth costs measure s.yaml --device cpu --output {tmp_path / 'm.json'}" in text
     assert "world_mnist" in text and task in text  # the missing kind, named
 
 
@@ -160,7 +158,7 @@ def test_no_measurement_gives_no_number_but_the_command(tmp_path):
     choice = choose_measurements("cuda", stored=[])
     lines = cost_lines(estimate, choice, "paper-resnet50", "cuda")
     assert lines[0] == "compute time left on cuda: unknown: no cuda measurement is stored yet"
-    assert lines[1].endswith("python benchmarks/per_image_cost.py paper-resnet50 --device cuda")
+    assert lines[1].endswith("cvlth costs measure paper-resnet50 --device cuda")
     assert not any(char.isdigit() for char in lines[0])
 
 
@@ -211,7 +209,7 @@ def test_malformed_measurement_files_are_refused_clearly(tmp_path, change, messa
     path.write_text(content if isinstance(content, str) else json.dumps(content))
     with pytest.raises(CvlthError, match=message) as error:
         read_measurements(path)
-    assert str(path) in error.value.message and "per_image_cost.py" in error.value.hint
+    assert str(path) in error.value.message and "cvlth costs measure" in error.value.hint
 
 
 def _kind(data: dict, **changes) -> dict:
@@ -255,23 +253,12 @@ def test_plan_prints_the_estimate_and_its_source(tmp_path, capsys):
     out = capsys.readouterr().out
     hours = hand_seconds(pretrain_done=False) / 3600
     assert f"compute time left on cpu: {hours:.2f} hours for 5 runs to train" in out
-    assert (
-        f"per-image costs of cpu 'Test CPU' measured 2026-12-01 by benchmarks/per_image_cost.py ({costs}"
-        in out
-    )
+    assert f"per-image costs of cpu 'Test CPU' measured 2026-12-01 by cvlth costs measure ({costs}" in out
     costs.write_text("{}")
     line = cli_error(
         ["study", str(config), "--plan", "--store", str(tmp_path / "s"), "--cost-file", str(costs)], capsys
     )
     assert f"measurement file {costs}: not a cvlth-costs/1 file" in line
-
-
-def _benchmark_module():
-    path = Path(__file__).parents[2] / "benchmarks" / "per_image_cost.py"
-    spec = importlib.util.spec_from_file_location("per_image_cost", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.slow
@@ -302,11 +289,8 @@ def test_benchmark_measures_every_kind_and_the_plan_reads_it(tmp_path):
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(study))
     output = tmp_path / "measured.json"
-    args = argparse.Namespace(
-        config=str(config), device="cpu", threads=None, steps=1, max_seconds=1.0, max_batch=None,
-        only=None, output=output, note="test",
-    )  # fmt: skip
-    _benchmark_module().run_benchmark(args)
+    command = ["costs", "measure", str(config), "--steps", "1", "--max-seconds", "1", "--output", str(output)]
+    assert run_cli([*command, "--note", "test"]) == 0
     measured = read_measurements(output)
     loaded = validate_config(StudyConfig, study)
     planned = expand(loaded)

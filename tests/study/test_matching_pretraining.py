@@ -209,4 +209,7 @@ def test_fig2_numbers_of_a_tiny_study_against_direct_evaluation(tmp_path, monkey
         assert rows[round(level_sparsity(level), 6)] == pytest.approx(_top1(model, data.test, data), abs=1e-6)
     table = json.loads((outcome.folder / "matching.json").read_text())
     assert any(e["task"] == PRETRAINING_TASK and e["dense"]["std"] == 0.0 for e in table)
+    from cvlth.report import write_report
+
+    write_report(outcome.folder, store.root)  # the CLI writes it after the study
     assert PRETRAINING_TASK in (outcome.folder / "report.md").read_text()

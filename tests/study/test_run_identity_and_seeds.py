@@ -122,7 +122,7 @@ def test_seeds_are_independent_runs_and_repeat_exactly(tmp_path, monkeypatch) ->
         seen.append(
             {
                 "labels": first[1].clone(),
-                "augmentation": kwargs["training"].seed,
+                "augmentation": kwargs["augmentation_seed"],
                 "fc": model.fc.weight.detach().clone(),
                 "global": torch.get_rng_state().clone(),
             }

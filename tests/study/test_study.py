@@ -15,14 +15,14 @@ import yaml
 
 import cvlth.pruning.imp as imp_module
 from cvlth import run_files
-from cvlth.cli import run_cli
+from cvlth.cli import run_cli, study_cmd
 from cvlth.cli.app import INTERRUPTED_MESSAGE
 from cvlth.errors import CvlthError
 from cvlth.masks import Mask
 from cvlth.models.checkpoints.importer import import_checkpoint
 from cvlth.scope import iter_prunable
 from cvlth.store import Store
-from cvlth.study import execute, run_training, runner
+from cvlth.study import execute, run_training
 from cvlth.study.config import load_study
 from cvlth.study.plan import expand
 from cvlth.study.run_kinds import ImpRun, PretrainRun
@@ -280,9 +280,9 @@ def test_a_report_failure_it_can_explain_is_logged(tmp_path, monkeypatch, error)
     def fail(*args):
         raise error
 
-    monkeypatch.setattr(runner, "write_report", fail)
+    monkeypatch.setattr(study_cmd, "write_report", fail)
     lines: list[str] = []
-    assert runner._write_report(tmp_path, Store(tmp_path), lines.append) is None
+    assert study_cmd.write_study_report(tmp_path, Store(tmp_path), lines.append) is None
     assert len(lines) == 1 and f"({type(error).__name__}: {error})" in lines[0]
     assert f"`cvlth report {tmp_path}`" in lines[0]
 
@@ -291,6 +291,6 @@ def test_a_bug_in_the_report_fails_the_study(tmp_path, monkeypatch) -> None:
     def fail(*args):
         raise KeyError("levels")
 
-    monkeypatch.setattr(runner, "write_report", fail)
+    monkeypatch.setattr(study_cmd, "write_report", fail)
     with pytest.raises(KeyError):
-        runner._write_report(tmp_path, Store(tmp_path), print)
+        study_cmd.write_study_report(tmp_path, Store(tmp_path), print)

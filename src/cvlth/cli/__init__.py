@@ -11,8 +11,10 @@ import sys
 
 # The command modules are imported for their side effect of adding commands to ``app``.
 from cvlth.cli import (  # noqa: F401
+    costs_cmd,
     datasets_cmd,
     demo_cmd,
+    deploy_cmd,
     inspect_cmd,
     masks_cmd,
     report_cmd,

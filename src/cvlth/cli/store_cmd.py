@@ -24,7 +24,9 @@ STORE_OPTION = typer.Option(Path(DEFAULT_STORE_ROOT), "--store", help="Root fold
 @app.command("runs")
 def runs(
     store: Path = STORE_OPTION,
-    kind: str | None = typer.Option(None, help="Only runs of this kind (train, pretrain, imp, ...)."),
+    kind: str | None = typer.Option(
+        None, help="Only runs of this kind (pretrain, import, imp, baseline, transfer)."
+    ),
     forget: list[str] = typer.Option(
         [],
         "--forget",
@@ -91,10 +93,10 @@ def study_runs(study: StudyConfig, store: Store) -> list[tuple[RunFolder, dict[s
         if folder.name in seen:
             continue
         what: dict[str, object] = {"pretraining": item.pretraining, "finder": item.finder or ""}
-        if item.run.kind in ("imp", "baseline"):
+        if item.run.finds_masks:
             what["level"] = f"1..{item.run.rounds}"
             what["seed"] = item.finder_seed if item.finder_seed is not None else ""
-        if item.run.kind == "transfer":
+        if item.seed is not None:  # a transfer: fine-tuned with one of the study's seeds
             variant = "" if item.variant == "ticket" else f" ({item.variant})"
             what.update(task=item.task, level=f"{item.level}{variant}", seed=item.seed)
         elif item.task is not None:
@@ -109,24 +111,4 @@ def describe_config(folder: RunFolder) -> dict[str, object]:
         run = load_config(folder.config_path)
     except CvlthError:
         return {"finder": "(unreadable config.yaml)"}
-    if run.kind == "pretrain":
-        return {"pretraining": run.recipe.objective.name, "task": run.recipe.data.name}
-    if run.kind == "import":
-        return {"pretraining": run.path}
-    if run.kind == "imp":
-        finder = f"imp {run.stage}, rewind {run.rewind}"
-        return {"finder": finder, "task": run.recipe.data.name, "level": f"1..{run.rounds}", "seed": run.seed}
-    if run.kind == "baseline":
-        return {"finder": run.method, "level": f"1..{run.rounds}", "seed": run.seed}
-    if run.kind == "transfer":
-        ticket = run.ticket
-        finder = "" if ticket is None else (f"imp {ticket.stage}" if ticket.kind == "imp" else ticket.method)
-        variant = "" if run.variant == "ticket" else f" ({run.variant})"
-        return {
-            "finder": finder,
-            "task": run.task.data.name,
-            "level": f"{run.level}{variant}",
-            "seed": run.seed,
-        }
-    data = getattr(run, "data", None)  # a plain training run (the Python API's TrainConfig)
-    return {"task": data.name} if data is not None else {}
+    return run.summary()

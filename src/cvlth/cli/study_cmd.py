@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -16,12 +17,14 @@ from cvlth.cli.checks import check_device
 from cvlth.config import DataRef
 from cvlth.data.cache import DatasetCache
 from cvlth.errors import CvlthError
+from cvlth.report import write_report
 from cvlth.store import Store
 from cvlth.study.config import StudyConfig, load_study
 from cvlth.study.cost_files import choose_measurements
 from cvlth.study.costs import cost_lines, estimate_cost
 from cvlth.study.matching import ALL_TASKS, MatchingResult, universal_matching
-from cvlth.study.plan import KIND_ORDER, PlannedRun, expand, summarize_plan
+from cvlth.study.plan import PlannedRun, expand, summarize_plan
+from cvlth.study.run_kinds import kind_order
 from cvlth.study.runner import STUDY_EXECUTORS, run_study
 
 StoreOption = Annotated[Path, typer.Option("--store", help="Run store root (default ./runs).")]
@@ -135,8 +138,11 @@ def study(
         retries=retries,
     )
     console.print(matching_rich_table(outcome.matching))
-    if outcome.report is not None:
-        console.print(f"report: {escape(str(outcome.report))}")
+    report = write_study_report(
+        outcome.folder, run_store, lambda message: console.print(message, markup=False)
+    )
+    if report is not None:
+        console.print(f"report: {escape(str(report))}")
     console.print(
         f"{outcome.runs} runs ({outcome.computed} computed now) in {outcome.seconds:.0f} s; "
         f"results in {escape(str(outcome.folder))}/ (matching.md, matching.json)"
@@ -165,7 +171,7 @@ def print_plan(
     table = Table(
         *columns, "training epochs to do", "training images to do", title=f"study {escape(study_config.name)}"
     )
-    for kind in KIND_ORDER:
+    for kind in kind_order():
         if summary.total[kind]:
             table.add_row(
                 kind,
@@ -190,20 +196,6 @@ def print_plan(
     if summary.unknown_sizes:
         unknown = escape(", ".join(sorted(summary.unknown_sizes)))
         console.print(f"sizes unknown (data not found here): {unknown}")
-    estimate = summary.estimated_seconds
-    if estimate is not None:
-        console.print(
-            f"wall time left from this store's finished runs: {estimate / 3600:.2f} h "
-            "(images left x their seconds per image, per dataset)"
-        )
-    elif summary.unknown_sizes:
-        console.print("wall time left from this store's finished runs: unknown (dataset sizes unknown here)")
-    else:
-        missing = sorted(set(summary.images_left_by_data) - set(summary.seconds_per_image))
-        console.print(
-            f"wall time left from this store's finished runs: unknown until a run on {escape(', '.join(missing))} "
-            "has finished here"
-        )
     return planned, set(summary.damaged) | set(summary.stale)
 
 
@@ -305,3 +297,15 @@ def matching_rich_table(results: list[MatchingResult]) -> Table:
 
 def _percent(sparsity: float | None) -> str:
     return "none" if sparsity is None else f"{sparsity:.2%}"
+
+
+def write_study_report(folder: Path, store: Store, log: Callable[[str], None]) -> Path | None:
+    """The study's report. A failure it can explain (a CvlthError, a disk error) is logged, not raised:
+    every result is already saved. Anything else is a bug and fails the command."""
+    try:
+        return write_report(folder, Path(store.root))
+    except (CvlthError, OSError) as error:
+        log(
+            f"could not write the report ({type(error).__name__}: {error}); retry with `cvlth report {folder}`"
+        )
+        return None

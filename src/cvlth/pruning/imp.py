@@ -87,6 +87,7 @@ def imp(
     before_round: Callable[[int], None] | None = None,
     round_info: Mapping[str, Any] | None = None,
     train_last_level: bool = False,
+    augmentation_seed: int | None = None,
 ) -> ImpResult:
     """Masks at levels 1..``rounds`` of ``model`` (trained in place; it ends rewound and trained
     in the last round), saved and resumable in ``folder`` (see the module docstring).
@@ -107,11 +108,13 @@ def imp(
     removes ``fraction`` of the remaining weights each round: ``magnitude`` (global, the paper's) or
     ``layerwise``. ``train_last_level`` also trains the level-``rounds`` mask once more (no pruning
     after it), so that every level has a trained round to evaluate (the paper's Fig. 2 up to its
-    last sparsity).
+    last sparsity). ``augmentation_seed`` seeds the augmentation streams (default ``training.seed``;
+    with ``reshuffle`` each later round mixes in its level).
     """
     prune = get_strategy(strategy)
     _check_arguments(model, train_data, training, rounds, fraction, rewind_step)
     root = Path(folder)
+    base_seed = training.seed if augmentation_seed is None else augmentation_seed
     settings = {
         "fraction": fraction,
         "strategy": strategy,
@@ -123,7 +126,8 @@ def imp(
             "step": rewind_step,
             "heads": head_policy,
         },
-        "training": training,
+        # the training as run (its seed the augmentation seed): the record IMP folders always had
+        "training": training.model_copy(update={"seed": base_seed}),
         "optim": optim,
         "schedule": schedule,
     }
@@ -157,15 +161,16 @@ def imp(
         if before_round is not None:
             before_round(level)
         start = time.perf_counter()
-        round_data, round_training = train_data, training
+        round_data, round_seed = train_data, base_seed
         if reshuffle and level > first:  # the first round trained reads the loader from its start
             round_data = _LaterEpochs(train_data, (level - first) * training.epochs)
-            round_training = training.model_copy(update={"seed": mix(training.seed, level)})
+            round_seed = mix(base_seed, level)
         result = train(
             model,
             objective,
             round_data,
-            training=round_training,
+            training=training,
+            augmentation_seed=round_seed,
             optim=optim,
             schedule=schedule,
             run=folder_k,

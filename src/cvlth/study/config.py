@@ -116,6 +116,13 @@ class FinderEntry(Strict):
     rewind: Literal["pretrained", "init", "early"] = Field(
         "pretrained", description="IMP's rewind point: θ_p, a random init θ_0, or θ_5% (early in round 0)"
     )
+    rewind_fraction: float = Field(
+        0.05,
+        gt=0,
+        lt=1,
+        description="with rewind: early, the share of round 0's steps after which the weights are "
+        "captured as the rewind point (the paper's θ_5%: 0.05)",
+    )
     heads: HeadPolicy = Field(
         "reference", description="how each IMP round starts the objective's heads: reference, rewind, carry"
     )
@@ -146,6 +153,8 @@ class FinderEntry(Strict):
     def _consistent(self) -> FinderEntry:
         if self.method != "imp" and (self.stage != "upstream" or self.rewind != "pretrained"):
             raise ValueError(f"`stage` and `rewind` apply to imp only (method is {self.method!r})")
+        if self.rewind != "early" and "rewind_fraction" in self.model_fields_set:
+            raise ValueError(f"`rewind_fraction` applies to rewind: early only (rewind is {self.rewind!r})")
         if self.method == "omp" and len(self.finder_seeds) > 1:
             raise ValueError(
                 f"finder {self.name!r}: omp draws nothing at random, so its seeds {self.finder_seeds} would "

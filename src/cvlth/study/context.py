@@ -18,7 +18,6 @@ from cvlth.data.samples import SampleSplits
 from cvlth.registry import Registry
 from cvlth.seeds import RunSeeds, derive_seeds
 from cvlth.store import RunFolder, Store
-from cvlth.study.run_kinds import BaselineRun, ImpRun, PretrainRun, TransferRun
 from cvlth.training.scalar_logs import RunLogging
 
 AnySplits = DatasetSplits | SampleSplits
@@ -65,17 +64,8 @@ def run_folder(ctx: Context, run: RunConfig) -> Path:
     return Path(ctx.store.run_dir(run))
 
 
-def run_seeds(run: PretrainRun | ImpRun | BaselineRun | TransferRun) -> RunSeeds:
-    """A run's seeds. Root entropy: a pre-training's ``train.seed``; a baseline's ``seed``; an IMP
-    run's or a transfer's (``seed``, recipe ``train.seed``) — so the study's seeds are independent runs.
-    A transfer of a ticket whose finder seed is not 0 adds that seed, so every (finder seed, seed)
-    pair fine-tunes with its own head, batches and mask-variant draws; finder seed 0 (every ticket
-    before finder seeds existed) keeps the streams it always had."""
-    if isinstance(run, PretrainRun):
-        return derive_seeds(run.recipe.train.seed)
-    if isinstance(run, BaselineRun):
-        return derive_seeds(run.seed)
-    if isinstance(run, TransferRun):
-        finder_seed = run.ticket.seed if run.ticket is not None else 0
-        return derive_seeds(run.seed, run.task.train.seed, *((finder_seed,) if finder_seed else ()))
-    return derive_seeds(run.seed, run.recipe.train.seed)
+def run_seeds(run: RunConfig) -> RunSeeds:
+    """A run's seeds, derived from the root entropy its kind names (:meth:`RunConfig.seed_entropy`:
+    a pre-training's ``train.seed``, a mask baseline's ``seed``, an IMP run's or a transfer's
+    (``seed``, recipe ``train.seed``), so the study's seeds are independent runs)."""
+    return derive_seeds(*run.seed_entropy())

@@ -1,5 +1,5 @@
 """Measurement files (cvlth-costs/1): seconds per training and evaluation image, per work kind,
-measured on one device by ``benchmarks/per_image_cost.py``.
+measured on one device by ``cvlth costs measure`` (:mod:`cvlth.study.cost_measure`).
 
 One JSON file per device; the stored ones ship with the package in ``measurements/``::
 
@@ -30,7 +30,7 @@ from cvlth.input_files import read_json
 
 FORMAT = "cvlth-costs/1"
 MEASUREMENTS_DIR = Path(__file__).parent / "measurements"
-BENCHMARK = "benchmarks/per_image_cost.py"
+BENCHMARK = "cvlth costs measure"
 DEVICE_TYPES = ("cpu", "cuda")
 #: A measurement file is a few kilobytes; this bound only stops a wrong file (or /dev/zero-like growth).
 MAX_MEASUREMENT_BYTES = 1 << 20
@@ -107,7 +107,7 @@ def read_measurements(path: str | Path) -> Measurements:
     return Measurements(path, device["type"], device["name"], str(data.get("note", "")), kinds)
 
 
-_MAKE_ONE = f"make one with `python {BENCHMARK} CONFIG --device cpu|cuda` (it writes a valid file)"
+_MAKE_ONE = f"make one with `{BENCHMARK} CONFIG --device cpu|cuda` (it writes a valid file)"
 
 
 def _field(data: Any, name: str) -> Any:

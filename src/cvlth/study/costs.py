@@ -11,7 +11,7 @@ checkpoint and computing OMP/random masks are not counted (seconds, no training)
 
 The seconds per image depend on the run's *work kind* (:func:`work_kind`: backbone as built,
 dataset and its image options, objective, dense model options, batch size, precision,
-channels_last), not on its seed, level, mask or learning rate. ``benchmarks/per_image_cost.py``
+channels_last), not on its seed, level, mask or learning rate. ``cvlth costs measure``
 measures every work kind of a study on a device and stores the result in a measurement file
 (:mod:`cvlth.study.cost_files`); :func:`estimate_cost` multiplies. Nothing is guessed: a kind
 with no measurement, or a dataset whose size is not known, is reported and left out of the sum.
@@ -29,11 +29,10 @@ from typing import Any
 from cvlth.config import DataRef, RunConfig
 from cvlth.data.cache import in_former_form
 from cvlth.errors import CvlthError
-from cvlth.models.task_models import DENSE_OBJECTIVES
 from cvlth.store import Store
 from cvlth.study.cost_files import BENCHMARK, DEVICE_TYPES, Choice, Measurements, device_type
 from cvlth.study.plan import PlannedRun
-from cvlth.study.run_kinds import BackboneConfig, ImportRun, ImpRun, PretrainRun, Recipe, TransferRun
+from cvlth.study.run_kinds import BackboneConfig
 
 #: Dataset options that change how many images there are, or which, but not what one costs.
 SIZE_ONLY_OPTIONS = frozenset(
@@ -90,19 +89,13 @@ class WorkKind:
 def work_kind(run: RunConfig, backbone: BackboneConfig) -> WorkKind | None:
     """The work kind of a run that trains (None for imports and OMP/random masks). ``backbone`` is
     the study's: the architecture of an imported θ_p, whose file may not be here."""
-    recipe = training_recipe(run)
+    recipe = run.training_recipe()
     if recipe is None:
         return None
-    theta = run.backbone if isinstance(run, PretrainRun) else _theta_backbone(run.pretrained, backbone)
-    adapt = None
-    classifier = recipe.objective.name not in DENSE_OBJECTIVES
-    if classifier and (
-        isinstance(run, TransferRun) or (isinstance(run, ImpRun) and run.stage == "downstream")
-    ):
-        adapt = run.adapt.model_dump()
+    adapt = run.classifier_adapt()
     spec = {
-        "backbone": theta.model_dump(),
-        "adapt": adapt,
+        "backbone": run.theta_backbone(backbone).model_dump(),
+        "adapt": None if adapt is None else adapt.model_dump(),
         "data": {"name": recipe.data.name, "options": _cost_options(recipe.data)},
         "objective": recipe.objective.model_dump(),
         "model": recipe.model,
@@ -113,29 +106,10 @@ def work_kind(run: RunConfig, backbone: BackboneConfig) -> WorkKind | None:
     return WorkKind(json.dumps(spec, sort_keys=True, separators=(",", ":"), default=str))
 
 
-def _theta_backbone(pretrained: PretrainRun | ImportRun, study_backbone: BackboneConfig) -> BackboneConfig:
-    return pretrained.backbone if isinstance(pretrained, PretrainRun) else study_backbone
-
-
 def _cost_options(ref: DataRef) -> dict[str, Any]:
     """The options that set an image's cost, an option whose default changed written as before the
     change (so stored measurements keep matching, as run hashes do)."""
     return {k: v for k, v in in_former_form(ref.name, ref.options).items() if k not in SIZE_ONLY_OPTIONS}
-
-
-def training_recipe(run: RunConfig) -> Recipe | None:
-    if isinstance(run, PretrainRun | ImpRun):
-        return run.recipe
-    if isinstance(run, TransferRun):
-        return run.task
-    return None
-
-
-def trainings(run: RunConfig) -> int:
-    """How many times a run trains its recipe (upstream IMP prunes θ_p before its first round)."""
-    if isinstance(run, ImpRun):
-        return run.trainings
-    return 1 if isinstance(run, PretrainRun | TransferRun) else 0
 
 
 def evaluations(epochs: int, every: int) -> int:
@@ -234,15 +208,15 @@ class CostEstimate:
 
 def run_seconds(run: RunConfig, sizes: SplitSizes, train_seconds: float, eval_seconds: float) -> float:
     """Compute seconds of one run, per the module doc's formula."""
-    recipe = training_recipe(run)
+    recipe = run.training_recipe()
     if recipe is None:
         return 0.0
     train = recipe.train
     per_training = trained_per_epoch(sizes.train, train.batch_size) * train.epochs * train_seconds + (
         (sizes.val + sizes.test) * evaluations(train.epochs, train.eval_every_epochs) * eval_seconds
     )
-    dense_upstream = sizes.test * eval_seconds if isinstance(run, ImpRun) and run.stage == "upstream" else 0.0
-    return trainings(run) * per_training + dense_upstream
+    untrained = run.untrained_test_evaluations() * sizes.test * eval_seconds
+    return run.trainings() * per_training + untrained
 
 
 def estimate_cost(
@@ -266,7 +240,7 @@ def estimate_cost(
         if kind is None:
             estimate.runs_free += 1
             continue
-        ref = training_recipe(run).data
+        ref = run.training_recipe().data
         ref_key = ref.model_dump_json()
         if ref_key not in known:
             known[ref_key] = sizes(ref)
@@ -295,7 +269,7 @@ def benchmark_command(
     config: str, device_type: str, output: str | None = None, threads: int | None = None
 ) -> str:
     """The command that measures the work kinds of study ``config`` on a device of ``device_type``."""
-    command = f"python {BENCHMARK} {config} --device {device_type}"
+    command = f"{BENCHMARK} {config} --device {device_type}"
     if threads is not None:
         command += f" --threads {threads}"
     return command + (f" --output {output}" if output is not None else "")

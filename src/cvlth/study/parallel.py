@@ -44,8 +44,6 @@ from cvlth.study.plan import PlannedRun
 from cvlth.study.run_kinds import dependencies
 from cvlth.training.scalar_logs import RunLogging
 
-# Scheduling priority by run kind: runs that others wait on first, longest chains (IMP) first.
-_KIND_RANK = {"pretrain": 0, "import": 0, "imp": 1, "baseline": 2, "transfer": 3}
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 _worker_context = None  # the Context of this worker process, set by _start_worker
@@ -102,7 +100,7 @@ def _ready(pending: dict[str, PlannedRun], waiting_on: dict[str, set[str]], runn
     The sort is stable: within a kind, runs keep the plan's order.
     """
     ready = [key for key in pending if not waiting_on[key] and key not in running]
-    return sorted(ready, key=lambda key: _KIND_RANK.get(pending[key].run.kind, 9))
+    return sorted(ready, key=lambda key: pending[key].run.rank)  # the kinds' one order (RunConfig.rank)
 
 
 class Backend(Protocol):

@@ -10,13 +10,12 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from pydantic import ValidationError
 
 from cvlth.config import DataRef, RunConfig, format_error
-from cvlth.errors import ConfigError, CvlthError
-from cvlth.store import RunFolder, Store
+from cvlth.errors import ConfigError
+from cvlth.store import Store
 from cvlth.study.config import FinderEntry, StudyConfig
 from cvlth.study.run_data import Identities, stale_reason
 from cvlth.study.run_kinds import (
@@ -37,8 +36,6 @@ from cvlth.study.validation import (
     needs_same_channels,
 )
 from cvlth.zoo.files import checkpoint_file
-
-KIND_ORDER = ("pretrain", "import", "baseline", "imp", "transfer")
 
 
 @dataclass(frozen=True)
@@ -107,6 +104,7 @@ def _finder_runs_with_seed(
         "rounds": study.rounds,
         "fraction": study.fraction,
         "rewind": finder.rewind,
+        "rewind_fraction": finder.rewind_fraction,
         "heads": finder.heads,
         "seed": seed,
     }
@@ -219,7 +217,7 @@ def _expand(study: StudyConfig) -> list[PlannedRun]:
     unique: dict[str, PlannedRun] = {}
     for item in planned:
         unique.setdefault(f"{item.run.kind}/{item.run.hash()}", item)
-    return sorted(unique.values(), key=lambda item: KIND_ORDER.index(item.run.kind))
+    return sorted(unique.values(), key=lambda item: item.run.rank)  # stable: the plan's order within a rank
 
 
 def check_input_channels(
@@ -256,27 +254,13 @@ class PlanSummary:
     done: Counter
     epochs_left: Counter
     images_left: Counter  # training images to process (epochs x train-set size), where the size is known
-    images_left_by_data: Counter
     unknown_sizes: frozenset[str]  # datasets whose size could not be read (not present here)
-    seconds_per_image: dict[str, float]  # by dataset name, measured on this store's finished runs
     damaged: dict[str, str] = field(default_factory=dict)  # run folder (kind/hash) -> what is wrong; to do
     stale: dict[str, str] = field(default_factory=dict)  # run folder -> how its data changed; to do
 
     @property
     def runs_left(self) -> int:
         return sum(self.total.values()) - sum(self.done.values())
-
-    @property
-    def estimated_seconds(self) -> float | None:
-        """Images left times the measured seconds per image of their dataset; None if a dataset
-        with work left has no finished run to measure from, or its size is unknown here."""
-        if self.unknown_sizes and self.runs_left:
-            return None
-        if not self.images_left_by_data:
-            return 0.0
-        if any(name not in self.seconds_per_image for name in self.images_left_by_data):
-            return None
-        return sum(n * self.seconds_per_image[name] for name, n in self.images_left_by_data.items())
 
 
 def summarize_plan(
@@ -293,7 +277,7 @@ def summarize_plan(
     damaged: dict[str, str] = {}
     stale: dict[str, str] = {}
     identities: Identities = {}
-    total, done, epochs_left, images_left, by_data = Counter(), Counter(), Counter(), Counter(), Counter()
+    total, done, epochs_left, images_left = Counter(), Counter(), Counter(), Counter()
     unknown: set[str] = set()
     sizes: dict[str, int | None] = {}
     for item in planned:
@@ -321,32 +305,12 @@ def summarize_plan(
             unknown.add(ref.name)
         else:
             images_left[kind] += epochs * sizes[key]
-            by_data[ref.name] += epochs * sizes[key]
     return PlanSummary(
         total,
         done,
         epochs_left,
         images_left,
-        by_data,
         frozenset(unknown),
-        measured_seconds_per_image(store),
         damaged,
         stale,
     )
-
-
-def measured_seconds_per_image(store: Store) -> dict[str, float]:
-    """Wall seconds per training image (evaluation included) by dataset, over the finished transfer
-    and pre-training runs of ``store``."""
-    seconds: Counter = Counter()
-    images: Counter = Counter()
-    for kind in ("transfer", "pretrain"):
-        for result_path in (Path(store.root) / kind).glob("*/result.json"):
-            try:
-                result = RunFolder(result_path.parent).read_result(verify_artefacts=False)
-            except CvlthError:  # a damaged run: `cvlth runs` reports it, the estimate skips it
-                continue
-            if result.get("wall_seconds") and result.get("images_per_epoch") and result.get("data"):
-                seconds[result["data"]] += result["wall_seconds"]
-                images[result["data"]] += result["images_per_epoch"] * result.get("epochs", 1)
-    return {name: seconds[name] / images[name] for name in images if images[name]}

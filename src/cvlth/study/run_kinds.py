@@ -21,9 +21,9 @@ import hashlib
 import os
 from pathlib import Path
 from stat import S_ISREG
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from cvlth.config import (
     ConstantSchedule,
@@ -34,15 +34,15 @@ from cvlth.config import (
     ScheduleConfig,
     SGDConfig,
     Strict,
-    TrainConfig,
     TrainingConfig,
     validate_config,
 )
 from cvlth.config_yaml import parse_yaml, read_config_text
 from cvlth.data.cache import former_defaults, in_former_form, option_defaults
 from cvlth.errors import CheckpointError, ConfigError
+from cvlth.models.backbones import ARCHITECTURES
 from cvlth.models.checkpoints.sources import CheckpointSource
-from cvlth.models.task_models import check_model_options, model_options_identity
+from cvlth.models.task_models import DENSE_OBJECTIVES, check_model_options, model_options_identity
 from cvlth.objectives.registry import OBJECTIVES_WITH_HEADS, objective_option_defaults
 from cvlth.pruning.imp import HeadPolicy
 from cvlth.registry import Registry
@@ -63,9 +63,6 @@ def register_run_kind(cls: R) -> R:
     return cls
 
 
-register_run_kind(TrainConfig)
-
-
 def load_config(path: str | os.PathLike[str]) -> RunConfig:
     """Read a YAML run config and validate it as the run kind its ``kind`` names."""
     file = Path(path)
@@ -80,16 +77,24 @@ def load_config(path: str | os.PathLike[str]) -> RunConfig:
         raise ConfigError(f"{file}: {error.message}", error.hint) from error
 
 
-ArchName = Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
-
-
 class BackboneConfig(Strict):
-    arch: ArchName = Field("resnet50", description="torchvision ResNet depth")
+    arch: str = Field(
+        "resnet50",
+        description="the architecture, a name registered in cvlth.models.ARCHITECTURES (resnet18 ...)",
+    )
     width: int = Field(64, ge=1, description="channels of layer1 (64 = torchvision)")
     stem: Literal["imagenet", "cifar"] = Field(
         "imagenet", description="imagenet: 7x7/2 conv and max-pool; cifar: 3x3/1 conv, no max-pool"
     )
     in_channels: int = Field(3, ge=1, description="channels of the input images (1 for grayscale)")
+
+    @field_validator("arch")
+    @classmethod
+    def _registered(cls, arch: str) -> str:
+        """Any architecture in the registry (one registered later is accepted too)."""
+        if arch not in ARCHITECTURES:
+            raise ValueError(f"must be one of {', '.join(repr(a) for a in ARCHITECTURES)} (got {arch!r})")
+        return arch
 
 
 class Recipe(Strict):
@@ -144,14 +149,37 @@ class AdaptConfig(Strict):
 
 @register_run_kind
 class PretrainRun(RunConfig):
+    """θ_p trained here: ``backbone`` on ``recipe``'s data with its objective."""
+
     kind: Literal["pretrain"] = "pretrain"
+    rank: ClassVar[int] = 0
     backbone: BackboneConfig
     recipe: Recipe
+
+    def training_recipe(self) -> Recipe:
+        return self.recipe
+
+    def trainings(self) -> int:
+        return 1
+
+    def theta_backbone(self, study_backbone: BackboneConfig) -> BackboneConfig:
+        return self.backbone
+
+    @property
+    def trains_theta_p(self) -> bool:
+        return True
+
+    def seed_entropy(self) -> tuple[int, ...]:
+        return (self.recipe.train.seed,)
+
+    def summary(self) -> dict[str, object]:
+        return {"pretraining": self.recipe.objective.name, "task": self.recipe.data.name}
 
 
 @register_run_kind
 class ImportRun(RunConfig):
     kind: Literal["import"] = "import"
+    rank: ClassVar[int] = 0
     path: str = Field(description="checkpoint file; any format cvlth.models.checkpoints reads")
     source: CheckpointSource = "auto"
 
@@ -165,6 +193,9 @@ class ImportRun(RunConfig):
         if digest is not None:
             data["path"] = f"sha256:{digest}"
         return data
+
+    def summary(self) -> dict[str, object]:
+        return {"pretraining": self.path}
 
 
 _DIGESTS: dict[tuple[str, int, int], str] = {}
@@ -204,6 +235,8 @@ class ImpRun(RunConfig):
     """
 
     kind: Literal["imp"] = "imp"
+    rank: ClassVar[int] = 1  # the longest runs: started first
+    finds_masks: ClassVar[bool] = True
     pretrained: Pretrained
     stage: Literal["upstream", "downstream"]
     recipe: Recipe
@@ -231,11 +264,54 @@ class ImpRun(RunConfig):
         "(upstream IMP: Fig. 2 up to the last sparsity, as the paper)",
     )
 
+    def dependencies(self) -> list[RunConfig]:
+        return [self.pretrained]
+
+    def theta_backbone(self, study_backbone: BackboneConfig) -> BackboneConfig:
+        return self.pretrained.theta_backbone(study_backbone)
+
+    def untrained_test_evaluations(self) -> int:
+        return int(self.stage == "upstream")  # θ_p on the pre-training task: Fig. 2's dense reference
+
     @property
+    def trains_theta_p(self) -> bool:
+        return self.stage == "upstream"
+
+    def training_recipe(self) -> Recipe:
+        return self.recipe
+
     def trainings(self) -> int:
         """Rounds trained: upstream IMP prunes θ_p before its first round; the last level trains only
         with ``train_last_level``."""
         return self.rounds - (self.stage == "upstream") + self.train_last_level
+
+    def classifier_adapt(self) -> AdaptConfig | None:
+        """Downstream IMP trains a new classifier on a classification task (upstream IMP keeps θ_p's)."""
+        if self.stage != "downstream" or self.recipe.objective.name in DENSE_OBJECTIVES:
+            return None
+        return self.adapt
+
+    @property
+    def fresh_start(self) -> bool:
+        """Whether the tickets start from a random init (θ_0, or θ_5% captured while training from it)
+        rather than from θ_p."""
+        return self.rewind in ("init", "early")
+
+    def seed_entropy(self) -> tuple[int, ...]:
+        return (self.seed, self.recipe.train.seed)
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "finder": f"imp {self.stage}, rewind {self.rewind}",
+            "task": self.recipe.data.name,
+            "level": f"1..{self.rounds}",
+            "seed": self.seed,
+        }
+
+    @property
+    def label(self) -> str:
+        """The finder's method as the study's tables name it."""
+        return f"imp-{self.stage}"
 
     def normalize_identity(self, data: dict[str, Any]) -> dict[str, Any]:
         """Runs computed before ``train_last_level`` or ``reshuffle_rounds`` existed did neither, and runs whose
@@ -267,11 +343,29 @@ class BaselineRun(RunConfig):
     """Masks without training: global magnitude of θ_p (``omp``) or uniformly random (``random``)."""
 
     kind: Literal["baseline"] = "baseline"
+    rank: ClassVar[int] = 2
     pretrained: Pretrained
     method: Literal["omp", "random"]
     rounds: int = Field(ge=1, le=40)
     fraction: float = Field(0.2, gt=0, lt=1)
     seed: int = Field(0, ge=0)
+
+    def dependencies(self) -> list[RunConfig]:
+        return [self.pretrained]
+
+    finds_masks: ClassVar[bool] = True
+    fresh_start: ClassVar[bool] = False  # its tickets start from θ_p
+
+    def theta_backbone(self, study_backbone: BackboneConfig) -> BackboneConfig:
+        return self.pretrained.theta_backbone(study_backbone)
+
+    def summary(self) -> dict[str, object]:
+        return {"finder": self.method, "level": f"1..{self.rounds}", "seed": self.seed}
+
+    @property
+    def label(self) -> str:
+        """The finder's method as the study's tables name it."""
+        return self.method
 
 
 Finder = Annotated[ImpRun | BaselineRun, Field(discriminator="kind")]
@@ -294,6 +388,7 @@ class TransferRun(RunConfig):
     """
 
     kind: Literal["transfer"] = "transfer"
+    rank: ClassVar[int] = 3
     pretrained: Pretrained
     ticket: Finder | None = None
     level: int = Field(0, ge=0)
@@ -326,31 +421,58 @@ class TransferRun(RunConfig):
             data["variant"] = "random_global"
         return data
 
+    fresh_start: ClassVar[bool] = False  # its model is built from θ_p (a ticket's rewind weights go in after)
+
+    def dependencies(self) -> list[RunConfig]:
+        return [self.pretrained] if self.ticket is None else [self.ticket]
+
+    def theta_backbone(self, study_backbone: BackboneConfig) -> BackboneConfig:
+        return self.pretrained.theta_backbone(study_backbone)
+
+    def training_recipe(self) -> Recipe:
+        return self.task
+
+    def trainings(self) -> int:
+        return 1
+
+    def classifier_adapt(self) -> AdaptConfig | None:
+        return None if self.task.objective.name in DENSE_OBJECTIVES else self.adapt
+
+    def seed_entropy(self) -> tuple[int, ...]:
+        """(``seed``, the task's ``train.seed``), and a ticket's finder seed when it is not 0: every
+        (finder seed, seed) pair fine-tunes with its own head, batches and mask-variant draws, while
+        finder seed 0 (every ticket before finder seeds existed) keeps the streams it always had."""
+        finder_seed = self.ticket.seed if self.ticket is not None else 0
+        return (self.seed, self.task.train.seed, *((finder_seed,) if finder_seed else ()))
+
+    def summary(self) -> dict[str, object]:
+        variant = "" if self.variant == "ticket" else f" ({self.variant})"
+        finder = "" if self.ticket is None else self.ticket.summary()["finder"].split(",")[0]
+        return {
+            "finder": finder,
+            "task": self.task.data.name,
+            "level": f"{self.level}{variant}",
+            "seed": self.seed,
+        }
+
 
 def dependencies(run: RunConfig) -> list[RunConfig]:
     """The runs whose results ``run`` reads (direct dependencies only)."""
-    if isinstance(run, ImpRun | BaselineRun):
-        return [run.pretrained]
-    if isinstance(run, TransferRun):
-        return [run.pretrained] if run.ticket is None else [run.ticket]
-    return []
+    return run.dependencies()
 
 
 def training_epochs(run: RunConfig) -> int:
     """Epochs of training a run does (IMP: one training per round)."""
-    if isinstance(run, PretrainRun):
-        return run.recipe.train.epochs
-    if isinstance(run, ImpRun):
-        return run.trainings * run.recipe.train.epochs
-    if isinstance(run, TransferRun):
-        return run.task.train.epochs
-    return 0
+    recipe = run.training_recipe()
+    return 0 if recipe is None else run.trainings() * recipe.train.epochs
 
 
 def training_data(run: RunConfig) -> DataRef | None:
     """The dataset a run trains on (None: it trains nothing)."""
-    if isinstance(run, PretrainRun | ImpRun):
-        return run.recipe.data
-    if isinstance(run, TransferRun):
-        return run.task.data
-    return None
+    recipe = run.training_recipe()
+    return None if recipe is None else recipe.data
+
+
+#: The run kinds in their one order (:attr:`RunConfig.rank`, then name): plan, tables, scheduler.
+def kind_order() -> tuple[str, ...]:
+    return tuple(sorted(RUN_KINDS, key=lambda kind: (RUN_KINDS[kind].rank, kind)))

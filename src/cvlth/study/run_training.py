@@ -42,7 +42,7 @@ def train_run(
     seeds: RunSeeds,
 ) -> dict[str, Any]:
     """One training of ``recipe`` whose every random choice comes from ``seeds``."""
-    training = recipe.train.model_copy(update={"seed": seeds.augmentation})
+    training = recipe.train  # its ``seed`` is root entropy (in ``seeds``); augmentations get their own
     seed_global_rngs(seeds.torch_global)
     start = time.perf_counter()
     result = train(
@@ -58,6 +58,7 @@ def train_run(
         mask=mask,
         device=ctx.device,
         quiet=ctx.quiet,
+        augmentation_seed=seeds.augmentation,
     )
     result.update(wall_seconds=time.perf_counter() - start, **round_info(recipe, data, seeds))
     return result
@@ -119,7 +120,7 @@ def task_model(
 ) -> nn.Module:
     """θ_p adapted to the run's task, its new parts drawn from the run's seeds; θ_0 instead for IMP
     rewound to ``init`` or ``early`` (θ_5% is captured while training from θ_0)."""
-    recipe = run.recipe if isinstance(run, ImpRun) else run.task
+    recipe = run.training_recipe()
     return downstream_model(
         theta,
         data,
@@ -128,7 +129,7 @@ def task_model(
         model_options=recipe.model,
         small_images=run.adapt.small_images,
         keep_stem=run.adapt.keep_stem,
-        fresh=isinstance(run, ImpRun) and run.rewind in ("init", "early"),
+        fresh=run.fresh_start,
     )
 
 

@@ -12,7 +12,7 @@ from cvlth.run_files import REWIND
 from cvlth.store import RunFolder
 from cvlth.study.context import RUN_EXECUTORS, Context, run_folder, run_seeds
 from cvlth.study.run_finders import load_ticket_mask
-from cvlth.study.run_kinds import ImpRun, TransferRun
+from cvlth.study.run_kinds import TransferRun
 from cvlth.study.run_pretrain import load_pretrained
 from cvlth.study.run_training import logged_adaptations, run_objective, task_model, train_run
 
@@ -29,11 +29,7 @@ def execute_transfer(run: TransferRun, folder: RunFolder, ctx: Context) -> dict[
         mask = vary_mask(
             load_ticket_mask(run.ticket, run.level, ctx), run.variant, seeds.mask, run.perturb_fraction
         )
-        if (
-            isinstance(run.ticket, ImpRun)
-            and run.ticket.stage == "downstream"
-            and run.ticket.rewind != "pretrained"
-        ):
+        if run.ticket.fresh_start:  # the ticket starts from its finder's rewind point, not θ_p
             rewind = load_rewind(run_folder(ctx, run.ticket) / REWIND)
             backbone = {k: v for k, v in rewind["model"].items() if not k.startswith("fc.")}
             model.load_state_dict(backbone, strict=False)

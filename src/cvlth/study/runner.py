@@ -19,12 +19,11 @@ from typing import Any
 import torch
 
 from cvlth.atomic import atomic_write_text
-from cvlth.errors import ConfigError, CvlthError
+from cvlth.errors import ConfigError
 from cvlth.masks import Mask
 from cvlth.models.task_models import TASK_MODEL_NAMES
 from cvlth.pruning.strategies import level_sparsity
 from cvlth.registry import Registry
-from cvlth.report import write_report
 from cvlth.run_files import mask_path
 from cvlth.store import Store
 from cvlth.study.claim_inputs import claim_inputs, mask_facts
@@ -68,7 +67,6 @@ class StudyOutcome:
     runs: int
     computed: int
     seconds: float
-    report: Path | None = None  # report.html; None when the report could not be written
 
 
 def study_folder(study: StudyConfig, store: Store) -> Path:
@@ -130,8 +128,7 @@ def run_study(
         curves = perturbation_curves(study, planned, results)
         write_entries(folder / PERTURBATION_FILE, curves)
     write_claims(folder, study, table, curves, tickets, store)
-    report = _write_report(folder, store, log)
-    return StudyOutcome(folder, table, len(planned), computed, time.perf_counter() - start, report)
+    return StudyOutcome(folder, table, len(planned), computed, time.perf_counter() - start)
 
 
 @dataclass(frozen=True)
@@ -196,18 +193,6 @@ def run_with_ray(planned: list[PlannedRun], store: Store, how: Execution) -> int
         describe=describe,
         logging=how.logging,
     )
-
-
-def _write_report(folder: Path, store: Store, log: Callable[[str], None]) -> Path | None:
-    """The study's report. A failure it can explain (a CvlthError, a disk error) is logged, not raised:
-    every result is already saved. Anything else is a bug and fails the study."""
-    try:
-        return write_report(folder, Path(store.root))
-    except (CvlthError, OSError) as error:
-        log(
-            f"could not write the report ({type(error).__name__}: {error}); retry with `cvlth report {folder}`"
-        )
-        return None
 
 
 def describe(item: PlannedRun) -> str:
@@ -409,10 +394,10 @@ def ticket_index(study: StudyConfig, planned: list[PlannedRun], store: Store) ->
     paths relative to the store."""
     entries = []
     for item in planned:
-        if item.run.kind not in ("imp", "baseline"):
+        if not item.run.finds_masks:
             continue
         folder = Path(store.run_dir(item.run))
-        method = item.run.method if item.run.kind == "baseline" else f"imp-{item.run.stage}"
+        method = item.run.label
         levels = {
             level: TicketLevel(
                 level_sparsity(level, study.fraction), str(mask_path(folder, level).relative_to(store.root))

@@ -13,11 +13,10 @@ from cvlth.data.registry import DATASETS, get_spec, load_dataset
 from cvlth.data.samples import SampleSplits
 from cvlth.errors import ConfigError, CvlthError
 from cvlth.models.checkpoints.importer import import_checkpoint
-from cvlth.models.task_models import DENSE_OBJECTIVES
 from cvlth.objectives.registry import OBJECTIVES, objective_option_defaults
 from cvlth.objectives.views import CONTRASTIVE_VIEWS, crop_scale
 from cvlth.study.config import StudyConfig
-from cvlth.study.run_kinds import ImportRun, ImpRun, TransferRun, training_data
+from cvlth.study.run_kinds import ImportRun, training_data
 from cvlth.zoo.files import checkpoint_file, zoo_head_shapes
 
 
@@ -133,21 +132,12 @@ def _check_options(where: str, what: str, given: dict[str, Any], allowed: list[s
         )
 
 
-def _classifier_adapt(run: RunConfig) -> Any:
-    """The ``adapt`` settings of a run that turns θ_p into a downstream classifier, else None
-    (pre-training, upstream IMP and dense tasks keep θ_p's stem as it is)."""
-    if isinstance(run, TransferRun) or (isinstance(run, ImpRun) and run.stage == "downstream"):
-        recipe = run.recipe if isinstance(run, ImpRun) else run.task
-        return None if recipe.objective.name in DENSE_OBJECTIVES else run.adapt
-    return None
-
-
 def needs_same_channels(run: RunConfig) -> bool:
     """Whether ``run`` feeds its images to θ_p's own stem (so their channels must match), rather than
     to a stem rebuilt for the task (classification with ``adapt.small_images`` and no ``keep_stem``)."""
     if training_data(run) is None:
         return False
-    adapt = _classifier_adapt(run)
+    adapt = run.classifier_adapt()  # None: θ_p's stem as it is (pre-training, upstream IMP, dense tasks)
     return adapt is None or not adapt.small_images or adapt.keep_stem
 
 
@@ -162,7 +152,7 @@ def input_adaptations(run: RunConfig, theta_channels: int, image_channels: int) 
     ref = training_data(run)
     if ref is None:
         return []
-    adapt = _classifier_adapt(run)
+    adapt = run.classifier_adapt()  # None: θ_p's stem as it is (pre-training, upstream IMP, dense tasks)
     if needs_same_channels(run):
         if theta_channels != image_channels:
             raise ConfigError(

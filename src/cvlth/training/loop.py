@@ -88,8 +88,13 @@ def train(
     capture_at_step: int | None = None,
     quiet: bool = False,
     env: DistEnv | None = None,
+    augmentation_seed: int | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` (and ``objective.modules()``) in place and return the result dict.
+
+    The augmentation stream of step ``t`` is drawn from ``(augmentation_seed, t)``; without it from
+    ``training.seed`` (a study passes the seed its run derives, and leaves ``train.seed`` as the
+    root entropy the study's YAML gives it).
 
     ``run`` is the folder for checkpoints and metrics (resumed from if it holds a checkpoint);
     without it nothing is written. ``mask`` stays enforced after every step. ``capture_at_step``
@@ -107,6 +112,7 @@ def train(
         )
 
     memory_format = torch.channels_last if training.channels_last else torch.preserve_format
+    seed = training.seed if augmentation_seed is None else augmentation_seed
     objective.bind(model, mask)
     extra = objective.modules()
     for module in (model, *extra.values()):
@@ -144,7 +150,17 @@ def train(
             ):
                 lr = optimizer.param_groups[0]["lr"]
                 loss, metrics = _step(
-                    net, objective, batch, state, training, env, device, memory_format, optimizer, scaler
+                    net,
+                    objective,
+                    batch,
+                    state,
+                    training,
+                    seed,
+                    env,
+                    device,
+                    memory_format,
+                    optimizer,
+                    scaler,
                 )
                 distributed.average_gradients(extra, env)
                 scaler.step(optimizer)  # optimizer.step(), unless fp16 gradients overflowed
@@ -211,6 +227,7 @@ def _step(
     batch: Any,
     state: LoopState,
     training: TrainingConfig,
+    seed: int,
     env: DistEnv,
     device: torch.device,
     memory_format: torch.memory_format,
@@ -219,7 +236,7 @@ def _step(
 ) -> tuple[float, dict[str, float]]:
     """Forward (under autocast) and backward of one batch; raises TrainingError on a non-finite loss."""
     batch = _to_device(distributed.shard_batch(batch, env), device, memory_format)
-    generator = step_generator(training.seed, state.step, env.rank, device)
+    generator = step_generator(seed, state.step, env.rank, device)
     optimizer.zero_grad(set_to_none=True)
     dtype = AUTOCAST_DTYPES.get(training.precision)
     with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):

@@ -1,4 +1,5 @@
-"""Measure the seconds per training and evaluation image of every work kind of a study, on one device.
+"""``cvlth costs measure``: the seconds per training and evaluation image of every work kind of a
+study, on one device.
 
 A study's runs fall into a few *work kinds* (``cvlth.study.costs.work_kind``: backbone as built,
 dataset and its image options, objective, dense model options, batch size, precision,
@@ -24,21 +25,20 @@ says which batch was timed); ``--max-batch`` caps it on any device. A kind takes
 The result is merged into a cvlth-costs/1 file (``cvlth.study.cost_files``), by default the stored
 measurement of this device in ``src/cvlth/study/measurements/``, which ``cvlth study --plan`` reads.
 
-    PYTHONPATH=src python benchmarks/per_image_cost.py configs/demo.yaml --device cpu --threads 2
-    PYTHONPATH=src python benchmarks/per_image_cost.py paper-resnet50 --device cuda
+    cvlth costs measure demo --device cpu --threads 2
+    cvlth costs measure paper-resnet50 --device cuda
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime
 import itertools
 import json
 import os
-import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,9 +64,9 @@ from cvlth.study.cost_files import (
     read_measurements,
     write_measurements,
 )
-from cvlth.study.costs import WorkKind, study_work_kinds, training_recipe
+from cvlth.study.costs import WorkKind, study_work_kinds
 from cvlth.study.plan import expand
-from cvlth.study.run_kinds import BackboneConfig, ImpRun, PretrainRun
+from cvlth.study.run_kinds import BackboneConfig
 from cvlth.study.run_training import run_objective, task_model
 from cvlth.training.loop import train
 
@@ -176,10 +176,9 @@ def batches(data: DatasetSplits | SampleSplits, split: str, count: int, batch_si
 def build(run: Any, backbone: BackboneConfig, data: Any, folder: Path) -> tuple[torch.nn.Module, Any]:
     """The model and objective a run trains, from a fresh θ_p of the study's architecture."""
     seeds = run_seeds(run)
-    recipe = training_recipe(run)
-    theta_config = run.backbone if isinstance(run, PretrainRun) else backbone
-    spec = BackboneSpec(**theta_config.model_dump())
-    if isinstance(run, PretrainRun) or (isinstance(run, ImpRun) and run.stage == "upstream"):
+    recipe = run.training_recipe()
+    spec = BackboneSpec(**run.theta_backbone(backbone).model_dump())
+    if run.trains_theta_p:
         model = build_backbone(spec, data.num_classes)
     else:
         path = folder / THETA_P
@@ -196,7 +195,7 @@ def time_training(
 ) -> tuple[float, int]:
     """Seconds per training image of the median of up to ``steps`` loop steps after a first, untimed
     one, and the number of steps timed (fewer once --max-seconds have passed)."""
-    recipe = training_recipe(run)
+    recipe = run.training_recipe()
     device = torch.device(args.device)
     stamps: list[float] = []
 
@@ -248,7 +247,7 @@ def affordable(planned: int, seconds_per_image: float, calls: int, args: Any) ->
 
 
 def measure(kind: WorkKind, run: Any, backbone: BackboneConfig, args: Any) -> dict[str, Any]:
-    recipe = training_recipe(run)
+    recipe = run.training_recipe()
     planned_eval = EVAL_BATCH_SIZE
     start = time.perf_counter()
     data, source = load_data(recipe.data)
@@ -317,30 +316,28 @@ def merged(output: Path, device_type: str, device_name: str, kinds: dict[str, An
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("config", help="study YAML or packaged study name (demo, cpu-study, paper-resnet50)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
-    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps (and eval batches) per kind")
-    parser.add_argument("--max-seconds", type=float, default=20.0, help="timing budget per kind and phase")
-    parser.add_argument("--max-batch", type=int, default=None, help="time at most this batch size")
-    parser.add_argument("--only", default=None, help="only kinds whose label or key contains this")
-    parser.add_argument("--output", type=Path, default=None, help="file to merge into (default: stored)")
-    parser.add_argument(
-        "--missing", action="store_true", help="only kinds the file to merge into does not hold yet"
-    )
-    parser.add_argument("--note", default=None, help="the file's note (default: keep the existing one)")
-    args = parser.parse_args()
+@dataclass
+class MeasureSettings:
+    """What ``cvlth costs measure`` times, and where the result goes (its options, one for one)."""
+
+    config: str
+    device: str = "cpu"
+    threads: int | None = None
+    steps: int = 3
+    max_seconds: float = 20.0
+    max_batch: int | None = None
+    only: str | None = None
+    output: Path | None = None
+    missing: bool = False
+    note: str | None = None
+    study_name: str = ""
+
+
+def measure_study(args: MeasureSettings) -> Path:
+    """Time every work kind of the study ``args.config`` (see the module doc) and merge the result into
+    ``args.output`` (default: this device's stored measurement); returns the file written."""
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    try:
-        run_benchmark(args)
-    except CvlthError as error:
-        sys.exit(f"error: {error}")
-
-
-def run_benchmark(args: Any) -> Path:
     device_type = args.device.split(":")[0]
     device_name = local_device_name(args.device)
     if device_type not in ("cpu", "cuda") or device_name is None:
@@ -352,7 +349,7 @@ def run_benchmark(args: Any) -> Path:
         k: v for k, v in kinds.items() if args.only is None or args.only in k or args.only in v[0].label
     }
     output = args.output or MEASUREMENTS_DIR / file_name(device_type, device_name)
-    if getattr(args, "missing", False) and output.is_file():
+    if args.missing and output.is_file():
         held = json.loads(output.read_text()).get("kinds", {})
         chosen = {k: v for k, v in chosen.items() if k not in held}
     print(f"{study.name}: {len(chosen)} of {len(kinds)} work kinds on {device_type} {device_name!r}, "
@@ -371,7 +368,3 @@ def run_benchmark(args: Any) -> Path:
     write_measurements(output, merged(output, device_type, device_name, measured, args.note))
     print(f"wrote {output} (load average after: {os.getloadavg()[0]:.1f})")
     return output
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,129 @@
+"""``cvlth speed``: latency of a dense model and of its ticket on every engine present, side by side.
+
+Engines: PyTorch eager (always), ONNX Runtime (``pip install onnxruntime``), DeepSparse (only when
+the user installed it: end-of-life since 2025, not an open-source licence; cvlth never installs it)
+and cvlth's own sparse path (:mod:`cvlth.deploy.sparse_conv`, the ticket only: a dense model has
+nothing to skip). Every (engine, model) is warmed up, then timed in interleaved rounds -- one call of
+each per round, so a slow moment of the machine hits them all -- and the median per (engine, model)
+is reported with the thread count.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cvlth.deploy.export import export_onnx
+from cvlth.deploy.sparse_conv import sparsify
+
+Runner = Callable[[torch.Tensor], object]
+
+
+@dataclass(frozen=True)
+class Timing:
+    engine: str
+    model: str  # dense or ticket
+    batch: int
+    seconds: float  # median latency of one batch
+
+    @property
+    def images_per_second(self) -> float:
+        return self.batch / self.seconds
+
+
+def engines(
+    dense: nn.Module, ticket: nn.Module, image_shape: tuple[int, int, int], threads: int, folder: Path
+) -> dict[tuple[str, str], Runner]:
+    """A callable per (engine, model) this machine has."""
+    runners: dict[tuple[str, str], Runner] = {}
+    for label, model in (("dense", dense), ("ticket", ticket)):
+        runners[("pytorch", label)] = _torch_runner(model.eval())
+    try:
+        import onnxruntime
+    except ImportError:
+        onnxruntime = None
+    if onnxruntime is not None:
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        for label, model in (("dense", dense), ("ticket", ticket)):
+            path = export_onnx(model, folder / f"{label}.onnx", image_shape).path
+            session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            runners[("onnxruntime", label)] = lambda x, s=session: s.run(None, {"images": x.numpy()})
+    deepsparse = _deepsparse_runners(dense, ticket, image_shape, folder)
+    runners.update(deepsparse)
+    runners[("cvlth-sparse", "ticket")] = _torch_runner(sparsify(ticket))
+    return runners
+
+
+def _torch_runner(model: nn.Module) -> Runner:
+    def run(x: torch.Tensor) -> object:
+        with torch.inference_mode():
+            return model(x)
+
+    return run
+
+
+def _deepsparse_runners(
+    dense: nn.Module, ticket: nn.Module, image_shape: tuple[int, int, int], folder: Path
+) -> dict[tuple[str, str], Runner]:
+    try:
+        from deepsparse import compile_model  # type: ignore[import-not-found]
+    except ImportError:
+        return {}
+    runners: dict[tuple[str, str], Runner] = {}
+    for label, model in (("dense", dense), ("ticket", ticket)):
+        path = folder / f"{label}.onnx"
+        if not path.is_file():
+            export_onnx(model, path, image_shape)
+        engine = compile_model(str(path), batch_size=None)
+        runners[("deepsparse", label)] = lambda x, e=engine: e.run([x.numpy()])
+    return runners
+
+
+def measure_speed(
+    dense: nn.Module,
+    ticket: nn.Module,
+    image_shape: tuple[int, int, int],
+    batches: tuple[int, ...] = (1, 16),
+    rounds: int = 10,
+    warmup: int = 2,
+    log: Callable[[str], None] = lambda _: None,
+) -> list[Timing]:
+    """Median latency of every (engine, model) at each batch size, interleaved (see the module doc)."""
+    threads = torch.get_num_threads()
+    timings: list[Timing] = []
+    with tempfile.TemporaryDirectory(prefix="cvlth-speed-") as tmp:
+        runners = engines(dense, ticket, image_shape, threads, Path(tmp))
+        log(f"engines: {', '.join(sorted({e for e, _ in runners}))}; {threads} threads")
+        for batch in batches:
+            images = torch.randn(batch, *image_shape, generator=torch.Generator().manual_seed(batch))
+            for run in runners.values():
+                for _ in range(warmup):
+                    run(images)
+            seconds: dict[tuple[str, str], list[float]] = {key: [] for key in runners}
+            for _ in range(rounds):
+                for key, run in runners.items():
+                    start = time.perf_counter()
+                    run(images)
+                    seconds[key].append(time.perf_counter() - start)
+            for (engine, model), values in seconds.items():
+                timings.append(Timing(engine, model, batch, statistics.median(values)))
+                log(f"batch {batch}: {engine} {model} {statistics.median(values) * 1e3:.1f} ms")
+    return timings
+
+
+def speedups(timings: list[Timing], batch: int) -> tuple[float, str, str]:
+    """The ticket on its fastest engine against the fastest dense engine, at ``batch``: the ratio and
+    both engines' names."""
+    at = [t for t in timings if t.batch == batch]
+    dense = min((t for t in at if t.model == "dense"), key=lambda t: t.seconds)
+    ticket = min((t for t in at if t.model == "ticket"), key=lambda t: t.seconds)
+    return dense.seconds / ticket.seconds, ticket.engine, dense.engine

@@ -1,0 +1,125 @@
+"""Tickets as models to run: the sparse convolution against F.conv2d, the ONNX export against
+PyTorch, and the export / speed commands."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cvlth.cli import run_cli
+from cvlth.deploy.export import export_onnx
+from cvlth.deploy.sparse_conv import SparseConv2d, sparsify
+from cvlth.deploy.speed import measure_speed, speedups
+from cvlth.deploy.tickets import ticket_model
+from cvlth.models.backbones import BackboneSpec, build_backbone
+from cvlth.models.checkpoints.cvlth_format import save_checkpoint
+from cvlth.pruning import global_magnitude, prunable_state
+
+SPEC = BackboneSpec("resnet18", width=8, stem="cifar", in_channels=3)
+
+
+@pytest.mark.parametrize(
+    ("cin", "cout", "kernel", "stride", "padding", "dilation", "bias"),
+    [
+        (16, 32, 1, 1, 0, 1, False),  # bottleneck 1x1
+        (16, 32, 1, 2, 0, 1, False),  # strided downsample
+        (8, 8, 3, 1, 1, 1, False),  # basic block 3x3
+        (8, 16, 3, 2, 1, 1, True),  # strided 3x3, with a bias
+        (3, 8, 7, 2, 3, 1, False),  # ImageNet stem
+        (8, 8, 3, 1, 2, 2, False),  # DeepLab's dilated 3x3
+    ],
+)
+@pytest.mark.parametrize("sparsity", [0.5, 0.9, 0.99])
+def test_sparse_conv_equals_conv2d_with_the_masked_weight(
+    cin, cout, kernel, stride, padding, dilation, bias, sparsity
+):
+    generator = torch.Generator().manual_seed(cin * kernel + stride)
+    conv = nn.Conv2d(cin, cout, kernel, stride, padding, dilation, bias=bias)
+    with torch.no_grad():
+        keep = torch.rand(conv.weight.shape, generator=generator) >= sparsity
+        conv.weight.mul_(keep)
+    x = torch.randn(3, cin, 13, 11, generator=generator)
+    sparse = SparseConv2d(conv)
+    assert sparse.weight._nnz() == int(keep.sum())  # only the kept weights are stored
+    expected = F.conv2d(x, conv.weight, conv.bias, stride, padding, dilation)
+    assert torch.allclose(sparse(x), expected, atol=1e-5)
+
+
+def test_grouped_convolutions_are_refused():
+    with pytest.raises(ValueError, match="groups=1"):
+        SparseConv2d(nn.Conv2d(4, 4, 3, groups=2))
+
+
+@pytest.fixture(scope="module")
+def ticket_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ticket")
+    model = build_backbone(SPEC, 10)
+    with torch.no_grad():  # BN statistics that are not the identity, so folding them matters
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    save_checkpoint(folder / "model.pt", model.state_dict(), SPEC, source="cvlth")
+    mask = global_magnitude(prunable_state(model.state_dict()), 0.9)
+    mask.save(folder / "mask.safetensors")
+    return folder / "model.pt", folder / "mask.safetensors", mask
+
+
+def test_sparsified_ticket_gives_the_tickets_outputs(ticket_files):
+    checkpoint, mask_file, mask = ticket_files
+    ticket = ticket_model(checkpoint, mask_file)
+    for name, weight in prunable_state(ticket.state_dict()).items():
+        assert not weight[~mask[name]].any()  # pruned entries exactly zero
+    sparse = sparsify(ticket)
+    converted = [m for m in sparse.modules() if isinstance(m, SparseConv2d)]
+    sparse_layers = [name for name in mask if float(mask[name].float().mean()) <= 0.5]
+    assert len(converted) == len(sparse_layers) > 0  # the layers at most half kept; the stem stays dense
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(sparse(x), ticket(x), atol=1e-4)
+
+
+def test_export_matches_pytorch_and_keeps_pruned_weights_zero(ticket_files, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    checkpoint, mask_file, mask = ticket_files
+    ticket = ticket_model(checkpoint, mask_file)
+    check = export_onnx(ticket, tmp_path / "ticket.onnx", (3, 32, 32))
+    assert check.max_abs_difference is not None and check.max_abs_difference < 1e-4
+    graph = onnx.load(str(check.path)).graph
+    conv_weights = [onnx.numpy_helper.to_array(t) for t in graph.initializer if len(t.dims) == 4]
+    pruned = mask.total - mask.kept
+    assert sum(int(np.sum(w == 0)) for w in conv_weights) >= pruned  # BN folding keeps zeros zero
+
+
+def test_export_and_speed_commands(ticket_files, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    checkpoint, mask_file, _ = ticket_files
+    out = tmp_path / "t.onnx"
+    argv = ["export", str(checkpoint), "--mask", str(mask_file), "--out", str(out), "--image-size", "32"]
+    assert run_cli(argv) == 0
+    assert "max |ONNX Runtime - PyTorch|" in capsys.readouterr().out and out.is_file()
+    assert run_cli(argv) == 2  # no overwrite without --force
+    assert "exists" in capsys.readouterr().err
+    speed = ["speed", str(checkpoint), "--mask", str(mask_file), "--image-size", "32", "--rounds", "2"]
+    assert run_cli([*speed, "--batch", "1", "--batch", "2"]) == 0
+    text = capsys.readouterr().out
+    for engine in ("pytorch", "onnxruntime", "cvlth-sparse"):
+        assert engine in text
+    assert "batch 2: ticket on" in text
+
+
+def test_speedups_compare_the_fastest_ticket_with_the_fastest_dense_engine(ticket_files):
+    checkpoint, mask_file, _ = ticket_files
+    dense, ticket = ticket_model(checkpoint), ticket_model(checkpoint, mask_file)
+    timings = measure_speed(dense, ticket, (3, 16, 16), batches=(2,), rounds=2, warmup=1)
+    assert {(t.engine, t.model) for t in timings} >= {
+        ("pytorch", "dense"),
+        ("pytorch", "ticket"),
+        ("cvlth-sparse", "ticket"),
+    }
+    ratio, ticket_engine, dense_engine = speedups(timings, 2)
+    fastest_dense = min(t.seconds for t in timings if t.model == "dense")
+    fastest_ticket = min(t.seconds for t in timings if t.model == "ticket")
+    assert ratio == pytest.approx(fastest_dense / fastest_ticket)
+    assert all(t.seconds > 0 for t in timings)
