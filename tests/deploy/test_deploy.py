@@ -9,7 +9,7 @@ from torch import nn
 
 from cvlth.cli import run_cli
 from cvlth.deploy.export import export_onnx
-from cvlth.deploy.sparse_conv import SparseConv2d, sparsify
+from cvlth.deploy.sparse_conv import DirectSparseConv2d, SparseConv2d, direct_available, sparsify
 from cvlth.deploy.speed import measure_speed, speedups
 from cvlth.deploy.tickets import ticket_model
 from cvlth.models.backbones import BackboneSpec, build_backbone
@@ -17,6 +17,7 @@ from cvlth.models.checkpoints.cvlth_format import save_checkpoint
 from cvlth.pruning import global_magnitude, prunable_state
 
 SPEC = BackboneSpec("resnet18", width=8, stem="cifar", in_channels=3)
+DIRECT = direct_available()  # compiles the C++ kernel once (about 30 s, then cached)
 
 
 @pytest.mark.parametrize(
@@ -31,24 +32,34 @@ SPEC = BackboneSpec("resnet18", width=8, stem="cifar", in_channels=3)
     ],
 )
 @pytest.mark.parametrize("sparsity", [0.5, 0.9, 0.99])
+@pytest.mark.parametrize("layer", [SparseConv2d, DirectSparseConv2d])
 def test_sparse_conv_equals_conv2d_with_the_masked_weight(
-    cin, cout, kernel, stride, padding, dilation, bias, sparsity
+    cin, cout, kernel, stride, padding, dilation, bias, sparsity, layer
 ):
+    if layer is DirectSparseConv2d and not DIRECT:
+        pytest.skip("no C++ compiler here: the direct kernel cannot be built")
     generator = torch.Generator().manual_seed(cin * kernel + stride)
     conv = nn.Conv2d(cin, cout, kernel, stride, padding, dilation, bias=bias)
     with torch.no_grad():
         keep = torch.rand(conv.weight.shape, generator=generator) >= sparsity
         conv.weight.mul_(keep)
     x = torch.randn(3, cin, 13, 11, generator=generator)
-    sparse = SparseConv2d(conv)
-    assert sparse.weight._nnz() == int(keep.sum())  # only the kept weights are stored
+    sparse = layer(conv)
+    stored = sparse.weight._nnz() if layer is SparseConv2d else sparse.values.numel()
+    assert stored == int(keep.sum())  # only the kept weights are stored
     expected = F.conv2d(x, conv.weight, conv.bias, stride, padding, dilation)
     assert torch.allclose(sparse(x), expected, atol=1e-5)
+    if layer is DirectSparseConv2d:  # another input size: offsets are recomputed for it
+        y = torch.randn(2, cin, 9, 16, generator=generator)
+        assert torch.allclose(
+            sparse(y), F.conv2d(y, conv.weight, conv.bias, stride, padding, dilation), atol=1e-5
+        )
 
 
 def test_grouped_convolutions_are_refused():
-    with pytest.raises(ValueError, match="groups=1"):
-        SparseConv2d(nn.Conv2d(4, 4, 3, groups=2))
+    for layer in (SparseConv2d, DirectSparseConv2d):
+        with pytest.raises(ValueError, match="groups=1"):
+            layer(nn.Conv2d(4, 4, 3, groups=2))
 
 
 @pytest.fixture(scope="module")
@@ -66,13 +77,17 @@ def ticket_files(tmp_path_factory):
     return folder / "model.pt", folder / "mask.safetensors", mask
 
 
-def test_sparsified_ticket_gives_the_tickets_outputs(ticket_files):
+@pytest.mark.parametrize("engine", ["direct", "csr"])
+def test_sparsified_ticket_gives_the_tickets_outputs(ticket_files, engine):
+    if engine == "direct" and not DIRECT:
+        pytest.skip("no C++ compiler here: the direct kernel cannot be built")
     checkpoint, mask_file, mask = ticket_files
     ticket = ticket_model(checkpoint, mask_file)
     for name, weight in prunable_state(ticket.state_dict()).items():
         assert not weight[~mask[name]].any()  # pruned entries exactly zero
-    sparse = sparsify(ticket)
-    converted = [m for m in sparse.modules() if isinstance(m, SparseConv2d)]
+    sparse = sparsify(ticket, engine=engine)
+    layer = DirectSparseConv2d if engine == "direct" else SparseConv2d
+    converted = [m for m in sparse.modules() if isinstance(m, layer)]
     sparse_layers = [name for name in mask if float(mask[name].float().mean()) <= 0.5]
     assert len(converted) == len(sparse_layers) > 0  # the layers at most half kept; the stem stays dense
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -104,7 +119,7 @@ def test_export_and_speed_commands(ticket_files, tmp_path, capsys, monkeypatch):
     speed = ["speed", str(checkpoint), "--mask", str(mask_file), "--image-size", "32", "--rounds", "2"]
     assert run_cli([*speed, "--batch", "1", "--batch", "2"]) == 0
     text = capsys.readouterr().out
-    for engine in ("pytorch", "onnxruntime", "cvlth-sparse"):
+    for engine in ("pytorch", "onnxruntime", "cvlth-direct" if DIRECT else "cvlth-csr"):
         assert engine in text
     assert "batch 2: ticket on" in text
 
@@ -116,7 +131,7 @@ def test_speedups_compare_the_fastest_ticket_with_the_fastest_dense_engine(ticke
     assert {(t.engine, t.model) for t in timings} >= {
         ("pytorch", "dense"),
         ("pytorch", "ticket"),
-        ("cvlth-sparse", "ticket"),
+        ("cvlth-csr", "ticket"),
     }
     ratio, ticket_engine, dense_engine = speedups(timings, 2)
     fastest_dense = min(t.seconds for t in timings if t.model == "dense")

@@ -1,5 +1,9 @@
-"""cvlth's own sparse path for unstructured tickets on CPU: each pruned convolution as a sparse
-matrix (CSR, only the kept weights) times the im2col matrix of its input.
+"""cvlth's own sparse paths for unstructured tickets on CPU.
+
+The direct kernel (``engine="direct"``, the default where a C++ compiler is present): a small
+C++/OpenMP torch extension (``sparse_kernel.cpp``, compiled once per machine on first use into
+torch's extension cache) that adds, for each kept weight, a shifted copy of one zero-padded input
+plane to its output plane; no im2col matrix is built. Without a compiler, ``engine="csr"``:
 
 ``y = W_csr @ cols(x)`` where ``W_csr`` is the ``[out, in·kh·kw]`` weight with its zeros dropped
 and ``cols(x)`` the ``[in·kh·kw, N·H'·W']`` patches (``F.unfold``; a 1x1 stride-1 conv needs none:
@@ -12,10 +16,117 @@ from __future__ import annotations
 
 import copy
 import warnings
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+ENGINES = ("direct", "csr")
+_KERNEL: dict[str, object] = {}
+
+
+def direct_kernel() -> object:
+    """The compiled C++ kernel (compiled on first call; raises RuntimeError when it cannot be)."""
+    if "module" not in _KERNEL:
+        from torch.utils.cpp_extension import load
+
+        source = Path(__file__).with_name("sparse_kernel.cpp")
+        flags = ["-O3", "-march=native", "-fopenmp"]
+        _KERNEL["module"] = load(
+            "cvlth_sparse_kernel",
+            [str(source)],
+            extra_cflags=flags,
+            extra_ldflags=["-fopenmp"],
+            verbose=False,
+        )
+    return _KERNEL["module"]
+
+
+def direct_available() -> bool:
+    """Whether the direct kernel compiles (and loads) on this machine."""
+    try:
+        direct_kernel()
+    except Exception:  # no compiler, no ninja, a failed build: the CSR path remains
+        return False
+    return True
+
+
+class DirectSparseConv2d(nn.Module):
+    """A frozen ``nn.Conv2d`` computed by the direct kernel from its kept weights alone."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        if conv.groups != 1 or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise ValueError("only groups=1 convolutions with numeric zero padding are converted")
+        weight = conv.weight.detach().float()
+        self.out_channels, self.in_channels = int(weight.shape[0]), int(weight.shape[1])
+        self.kernel_size = tuple(conv.kernel_size)
+        self.stride, self.padding, self.dilation = (
+            tuple(conv.stride),
+            tuple(conv.padding),
+            tuple(conv.dilation),
+        )
+        flat = weight.reshape(self.out_channels, -1)
+        rows, cols = flat.nonzero(as_tuple=True)  # row-major: each output channel's weights together
+        counts = torch.bincount(rows, minlength=self.out_channels)
+        self.register_buffer(
+            "rowptr", torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)]), persistent=False
+        )
+        kh, kw = self.kernel_size
+        self.register_buffer("channel", cols // (kh * kw), persistent=False)
+        self.register_buffer("ky", (cols // kw) % kh, persistent=False)
+        self.register_buffer("kx", cols % kw, persistent=False)
+        self.register_buffer("values", flat[rows, cols].contiguous(), persistent=False)
+        bias = conv.bias.detach() if conv.bias is not None else None
+        self.register_buffer("bias", bias, persistent=False)
+        self._offsets: dict[tuple[int, int], torch.Tensor] = {}
+
+    def offsets(self, hq: int, wq: int) -> torch.Tensor:
+        """Each kept weight's input offset inside one image of the kernel's input (``hq`` x ``wq``
+        planes, ``stride²`` phases of the padded input per channel; cached per size).
+
+        A stride-s convolution is a stride-1 one over the s x s phases of its input (rows and
+        columns taken every s-th, from each offset): tap (ky, kx) reads phase ((ky·dh) mod s,
+        (kx·dw) mod s) at row/column shift ((ky·dh) div s, (kx·dw) div s)."""
+        key = (hq, wq)
+        if key not in self._offsets:
+            (dh, dw), (sh, sw) = self.dilation, self._phase_stride
+            rows, cols = self.ky * dh, self.kx * dw
+            phase = (rows % sh) * sw + (cols % sw)
+            plane = phase * self.in_channels + self.channel
+            self._offsets[key] = (plane * (hq * wq) + (rows // sh) * wq + cols // sw).contiguous()
+        return self._offsets[key]
+
+    @property
+    def _pointwise(self) -> bool:
+        """A 1x1 convolution without padding: a strided one only reads every s-th pixel."""
+        return self.kernel_size == (1, 1) and self.padding == (0, 0)
+
+    @property
+    def _phase_stride(self) -> tuple[int, int]:
+        return (1, 1) if self._pointwise else self.stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._pointwise and self.stride != (1, 1):
+            x = x[:, :, :: self.stride[0], :: self.stride[1]]
+        (ph, pw), (sh, sw) = self.padding, self._phase_stride
+        (kh, kw), (dh, dw) = self.kernel_size, self.dilation
+        n, _, height, width = x.shape
+        hp, wp = height + 2 * ph, width + 2 * pw
+        out_h = (hp - dh * (kh - 1) - 1) // sh + 1
+        out_w = (wp - dw * (kw - 1) - 1) // sw + 1
+        hq, wq = -(-hp // sh), -(-wp // sw)  # phases of equal size: pad up to a multiple of the stride
+        padded = F.pad(x.float(), (pw, pw + wq * sw - wp, ph, ph + hq * sh - hp))
+        if (sh, sw) != (1, 1):
+            phases = padded.view(n, self.in_channels, hq, sh, wq, sw).permute(0, 3, 5, 1, 2, 4)
+            padded = phases.reshape(n, sh * sw * self.in_channels, hq, wq)
+        out = direct_kernel().sparse_conv_forward(
+            padded.contiguous(), self.rowptr, self.offsets(hq, wq), self.values, out_h, out_w, 1, 1
+        )
+        if self.bias is not None:
+            out = out + self.bias.view(1, -1, 1, 1)
+        return out
 
 
 class SparseConv2d(nn.Module):
@@ -61,13 +172,17 @@ class SparseConv2d(nn.Module):
         return out.contiguous()
 
 
-def sparsify(model: nn.Module, max_density: float = 0.5) -> nn.Module:
+def sparsify(model: nn.Module, max_density: float = 0.5, engine: str = "direct") -> nn.Module:
     """A copy of ``model`` (eval mode) whose convolutions with at most ``max_density`` non-zero
-    weights are :class:`SparseConv2d`; denser ones (the stem, an unpruned layer) stay dense."""
+    weights are computed sparsely (``engine``: ``direct``, :class:`DirectSparseConv2d`, or ``csr``,
+    :class:`SparseConv2d`); denser ones (the stem, an unpruned layer) stay dense."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    layer = DirectSparseConv2d if engine == "direct" else SparseConv2d
     sparse = copy.deepcopy(model).eval()
     for module in list(sparse.modules()):
         for child_name, child in list(module.named_children()):
             convertible = isinstance(child, nn.Conv2d) and child.groups == 1
             if convertible and float((child.weight != 0).float().mean()) <= max_density:
-                setattr(module, child_name, SparseConv2d(child))
+                setattr(module, child_name, layer(child))
     return sparse

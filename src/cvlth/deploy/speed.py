@@ -2,8 +2,8 @@
 
 Engines: PyTorch eager (always), ONNX Runtime (``pip install onnxruntime``), DeepSparse (only when
 the user installed it: end-of-life since 2025, not an open-source licence; cvlth never installs it)
-and cvlth's own sparse path (:mod:`cvlth.deploy.sparse_conv`, the ticket only: a dense model has
-nothing to skip). Every (engine, model) is warmed up, then timed in interleaved rounds -- one call of
+and cvlth's own sparse paths (:mod:`cvlth.deploy.sparse_conv`, the ticket only: a dense model has
+nothing to skip): ``cvlth-direct``, the C++ kernel (where it compiles), and ``cvlth-csr``. Every (engine, model) is warmed up, then timed in interleaved rounds -- one call of
 each per round, so a slow moment of the machine hits them all -- and the median per (engine, model)
 is reported with the thread count.
 """
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from cvlth.deploy.export import export_onnx
-from cvlth.deploy.sparse_conv import sparsify
+from cvlth.deploy.sparse_conv import direct_available, sparsify
 
 Runner = Callable[[torch.Tensor], object]
 
@@ -59,7 +59,9 @@ def engines(
             runners[("onnxruntime", label)] = lambda x, s=session: s.run(None, {"images": x.numpy()})
     deepsparse = _deepsparse_runners(dense, ticket, image_shape, folder)
     runners.update(deepsparse)
-    runners[("cvlth-sparse", "ticket")] = _torch_runner(sparsify(ticket))
+    runners[("cvlth-csr", "ticket")] = _torch_runner(sparsify(ticket, engine="csr"))
+    if direct_available():
+        runners[("cvlth-direct", "ticket")] = _torch_runner(sparsify(ticket, engine="direct"))
     return runners
 
 
