@@ -69,7 +69,7 @@ def speed(
     """Latency and throughput of the dense model and of its ticket on every engine present."""
     import torch
 
-    from cvlth.deploy.speed import measure_speed, speedups
+    from cvlth.deploy.speed import CVLTH_ENGINES, measure_speed, speedups
     from cvlth.deploy.tickets import ticket_model
 
     input_file(checkpoint, "a checkpoint file")
@@ -104,3 +104,5 @@ def speed(
         console.print(
             f"batch {size}: ticket on {ticket_engine} is {ratio:.2f}x the fastest dense engine ({dense_engine})"
         )
+        ratio, ticket_engine, _ = speedups(timings, size, CVLTH_ENGINES)
+        console.print(f"batch {size}: on cvlth's fastest path ({ticket_engine}): {ratio:.2f}x")

@@ -21,8 +21,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
 
 ENGINES = ("direct", "csr")
+_NO_BIAS = torch.empty(0)
 _KERNEL: dict[str, object] = {}
 
 
@@ -81,6 +83,7 @@ class DirectSparseConv2d(nn.Module):
         bias = conv.bias.detach() if conv.bias is not None else None
         self.register_buffer("bias", bias, persistent=False)
         self._offsets: dict[tuple[int, int], torch.Tensor] = {}
+        self.relu = False
 
     def offsets(self, hq: int, wq: int) -> torch.Tensor:
         """Each kept weight's input offset inside one image of the kernel's input (``hq`` x ``wq``
@@ -121,12 +124,31 @@ class DirectSparseConv2d(nn.Module):
         if (sh, sw) != (1, 1):
             phases = padded.view(n, self.in_channels, hq, sh, wq, sw).permute(0, 3, 5, 1, 2, 4)
             padded = phases.reshape(n, sh * sw * self.in_channels, hq, wq)
-        out = direct_kernel().sparse_conv_forward(
-            padded.contiguous(), self.rowptr, self.offsets(hq, wq), self.values, out_h, out_w, 1, 1
+        bias = self.bias if self.bias is not None else _NO_BIAS
+        return direct_kernel().sparse_conv_forward(
+            padded.contiguous(),
+            self.rowptr,
+            self.offsets(hq, wq),
+            self.values,
+            bias,
+            self.relu,
+            out_h,
+            out_w,
+            1,
+            1,
         )
-        if self.bias is not None:
-            out = out + self.bias.view(1, -1, 1, 1)
-        return out
+
+    def fold(self, bn: nn.BatchNorm2d, relu: bool = False) -> DirectSparseConv2d:
+        """Fold the eval-mode ``bn`` that follows (each output channel's weights scaled, its shift
+        the bias; pruned weights stay absent) and, with ``relu``, the ReLU after it."""
+        scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach()
+        shift = (bn.bias - bn.running_mean * scale).detach()
+        rows = torch.repeat_interleave(torch.arange(self.out_channels), self.rowptr.diff())
+        self.values = (self.values * scale[rows]).contiguous()
+        old_bias = self.bias if self.bias is not None else torch.zeros(self.out_channels)
+        self.bias = (old_bias * scale + shift).contiguous().float()
+        self.relu = relu
+        return self
 
 
 class SparseConv2d(nn.Module):
@@ -172,17 +194,53 @@ class SparseConv2d(nn.Module):
         return out.contiguous()
 
 
+class FusedBlock(nn.Module):
+    """A torchvision ResNet block (BasicBlock or Bottleneck) for inference with every conv-BN(-ReLU)
+    folded into one direct sparse convolution where the conv is sparse enough (else the dense conv
+    and its BN), then the residual sum and its ReLU."""
+
+    def __init__(self, block: BasicBlock | Bottleneck, max_density: float) -> None:
+        super().__init__()
+        names = ["1", "2", "3"] if isinstance(block, Bottleneck) else ["1", "2"]
+        self.stages = nn.ModuleList(
+            _conv_bn(getattr(block, f"conv{k}"), getattr(block, f"bn{k}"), k != names[-1], max_density)
+            for k in names
+        )
+        down = block.downsample
+        self.downsample = None if down is None else _conv_bn(down[0], down[1], False, max_density)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = x
+        for stage in self.stages:
+            out = stage(out)
+        return torch.relu_(out + identity)
+
+
+def _conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, relu: bool, max_density: float) -> nn.Module:
+    if conv.groups == 1 and float((conv.weight != 0).float().mean()) <= max_density:
+        return DirectSparseConv2d(conv).fold(bn, relu)
+    return nn.Sequential(conv, bn, *([nn.ReLU()] if relu else []))
+
+
 def sparsify(model: nn.Module, max_density: float = 0.5, engine: str = "direct") -> nn.Module:
     """A copy of ``model`` (eval mode) whose convolutions with at most ``max_density`` non-zero
-    weights are computed sparsely (``engine``: ``direct``, :class:`DirectSparseConv2d`, or ``csr``,
-    :class:`SparseConv2d`); denser ones (the stem, an unpruned layer) stay dense."""
+    weights are computed sparsely; denser ones (the stem, an unpruned layer) stay dense.
+
+    ``engine="direct"``: every torchvision ResNet block becomes a :class:`FusedBlock` (sparse convs
+    with their BN and ReLU folded into the kernel), any other such conv a
+    :class:`DirectSparseConv2d`; ``engine="csr"``: each conv a :class:`SparseConv2d`."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
-    layer = DirectSparseConv2d if engine == "direct" else SparseConv2d
     sparse = copy.deepcopy(model).eval()
-    for module in list(sparse.modules()):
-        for child_name, child in list(module.named_children()):
-            convertible = isinstance(child, nn.Conv2d) and child.groups == 1
-            if convertible and float((child.weight != 0).float().mean()) <= max_density:
-                setattr(module, child_name, layer(child))
+    layer = DirectSparseConv2d if engine == "direct" else SparseConv2d
+    with torch.no_grad():
+        for module in list(sparse.modules()):
+            for child_name, child in list(module.named_children()):
+                if engine == "direct" and isinstance(child, BasicBlock | Bottleneck):
+                    setattr(module, child_name, FusedBlock(child, max_density))
+                    continue
+                convertible = isinstance(child, nn.Conv2d) and child.groups == 1
+                if convertible and float((child.weight != 0).float().mean()) <= max_density:
+                    setattr(module, child_name, layer(child))
     return sparse

@@ -21,6 +21,8 @@ torch::Tensor sparse_conv_forward(
     torch::Tensor rowptr,   // [Cout + 1] int64: output channel co's weights are rowptr[co]..rowptr[co+1]
     torch::Tensor offsets,  // [nnz] int64: c * Hp * Wp + ky * dil_h * Wp + kx * dil_w
     torch::Tensor values,   // [nnz] float32
+    torch::Tensor bias,     // [Cout] float32, or empty: none
+    bool relu,              // max(0, .) on the way out (a folded conv-BN-ReLU)
     int64_t out_h, int64_t out_w, int64_t stride_h, int64_t stride_w) {
   TORCH_CHECK(padded.dtype() == torch::kFloat32 && padded.is_contiguous() && padded.dim() == 4,
               "sparse_conv_forward: a contiguous float32 NCHW input is expected");
@@ -33,6 +35,7 @@ torch::Tensor sparse_conv_forward(
   const int64_t* off = offsets.data_ptr<int64_t>();
   const float* val = values.data_ptr<float>();
   float* y = out.data_ptr<float>();
+  const float* b = bias.numel() ? bias.data_ptr<float>() : nullptr;
   const int64_t image = channels * hp * wp;
   const int64_t planes = n_images * out_channels;
   const bool unit = stride_h == 1 && stride_w == 1;
@@ -69,8 +72,15 @@ torch::Tensor sparse_conv_forward(
           for (int64_t t = 0; t < span; ++t) a[t] += v * p[t];
         }
         float* dst = y + plane * out_h * out_w;
+        const float shift = b ? b[co] : 0.0f;
         for (int64_t oy = 0; oy < out_h; ++oy) {
-          std::copy(a + oy * wp, a + oy * wp + out_w, dst + oy * out_w);
+          const float* src = a + oy * wp;
+          float* row = dst + oy * out_w;
+          if (relu) {
+            for (int64_t ox = 0; ox < out_w; ++ox) row[ox] = std::max(src[ox] + shift, 0.0f);
+          } else {
+            for (int64_t ox = 0; ox < out_w; ++ox) row[ox] = src[ox] + shift;
+          }
         }
       } else {
         for (; k < end; ++k) {
@@ -82,7 +92,9 @@ torch::Tensor sparse_conv_forward(
             for (int64_t ox = 0; ox < out_w; ++ox) arow[ox] += v * row[ox * stride_w];
           }
         }
-        std::copy(a, a + span, y + plane * out_h * out_w);
+        float* dst = y + plane * out_h * out_w;
+        const float shift = b ? b[co] : 0.0f;
+        for (int64_t t = 0; t < span; ++t) dst[t] = relu ? std::max(a[t] + shift, 0.0f) : a[t] + shift;
       }
     }
   }
