@@ -153,7 +153,8 @@ class FinderEntry(Strict):
     def _consistent(self) -> FinderEntry:
         if self.method != "imp" and (self.stage != "upstream" or self.rewind != "pretrained"):
             raise ValueError(f"`stage` and `rewind` apply to imp only (method is {self.method!r})")
-        if self.rewind != "early" and "rewind_fraction" in self.model_fields_set:
+        default_fraction = type(self).model_fields["rewind_fraction"].default
+        if self.rewind != "early" and self.rewind_fraction != default_fraction:  # written studies hold it
             raise ValueError(f"`rewind_fraction` applies to rewind: early only (rewind is {self.rewind!r})")
         if self.method == "omp" and len(self.finder_seeds) > 1:
             raise ValueError(
