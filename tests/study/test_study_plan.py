@@ -145,10 +145,14 @@ def test_packaged_studies_validate_and_plan_without_data(monkeypatch, tmp_path):
     assert {(f, "complement") for f in ("imp-task", "imp-task-init", "imp-task-early")} <= finders
     assert {p.level for p in transfers if p.task == "voc_detection" and p.level} == set(range(1, 19))
     assert str(tmp_path / "nowhere") in paper.tasks["cifar10"].data.root
-    cpu = expand(load_study("cpu-study"))
+    cpu_study = load_study("cpu-study")
+    cpu = expand(cpu_study)
     dense_levels = {p.level for p in cpu if p.task in ("detection", "segmentation") and p.level}
-    assert dense_levels == {8}  # task_levels narrow the expensive transfers
-    assert {p.level for p in cpu if p.task == "mnist" and p.level} == {3, 5, 8}
+    assert dense_levels == {10}  # task_levels narrow the expensive transfers
+    assert {p.level for p in cpu if p.task == "mnist" and p.level} == {5, 10, 14}
+    # the world issue's floor for the longer study: >= 95% sparsity, >= 3 seeds, no pre-training
+    assert 1 - (1 - cpu_study.fraction) ** cpu_study.rounds >= 0.95 and len(cpu_study.seeds) >= 3
+    assert not [p for p in cpu if isinstance(p.run, PretrainRun)]
 
 
 def test_the_demo_imports_the_zoo_and_reaches_the_sparsities_where_tickets_differ(monkeypatch, tmp_path):
