@@ -175,6 +175,8 @@ class RunConfig(Strict):
     rank: ClassVar[int] = 9
     #: Whether the run finds ticket masks (one per level), which transfers fine-tune.
     finds_masks: ClassVar[bool] = False
+    #: Whether the run fine-tunes on a downstream task: its result is a cell of the matching table.
+    fine_tunes_on_task: ClassVar[bool] = False
 
     @property
     def trains_theta_p(self) -> bool:
@@ -214,6 +216,17 @@ class RunConfig(Strict):
     def summary(self) -> dict[str, object]:
         """What the run is, from its config alone (``cvlth runs``): pretraining, finder, task, level, seed."""
         return {}
+
+    def progress_details(self, level: int, seed: int | None, variant: str) -> list[str]:
+        """What the study's progress line adds after the run's kind, names and task (a transfer: its
+        level, seed and mask variant; the planned ``level``/``seed``/``variant`` of the run)."""
+        return []
+
+    def imported_theta(self) -> RunConfig | None:
+        """The import run (``ImportRun``) that this run's θ_p comes from, or None when θ_p is trained
+        here. Runs built on θ_p hold it as ``pretrained``."""
+        pretrained = getattr(self, "pretrained", None)
+        return None if pretrained is None else pretrained.imported_theta()
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -2,6 +2,8 @@
 is planned, run, reused, resumed after a failure and described like cvlth's own (the recipe of
 docs/architecture.md's "a run kind")."""
 
+import ast
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import pytest
@@ -12,7 +14,7 @@ from cvlth.store import RunFolder, Store
 from cvlth.study.context import RUN_EXECUTORS, Context, run_seeds
 from cvlth.study.execute import ensure
 from cvlth.study.plan import PlannedRun, summarize_plan
-from cvlth.study.run_kinds import ImportRun, kind_order, register_run_kind
+from cvlth.study.run_kinds import RUN_KINDS, ImportRun, kind_order, register_run_kind
 
 THETA = ImportRun(path="world:supervised", source="cvlth")
 FAIL_ONCE: set[int] = set()
@@ -77,3 +79,58 @@ def test_a_toy_run_kind_is_planned_run_reused_resumed_and_described(tmp_path, ca
     assert run_cli(["runs", "--store", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "toy-count" in out and "toy count" in out
+
+
+# --- nothing outside a run kind's own modules asks which kind a run is ---------------------------
+SRC = Path(__file__).resolve().parents[2] / "src" / "cvlth"
+#: The run kinds' own modules: their configs (and the base class) and their executors.
+RUN_KIND_MODULES = {
+    "config.py",
+    "study/run_kinds.py",
+    "study/run_pretrain.py",
+    "study/run_finders.py",
+    "study/run_training.py",
+    "study/run_transfer.py",
+}
+
+
+def kind_branches(source: str, classes: set[str], kinds: set[str]) -> list[int]:
+    """Lines of ``source`` that branch on a run kind: ``isinstance(x, <a run kind class>)`` or a
+    comparison of a ``.kind`` attribute with a run kind's tag."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "id", None) == "isinstance"
+            and len(node.args) == 2
+        ):
+            named = {n.id for n in ast.walk(node.args[1]) if isinstance(n, ast.Name)}
+            named |= {n.attr for n in ast.walk(node.args[1]) if isinstance(n, ast.Attribute)}
+            if named & classes:
+                lines.append(node.lineno)
+        elif isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            reads_kind = any(isinstance(o, ast.Attribute) and o.attr == "kind" for o in operands)
+            tags = {c.value for o in operands for c in ast.walk(o) if isinstance(c, ast.Constant)}
+            if reads_kind and tags & kinds:
+                lines.append(node.lineno)
+    return lines
+
+
+def test_no_module_outside_the_run_kinds_branches_on_a_run_kind():
+    kinds = set(RUN_KINDS)
+    classes = {RUN_KINDS[kind].__name__ for kind in kinds}
+    assert {"ImpRun", "TransferRun"} <= classes and {"imp", "transfer"} <= kinds
+    # the check sees both spellings of the question
+    made_up = (
+        'if isinstance(run, (ImportRun, TransferRun)):\n    pass\nif item.run.kind != "imp":\n    pass\n'
+    )
+    assert kind_branches(made_up, classes, kinds) == [1, 3]
+    assert kind_branches('if run.finds_masks and item.kind == "ticket":\n    pass\n', classes, kinds) == []
+
+    offences = []
+    for path in sorted(SRC.rglob("*.py")):
+        module = path.relative_to(SRC).as_posix()
+        if module not in RUN_KIND_MODULES:
+            offences += [f"{module}:{line}" for line in kind_branches(path.read_text(), classes, kinds)]
+    assert not offences, f"ask the run kind (a method or ClassVar of RunConfig) instead: {offences}"

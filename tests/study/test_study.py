@@ -43,7 +43,11 @@ def _results(store: Path) -> dict[str, float]:
 
 
 @pytest.mark.slow
-def test_tiny_study_runs_end_to_end_and_rerun_trains_nothing(tiny_study, tmp_path, capsys):
+def test_tiny_study_runs_end_to_end_and_rerun_trains_nothing(tmp_path, capsys):
+    tiny_study = tmp_path / "tiny.yaml"  # the tiny study, its tickets' inference timed too
+    tiny_study.write_text(
+        yaml.safe_dump({**TINY, "speed": {"image_size": 16, "batch_sizes": [2], "rounds": 1}})
+    )
     store = tmp_path / "store"
     assert run_cli(["study", str(tiny_study), "--store", str(store), "--quiet"]) == 0
     table = json.loads((store / "studies" / "tiny" / "matching.json").read_text())
@@ -65,6 +69,13 @@ def test_tiny_study_runs_end_to_end_and_rerun_trains_nothing(tiny_study, tmp_pat
     # one IMP run: θ_p and each ticket measured once, decided by the test sample alone
     assert fig2["test_size"] > 0 and all(r["margin"]["method"] == "binomial" for r in fig2["rows"])
     assert (store / "studies" / "tiny" / "claims.json").is_file()
+    speed = json.loads((store / "studies" / "tiny" / "speed.json").read_text())
+    masks = {row["source"]: row["rows"][0]["sparsity"] for row in digits}
+    assert {(p["source"], p["level"], p["batch"]) for p in speed} == {(s, 3, 2) for s in masks}
+    for point in speed:  # the mask's measured sparsity, and both models timed on PyTorch at least
+        assert point["sparsity"] == pytest.approx(masks[point["source"]], abs=0.01)
+        assert set(point["seconds"]["pytorch"]) == {"dense", "ticket"} and point["speedup"] > 0
+    assert "Inference speed" in (store / "studies" / "tiny" / "report.md").read_text()
 
     study = load_study(tiny_study)
     planned = expand(study)
@@ -78,10 +89,12 @@ def test_tiny_study_runs_end_to_end_and_rerun_trains_nothing(tiny_study, tmp_pat
                 assert abs(mask.pruned - (1 - 0.8**level) * mask.total) <= level
 
     before = _results(store)
+    timed = (store / "studies" / "tiny" / "speed.json").stat().st_mtime_ns
     capsys.readouterr()
     assert run_cli(["study", str(tiny_study), "--store", str(store), "--quiet"]) == 0
     assert "(0 computed now)" in capsys.readouterr().out
     assert _results(store) == before  # nothing was recomputed or rewritten
+    assert (store / "studies" / "tiny" / "speed.json").stat().st_mtime_ns == timed  # nor re-timed
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ from cvlth.report.results import (
     matching_section,
     setup_section,
 )
+from cvlth.report.speed import speed_section
 from cvlth.report.structure import (
     MAX_IOU_TICKETS,
     iou_section,
@@ -41,6 +42,8 @@ def build_report(files: StudyFiles, figures: Path, now: datetime) -> Report:
     sections += [iou_section(files, scan, figures), structure_section(files, scan, figures)]
     if files.perturbation is not None:
         sections.append(perturbation_section(files, figures))
+    if files.speed is not None:
+        sections.append(speed_section(files, figures))
     facts = matching_facts(files) + [fact for section in sections for fact in section.facts]
     summary = Section("What this shows", "summary", [facts] if facts else ["No results to summarise."])
     sections[:0] = [claims, summary]

@@ -16,9 +16,11 @@ from cvlth.study.outputs import (
     CLAIMS_FILE,
     MATCHING_FILE,
     PERTURBATION_FILE,
+    SPEED_FILE,
     TICKETS_FILE,
     MatchingEntry,
     PerturbationCurve,
+    SpeedPoint,
     StudyOutputError,
     TicketEntry,
     read_entries,
@@ -40,6 +42,7 @@ class StudyFiles:
     results_time: datetime
     claims: list[ClaimResult] | None = None  # None: claims.json predates claims; the report checks them
     beside: list[MatchingResult] = field(default_factory=list)  # matching-beside.json (may be absent)
+    speed: list[SpeedPoint] | None = None  # speed.json; None: the study's tickets were not timed
     _masks: dict[str, Any] = field(default_factory=dict)  # mask path -> Mask, the current level's
 
     def rerun_hint(self) -> str:
@@ -95,6 +98,8 @@ def read_study_files(study_dir: Path, store_root: Path | None = None) -> StudyFi
     claims = read_entries(claims_path, ClaimResult, hint) if claims_path.exists() else None
     beside_path = folder / BESIDE_FILE
     beside = read_entries(beside_path, MatchingEntry, hint) if beside_path.exists() else []
+    speed_path = folder / SPEED_FILE
+    speed = read_entries(speed_path, SpeedPoint, hint) if speed_path.exists() else None
     return StudyFiles(
         folder=folder,
         store=store,
@@ -105,4 +110,5 @@ def read_study_files(study_dir: Path, store_root: Path | None = None) -> StudyFi
         results_time=datetime.fromtimestamp(matching_path.stat().st_mtime),
         claims=claims,
         beside=[entry.result for entry in beside],
+        speed=speed,
     )

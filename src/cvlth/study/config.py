@@ -187,6 +187,25 @@ class PerturbationEntry(Strict):
     fraction: float = Field(0.1, gt=0, lt=1, description="share of kept entries swapped by `perturbed`")
 
 
+class SpeedEntry(Strict):
+    """The inference speed of the study's tickets (``speed.json``, the report's speed section): at
+    every transferred level, each ticket's classifier against the dense one, on every engine present
+    (:mod:`cvlth.deploy.speed`). Timed after the runs, in the study's process; no run's identity."""
+
+    image_size: int = Field(ge=1, description="input height and width of the timed images")
+    batch_sizes: list[int] = Field(
+        default_factory=lambda: [1, 16], min_length=1, description="batch sizes timed (each >= 1)"
+    )
+    rounds: int = Field(5, ge=1, description="interleaved timed rounds per batch size (medians reported)")
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _positive(cls, sizes: list[int]) -> list[int]:
+        if any(size < 1 for size in sizes):
+            raise ValueError(f"every batch size must be >= 1 (got {sizes})")
+        return sizes
+
+
 class LoggingConfig(Strict):
     """Scalar logs every training of the study writes besides ``metrics.jsonl``
     (:mod:`cvlth.training.scalar_logs`); no run's identity. ``cvlth study --tensorboard / --mlflow``
@@ -230,6 +249,9 @@ class StudyConfig(Strict):
     )
     perturbation: PerturbationEntry | None = Field(
         None, description="the perturbation analysis of some IMP finders' masks (default: none)"
+    )
+    speed: SpeedEntry | None = Field(
+        None, description="time the tickets' inference at every transferred level (default: not timed)"
     )
     metric: str | None = Field(None, description="test metric for matching; default: by task objective")
     domain_shift_tasks: list[str] = Field(

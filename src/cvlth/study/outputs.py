@@ -14,7 +14,10 @@ A study folder ``<store>/studies/<name>/`` holds these JSON lists besides ``stud
 * ``tickets.json`` -- one :class:`TicketEntry` per ticket finder run (one per finder seed): its
   masks per level, as paths relative to the store;
 * ``perturbation.json`` (only with a perturbation analysis) -- one :class:`PerturbationCurve` per
-  (finder source, task, mask variant).
+  (finder source, task, mask variant);
+* ``speed.json`` (only when the study asks for ``speed``) -- one :class:`SpeedPoint` per (ticket,
+  transferred level, batch size): the median latency of the dense classifier and of the ticket on
+  every engine present.
 
 Every entry type has ``to_json`` (the dict written) and ``from_json`` (which raises ``KeyError``,
 ``TypeError``, ``ValueError`` or ``AttributeError`` on a malformed entry); :func:`write_entries`
@@ -40,6 +43,7 @@ BESIDE_FILE = "matching-beside.json"
 TICKETS_FILE = "tickets.json"
 PERTURBATION_FILE = "perturbation.json"
 CLAIMS_FILE = "claims.json"
+SPEED_FILE = "speed.json"
 #: Far above any study's results (a paper-scale matching.json is < 1 MB); bounds a wrong file's read.
 MAX_RESULT_BYTES = 256 << 20
 
@@ -251,6 +255,77 @@ class _ReadableEntry(_Entry, Protocol):
 
 # the entry types of this module, and cvlth.study.claims.ClaimResult (claims.json)
 E = TypeVar("E", bound=_ReadableEntry)
+
+
+@dataclass(frozen=True)
+class SpeedPoint:
+    """One entry of speed.json: a ticket at one level and batch size against the dense classifier.
+
+    ``seconds`` maps an engine to the median latency of one batch per model (``dense``, ``ticket``);
+    cvlth's own engines time the ticket only (a dense model has nothing to skip)."""
+
+    LISTS: ClassVar[str] = "timings"
+    CVLTH_ENGINES: ClassVar[tuple[str, ...]] = ("cvlth-direct", "cvlth-csr")
+
+    source: str  # <pre-training>/<finder>
+    task: str | None  # a task-specific finder's task
+    level: int
+    sparsity: float  # the mask's measured sparsity (prunable weights)
+    batch: int
+    threads: int
+    seconds: dict[str, dict[str, float]]
+
+    def fastest(self, model: str, engines: Sequence[str] | None = None) -> tuple[str, float]:
+        """(engine, seconds) of the fastest engine that timed ``model`` (among ``engines``)."""
+        timed = [
+            (engine, by_model[model])
+            for engine, by_model in self.seconds.items()
+            if model in by_model and (engines is None or engine in engines)
+        ]
+        return min(timed, key=lambda pair: pair[1])
+
+    @property
+    def speedup(self) -> float:
+        """The ticket on its fastest engine against the fastest dense engine."""
+        return self.fastest("dense")[1] / self.fastest("ticket")[1]
+
+    @property
+    def cvlth_speedup(self) -> float | None:
+        """The ticket on cvlth's fastest path against the fastest dense engine (None: not timed)."""
+        if not any(engine in self.seconds for engine in self.CVLTH_ENGINES):
+            return None
+        return self.fastest("dense")[1] / self.fastest("ticket", self.CVLTH_ENGINES)[1]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "task": self.task,
+            "level": self.level,
+            "sparsity": self.sparsity,
+            "batch": self.batch,
+            "threads": self.threads,
+            "seconds": self.seconds,
+            "speedup": self.speedup,  # derived, for readers of the file; recomputed when read
+            "cvlth_speedup": self.cvlth_speedup,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SpeedPoint:
+        task = data.get("task")
+        point = cls(
+            source=str(data["source"]),
+            task=None if task is None else str(task),
+            level=int(data["level"]),
+            sparsity=float(data["sparsity"]),
+            batch=int(data["batch"]),
+            threads=int(data["threads"]),
+            seconds={
+                str(engine): {str(model): float(value) for model, value in by_model.items()}
+                for engine, by_model in data["seconds"].items()
+            },
+        )
+        point.fastest("dense"), point.fastest("ticket")  # raises ValueError when either is missing
+        return point
 
 
 def write_entries(path: Path, entries: Sequence[_Entry]) -> None:

@@ -231,8 +231,8 @@ def check_input_channels(
     checkpoints: dict[str, int] = {}
     for item in planned:
         run = item.run
-        pretrained = getattr(run, "pretrained", run)
-        if not isinstance(pretrained, ImportRun) or not checkpoint_file(pretrained.path).is_file():
+        pretrained = run.imported_theta()
+        if pretrained is None or not checkpoint_file(pretrained.path).is_file():
             continue
         if pretrained.path not in checkpoints:
             checkpoints[pretrained.path] = checkpoint_channels(pretrained)

@@ -45,6 +45,7 @@ from cvlth.models.checkpoints.sources import CheckpointSource
 from cvlth.models.task_models import DENSE_OBJECTIVES, check_model_options, model_options_identity
 from cvlth.objectives.registry import OBJECTIVES_WITH_HEADS, objective_option_defaults
 from cvlth.pruning.imp import HeadPolicy
+from cvlth.pruning.strategies import level_sparsity
 from cvlth.registry import Registry
 from cvlth.run_identity import without_defaults
 from cvlth.zoo.files import checkpoint_file
@@ -196,6 +197,9 @@ class ImportRun(RunConfig):
 
     def summary(self) -> dict[str, object]:
         return {"pretraining": self.path}
+
+    def imported_theta(self) -> ImportRun:
+        return self
 
 
 _DIGESTS: dict[tuple[str, int, int], str] = {}
@@ -389,6 +393,7 @@ class TransferRun(RunConfig):
 
     kind: Literal["transfer"] = "transfer"
     rank: ClassVar[int] = 3
+    fine_tunes_on_task: ClassVar[bool] = True
     pretrained: Pretrained
     ticket: Finder | None = None
     level: int = Field(0, ge=0)
@@ -444,6 +449,16 @@ class TransferRun(RunConfig):
         finder seed 0 (every ticket before finder seeds existed) keeps the streams it always had."""
         finder_seed = self.ticket.seed if self.ticket is not None else 0
         return (self.seed, self.task.train.seed, *((finder_seed,) if finder_seed else ()))
+
+    def progress_details(self, level: int, seed: int | None, variant: str) -> list[str]:
+        if self.ticket is None:
+            parts = ["dense"]
+        else:  # the ticket finder's own pruning fraction, not the default 20%
+            parts = [f"level {level} ({level_sparsity(level, self.ticket.fraction):.1%})"]
+        parts.append(f"seed {seed}")
+        if variant != "ticket":
+            parts.append(f"[{variant} mask]")
+        return parts
 
     def summary(self) -> dict[str, object]:
         variant = "" if self.variant == "ticket" else f" ({self.variant})"

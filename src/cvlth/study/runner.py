@@ -57,6 +57,7 @@ from cvlth.study.plan import PlannedRun, expand
 from cvlth.study.ray_executor import run_on_ray
 from cvlth.study.resources import ExecutorSettings
 from cvlth.study.run_data import refuse_stale_runs
+from cvlth.study.speed import write_speed
 from cvlth.training.scalar_logs import RunLogging
 
 
@@ -128,6 +129,8 @@ def run_study(
         curves = perturbation_curves(study, planned, results)
         write_entries(folder / PERTURBATION_FILE, curves)
     write_claims(folder, study, table, curves, tickets, store)
+    if study.speed is not None:
+        write_speed(folder, study, tickets, store, log if not quiet else lambda _: None)
     return StudyOutcome(folder, table, len(planned), computed, time.perf_counter() - start)
 
 
@@ -204,14 +207,7 @@ def describe(item: PlannedRun) -> str:
         parts.append(f"(finder seed {item.finder_seed})")
     if item.task:
         parts.append(f"→ {item.task}")
-    if run.kind == "transfer":
-        if run.ticket is None:
-            parts.append("dense")
-        else:  # the ticket finder's own pruning fraction, not the default 20%
-            parts.append(f"level {item.level} ({level_sparsity(item.level, run.ticket.fraction):.1%})")
-        parts.append(f"seed {item.seed}")
-        if item.variant != "ticket":
-            parts.append(f"[{item.variant} mask]")
+    parts.extend(run.progress_details(item.level, item.seed, item.variant))
     return " ".join(parts)
 
 
@@ -247,7 +243,7 @@ def matching_table(
     ticket_keys: dict[tuple[str, str, str], dict[float, list[Any]]] = defaultdict(lambda: defaultdict(list))
     sizes: dict[str, set[int | None]] = defaultdict(set)
     for item, result in zip(planned, results, strict=True):
-        if item.run.kind != "transfer" or item.variant != "ticket" or metric_of_task(item.task) is None:
+        if not item.run.fine_tunes_on_task or item.variant != "ticket" or metric_of_task(item.task) is None:
             continue
         value = metric_of(result, metric_of_task(item.task))
         sizes[item.task].add(result.get("test_size"))
@@ -320,7 +316,7 @@ def pretraining_task_table(
     metrics: dict[str, str] = {}
     sizes: dict[str, set[int | None]] = defaultdict(set)
     for item, result in zip(planned, results, strict=True):
-        if item.run.kind != "imp" or item.run.stage != "upstream" or "dense_upstream" not in result:
+        if "dense_upstream" not in result:  # upstream IMP's: θ_p on its own task
             continue
         source = item.source
         metric = metrics.setdefault(source, result["dense_upstream"]["metric"])
@@ -363,7 +359,7 @@ def perturbation_curves(
         lambda: defaultdict(list)
     )
     for item, result in zip(planned, results, strict=True):
-        if item.run.kind == "transfer" and item.finder in listed:
+        if item.run.fine_tunes_on_task and item.finder in listed:
             nominal = level_sparsity(item.level, study.fraction)
             measured = float(result.get("sparsity", nominal))
             value = metric_of(result, study.task_metric(item.task))
