@@ -1,5 +1,5 @@
 """A plain training run kind for the tests of the generic run machinery (configs, hashing, the
-store): cvlth's own run kinds are the study's (:mod:`cvlth.study.run_kinds`). Its fields are those
+store): cvlth's own run kinds are the study's (:mod:`cvlth.runs.kinds`). Its fields are those
 of the ``train`` kind the store's first runs had, so the pinned hash of ``tests/test_config.py``
 stays what it was."""
 
@@ -20,7 +20,7 @@ from cvlth.config import (
     Strict,
     TrainingConfig,
 )
-from cvlth.study.run_kinds import register_run_kind
+from cvlth.runs.kinds import register_run_kind
 
 
 class BackboneRef(Strict):

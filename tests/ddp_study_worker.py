@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
+from cvlth.runs.execute import RUN_EXECUTORS, Context
 from cvlth.store import Store
 from cvlth.study.config import load_study
-from cvlth.study.execute import RUN_EXECUTORS, Context
 from cvlth.study.plan import expand
 from cvlth.training import distributed
 

@@ -8,7 +8,7 @@ from config_fixtures import TrainConfig
 from cvlth.config import AdamWConfig, DataRef, MultiStepSchedule, SGDConfig, TrainingConfig
 from cvlth.errors import ConfigError
 from cvlth.run_identity import IDENTITY_VERSION, canonical_json, config_hash
-from cvlth.study.run_kinds import load_config
+from cvlth.runs.kinds import load_config
 
 PAPER_TRANSFER_YAML = """
 kind: train

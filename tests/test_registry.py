@@ -42,8 +42,8 @@ def test_every_registry_of_the_package_is_a_registry() -> None:
     from cvlth.models.task_models import TASK_MODELS
     from cvlth.objectives.registry import OBJECTIVES
     from cvlth.pruning.strategies import STRATEGIES
-    from cvlth.study.execute import RUN_EXECUTORS
-    from cvlth.study.run_kinds import RUN_KINDS
+    from cvlth.runs.execute import RUN_EXECUTORS
+    from cvlth.runs.kinds import RUN_KINDS
     from cvlth.study.runner import STUDY_EXECUTORS
 
     registries = {

@@ -18,9 +18,9 @@ from config_fixtures import TrainConfig
 from cvlth.cli import run_cli
 from cvlth.config import DataRef, TrainingConfig
 from cvlth.errors import CvlthError
+from cvlth.results.matching import matching
 from cvlth.store import RunFolder, Store, StoreError
 from cvlth.study.config import StudyConfig, study_to_yaml
-from cvlth.study.matching import matching
 from study_fixtures import DIGITS_TASK, NEEDS_FASHION_MNIST, SUPERVISED_PRETRAINING, TINY_BACKBONE
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")

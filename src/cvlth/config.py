@@ -7,7 +7,7 @@ A run is identified by its config alone: :meth:`RunConfig.hash` is :func:`cvlth.
 :mod:`cvlth.config_yaml`.
 
 Run kinds are small subclasses of :class:`RunConfig` with a ``kind: Literal[...]`` field; register
-them with :func:`cvlth.study.run_kinds.register_run_kind` so ``load_config`` can dispatch on ``kind``.
+them with :func:`cvlth.runs.kinds.register_run_kind` so ``load_config`` can dispatch on ``kind``.
 """
 
 from __future__ import annotations
@@ -189,7 +189,7 @@ class RunConfig(Strict):
         return []
 
     def training_recipe(self) -> Any:
-        """The recipe (``cvlth.study.run_kinds.Recipe``) this run trains with; None: it trains nothing."""
+        """The recipe (``cvlth.runs.kinds.Recipe``) this run trains with; None: it trains nothing."""
         return None
 
     def trainings(self) -> int:

@@ -9,7 +9,7 @@ A run folder is ``<store>/<kind>/<hash>/``. Every run has:
 ``.lock``                 held while a process computes the run
 ``train-state.pt``        the resumable training state (cvlth-train-state/1), deleted when done
 ``data-identity.json``    a run that reads a dataset's files: what they were when it started
-                          (cvlth-data-identity/1, see :mod:`cvlth.study.run_data`)
+                          (cvlth-data-identity/1, see :mod:`cvlth.runs.recorded_data`)
 ``tensorboard/``          TensorBoard event files, when the study logs to TensorBoard (not in the
                           integrity record: a log beside the results, not one of them)
 ========================  ======================================================================

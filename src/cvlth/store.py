@@ -10,7 +10,7 @@ Layout of ``<root>/<kind>/<hash>/``::
     result.json      written last and atomically: its presence means "done"
     .lock            fcntl lock held by the process running the run (holds its pid)
     data-identity.json  the files of the dataset the run reads, as they were when it started
-                     (:mod:`cvlth.study.run_data`; their lists are kept in ``<root>/data-manifests/``)
+                     (:mod:`cvlth.runs.recorded_data`; their lists are kept in ``<root>/data-manifests/``)
 
 A finished run is never recomputed: :meth:`Store.execute` returns the stored result. Two processes
 asked for the same run serialise on the lock; the second waits, then finds the result.

@@ -21,8 +21,8 @@ from safetensors.torch import save_file
 from cvlth.cli import run_cli
 from cvlth.errors import ConfigError
 from cvlth.masks import Mask
+from cvlth.runs.kinds import load_config
 from cvlth.study.config import builtin_study_path
-from cvlth.study.run_kinds import load_config
 from hostile_fixtures import cli_error, file_hashes
 
 

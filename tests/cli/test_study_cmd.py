@@ -10,9 +10,9 @@ from rich.console import Console
 
 from cvlth.cli import run_cli
 from cvlth.cli.study_cmd import matching_rich_table
+from cvlth.results.matching import PRETRAINING_TASK, matching
 from cvlth.store import RunFolder, Store
 from cvlth.study.config import load_study
-from cvlth.study.matching import PRETRAINING_TASK, matching
 from cvlth.study.plan import expand
 from study_fixtures import DIGITS_TASK, SUPERVISED_PRETRAINING, TINY_BACKBONE
 

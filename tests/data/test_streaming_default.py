@@ -17,8 +17,8 @@ from cvlth.data.classification import ImageSet
 from cvlth.data.registry import load_dataset
 from cvlth.data.streaming import StreamingImageSet
 from cvlth.errors import ConfigError
+from cvlth.runs.kinds import PretrainRun
 from cvlth.study.costs import work_kind
-from cvlth.study.run_kinds import PretrainRun
 from cvlth.study.validation import check_contrastive_streaming
 
 

@@ -11,7 +11,7 @@ from cvlth.models.checkpoints.cvlth_format import save_checkpoint
 from cvlth.models.checkpoints.importer import import_checkpoint
 from cvlth.models.task_models import build_task_model, check_model_options, model_options
 from cvlth.run_identity import config_hash
-from cvlth.study.run_kinds import Recipe
+from cvlth.runs.kinds import Recipe
 
 SPEC = BackboneSpec("resnet18", width=4, stem="cifar", in_channels=1)
 DATA = SampleSplits(

@@ -107,8 +107,8 @@ def test_batches_of_pairs_in_workers_are_those_read_in_process(splits) -> None:
 
 
 def test_a_study_trains_contrastive_objectives_on_pairs(splits) -> None:
-    """The study's batches (cvlth.study.execute): training ones are pairs for SimCLR / MoCo only."""
-    from cvlth.study.run_training import batches as _batches
+    """The study's batches (cvlth.runs.execute): training ones are pairs for SimCLR / MoCo only."""
+    from cvlth.runs.training import batches as _batches
 
     first = next(iter(_batches(splits, "train", 4, seed=3, objective=MOCO).epoch_batches(0)))[0]
     assert first.shape == (4, 2, 3, SIZE, SIZE)

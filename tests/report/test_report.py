@@ -14,8 +14,8 @@ import yaml
 from cvlth.cli import run_cli
 from cvlth.masks import Mask
 from cvlth.report import read_study_files, scan_levels, write_report
+from cvlth.results.matching import PRETRAINING_TASK, matching
 from cvlth.study.config import StudyConfig, study_to_yaml
-from cvlth.study.matching import PRETRAINING_TASK, matching
 from study_fixtures import NEEDS_FASHION_MNIST
 from study_fixtures import TINY as TINY_STUDY
 

@@ -4,9 +4,9 @@ import torch
 
 from cvlth.analysis.kernels import kernel_report
 from cvlth.masks import Mask
+from cvlth.results.outputs import TicketEntry, TicketLevel
 from cvlth.study.claim_inputs import claim_inputs, halves, mask_facts, pretraining_kind, source_infos
 from cvlth.study.config import PretrainEntry, StudyConfig
-from cvlth.study.outputs import TicketEntry, TicketLevel
 
 RECIPE = {"data": {"name": "world_upstream"}, "optim": {"name": "sgd", "lr": 0.1}}
 SIMCLR = {**RECIPE, "objective": {"name": "simclr", "options": {"temperature": 0.2}}}

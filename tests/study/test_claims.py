@@ -1,9 +1,9 @@
-"""The rules of the paper's claims (cvlth.study.claims) on made-up tables: for every claim a case
+"""The rules of the paper's claims (cvlth.results.claims) on made-up tables: for every claim a case
 that holds, one refuted and one undecided, and what a study without the needed parts gets."""
 
 import pytest
 
-from cvlth.study.claims import (
+from cvlth.results.claims import (
     HOLDS,
     NOT_TESTED,
     REFUTED,
@@ -26,9 +26,9 @@ from cvlth.study.claims import (
     combine,
     equivalence_verdict,
 )
-from cvlth.study.matching import PRETRAINING_TASK, matching
-from cvlth.study.outputs import PerturbationCurve, PerturbationPoint
-from cvlth.study.uncertainty import Interval
+from cvlth.results.matching import PRETRAINING_TASK, matching
+from cvlth.results.outputs import PerturbationCurve, PerturbationPoint
+from cvlth.results.uncertainty import Interval
 
 DENSE = [0.80, 0.80, 0.80]  # threshold 0.80, no spread: a row's interval is its own t-interval
 ABOVE = [0.90, 0.91, 0.89]  # decided matching

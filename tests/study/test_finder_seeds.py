@@ -15,14 +15,15 @@ from cvlth.errors import ConfigError
 from cvlth.masks import Mask
 from cvlth.models.backbones import BackboneSpec, build_backbone
 from cvlth.models.checkpoints.cvlth_format import save_checkpoint
+from cvlth.results.matching import PRETRAINING_TASK, matching_markdown
 from cvlth.run_files import mask_path
+from cvlth.runs import context, execute
+from cvlth.runs import finders as run_finders
+from cvlth.runs.kinds import BaselineRun, ImportRun
 from cvlth.seeds import derive_seeds
 from cvlth.store import Store
-from cvlth.study import context, execute, run_finders
 from cvlth.study.config import StudyConfig, load_study
-from cvlth.study.matching import PRETRAINING_TASK, matching_markdown
 from cvlth.study.plan import MAX_PLANNED_RUNS, expand, summarize_plan
-from cvlth.study.run_kinds import BaselineRun, ImportRun
 from cvlth.study.runner import matching_table, perturbation_curves, run_study
 from study_fixtures import NEEDS_FASHION_MNIST, TINY
 

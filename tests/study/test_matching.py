@@ -1,6 +1,6 @@
 import pytest
 
-from cvlth.study.matching import SeedStats, matching, matching_markdown
+from cvlth.results.matching import SeedStats, matching, matching_markdown
 
 
 def test_seed_stats_sample_std():
@@ -44,7 +44,7 @@ def _table(source, task, dense, by_sparsity):
 
 
 def test_universal_matching_per_task_group_and_never_for_task_specific_tickets():
-    from cvlth.study.matching import ALL_TASKS, universal_matching
+    from cvlth.results.matching import ALL_TASKS, universal_matching
 
     dense = [0.80, 0.80]
     results = [
@@ -77,7 +77,7 @@ def test_universal_matching_per_task_group_and_never_for_task_specific_tickets()
 
 def matching_entries_universal(results, groups):
     """What matching.json says of each entry's universal sparsities per group (None: no universal)."""
-    from cvlth.study.outputs import matching_entries
+    from cvlth.results.outputs import matching_entries
 
     found = {}
     for entry in matching_entries(results, groups):
@@ -92,7 +92,7 @@ def matching_entries_universal(results, groups):
 
 
 def test_universal_matching_sparsity_by_hand():
-    from cvlth.study.matching import PRETRAINING_TASK, universal_matching
+    from cvlth.results.matching import PRETRAINING_TASK, universal_matching
 
     # dense 0.80 ± 0 on every task: a ticket matches where its value is >= 0.80.
     dense = [0.80, 0.80]

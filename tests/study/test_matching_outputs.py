@@ -1,12 +1,12 @@
-"""The study's result files (cvlth.study.outputs): the JSON written is the JSON read, key for key."""
+"""The study's result files (cvlth.results.outputs): the JSON written is the JSON read, key for key."""
 
 import json
 
 import pytest
 
 from cvlth.errors import CvlthError
-from cvlth.study.matching import PRETRAINING_TASK, SeedStats, matching
-from cvlth.study.outputs import (
+from cvlth.results.matching import PRETRAINING_TASK, SeedStats, matching
+from cvlth.results.outputs import (
     MatchingEntry,
     PerturbationCurve,
     StudyOutputError,

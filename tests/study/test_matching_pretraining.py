@@ -15,14 +15,15 @@ from cvlth.models.backbones import BackboneSpec, build_backbone
 from cvlth.models.checkpoints.importer import import_checkpoint
 from cvlth.objectives.registry import build_objective
 from cvlth.pruning.strategies import level_sparsity
+from cvlth.results.matching import PRETRAINING_TASK
+from cvlth.runs import execute
+from cvlth.runs import training as run_training
+from cvlth.runs.kinds import Recipe
+from cvlth.runs.upstream import evaluate_on_pretraining
 from cvlth.store import Store
-from cvlth.study import execute, run_training
 from cvlth.study.config import StudyConfig
-from cvlth.study.matching import PRETRAINING_TASK
 from cvlth.study.plan import expand
-from cvlth.study.run_kinds import Recipe
 from cvlth.study.runner import matching_table, perturbation_curves, run_study, write_matching
-from cvlth.study.upstream import evaluate_on_pretraining
 from study_fixtures import NEEDS_FASHION_MNIST, TINY
 
 ONE_FINDER = {

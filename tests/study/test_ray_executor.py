@@ -15,12 +15,12 @@ from cvlth.cli import run_cli
 from cvlth.errors import ConfigError, TrainingError
 from cvlth.masks import Mask
 from cvlth.run_files import mask_path
+from cvlth.runs.kinds import PretrainRun
 from cvlth.store import Store
 from cvlth.study.config import load_study
 from cvlth.study.plan import expand
 from cvlth.study.ray_executor import rank_environments, run_on_ray
 from cvlth.study.resources import Placement, RunResources
-from cvlth.study.run_kinds import PretrainRun
 from cvlth.training.scalar_logs import RunLogging
 from study_fixtures import NEEDS_FASHION_MNIST, TINY
 

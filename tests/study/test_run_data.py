@@ -1,4 +1,4 @@
-"""A run's data identity (cvlth.study.run_data): a folder changed between a kill and the resume is
+"""A run's data identity (cvlth.runs.recorded_data): a folder changed between a kill and the resume is
 refused, a finished run whose folder changed is stale (``--plan``) and not reused (``cvlth study``),
 an unchanged folder resumes; run hashes do not depend on it."""
 
@@ -17,12 +17,12 @@ from PIL import Image
 from cvlth.cli import run_cli
 from cvlth.data.identity import compare, identity_of_files
 from cvlth.run_files import DATA_IDENTITY, DATA_MANIFESTS, TRAIN_STATE
+from cvlth.runs.context import RUN_EXECUTORS, Context
+from cvlth.runs.execute import ensure
+from cvlth.runs.recorded_data import DataChangedError, record_or_check
 from cvlth.store import RunFolder, Store
 from cvlth.study.config import load_study
-from cvlth.study.context import RUN_EXECUTORS, Context
-from cvlth.study.execute import ensure
 from cvlth.study.plan import expand
-from cvlth.study.run_data import DataChangedError, record_or_check
 from hostile_fixtures import cli_error, file_hashes
 from study_fixtures import DIGITS_TASK
 

@@ -12,12 +12,14 @@ from cvlth.masks import Mask
 from cvlth.pruning import imp as imp_module
 from cvlth.pruning import variants
 from cvlth.run_identity import config_hash
+from cvlth.runs import context, execute
+from cvlth.runs import pretrain as run_pretrain
+from cvlth.runs import training as run_training
+from cvlth.runs.kinds import ImportRun, ImpRun, PretrainRun, TransferRun
 from cvlth.seeds import derive_seeds, mix
 from cvlth.store import Store
-from cvlth.study import context, execute, run_pretrain, run_training
 from cvlth.study.config import StudyConfig, load_study
 from cvlth.study.plan import expand
-from cvlth.study.run_kinds import ImportRun, ImpRun, PretrainRun, TransferRun
 from cvlth.training.train_state import step_generator
 from study_fixtures import DIGITS_TASK, NEEDS_FASHION_MNIST, TINY
 

@@ -10,11 +10,11 @@ import pytest
 
 from cvlth.cli import run_cli
 from cvlth.config import RunConfig
+from cvlth.runs.context import RUN_EXECUTORS, Context, run_seeds
+from cvlth.runs.execute import ensure
+from cvlth.runs.kinds import RUN_KINDS, ImportRun, kind_order, register_run_kind
 from cvlth.store import RunFolder, Store
-from cvlth.study.context import RUN_EXECUTORS, Context, run_seeds
-from cvlth.study.execute import ensure
 from cvlth.study.plan import PlannedRun, summarize_plan
-from cvlth.study.run_kinds import RUN_KINDS, ImportRun, kind_order, register_run_kind
 
 THETA = ImportRun(path="world:supervised", source="cvlth")
 FAIL_ONCE: set[int] = set()
@@ -41,9 +41,9 @@ class CountRun(RunConfig):
 @RUN_EXECUTORS.register("toy-count")
 def execute_count(run: CountRun, folder: RunFolder, ctx: Context) -> dict[str, Any]:
     from cvlth.run_files import THETA_P
+    from cvlth.runs.context import run_folder
+    from cvlth.runs.pretrain import load_pretrained
     from cvlth.scope import prunable_state
-    from cvlth.study.context import run_folder
-    from cvlth.study.run_pretrain import load_pretrained
 
     if run.seed in FAIL_ONCE:
         FAIL_ONCE.discard(run.seed)
@@ -86,11 +86,11 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "cvlth"
 #: The run kinds' own modules: their configs (and the base class) and their executors.
 RUN_KIND_MODULES = {
     "config.py",
-    "study/run_kinds.py",
-    "study/run_pretrain.py",
-    "study/run_finders.py",
-    "study/run_training.py",
-    "study/run_transfer.py",
+    "runs/kinds.py",
+    "runs/pretrain.py",
+    "runs/finders.py",
+    "runs/training.py",
+    "runs/transfer.py",
 }
 
 

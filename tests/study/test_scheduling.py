@@ -9,10 +9,10 @@ import yaml
 from cvlth import run_files
 from cvlth.errors import TrainingError
 from cvlth.masks import Mask
+from cvlth.runs.kinds import ImpRun
 from cvlth.store import RunFolder, Store
 from cvlth.study.config import load_study
 from cvlth.study.plan import expand
-from cvlth.study.run_kinds import ImpRun
 from study_fixtures import NEEDS_FASHION_MNIST, TINY
 from training_fixtures import run_tiny, tiny_config
 

@@ -10,10 +10,10 @@ from cvlth.masks import Mask
 from cvlth.models.backbones import BackboneSpec, build_backbone
 from cvlth.pruning.strategies import one_shot_magnitude
 from cvlth.report.speed import speed_section
+from cvlth.results.outputs import SpeedPoint, StudyOutputError, TicketEntry, TicketLevel, read_entries
 from cvlth.scope import prunable_state
 from cvlth.store import Store
 from cvlth.study.config import StudyConfig
-from cvlth.study.outputs import SpeedPoint, StudyOutputError, TicketEntry, TicketLevel, read_entries
 from cvlth.study.speed import SPEED_INPUTS_FILE, write_speed
 from study_fixtures import TINY, TINY_BACKBONE
 

@@ -20,12 +20,13 @@ from cvlth.cli.app import INTERRUPTED_MESSAGE
 from cvlth.errors import CvlthError
 from cvlth.masks import Mask
 from cvlth.models.checkpoints.importer import import_checkpoint
+from cvlth.runs import execute
+from cvlth.runs import training as run_training
+from cvlth.runs.kinds import ImpRun, PretrainRun
 from cvlth.scope import iter_prunable
 from cvlth.store import Store
-from cvlth.study import execute, run_training
 from cvlth.study.config import load_study
 from cvlth.study.plan import expand
-from cvlth.study.run_kinds import ImpRun, PretrainRun
 from study_fixtures import NEEDS_FASHION_MNIST, TINY
 
 pytestmark = NEEDS_FASHION_MNIST

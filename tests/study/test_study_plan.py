@@ -7,10 +7,10 @@ from cvlth.config import validate_config
 from cvlth.errors import ConfigError
 from cvlth.masks import Mask
 from cvlth.pruning.variants import restricted_complement, vary_mask
+from cvlth.runs.kinds import ImportRun, ImpRun, PretrainRun, TransferRun, dependencies
 from cvlth.store import Store
 from cvlth.study.config import StudyConfig, load_study
 from cvlth.study.plan import expand, summarize_plan
-from cvlth.study.run_kinds import ImportRun, ImpRun, PretrainRun, TransferRun, dependencies
 from cvlth.zoo.files import checkpoint_file
 
 BASE = {
@@ -224,9 +224,9 @@ def test_layer_matched_random_keeps_the_hash_it_had_as_random():
 
 def test_import_with_an_unset_variable_says_which(tmp_path, monkeypatch):
     from cvlth.errors import CvlthError
-    from cvlth.study.execute import Context
-    from cvlth.study.run_kinds import ImportRun
-    from cvlth.study.run_pretrain import execute_import
+    from cvlth.runs.execute import Context
+    from cvlth.runs.kinds import ImportRun
+    from cvlth.runs.pretrain import execute_import
 
     monkeypatch.delenv("CVLTH_NOT_SET", raising=False)
     run = ImportRun(path="${CVLTH_NOT_SET}/moco.pth.tar", source="moco")

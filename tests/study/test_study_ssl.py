@@ -12,11 +12,11 @@ from cvlth import run_files
 from cvlth.cli import run_cli
 from cvlth.masks import Mask
 from cvlth.models.backbones import BackboneSpec, build_backbone
+from cvlth.runs import training as run_training
+from cvlth.runs.kinds import ImpRun
 from cvlth.store import Store
-from cvlth.study import run_training
 from cvlth.study.config import load_study
 from cvlth.study.plan import expand
-from cvlth.study.run_kinds import ImpRun
 from study_fixtures import NEEDS_FASHION_MNIST, TINY_BACKBONE, upstream_slice
 
 pytestmark = [

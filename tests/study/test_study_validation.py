@@ -12,10 +12,10 @@ from cvlth.cli import run_cli
 from cvlth.errors import ConfigError
 from cvlth.models.backbones import BackboneSpec, build_backbone
 from cvlth.models.checkpoints.cvlth_format import save_checkpoint
+from cvlth.runs.adaptation import input_adaptations
+from cvlth.runs.kinds import AdaptConfig, ImportRun, ImpRun, PretrainRun, Recipe, TransferRun
 from cvlth.study.config import StudyConfig, builtin_study_path, load_study
 from cvlth.study.plan import expand
-from cvlth.study.run_kinds import AdaptConfig, ImportRun, ImpRun, PretrainRun, Recipe, TransferRun
-from cvlth.study.validation import input_adaptations
 from study_fixtures import DIGITS_TASK, TINY, TINY_BACKBONE
 
 

@@ -1,4 +1,4 @@
-"""Intervals of means and differences (cvlth.study.uncertainty) against scipy and by hand, and the
+"""Intervals of means and differences (cvlth.results.uncertainty) against scipy and by hand, and the
 decided / undecided verdicts of the matching table built on them."""
 
 import math
@@ -6,8 +6,8 @@ import math
 import pytest
 from scipy import stats as sps
 
-from cvlth.study.matching import MatchingResult, SeedStats, matching
-from cvlth.study.uncertainty import (
+from cvlth.results.matching import MatchingResult, SeedStats, matching
+from cvlth.results.uncertainty import (
     Interval,
     difference,
     mean_interval,

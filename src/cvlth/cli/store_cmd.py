@@ -12,10 +12,10 @@ from rich.table import Table
 
 from cvlth.cli.app import app
 from cvlth.errors import CvlthError
+from cvlth.runs.kinds import RUN_KINDS, load_config
 from cvlth.store import DEFAULT_STORE_ROOT, RunFolder, Store, check_kind
 from cvlth.study.config import StudyConfig, load_study
 from cvlth.study.plan import expand
-from cvlth.study.run_kinds import RUN_KINDS, load_config
 
 #: The ``--store`` option every command that reads or writes runs shares.
 STORE_OPTION = typer.Option(Path(DEFAULT_STORE_ROOT), "--store", help="Root folder of the run store.")

@@ -18,13 +18,13 @@ from cvlth.config import DataRef
 from cvlth.data.cache import DatasetCache
 from cvlth.errors import CvlthError
 from cvlth.report import write_report
+from cvlth.results.matching import ALL_TASKS, MatchingResult, universal_matching
+from cvlth.runs.kinds import kind_order
 from cvlth.store import Store
 from cvlth.study.config import StudyConfig, load_study
 from cvlth.study.cost_files import choose_measurements
 from cvlth.study.costs import cost_lines, estimate_cost
-from cvlth.study.matching import ALL_TASKS, MatchingResult, universal_matching
 from cvlth.study.plan import PlannedRun, expand, summarize_plan
-from cvlth.study.run_kinds import kind_order
 from cvlth.study.runner import STUDY_EXECUTORS, run_study
 
 StoreOption = Annotated[Path, typer.Option("--store", help="Run store root (default ./runs).")]

@@ -1,7 +1,7 @@
 """A dataset's *data identity*: which files it read and their sizes and modification times.
 
 A run that reads a folder of data files records the identity when it starts (see
-:mod:`cvlth.study.run_data`); on resume, and for ``cvlth study --plan``, the identity is computed
+:mod:`cvlth.runs.recorded_data`); on resume, and for ``cvlth study --plan``, the identity is computed
 again and compared, so that a folder changed between a kill and the resume is not mixed into the
 run, and a finished run computed on other data is reported as stale instead of reused.
 

@@ -1,7 +1,7 @@
 """The study report: every result of a study in one offline HTML page and one Markdown file.
 
 :func:`write_report` reads what ``cvlth study`` leaves in ``<store>/studies/<name>/``
-(``study.yaml`` and the result files typed in :mod:`cvlth.study.outputs`: ``matching.json``,
+(``study.yaml`` and the result files typed in :mod:`cvlth.results.outputs`: ``matching.json``,
 ``tickets.json`` and, if present, ``perturbation.json``), loads the ticket masks it needs from the
 store and writes, into that same folder:
 

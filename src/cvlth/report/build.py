@@ -55,7 +55,7 @@ def write_report(study_dir: Path, store_root: Path | None = None) -> Path:
 
     ``store_root`` (default: two folders up, ``<store>/studies/<name>``) is where the mask paths of
     ``tickets.json`` are resolved. Returns the path of ``report.html``; ``report.md`` lies beside it.
-    Raises :class:`~cvlth.study.outputs.StudyOutputError` (a :class:`CvlthError`; ``ReportError``
+    Raises :class:`~cvlth.results.outputs.StudyOutputError` (a :class:`CvlthError`; ``ReportError``
     for a missing study folder or mask) when an input is missing or malformed.
     """
     files = read_study_files(Path(study_dir), store_root)

@@ -1,14 +1,14 @@
 """The report's opening section: the paper's claims (SPEC §8) checked in this study.
 
-The verdicts come from ``claims.json`` (written by the study, :mod:`cvlth.study.claims`); for a
+The verdicts come from ``claims.json`` (written by the study, :mod:`cvlth.results.claims`); for a
 study folder written before claims existed they are checked here, from the same files."""
 
 from __future__ import annotations
 
 from cvlth.report.document import Section, Table
 from cvlth.report.inputs import StudyFiles
-from cvlth.study.claims import NOT_TESTED, UNDECIDED, ClaimResult, check_claims
-from cvlth.study.matching import DECISION_TEXT
+from cvlth.results.claims import NOT_TESTED, UNDECIDED, ClaimResult, check_claims
+from cvlth.results.matching import DECISION_TEXT
 
 
 def study_claims(files: StudyFiles) -> list[ClaimResult]:
@@ -33,7 +33,7 @@ def claims_section(files: StudyFiles) -> Section:
         "Each claim of the paper (SPEC §8) that this study's finders, tasks and analyses cover, decided "
         "case by case from 95% intervals: refuted when a case is decided against it, holds when every "
         "case is decided for it, undecided otherwise (more seeds could settle it). The rules are those "
-        "of cvlth.study.claims; the paper's figures are for ResNet-50 on ImageNet-scale data. "
+        "of cvlth.results.claims; the paper's figures are for ResNet-50 on ImageNet-scale data. "
         + DECISION_TEXT
     )
     tested = [c for c in claims if c.verdict != NOT_TESTED]

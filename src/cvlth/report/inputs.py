@@ -1,4 +1,4 @@
-"""What a report is computed from: a study folder's files (typed by :mod:`cvlth.study.outputs`)
+"""What a report is computed from: a study folder's files (typed by :mod:`cvlth.results.outputs`)
 and the ticket masks they point to in the store."""
 
 from __future__ import annotations
@@ -8,10 +8,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from cvlth.store import Store
-from cvlth.study.claims import ClaimResult
-from cvlth.study.matching import MatchingResult
-from cvlth.study.outputs import (
+from cvlth.results.claims import ClaimResult
+from cvlth.results.matching import MatchingResult
+from cvlth.results.outputs import (
     BESIDE_FILE,
     CLAIMS_FILE,
     MATCHING_FILE,
@@ -25,6 +24,7 @@ from cvlth.study.outputs import (
     TicketEntry,
     read_entries,
 )
+from cvlth.store import Store
 
 
 class ReportError(StudyOutputError):

@@ -8,7 +8,7 @@ from pathlib import Path
 from cvlth.report.document import Figure, Section, Table, pct, pm, slug
 from cvlth.report.inputs import StudyFiles
 from cvlth.report.styles import pretraining_of
-from cvlth.study.outputs import PerturbationPoint
+from cvlth.results.outputs import PerturbationPoint
 
 VARIANT_ORDER = ("ticket", "complement", "complement_matched", "random", "random_layerwise", "perturbed")
 # Labels of the mask variants; a variant not listed (a newer one) is shown under its own name.

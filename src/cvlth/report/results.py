@@ -10,7 +10,7 @@ from pathlib import Path
 from cvlth.report.document import UNDECIDED, Figure, Section, Table, ci, num, pct, pm, slug
 from cvlth.report.inputs import StudyFiles
 from cvlth.report.styles import finder_of, pretraining_of, styles
-from cvlth.study.matching import (
+from cvlth.results.matching import (
     ALL_TASKS,
     DECISION_TEXT,
     PRETRAINING_TASK,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from cvlth.report.document import Figure, Section, Table, pct
 from cvlth.report.inputs import StudyFiles
-from cvlth.study.outputs import SpeedPoint
+from cvlth.results.outputs import SpeedPoint
 
 
 def _label(point: SpeedPoint) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 from cvlth.report.document import Figure, Section, Table, pct, slug
 from cvlth.report.inputs import StudyFiles
 from cvlth.report.styles import PAIR_COLORS, ticket_colors
-from cvlth.study.outputs import TicketEntry
+from cvlth.results.outputs import TicketEntry
 
 REPRESENTATIVE_SPARSITY = 0.7903  # the paper shows kernels and layer sparsity at 79.03% (level 7)
 MAX_IOU_TICKETS = 10  # tickets whose pairwise IoU is computed at every level

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from cvlth.analysis.plots.palette import palette_colors
 from cvlth.report.inputs import StudyFiles
-from cvlth.study.outputs import TicketEntry
+from cvlth.results.outputs import TicketEntry
 
 FINDER_STYLES: tuple[tuple[str, str], ...] = (
     ("-", "o"),

@@ -1,4 +1,4 @@
-"""What the claims of :mod:`cvlth.study.claims` are checked on, gathered from a study: what each
+"""What the claims of :mod:`cvlth.results.claims` are checked on, gathered from a study: what each
 ticket source is (from the study config) and the mask measures of its upstream IMP tickets (IoU
 between pre-trainings at the first and last level, fully pruned kernels near 79.03%)."""
 
@@ -7,10 +7,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from cvlth.study.claims import ClaimInputs, MaskFacts, SourceInfo
+from cvlth.results.claims import ClaimInputs, MaskFacts, SourceInfo
+from cvlth.results.matching import MatchingResult
+from cvlth.results.outputs import PerturbationCurve, TicketEntry
 from cvlth.study.config import PretrainEntry, StudyConfig
-from cvlth.study.matching import MatchingResult
-from cvlth.study.outputs import PerturbationCurve, TicketEntry
 
 KERNEL_SPARSITY = 0.7903  # the paper's kernel figures are at 79.03% (level 7)
 IMPORT_KINDS = {"torchvision": "supervised", "timm": "supervised", "simclr": "simclr", "moco": "moco"}

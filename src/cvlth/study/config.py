@@ -1,7 +1,7 @@
 """The study config: pre-trainings × ticket finders × sparsity levels × downstream tasks × seeds.
 
 A study is a YAML file (see ``configs/demo.yaml``). :func:`cvlth.study.plan.expand` turns it into
-the run configs of :mod:`cvlth.study.run_kinds`; the study itself is never a run, so editing it only
+the run configs of :mod:`cvlth.runs.kinds`; the study itself is never a run, so editing it only
 adds or drops runs, and every run already computed is reused.
 """
 
@@ -30,8 +30,8 @@ from cvlth.config_yaml import parse_yaml, read_config_text
 from cvlth.errors import ConfigError
 from cvlth.models.checkpoints.sources import CheckpointSource
 from cvlth.pruning.imp import HeadPolicy
+from cvlth.runs.kinds import AdaptConfig, BackboneConfig, MaskVariant, Recipe
 from cvlth.study.resources import ExecutorSettings
-from cvlth.study.run_kinds import AdaptConfig, BackboneConfig, MaskVariant, Recipe
 
 DEFAULT_METRICS = {"supervised": "accuracy", "detection": "map", "segmentation": "miou"}
 #: A metric name with this suffix is read from a run's last evaluation (``test_final``).

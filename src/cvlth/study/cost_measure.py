@@ -4,7 +4,7 @@ study, on one device.
 A study's runs fall into a few *work kinds* (``cvlth.study.costs.work_kind``: backbone as built,
 dataset and its image options, objective, dense model options, batch size, precision,
 channels_last). For each kind this script builds the model and objective as the run does
-(``cvlth.study.execute``; θ_p is a fresh backbone of the study's architecture: the weights do not
+(``cvlth.runs.execute``; θ_p is a fresh backbone of the study's architecture: the weights do not
 change the cost) and times
 
 * training: ``cvlth.training.loop.train`` itself (forward, backward, optimizer step, the mask
@@ -54,8 +54,10 @@ from cvlth.models.checkpoints.cvlth_format import save_checkpoint
 from cvlth.models.checkpoints.importer import import_checkpoint
 from cvlth.pruning import magnitude
 from cvlth.run_files import THETA_P
+from cvlth.runs.context import EVAL_BATCH_SIZE, run_seeds
+from cvlth.runs.kinds import BackboneConfig
+from cvlth.runs.training import run_objective, task_model
 from cvlth.study.config import load_study
-from cvlth.study.context import EVAL_BATCH_SIZE, run_seeds
 from cvlth.study.cost_files import (
     FORMAT,
     MEASUREMENTS_DIR,
@@ -66,8 +68,6 @@ from cvlth.study.cost_files import (
 )
 from cvlth.study.costs import WorkKind, study_work_kinds
 from cvlth.study.plan import expand
-from cvlth.study.run_kinds import BackboneConfig
-from cvlth.study.run_training import run_objective, task_model
 from cvlth.training.loop import train
 
 #: (channels, height, width, classes) of datasets timed on random images when not present here:

@@ -29,10 +29,10 @@ from typing import Any
 from cvlth.config import DataRef, RunConfig
 from cvlth.data.cache import in_former_form
 from cvlth.errors import CvlthError
+from cvlth.runs.kinds import BackboneConfig
 from cvlth.store import Store
 from cvlth.study.cost_files import BENCHMARK, DEVICE_TYPES, Choice, Measurements, device_type
 from cvlth.study.plan import PlannedRun
-from cvlth.study.run_kinds import BackboneConfig
 
 #: Dataset options that change how many images there are, or which, but not what one costs.
 SIZE_ONLY_OPTIONS = frozenset(

@@ -38,10 +38,10 @@ import torch
 
 from cvlth.config import RunConfig
 from cvlth.run_identity import config_hash
+from cvlth.runs.execute import Context, ensure
+from cvlth.runs.kinds import dependencies
 from cvlth.store import Store
-from cvlth.study.execute import Context, ensure
 from cvlth.study.plan import PlannedRun
-from cvlth.study.run_kinds import dependencies
 from cvlth.training.scalar_logs import RunLogging
 
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")

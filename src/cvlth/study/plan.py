@@ -15,10 +15,13 @@ from pydantic import ValidationError
 
 from cvlth.config import DataRef, RunConfig, format_error
 from cvlth.errors import ConfigError
-from cvlth.store import Store
-from cvlth.study.config import FinderEntry, StudyConfig
-from cvlth.study.run_data import Identities, stale_reason
-from cvlth.study.run_kinds import (
+from cvlth.runs.adaptation import (
+    checkpoint_channels,
+    image_channels_of,
+    input_adaptations,
+    needs_same_channels,
+)
+from cvlth.runs.kinds import (
     BaselineRun,
     ImportRun,
     ImpRun,
@@ -28,13 +31,10 @@ from cvlth.study.run_kinds import (
     training_data,
     training_epochs,
 )
-from cvlth.study.validation import (
-    check_study,
-    checkpoint_channels,
-    image_channels_of,
-    input_adaptations,
-    needs_same_channels,
-)
+from cvlth.runs.recorded_data import Identities, stale_reason
+from cvlth.store import Store
+from cvlth.study.config import FinderEntry, StudyConfig
+from cvlth.study.validation import check_study
 from cvlth.zoo.files import checkpoint_file
 
 
@@ -272,7 +272,7 @@ def summarize_plan(
     """Count runs done / damaged / stale / to do and the training left. A finished run is done only
     if its result and files pass the store's check (sizes and mtimes; ``full_hash``: every sha256),
     else it is damaged, and if the files of its dataset are those it started on (where they are
-    present here; :mod:`cvlth.study.run_data`), else it is stale; both are counted to do.
+    present here; :mod:`cvlth.runs.recorded_data`), else it is stale; both are counted to do.
     ``train_size`` gives a dataset's train-set size."""
     damaged: dict[str, str] = {}
     stale: dict[str, str] = {}

@@ -40,7 +40,7 @@ from cvlth.study.resources import ExecutorSettings, Placement
 from cvlth.training.scalar_logs import RunLogging, scalar_logging
 
 if TYPE_CHECKING:
-    from cvlth.study.execute import Context
+    from cvlth.runs.execute import Context
     from cvlth.training.distributed import DistEnv
 
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -56,7 +56,7 @@ def _execute_on_node(
     """The body of a Ray task: compute one run (its dependencies are done) in the shared store."""
     import torch
 
-    from cvlth.study.execute import Context, ensure
+    from cvlth.runs.execute import Context, ensure
 
     torch.set_num_threads(threads)  # Ray reuses worker processes: set it for every run
     key = (store_root, device, threads, logging)
@@ -106,8 +106,8 @@ def execute_rank(run: RunConfig, ctx: Context, env: DistEnv) -> None:
     masks, rewind weights) are the same on every rank and written by each, atomically; a barrier
     lets every rank finish before rank 0 writes the result.
     """
-    from cvlth.study.execute import RUN_EXECUTORS
-    from cvlth.study.execute import compute as compute_checked
+    from cvlth.runs.execute import RUN_EXECUTORS
+    from cvlth.runs.execute import compute as compute_checked
     from cvlth.training import distributed
 
     compute_run = RUN_EXECUTORS[run.kind]
@@ -157,7 +157,7 @@ class _Rank:
         os.environ.update(environment)  # before CUDA starts: CUDA_VISIBLE_DEVICES
         import torch
 
-        from cvlth.study.execute import Context
+        from cvlth.runs.execute import Context
         from cvlth.training import distributed
 
         torch.set_num_threads(threads)

@@ -24,13 +24,8 @@ from cvlth.masks import Mask
 from cvlth.models.task_models import TASK_MODEL_NAMES
 from cvlth.pruning.strategies import level_sparsity
 from cvlth.registry import Registry
-from cvlth.run_files import mask_path
-from cvlth.store import Store
-from cvlth.study.claim_inputs import claim_inputs, mask_facts
-from cvlth.study.claims import check_claims
-from cvlth.study.config import FINAL_SUFFIX, StudyConfig, study_to_yaml
-from cvlth.study.execute import Context, ensure
-from cvlth.study.matching import (
+from cvlth.results.claims import check_claims
+from cvlth.results.matching import (
     PRETRAINING_TASK,
     MatchingResult,
     SeedStats,
@@ -38,7 +33,7 @@ from cvlth.study.matching import (
     matching,
     matching_markdown,
 )
-from cvlth.study.outputs import (
+from cvlth.results.outputs import (
     BESIDE_FILE,
     CLAIMS_FILE,
     MATCHING_FILE,
@@ -52,11 +47,16 @@ from cvlth.study.outputs import (
     matching_entries,
     write_entries,
 )
+from cvlth.run_files import mask_path
+from cvlth.runs.execute import Context, ensure
+from cvlth.runs.recorded_data import refuse_stale_runs
+from cvlth.store import Store
+from cvlth.study.claim_inputs import claim_inputs, mask_facts
+from cvlth.study.config import FINAL_SUFFIX, StudyConfig, study_to_yaml
 from cvlth.study.parallel import run_parallel
 from cvlth.study.plan import PlannedRun, expand
 from cvlth.study.ray_executor import run_on_ray
 from cvlth.study.resources import ExecutorSettings
-from cvlth.study.run_data import refuse_stale_runs
 from cvlth.study.speed import write_speed
 from cvlth.training.scalar_logs import RunLogging
 

@@ -20,10 +20,10 @@ import torch
 from cvlth.atomic import atomic_write_text
 from cvlth.masks import load_mask
 from cvlth.models.backbones import BackboneSpec, build_backbone
+from cvlth.results.outputs import SPEED_FILE, SpeedPoint, TicketEntry, read_entries, write_entries
 from cvlth.store import Store
 from cvlth.study.config import StudyConfig
 from cvlth.study.cost_files import cpu_model
-from cvlth.study.outputs import SPEED_FILE, SpeedPoint, TicketEntry, read_entries, write_entries
 
 SPEED_INPUTS_FILE = "speed-inputs.json"
 #: Classes of the timed classifier's head (a small head: the backbone is what a mask thins out).

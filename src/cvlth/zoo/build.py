@@ -30,12 +30,12 @@ from cvlth.models.backbones import BackboneSpec, build_backbone, feature_dim
 from cvlth.models.checkpoints.cvlth_format import save_checkpoint
 from cvlth.objectives.registry import build_objective
 from cvlth.run_identity import config_hash
+from cvlth.runs.context import Context
+from cvlth.runs.execute import ensure
+from cvlth.runs.kinds import BackboneConfig, PretrainRun, Recipe
+from cvlth.runs.pretrain import load_pretrained, pretrained_heads
+from cvlth.runs.upstream import evaluate_on_pretraining
 from cvlth.store import Store
-from cvlth.study.context import Context
-from cvlth.study.execute import ensure
-from cvlth.study.run_kinds import BackboneConfig, PretrainRun, Recipe
-from cvlth.study.run_pretrain import load_pretrained, pretrained_heads
-from cvlth.study.upstream import evaluate_on_pretraining
 from cvlth.training.objective import load_heads
 from cvlth.zoo.files import zoo_checkpoint, zoo_heads
 from cvlth.zoo.quality import backbone_features, knn_accuracy, linear_probe_accuracy

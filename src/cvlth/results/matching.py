@@ -52,7 +52,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cvlth.study.uncertainty import (
+from cvlth.results.uncertainty import (
     Interval,
     mean_interval,
     paired_interval,

@@ -28,8 +28,8 @@ from cvlth.data.identity import DataIdentity, change_summary, read_manifest, wri
 from cvlth.data.registry import data_identity
 from cvlth.errors import CvlthError, DatasetError
 from cvlth.run_files import CONFIG, DATA_IDENTITY, DATA_MANIFESTS, LOCK
+from cvlth.runs.kinds import training_data
 from cvlth.store import RunFolder, Store
-from cvlth.study.run_kinds import training_data
 
 #: The dataset identities computed in this process, by (name, root): one listing per dataset.
 Identities = dict[str, DataIdentity | None]

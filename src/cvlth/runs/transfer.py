@@ -9,12 +9,12 @@ from typing import Any
 from cvlth.pruning.imp import load_rewind
 from cvlth.pruning.variants import vary_mask
 from cvlth.run_files import REWIND
+from cvlth.runs.context import RUN_EXECUTORS, Context, run_folder, run_seeds
+from cvlth.runs.finders import load_ticket_mask
+from cvlth.runs.kinds import TransferRun
+from cvlth.runs.pretrain import load_pretrained
+from cvlth.runs.training import logged_adaptations, run_objective, task_model, train_run
 from cvlth.store import RunFolder
-from cvlth.study.context import RUN_EXECUTORS, Context, run_folder, run_seeds
-from cvlth.study.run_finders import load_ticket_mask
-from cvlth.study.run_kinds import TransferRun
-from cvlth.study.run_pretrain import load_pretrained
-from cvlth.study.run_training import logged_adaptations, run_objective, task_model, train_run
 
 
 @RUN_EXECUTORS.register("transfer")

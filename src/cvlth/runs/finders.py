@@ -20,13 +20,10 @@ from cvlth.objectives.registry import objective_option_defaults
 from cvlth.pruning.imp import imp
 from cvlth.pruning.strategies import get_strategy, level_sparsity
 from cvlth.run_files import REWIND, mask_path
-from cvlth.scope import prunable_state
-from cvlth.seeds import RunSeeds, mix
-from cvlth.store import RunFolder
-from cvlth.study.context import EVAL_BATCH_SIZE, RUN_EXECUTORS, Context, run_folder, run_seeds
-from cvlth.study.run_kinds import BaselineRun, ImpRun
-from cvlth.study.run_pretrain import load_pretrained, pretrained_heads
-from cvlth.study.run_training import (
+from cvlth.runs.context import EVAL_BATCH_SIZE, RUN_EXECUTORS, Context, run_folder, run_seeds
+from cvlth.runs.kinds import BaselineRun, ImpRun
+from cvlth.runs.pretrain import load_pretrained, pretrained_heads
+from cvlth.runs.training import (
     batches,
     logged_adaptations,
     round_info,
@@ -34,7 +31,10 @@ from cvlth.study.run_training import (
     seed_global_rngs,
     task_model,
 )
-from cvlth.study.upstream import evaluate_on_pretraining
+from cvlth.runs.upstream import evaluate_on_pretraining
+from cvlth.scope import prunable_state
+from cvlth.seeds import RunSeeds, mix
+from cvlth.store import RunFolder
 from cvlth.training.objective import load_heads
 
 

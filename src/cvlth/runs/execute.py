@@ -2,14 +2,14 @@
 
 :func:`ensure` computes a run's dependencies first, then the run itself through
 :meth:`cvlth.store.Store.execute` (lock, ``config.yaml``, ``result.json`` written last) with the
-function :data:`~cvlth.study.context.RUN_EXECUTORS` registers for its kind — one module per kind:
+function :data:`~cvlth.runs.context.RUN_EXECUTORS` registers for its kind — one module per kind:
 
-* ``pretrain`` / ``import``: :mod:`cvlth.study.run_pretrain` (θ_p);
-* ``imp`` / ``baseline``: :mod:`cvlth.study.run_finders` (masks per level);
-* ``transfer``: :mod:`cvlth.study.run_transfer` (fine-tuning one ticket with one seed).
+* ``pretrain`` / ``import``: :mod:`cvlth.runs.pretrain` (θ_p);
+* ``imp`` / ``baseline``: :mod:`cvlth.runs.finders` (masks per level);
+* ``transfer``: :mod:`cvlth.runs.transfer` (fine-tuning one ticket with one seed).
 
 Artefacts passed between runs are files in their run folders, named in :mod:`cvlth.run_files`.
-Every random choice of a run derives from its seeds (:func:`~cvlth.study.context.run_seeds`, see
+Every random choice of a run derives from its seeds (:func:`~cvlth.runs.context.run_seeds`, see
 :mod:`cvlth.seeds`), and each result records them under ``seeds``.
 """
 
@@ -21,13 +21,13 @@ from typing import Any
 import torch
 
 from cvlth.config import RunConfig
-from cvlth.store import RunFolder
 
 # The run-kind modules register their executors in RUN_EXECUTORS when imported.
-from cvlth.study import run_finders, run_pretrain, run_transfer  # noqa: F401
-from cvlth.study.context import RUN_EXECUTORS, Context
-from cvlth.study.run_data import record_or_check
-from cvlth.study.run_kinds import dependencies
+from cvlth.runs import finders, pretrain, transfer  # noqa: F401
+from cvlth.runs.context import RUN_EXECUTORS, Context
+from cvlth.runs.kinds import dependencies
+from cvlth.runs.recorded_data import record_or_check
+from cvlth.store import RunFolder
 from cvlth.training.scalar_logs import scalar_logging
 
 __all__ = ["RUN_EXECUTORS", "Context", "compute", "ensure"]
@@ -51,6 +51,6 @@ def ensure(run: RunConfig, ctx: Context) -> dict[str, Any]:
 
 def compute(run: RunConfig, folder: RunFolder, ctx: Context) -> dict[str, Any]:
     """Compute ``run`` in ``folder`` (under its lock) with its kind's executor, once its data are
-    recorded, or found unchanged when it resumes (:func:`~cvlth.study.run_data.record_or_check`)."""
+    recorded, or found unchanged when it resumes (:func:`~cvlth.runs.recorded_data.record_or_check`)."""
     record_or_check(run, folder, ctx.store, ctx.data_identities)
     return RUN_EXECUTORS[run.kind](run, folder, ctx)

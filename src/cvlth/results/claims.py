@@ -3,7 +3,7 @@
 Each claim has one rule, :func:`claim_c1` ... :func:`claim_c10`, on plain inputs (:class:`ClaimInputs`:
 the matching table, the perturbation curves, mask facts and what each ticket source is). A rule
 splits its claim into *cases* (a source, a task, a level, a pair of pre-trainings), decides each one
-from a 95% interval (:mod:`cvlth.study.uncertainty`) and combines them with :func:`combine`: the
+from a 95% interval (:mod:`cvlth.results.uncertainty`) and combines them with :func:`combine`: the
 claim is *refuted* when a case is decided against it, *undecided* when no case is against it but one
 is not decided, and *holds* when every case is decided for it. A claim whose finders, tasks or
 analyses the study lacks is *not tested*, with what to add to test it.
@@ -47,9 +47,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from cvlth.study.matching import MatchingResult, MatchingRow, SeedStats
-from cvlth.study.outputs import PerturbationCurve, PerturbationPoint
-from cvlth.study.uncertainty import Interval, difference, mean_interval, welch_interval
+from cvlth.results.matching import MatchingResult, MatchingRow, SeedStats
+from cvlth.results.outputs import PerturbationCurve, PerturbationPoint
+from cvlth.results.uncertainty import Interval, difference, mean_interval, welch_interval
 
 HOLDS, REFUTED, UNDECIDED, NOT_TESTED = "holds", "refuted", "undecided", "not tested"
 MID_SPARSITY = 0.6723  # C4 / C9: "low and mid sparsity", the paper's ~67%

@@ -17,10 +17,10 @@ from cvlth.models.checkpoints.cvlth_format import save_checkpoint
 from cvlth.models.checkpoints.importer import ImportedCheckpoint, import_checkpoint
 from cvlth.objectives.registry import build_objective
 from cvlth.run_files import HEADS, THETA_P
+from cvlth.runs.context import RUN_EXECUTORS, Context, run_folder, run_seeds
+from cvlth.runs.kinds import ImportRun, PretrainRun
+from cvlth.runs.training import save_torch, train_run
 from cvlth.store import RunFolder
-from cvlth.study.context import RUN_EXECUTORS, Context, run_folder, run_seeds
-from cvlth.study.run_kinds import ImportRun, PretrainRun
-from cvlth.study.run_training import save_torch, train_run
 from cvlth.training.objective import PROJECTION, head_states
 from cvlth.zoo.files import SCHEME, checkpoint_file, is_zoo_path, load_zoo_heads, zoo_heads
 

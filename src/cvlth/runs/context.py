@@ -1,7 +1,7 @@
 """What every run of a study shares while it computes: the :class:`Context` (store, device, dataset
 cache), where a run's folder is, the seeds a run draws from, and the registry of the functions that
 compute each run kind (``RUN_EXECUTORS``: ``(run, folder, ctx) -> result dict``, one module per kind:
-:mod:`~cvlth.study.run_pretrain`, :mod:`~cvlth.study.run_finders`, :mod:`~cvlth.study.run_transfer`).
+:mod:`~cvlth.runs.pretrain`, :mod:`~cvlth.runs.finders`, :mod:`~cvlth.runs.transfer`).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class Context:
     log: Callable[[str], None] = print
     logging: RunLogging = field(default_factory=RunLogging)
     datasets: DatasetCache = field(default_factory=DatasetCache)
-    #: The data identities listed in this process (cvlth.study.run_data), like ``datasets``.
+    #: The data identities listed in this process (cvlth.runs.recorded_data), like ``datasets``.
     data_identities: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

@@ -3,13 +3,13 @@
 A study folder ``<store>/studies/<name>/`` holds these JSON lists besides ``study.yaml``:
 
 * ``matching.json`` -- one :class:`MatchingEntry` per (ticket source, task): a
-  :class:`~cvlth.study.matching.MatchingResult` (means with 95% intervals, the test split's size,
+  :class:`~cvlth.results.matching.MatchingResult` (means with 95% intervals, the test split's size,
   each row's decided / undecided margin) and, for a downstream task, its source's universal
   matching sparsity (both readings) and the tasks that covers;
 * ``matching-beside.json`` (only with detection or segmentation tasks) -- the same entries, without
   universal figures, in the metrics read beside the headline one (AP50, AP75, VOC07 11-point AP50;
   the last mIoU beside the best);
-* ``claims.json`` -- one :class:`~cvlth.study.claims.ClaimResult` per claim of SPEC §8: holds,
+* ``claims.json`` -- one :class:`~cvlth.results.claims.ClaimResult` per claim of SPEC §8: holds,
   refuted, undecided or not tested in this study, with the numbers that decide it;
 * ``tickets.json`` -- one :class:`TicketEntry` per ticket finder run (one per finder seed): its
   masks per level, as paths relative to the store;
@@ -35,7 +35,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 from cvlth.atomic import atomic_write_text
 from cvlth.errors import CvlthError
 from cvlth.input_files import read_json
-from cvlth.study.matching import ALL_TASKS, MatchingResult, UniversalResult, universal_matching
+from cvlth.results.matching import ALL_TASKS, MatchingResult, UniversalResult, universal_matching
 
 MATCHING_FILE = "matching.json"
 #: The same rule in the metrics read beside each task's headline one (detection, segmentation).
@@ -253,7 +253,7 @@ class _ReadableEntry(_Entry, Protocol):
     def from_json(cls, data: dict[str, Any]) -> Any: ...
 
 
-# the entry types of this module, and cvlth.study.claims.ClaimResult (claims.json)
+# the entry types of this module, and cvlth.results.claims.ClaimResult (claims.json)
 E = TypeVar("E", bound=_ReadableEntry)
 
 

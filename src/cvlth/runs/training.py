@@ -23,11 +23,11 @@ from cvlth.models.checkpoints.importer import ImportedCheckpoint
 from cvlth.models.task_models import DENSE_OBJECTIVES
 from cvlth.objectives.registry import build_objective
 from cvlth.objectives.views import training_images
+from cvlth.runs.adaptation import input_adaptations
+from cvlth.runs.context import EVAL_BATCH_SIZE, AnySplits, Context
+from cvlth.runs.kinds import ImpRun, Recipe, TransferRun
 from cvlth.seeds import RunSeeds, mix
 from cvlth.store import RunFolder
-from cvlth.study.context import EVAL_BATCH_SIZE, AnySplits, Context
-from cvlth.study.run_kinds import ImpRun, Recipe, TransferRun
-from cvlth.study.validation import input_adaptations
 from cvlth.training.loop import train
 
 
