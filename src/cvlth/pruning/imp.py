@@ -83,7 +83,7 @@ def imp(
     test_data: BatchSource | None = None,
     device: str | torch.device = "cpu",
     quiet: bool = False,
-    label: str = "pretrained",
+    rewind: str = "pretrained",
     before_round: Callable[[int], None] | None = None,
     round_info: Mapping[str, Any] | None = None,
     train_last_level: bool = False,
@@ -101,8 +101,8 @@ def imp(
     repeats round 0's batches.
     ``prune_first`` prunes the model once before any training (the paper's upstream IMP: K levels
     take K-1 trainings); otherwise round 0 trains the dense model. ``rewind_step``: rewind to the
-    weights after that step of round 0 instead of the model as given. ``label`` names the rewind
-    point in the files (``pretrained``, ``init``, ``early``). ``before_round(level)`` runs before
+    weights after that step of round 0 instead of the model as given. ``rewind`` names the rewind
+    point (``pretrained``, ``init``, ``early``: a study finder's ``rewind``), recorded in the files. ``before_round(level)`` runs before
     each round's training (e.g. to seed global RNGs); ``round_info`` is added to each round's result.
     ``strategy`` names the pruning strategy (:data:`~cvlth.pruning.strategies.STRATEGIES`) that
     removes ``fraction`` of the remaining weights each round: ``magnitude`` (global, the paper's) or
@@ -122,7 +122,7 @@ def imp(
         "train_last_level": train_last_level,
         **({"reshuffle": True} if reshuffle else {}),
         "rewind": {
-            "label": label,
+            "label": rewind,  # imp.json's key since the first IMP folder
             "step": rewind_step,
             "heads": head_policy,
         },
@@ -135,11 +135,11 @@ def imp(
     heads = dict(heads or {})
     if prune_first and not mask_path(root, 1).is_file():
         _prune_step(prune, model, fraction, None).save(
-            mask_path(root, 1), method="imp", round=1, rewind=label
+            mask_path(root, 1), method="imp", round=1, rewind=rewind
         )
     rewind_file = root / REWIND
     if rewind_step is None and not rewind_file.is_file():
-        save_rewind(rewind_file, {"model": model.state_dict(), "heads": heads}, point=label)
+        save_rewind(rewind_file, {"model": model.state_dict(), "heads": heads}, point=rewind)
 
     first = 1 if prune_first else 0
     last = rounds if train_last_level else rounds - 1  # the last level a round trains with
@@ -186,12 +186,12 @@ def imp(
             _save_torch(head_states(objective), root / LATEST_HEADS)
         if capture is not None:  # θ_k: the weights after `rewind_step` steps of round 0
             captured = torch.load(capture_path(folder_k, capture), map_location="cpu", weights_only=True)
-            save_rewind(rewind_file, {"model": captured["model"], "heads": {}}, point=label, step=capture)
+            save_rewind(rewind_file, {"model": captured["model"], "heads": {}}, point=rewind, step=capture)
         sparsity = 0.0 if previous is None else previous.sparsity
         folder_k.write_result({"trained_with_level": level, "sparsity": sparsity, **result})
         if level < rounds:
             mask = _prune_step(prune, model, fraction, previous)
-            mask.save(mask_path(root, level + 1), method="imp", round=level + 1, rewind=label)
+            mask.save(mask_path(root, level + 1), method="imp", round=level + 1, rewind=rewind)
         folder_k.train_state_path.unlink(missing_ok=True)  # the level's mask is what lasts
     masks = {k: Mask.load(mask_path(root, k)) for k in range(1, rounds + 1)}
     return ImpResult(masks, [round_folder(root, k).read_result() for k in range(first, last + 1)])

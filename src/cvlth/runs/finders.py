@@ -11,13 +11,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from cvlth.config import ObjectiveRef
+from cvlth.config import ObjectiveRef, RunConfig
 from cvlth.data.classification import DatasetSplits
 from cvlth.masks import Mask
 from cvlth.models.assembly import upstream_model
 from cvlth.models.checkpoints.importer import ImportedCheckpoint
 from cvlth.objectives.registry import objective_option_defaults
-from cvlth.pruning.imp import imp
+from cvlth.pruning.imp import imp, load_rewind
 from cvlth.pruning.strategies import get_strategy, level_sparsity
 from cvlth.run_files import REWIND, mask_path
 from cvlth.runs.context import EVAL_BATCH_SIZE, RUN_EXECUTORS, Context, run_folder, run_seeds
@@ -102,7 +102,7 @@ def execute_imp(run: ImpRun, folder: RunFolder, ctx: Context) -> dict[str, Any]:
         test_data=batches(data, "test", EVAL_BATCH_SIZE),
         device=ctx.device,
         quiet=ctx.quiet,
-        label=run.rewind,
+        rewind=run.rewind,
         before_round=lambda level: seed_global_rngs(seeds.torch_global),
         round_info=round_info(run.recipe, data, seeds),
         train_last_level=run.train_last_level,
@@ -121,6 +121,16 @@ def execute_imp(run: ImpRun, folder: RunFolder, ctx: Context) -> dict[str, Any]:
         test = batches(data, "test", EVAL_BATCH_SIZE)
         result["dense_upstream"] = evaluate_on_pretraining(theta_p, objective, test, ctx.device)
     return result
+
+
+def ticket_start(finder: RunConfig, ctx: Context) -> dict[str, torch.Tensor] | None:
+    """Where a ticket of ``finder`` starts: None for θ_p (every finder but downstream IMP rewound to
+    θ_0 or θ_5%), else the backbone weights of the finder's rewind point (its classifier head left
+    out: a transfer draws its own)."""
+    if not finder.fresh_start:
+        return None
+    rewind = load_rewind(run_folder(ctx, finder) / REWIND)
+    return {key: value for key, value in rewind["model"].items() if not key.startswith("fc.")}
 
 
 def _objective_ref(run: ImpRun, theta: ImportedCheckpoint, ctx: Context) -> ObjectiveRef:

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from cvlth.pruning.imp import load_rewind
 from cvlth.pruning.variants import vary_mask
-from cvlth.run_files import REWIND
-from cvlth.runs.context import RUN_EXECUTORS, Context, run_folder, run_seeds
-from cvlth.runs.finders import load_ticket_mask
+from cvlth.runs.context import RUN_EXECUTORS, Context, run_seeds
+from cvlth.runs.finders import load_ticket_mask, ticket_start
 from cvlth.runs.kinds import TransferRun
 from cvlth.runs.pretrain import load_pretrained
 from cvlth.runs.training import logged_adaptations, run_objective, task_model, train_run
@@ -29,10 +27,9 @@ def execute_transfer(run: TransferRun, folder: RunFolder, ctx: Context) -> dict[
         mask = vary_mask(
             load_ticket_mask(run.ticket, run.level, ctx), run.variant, seeds.mask, run.perturb_fraction
         )
-        if run.ticket.fresh_start:  # the ticket starts from its finder's rewind point, not θ_p
-            rewind = load_rewind(run_folder(ctx, run.ticket) / REWIND)
-            backbone = {k: v for k, v in rewind["model"].items() if not k.startswith("fc.")}
-            model.load_state_dict(backbone, strict=False)
+        start = ticket_start(run.ticket, ctx)
+        if start is not None:  # the finder's rewind point (θ_0 or θ_5%), not θ_p
+            model.load_state_dict(start, strict=False)
     objective = run_objective(run.task.objective, model, data, seeds.objective)
     result = train_run(model, objective, data, run.task, folder, ctx, mask=mask, seeds=seeds)
     return {
