@@ -53,6 +53,9 @@ def engines(
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # Timed side by side, one session's spinning threads would slow the next session's run
+        # (seen: a ticket 2x slower than its dense model when timed right after it).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         for label, model in (("dense", dense), ("ticket", ticket)):
             path = export_onnx(model, folder / f"{label}.onnx", image_shape).path
             session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
