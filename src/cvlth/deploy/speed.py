@@ -4,12 +4,14 @@ Engines: PyTorch eager (always), ONNX Runtime (``pip install onnxruntime``), Dee
 the user installed it: end-of-life since 2025, not an open-source licence; cvlth never installs it)
 and cvlth's own sparse paths (:mod:`cvlth.deploy.sparse_conv`, the ticket only: a dense model has
 nothing to skip): ``cvlth-direct``, the C++ kernel (where it compiles), and ``cvlth-csr``. Every (engine, model) is warmed up, then timed in interleaved rounds -- one call of
-each per round, so a slow moment of the machine hits them all -- and the median per (engine, model)
-is reported with the thread count.
+each per round, in a new order each round, so that a slow moment of the machine and the threads an
+engine leaves spinning hit them all alike -- and the median per (engine, model) is reported with the
+thread count.
 """
 
 from __future__ import annotations
 
+import random
 import statistics
 import tempfile
 import time
@@ -114,8 +116,13 @@ def measure_speed(
                 for _ in range(warmup):
                     run(images)
             seconds: dict[tuple[str, str], list[float]] = {key: [] for key in runners}
-            for _ in range(rounds):
-                for key, run in runners.items():
+            order = list(runners.items())
+            for round_index in range(rounds):
+                # A fresh order each round: at a millisecond scale an engine's run is slowed by the
+                # threads the engine before it leaves spinning (PyTorch's OpenMP), so a fixed order
+                # would favour whichever model always comes after the same engine.
+                random.Random(round_index).shuffle(order)
+                for key, run in order:
                     start = time.perf_counter()
                     run(images)
                     seconds[key].append(time.perf_counter() - start)
