@@ -38,17 +38,11 @@ lint: install
 demo: install world
 	$(BIN)/cvlth demo
 
-# The documentation site (mkdocs.yml, docs/) into site/; MkDocs gets its own venv, not the project's.
-DOCS_VENV := .venv-docs
-MKDOCS := mkdocs==1.6.1
-
-$(DOCS_VENV)/bin/mkdocs:
-	$(PYTHON) -m venv $(DOCS_VENV)
-	$(DOCS_VENV)/bin/pip install --quiet "$(MKDOCS)"
-
-docs: install $(DOCS_VENV)/bin/mkdocs
+# The documentation site (mkdocs.yml, docs/) into site/; MkDocs is a dev dependency (the test suite
+# builds the site too).
+docs: install
 	$(BIN)/python docs/gen_config_reference.py --check
-	$(DOCS_VENV)/bin/mkdocs build --strict --site-dir site
+	$(BIN)/python -m mkdocs build --strict --site-dir site
 
 clean:
-	rm -rf $(VENV) runs $(DOCS_VENV) site
+	rm -rf $(VENV) runs site

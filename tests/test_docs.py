@@ -81,3 +81,22 @@ def test_the_docs_carry_the_readmes_tested_imp_snippet() -> None:
 def test_the_link_finder_sees_links_and_skips_code() -> None:
     text = "[a](x.md) [b](docs/y.md#part) [c](https://e.org) [d](#here)\n`[e](no.md)`\n```\n[f](no.md)\n```\n"
     assert relative_links(text) == ["x.md", "docs/y.md"]
+
+
+@pytest.mark.slow
+def test_the_docs_site_builds_strictly(tmp_path) -> None:
+    """``mkdocs build --strict``: a broken link, a page missing from the nav or a bad anchor fails."""
+    import subprocess
+    import sys
+
+    built = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stderr[-3000:]
+    assert (tmp_path / "site" / "index.html").is_file() and (
+        tmp_path / "site" / "status" / "index.html"
+    ).is_file()

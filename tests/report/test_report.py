@@ -335,6 +335,16 @@ def test_cli_malformed_matching_json(tmp_path, capsys):
     assert "matching.json is malformed" in capsys.readouterr().err
 
 
+def test_cli_source_not_in_the_study_config(tmp_path, capsys):
+    folder = _fabricate(tmp_path, perturbation=False)
+    matching = json.loads((folder / "matching.json").read_text())
+    matching[0]["source"] = "elsewhere/imp-up"  # a pre-training the study.yaml does not have
+    (folder / "matching.json").write_text(json.dumps(matching))
+    assert run_cli(["report", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "'elsewhere/imp-up'" in err and "study.yaml" in err and "cvlth study" in err
+
+
 def test_report_shows_the_studys_claims_json(tmp_path, capsys):
     folder = _fabricate(tmp_path, perturbation=False)
     claim = {

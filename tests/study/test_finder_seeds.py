@@ -57,8 +57,8 @@ def _as_before_train_last_level(run):  # noqa: ANN001, ANN202 - a planned run co
     """``run`` as planned before those changes (:data:`_IMP_BEFORE`)."""
     if run.kind == "imp":
         return run.model_copy(update=_IMP_BEFORE)
-    if run.kind == "transfer" and run.ticket is not None and run.ticket.kind == "imp":
-        return run.model_copy(update={"ticket": run.ticket.model_copy(update=_IMP_BEFORE)})
+    if run.kind == "transfer" and run.finder is not None and run.finder.kind == "imp":
+        return run.model_copy(update={"finder": run.finder.model_copy(update=_IMP_BEFORE)})
     return run
 
 
@@ -113,7 +113,7 @@ def test_each_finder_seed_is_a_run_transferred_with_every_study_seed(tmp_path) -
             (finder, f, s): 1 for f in seeds for s in (0, 1)
         }
     assert all(
-        i.run.ticket.seed == i.finder_seed
+        i.run.finder.seed == i.finder_seed
         for i in planned
         if i.run.kind == "transfer" and i.finder is not None
     )

@@ -78,12 +78,23 @@ def test_an_option_at_its_default_is_the_same_run() -> None:
 def test_perturb_fraction_belongs_to_perturbed_transfers_only() -> None:
     study = TINY | {"perturbation": {"finders": ["imp-task"], "levels": [3], "fraction": 0.1}}
     runs = [
-        item.run for item in _expand(study) if item.run.kind == "transfer" and item.run.ticket is not None
+        item.run for item in _expand(study) if item.run.kind == "transfer" and item.run.finder is not None
     ]
     by_variant = {run.variant: run for run in runs}
     for variant, run in by_variant.items():
         changed = run.model_copy(update={"perturb_fraction": 0.3})
         assert (config_hash(changed) == config_hash(run)) == (variant != "perturbed"), variant
+
+
+def test_a_transfer_names_its_finder_and_keeps_the_hash_it_had_as_ticket() -> None:
+    run = next(i.run for i in _expand(TINY) if i.run.kind == "transfer" and i.run.finder is not None)
+    # the hash this run had before the field was renamed (printed by cvlth at ff49207): the runs of
+    # every store keep their names
+    assert (run.finder.kind, run.level, run.seed) == ("imp", 3, 0)
+    assert run.hash() == "a58f0f56442ef58b"
+    stored = run.model_dump(mode="json")  # a run.json written before the rename says `ticket`
+    stored["ticket"] = stored.pop("finder")
+    assert TransferRun.model_validate(stored) == run
 
 
 def test_an_imported_checkpoint_is_identified_by_its_content(tmp_path) -> None:

@@ -10,6 +10,7 @@ from cvlth.masks import Mask
 from cvlth.models.backbones import BackboneSpec, build_backbone
 from cvlth.pruning.strategies import one_shot_magnitude
 from cvlth.report.speed import speed_section
+from cvlth.results.claims import SourceInfo
 from cvlth.results.outputs import SpeedPoint, StudyOutputError, TicketEntry, TicketLevel, read_entries
 from cvlth.scope import prunable_state
 from cvlth.store import Store
@@ -107,7 +108,11 @@ def test_a_missing_speed_file_is_named():
 
 def test_the_report_plots_speed_up_against_sparsity(tmp_path):
     denser = SpeedPoint(**{**POINT.__dict__, "level": 1, "sparsity": 0.2})
-    files = SimpleNamespace(speed=[POINT, denser, SpeedPoint(**{**POINT.__dict__, "batch": 1})])
+    source = SourceInfo("supervised", "supervised", "imp", "imp", "upstream", "pretrained")
+    files = SimpleNamespace(
+        speed=[POINT, denser, SpeedPoint(**{**POINT.__dict__, "batch": 1})],
+        source={"supervised/imp": source}.__getitem__,
+    )
     section = speed_section(files, tmp_path)
     figures = [block for block in section.blocks if hasattr(block, "path")]
     assert [f.path.name for f in figures] == ["speed-batch1.png", "speed-batch4.png"]

@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from cvlth.results.claims import ClaimResult
+from cvlth.results.claims import ClaimResult, SourceInfo
 from cvlth.results.matching import MatchingResult
 from cvlth.results.outputs import (
     BESIDE_FILE,
@@ -44,9 +44,25 @@ class StudyFiles:
     beside: list[MatchingResult] = field(default_factory=list)  # matching-beside.json (may be absent)
     speed: list[SpeedPoint] | None = None  # speed.json; None: the study's tickets were not timed
     _masks: dict[str, Any] = field(default_factory=dict)  # mask path -> Mask, the current level's
+    _sources: dict[str, SourceInfo] = field(default_factory=dict)  # source label -> what it is
 
     def rerun_hint(self) -> str:
         return rerun_hint(self.folder, self.store)
+
+    def source(self, label: str) -> SourceInfo:
+        """What the ticket source ``label`` of the study's files is: its pre-training and finder, as
+        the study config names them."""
+        from cvlth.study.claim_inputs import source_infos
+
+        if not self._sources:
+            self._sources.update(source_infos(self.study))
+        if label not in self._sources:
+            raise ReportError(
+                f"ticket source {label!r} in {self.folder} is not a (pre-training, finder) pair of its "
+                f"study.yaml ({', '.join(self._sources) or 'none'})",
+                hint=f"the study's files are from another config: {self.rerun_hint()}",
+            )
+        return self._sources[label]
 
     def mask(self, ticket: TicketEntry, level: int):  # noqa: ANN201 - Mask (torch is imported lazily)
         """The ticket's mask at ``level``, kept until :meth:`release_masks`."""

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from cvlth.report.document import Figure, Section, Table, pct, pm, slug
 from cvlth.report.inputs import StudyFiles
-from cvlth.report.styles import pretraining_of
 from cvlth.results.outputs import PerturbationPoint
 
 VARIANT_ORDER = ("ticket", "complement", "complement_matched", "random", "random_layerwise", "perturbed")
@@ -51,7 +50,9 @@ def perturbation_section(files: StudyFiles, figures: Path) -> Section:
         "mask with the ticket's per-layer counts and the ticket with a share of its kept and pruned "
         "entries swapped. Every point sits at the sparsity of the mask actually fine-tuned."
     )
-    dense = {(pretraining_of(r.source), r.task): (r.dense.mean, r.dense.std) for r in files.matching}
+    dense = {
+        (files.source(r.source).pretraining, r.task): (r.dense.mean, r.dense.std) for r in files.matching
+    }
     groups: dict[tuple[str, str], dict[str, Sequence[PerturbationPoint]]] = {}
     for curve in files.perturbation or []:
         groups.setdefault((curve.source, curve.task), {})[curve.variant] = curve.points
@@ -66,7 +67,7 @@ def perturbation_section(files: StudyFiles, figures: Path) -> Section:
             figures / f"perturbation-{slug(source)}-{slug(task)}.png",
             title=f"{source} → {task}",
             metric=f"test {files.study.task_metric(task) if task in files.study.tasks else 'metric'}",
-            dense=dense.get((pretraining_of(source), task)),
+            dense=dense.get((files.source(source).pretraining, task)),
         )
         section.blocks.append(Figure(path, f"{source} → {task}: mask variants at their measured sparsity."))
         rows = _perturbation_rows(list(variants.values()))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cvlth.report.document import UNDECIDED, Figure, Section, Table, ci, num, pct, pm, slug
 from cvlth.report.inputs import StudyFiles
-from cvlth.report.styles import finder_of, pretraining_of, styles
+from cvlth.report.styles import styles
 from cvlth.results.matching import (
     ALL_TASKS,
     DECISION_TEXT,
@@ -94,8 +94,8 @@ def accuracy_section(files: StudyFiles, figures: Path) -> Section:
     for task in task_order(files):
         results = [r for r in files.matching if r.task == task]
         if task == PRETRAINING_TASK:
-            for pretraining in dict.fromkeys(pretraining_of(r.source) for r in results):
-                own = [r for r in results if pretraining_of(r.source) == pretraining]
+            for pretraining in dict.fromkeys(files.source(r.source).pretraining for r in results):
+                own = [r for r in results if files.source(r.source).pretraining == pretraining]
                 panels.append((f"pretraining-{pretraining}", f"{pretraining}: its own {task}", own))
         else:
             panels.append((task, task, results))
@@ -107,12 +107,14 @@ def accuracy_section(files: StudyFiles, figures: Path) -> Section:
         }
         dense: dict[str, tuple[float, float]] = {}
         for r in results:
-            dense.setdefault(pretraining_of(r.source), (r.dense.mean, r.dense.std))
+            dense.setdefault(files.source(r.source).pretraining, (r.dense.mean, r.dense.std))
         line_colors = {
-            **{r.source: colors.get(pretraining_of(r.source), "#333333") for r in results},
+            **{r.source: colors.get(files.source(r.source).pretraining, "#333333") for r in results},
             **colors,
         }
-        line_styles = {r.source: finder_styles.get(finder_of(r.source), ("-", "o")) for r in results}
+        line_styles = {
+            r.source: finder_styles.get(files.source(r.source).finder, ("-", "o")) for r in results
+        }
         path = plot_accuracy_by_source(
             curves,
             dense,

@@ -7,7 +7,7 @@ from pathlib import Path
 from cvlth.analysis.plots.palette import palette_colors
 from cvlth.report.document import Figure, Section, Table, pct
 from cvlth.report.inputs import StudyFiles
-from cvlth.report.styles import FINDER_STYLES, SHADES, finder_of, pretraining_of, shade
+from cvlth.report.styles import FINDER_STYLES, SHADES, shade
 from cvlth.results.outputs import SpeedPoint
 
 
@@ -19,19 +19,19 @@ def _ratio(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}×"
 
 
-def _curve_styles(points: list[SpeedPoint]) -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
+def _curve_styles(
+    files: StudyFiles, points: list[SpeedPoint]
+) -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
     """As the report's other figures: a colour per pre-training, shaded per ticket; a line style per
     finder."""
-    labels = list(dict.fromkeys(_label(p) for p in points))
-    sources = {_label(p): p.source for p in points}
-    base = palette_colors(list(dict.fromkeys(pretraining_of(s) for s in sources.values())))
-    finders = list(dict.fromkeys(finder_of(s) for s in sources.values()))
+    sources = {_label(p): files.source(p.source) for p in points}
+    base = palette_colors(list(dict.fromkeys(s.pretraining for s in sources.values())))
+    finders = list(dict.fromkeys(s.finder for s in sources.values()))
     colors, styles, shown = {}, {}, dict.fromkeys(base, 0)
-    for label in labels:
-        pretraining = pretraining_of(sources[label])
-        colors[label] = shade(base[pretraining], SHADES[shown[pretraining] % len(SHADES)])
-        shown[pretraining] += 1
-        styles[label] = FINDER_STYLES[finders.index(finder_of(sources[label])) % len(FINDER_STYLES)]
+    for label, source in sources.items():
+        colors[label] = shade(base[source.pretraining], SHADES[shown[source.pretraining] % len(SHADES)])
+        shown[source.pretraining] += 1
+        styles[label] = FINDER_STYLES[finders.index(source.finder) % len(FINDER_STYLES)]
     return colors, styles
 
 
@@ -51,7 +51,7 @@ def speed_section(files: StudyFiles, figures: Path) -> Section:
         section.blocks.append("speed.json holds no timings.")
         return section
     threads = sorted({p.threads for p in points})
-    colors, styles = _curve_styles(points)
+    colors, styles = _curve_styles(files, points)
     for batch in sorted({p.batch for p in points}):
         at_batch = [p for p in points if p.batch == batch]
         curves: dict[str, list[tuple[float, float, float | None]]] = {}

@@ -40,14 +40,6 @@ PAIR_COLORS = (  # IoU curves: one per pair of tickets
 )
 
 
-def pretraining_of(source: str) -> str:
-    return source.split("/", 1)[0]
-
-
-def finder_of(source: str) -> str:
-    return source.split("/", 1)[-1]
-
-
 def shade(color: str, amount: float) -> str:
     """``amount`` < 0 darkens towards black, > 0 lightens towards white."""
     from matplotlib.colors import to_hex, to_rgb
@@ -75,9 +67,9 @@ def styles(files: StudyFiles) -> tuple[dict[str, str], dict[str, tuple[str, str]
     finders = {f.name: f.method for f in files.study.finders}
     for pretraining, base in list(colors.items()):
         k = 0
-        for finder in dict.fromkeys(finder_of(s) for s in sources if pretraining_of(s) == pretraining):
-            source = f"{pretraining}/{finder}"
-            if finders.get(finder) == "random":
+        own = [s for s in dict.fromkeys(sources) if files.source(s).pretraining == pretraining]
+        for source in own:
+            if finders.get(files.source(source).finder) == "random":
                 colors[source] = mix(base, "#8c8c8c", 0.65)
             else:
                 colors[source] = shade(base, SHADES[k % len(SHADES)])

@@ -38,8 +38,8 @@ from cvlth.store import RunFolder
 from cvlth.training.objective import load_heads
 
 
-def load_ticket_mask(ticket: ImpRun | BaselineRun, level: int, ctx: Context) -> Mask:
-    return Mask.load(mask_path(run_folder(ctx, ticket), level))
+def load_ticket_mask(finder: ImpRun | BaselineRun, level: int, ctx: Context) -> Mask:
+    return Mask.load(mask_path(run_folder(ctx, finder), level))
 
 
 #: The pruning strategy (:data:`cvlth.pruning.strategies.STRATEGIES`) of each baseline method.

@@ -23,7 +23,7 @@ from pathlib import Path
 from stat import S_ISREG
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from cvlth.config import (
     ConstantSchedule,
@@ -384,7 +384,8 @@ MaskVariant = Literal["ticket", "complement", "complement_matched", "random", "r
 
 @register_run_kind
 class TransferRun(RunConfig):
-    """Fine-tune a ticket on a downstream task. ``ticket=None`` (level 0) is the dense baseline.
+    """Fine-tune a ticket on a downstream task: the mask ``finder`` found at ``level``. ``finder=None``
+    (level 0) is the dense baseline.
 
     The weights are the finder's rewind point: θ_p, except for downstream IMP rewound to θ_0 or
     θ_5%. The task head is new, drawn from ``seed``. ``variant`` fine-tunes a perturbation of the
@@ -395,7 +396,9 @@ class TransferRun(RunConfig):
     rank: ClassVar[int] = 3
     fine_tunes_on_task: ClassVar[bool] = True
     pretrained: Pretrained
-    ticket: Finder | None = None
+    # the run that found the ticket (its config: a run is named by what it is); stored run.json files
+    # from before this name say `ticket`
+    finder: Finder | None = Field(None, validation_alias=AliasChoices("finder", "ticket"))
     level: int = Field(0, ge=0)
     variant: MaskVariant = "ticket"
     perturb_fraction: float = Field(0.1, gt=0, lt=1)
@@ -405,17 +408,18 @@ class TransferRun(RunConfig):
 
     @model_validator(mode="after")
     def _consistent(self) -> TransferRun:
-        if self.ticket is None:
+        if self.finder is None:
             if self.level != 0 or self.variant != "ticket":
-                raise ValueError("the dense model (ticket: null) has level 0 and variant 'ticket'")
+                raise ValueError("the dense model (finder: null) has level 0 and variant 'ticket'")
             return self
-        if not 1 <= self.level <= self.ticket.rounds:
-            raise ValueError(f"level must be in 1..{self.ticket.rounds} (the ticket finder's rounds)")
-        if self.ticket.pretrained != self.pretrained:
-            raise ValueError("the ticket was found on another pre-training than `pretrained`")
+        if not 1 <= self.level <= self.finder.rounds:
+            raise ValueError(f"level must be in 1..{self.finder.rounds} (the ticket finder's rounds)")
+        if self.finder.pretrained != self.pretrained:
+            raise ValueError("the finder ran on another pre-training than `pretrained`")
         return self
 
     def normalize_identity(self, data: dict[str, Any]) -> dict[str, Any]:
+        data["ticket"] = data.pop("finder")  # its name when the first transfers were hashed
         if self.variant != "perturbed":
             data.pop("perturb_fraction")  # only a perturbed mask reads it
         # `random` was layer-matched until it became the paper's global m_r: the layer-matched runs
@@ -429,7 +433,7 @@ class TransferRun(RunConfig):
     fresh_start: ClassVar[bool] = False  # its model is built from θ_p (a ticket's rewind weights go in after)
 
     def dependencies(self) -> list[RunConfig]:
-        return [self.pretrained] if self.ticket is None else [self.ticket]
+        return [self.pretrained] if self.finder is None else [self.finder]
 
     def theta_backbone(self, study_backbone: BackboneConfig) -> BackboneConfig:
         return self.pretrained.theta_backbone(study_backbone)
@@ -447,14 +451,14 @@ class TransferRun(RunConfig):
         """(``seed``, the task's ``train.seed``), and a ticket's finder seed when it is not 0: every
         (finder seed, seed) pair fine-tunes with its own head, batches and mask-variant draws, while
         finder seed 0 (every ticket before finder seeds existed) keeps the streams it always had."""
-        finder_seed = self.ticket.seed if self.ticket is not None else 0
+        finder_seed = self.finder.seed if self.finder is not None else 0
         return (self.seed, self.task.train.seed, *((finder_seed,) if finder_seed else ()))
 
     def progress_details(self, level: int, seed: int | None, variant: str) -> list[str]:
-        if self.ticket is None:
+        if self.finder is None:
             parts = ["dense"]
         else:  # the ticket finder's own pruning fraction, not the default 20%
-            parts = [f"level {level} ({level_sparsity(level, self.ticket.fraction):.1%})"]
+            parts = [f"level {level} ({level_sparsity(level, self.finder.fraction):.1%})"]
         parts.append(f"seed {seed}")
         if variant != "ticket":
             parts.append(f"[{variant} mask]")
@@ -462,7 +466,7 @@ class TransferRun(RunConfig):
 
     def summary(self) -> dict[str, object]:
         variant = "" if self.variant == "ticket" else f" ({self.variant})"
-        finder = "" if self.ticket is None else self.ticket.summary()["finder"].split(",")[0]
+        finder = "" if self.finder is None else self.finder.summary()["finder"].split(",")[0]
         return {
             "finder": finder,
             "task": self.task.data.name,

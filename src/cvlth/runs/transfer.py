@@ -23,11 +23,11 @@ def execute_transfer(run: TransferRun, folder: RunFolder, ctx: Context) -> dict[
     adaptations = logged_adaptations(run, theta, data, ctx)
     model = task_model(run, theta, data, seeds)
     mask = None
-    if run.ticket is not None:
+    if run.finder is not None:
         mask = vary_mask(
-            load_ticket_mask(run.ticket, run.level, ctx), run.variant, seeds.mask, run.perturb_fraction
+            load_ticket_mask(run.finder, run.level, ctx), run.variant, seeds.mask, run.perturb_fraction
         )
-        start = ticket_start(run.ticket, ctx)
+        start = ticket_start(run.finder, ctx)
         if start is not None:  # the finder's rewind point (θ_0 or θ_5%), not θ_p
             model.load_state_dict(start, strict=False)
     objective = run_objective(run.task.objective, model, data, seeds.objective)

@@ -192,8 +192,10 @@ def _expand(study: StudyConfig) -> list[PlannedRun]:
         for finder in study.finders:
             if finder.pretrainings is not None and name not in finder.pretrainings:
                 continue
-            for own_task, ticket in finder_runs(study, finder, name):
-                planned.append(PlannedRun(ticket, name, finder.name, own_task, finder_seed=ticket.seed))
+            for own_task, finder_run in finder_runs(study, finder, name):
+                planned.append(
+                    PlannedRun(finder_run, name, finder.name, own_task, finder_seed=finder_run.seed)
+                )
                 for task, recipe in study.tasks.items():
                     if own_task is not None and task != own_task:
                         continue  # a task-specific mask is fine-tuned on its own task only
@@ -203,7 +205,7 @@ def _expand(study: StudyConfig) -> list[PlannedRun]:
                         for seed in study.seeds:
                             run = TransferRun(
                                 pretrained=pretrained,
-                                ticket=ticket,
+                                finder=finder_run,
                                 level=level,
                                 variant=variant,
                                 perturb_fraction=study.perturbation.fraction if study.perturbation else 0.1,
@@ -212,7 +214,9 @@ def _expand(study: StudyConfig) -> list[PlannedRun]:
                                 seed=seed,
                             )
                             planned.append(
-                                PlannedRun(run, name, finder.name, task, level, seed, variant, ticket.seed)
+                                PlannedRun(
+                                    run, name, finder.name, task, level, seed, variant, finder_run.seed
+                                )
                             )
     unique: dict[str, PlannedRun] = {}
     for item in planned:
