@@ -9,7 +9,14 @@ from torch import nn
 
 from cvlth.cli import run_cli
 from cvlth.deploy.export import export_onnx
-from cvlth.deploy.sparse_conv import DirectSparseConv2d, SparseConv2d, direct_available, sparsify
+from cvlth.deploy.sparse_conv import (
+    MAX_DENSITY,
+    DirectSparseConv2d,
+    FusedStem,
+    SparseConv2d,
+    direct_available,
+    sparsify,
+)
 from cvlth.deploy.speed import measure_speed, speedups
 from cvlth.deploy.tickets import ticket_model
 from cvlth.models.backbones import BackboneSpec, build_backbone
@@ -56,6 +63,32 @@ def test_sparse_conv_equals_conv2d_with_the_masked_weight(
         )
 
 
+@pytest.mark.skipif(not DIRECT, reason="no C++ compiler here: the direct kernel cannot be built")
+@pytest.mark.parametrize("stride", [1, 2])
+def test_direct_conv_reads_a_padded_input_and_writes_a_padded_output_with_the_residual(stride):
+    """What a fused block asks of one conv: its input already zero-padded by the conv before it, its
+    output written inside a zero border for the conv after it, the residual added before the ReLU."""
+    generator = torch.Generator().manual_seed(stride)
+    conv = nn.Conv2d(8, 12, 3, stride, 1, bias=True)
+    with torch.no_grad():
+        conv.weight.mul_(torch.rand(conv.weight.shape, generator=generator) >= 0.8)
+    sparse = DirectSparseConv2d(conv)
+    sparse.relu = True
+    x = torch.randn(2, 8, 10, 9, generator=generator)
+    expected_plain = F.conv2d(x, conv.weight, conv.bias, stride, 1)
+    residual = torch.randn(expected_plain.shape, generator=generator)
+    expected = torch.relu(expected_plain + residual)
+    for out_pad in (0, 1, 2):
+        out = sparse(F.pad(x, (1, 1, 1, 1)), out_pad=out_pad, residual=residual, padded=True)
+        assert out.shape[2:] == (expected.shape[2] + 2 * out_pad, expected.shape[3] + 2 * out_pad)
+        inner = out[:, :, out_pad : out.shape[2] - out_pad, out_pad : out.shape[3] - out_pad]
+        assert torch.allclose(inner, expected, atol=1e-5)
+        border = out.clone()
+        border[:, :, out_pad : out.shape[2] - out_pad, out_pad : out.shape[3] - out_pad] = 0
+        assert not border.any()  # the border stays zero, call after call
+    assert torch.allclose(sparse(x, residual=residual), expected, atol=1e-5)  # unpadded input
+
+
 def test_grouped_convolutions_are_refused():
     for layer in (SparseConv2d, DirectSparseConv2d):
         with pytest.raises(ValueError, match="groups=1"):
@@ -88,11 +121,41 @@ def test_sparsified_ticket_gives_the_tickets_outputs(ticket_files, engine):
     sparse = sparsify(ticket, engine=engine)
     layer = DirectSparseConv2d if engine == "direct" else SparseConv2d
     converted = [m for m in sparse.modules() if isinstance(m, layer)]
-    sparse_layers = [name for name in mask if float(mask[name].float().mean()) <= 0.5]
-    assert len(converted) == len(sparse_layers) > 0  # the layers at most half kept; the stem stays dense
+    sparse_layers = [name for name in mask if float(mask[name].float().mean()) <= MAX_DENSITY]
+    assert len(converted) == len(sparse_layers) > 0  # the layers sparse enough; the stem stays dense
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.allclose(sparse(x), ticket(x), atol=1e-4)
+
+
+@pytest.mark.skipif(not DIRECT, reason="no C++ compiler here: the direct kernel cannot be built")
+def test_a_sparsified_bottleneck_resnet_gives_the_tickets_outputs_call_after_call():
+    """ResNet-50's blocks (strided 3x3 in the middle, downsample 1x1) and its ImageNet stem, with BN
+    statistics that matter; what it returns is the caller's to keep (its layers reuse buffers)."""
+    spec = BackboneSpec("resnet50", width=8, stem="imagenet", in_channels=3)
+    torch.manual_seed(1)
+    ticket = build_backbone(spec, 5).eval()
+    with torch.no_grad():
+        for module in ticket.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+        global_magnitude(prunable_state(ticket.state_dict()), 0.8).apply(ticket)
+    sparse = sparsify(ticket)
+    assert any(isinstance(m, FusedStem) for m in sparse.modules())
+    assert sum(isinstance(m, DirectSparseConv2d) for m in sparse.modules()) > 10
+    generator = torch.Generator().manual_seed(0)
+    first, second = (
+        torch.randn(3, 3, 64, 64, generator=generator),
+        torch.randn(3, 3, 64, 64, generator=generator),
+    )
+    with torch.no_grad():
+        out_first = sparse(first)
+        kept = out_first.clone()
+        out_second = sparse(second)
+        assert torch.equal(out_first, kept)  # the second call did not write into the first's output
+        assert torch.allclose(out_first, ticket(first), atol=1e-4)
+        assert torch.allclose(out_second, ticket(second), atol=1e-4)
 
 
 def test_export_matches_pytorch_and_keeps_pruned_weights_zero(ticket_files, tmp_path):

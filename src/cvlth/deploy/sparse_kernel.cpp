@@ -1,106 +1,198 @@
 // cvlth's direct sparse convolution for unstructured tickets on CPU (float32, NCHW, groups = 1).
 //
-// Only the kept weights are stored: per output channel, its non-zero weights and, for each, the
-// offset of the input element it multiplies inside one zero-padded image (channel, row, column
-// folded into one number). No im2col matrix is built: every non-zero weight adds a shifted copy of
-// one padded input plane to its output plane.
+// Only the kept weights are stored: for each, its value and the offset of the input element it
+// multiplies inside one image of the (zero-padded, stride-phased) input, channel, row and column
+// folded into one number. No im2col matrix is built.
 //
-// Stride 1: the output is computed on the padded width (the columns beyond the true output width
-// are discarded at the end), so each weight's contribution is one contiguous multiply-add over
-// the flattened plane, which the compiler vectorises; four weights are applied per pass, so the
-// accumulator is loaded and stored once per four multiply-adds. Other strides read strided rows.
-// The batch x output-channel planes are split over OpenMP threads (torch's thread count).
+// The output is computed over the input's padded width (columns beyond the true output width are
+// computed and dropped), so one weight's contribution to a run of consecutive outputs is one
+// contiguous multiply-add. Each thread takes tiles of `kTile` consecutive outputs of one image and
+// keeps, per output channel, the tile's sums in vector registers while it streams that channel's
+// kept weights: one load of input per multiply-add, no load or store of the sums in between.
+// The input channels are taken in chunks whose rows of the tile stay in L1 (the partial sums of
+// every output channel wait in a per-thread buffer between chunks). The bias (a folded BN), the
+// residual sum and the ReLU are applied on the way out, into the interior of an output that may be
+// zero-padded already for the next convolution.
+//
+// Threads: torch's own (at::parallel_for), over (image, tile) blocks.
+#include <ATen/Parallel.h>
 #include <torch/extension.h>
-#include <omp.h>
 
 #include <algorithm>
 #include <vector>
 
-torch::Tensor sparse_conv_forward(
-    torch::Tensor padded,   // [N, C, Hp, Wp] float32, contiguous, zero-padded input
-    torch::Tensor rowptr,   // [Cout + 1] int64: output channel co's weights are rowptr[co]..rowptr[co+1]
-    torch::Tensor offsets,  // [nnz] int64: c * Hp * Wp + ky * dil_h * Wp + kx * dil_w
-    torch::Tensor values,   // [nnz] float32
-    torch::Tensor bias,     // [Cout] float32, or empty: none
-    bool relu,              // max(0, .) on the way out (a folded conv-BN-ReLU)
-    int64_t out_h, int64_t out_w, int64_t stride_h, int64_t stride_w) {
-  TORCH_CHECK(padded.dtype() == torch::kFloat32 && padded.is_contiguous() && padded.dim() == 4,
-              "sparse_conv_forward: a contiguous float32 NCHW input is expected");
-  const int64_t n_images = padded.size(0), channels = padded.size(1);
-  const int64_t hp = padded.size(2), wp = padded.size(3);
-  const int64_t out_channels = rowptr.size(0) - 1;
-  auto out = torch::empty({n_images, out_channels, out_h, out_w}, padded.options());
-  const float* x = padded.data_ptr<float>();
-  const int64_t* ptr = rowptr.data_ptr<int64_t>();
-  const int64_t* off = offsets.data_ptr<int64_t>();
-  const float* val = values.data_ptr<float>();
-  float* y = out.data_ptr<float>();
-  const float* b = bias.numel() ? bias.data_ptr<float>() : nullptr;
-  const int64_t image = channels * hp * wp;
-  const int64_t planes = n_images * out_channels;
-  const bool unit = stride_h == 1 && stride_w == 1;
-  // stride 1: accumulate over the padded width; the last row needs only out_w columns
-  const int64_t span = unit ? (out_h - 1) * wp + out_w : out_h * out_w;
+// the sums of one tile stay in registers: 16 of AVX-512's 32, 8 of AVX's 16
+#if defined(__AVX512F__)
+constexpr int kLanes = 16;
+constexpr int kVectors = 16;
+#elif defined(__AVX__)
+constexpr int kLanes = 8;
+constexpr int kVectors = 8;
+#else
+constexpr int kLanes = 4;
+constexpr int kVectors = 8;
+#endif
 
-#pragma omp parallel num_threads(at::get_num_threads())
-  {
-    std::vector<float> acc(static_cast<size_t>(span));
-    float* a = acc.data();
-#pragma omp for schedule(dynamic, 4)
-    for (int64_t plane = 0; plane < planes; ++plane) {
-      const int64_t n = plane / out_channels, co = plane % out_channels;
-      const float* base = x + n * image;
-      std::fill(acc.begin(), acc.end(), 0.0f);
-      int64_t k = ptr[co];
-      const int64_t end = ptr[co + 1];
-      if (unit) {
-        for (; k + 4 <= end; k += 4) {
-          const float* p0 = base + off[k];
-          const float* p1 = base + off[k + 1];
-          const float* p2 = base + off[k + 2];
-          const float* p3 = base + off[k + 3];
-          const float v0 = val[k], v1 = val[k + 1], v2 = val[k + 2], v3 = val[k + 3];
+constexpr int kTile = kLanes * kVectors;
+
+typedef float vec __attribute__((vector_size(kLanes * sizeof(float))));
+typedef float uvec __attribute__((vector_size(kLanes * sizeof(float)), aligned(4)));
+
+template <int NV>
+static inline void accumulate_tile(const float* base, const int32_t* off, const float* val, int64_t begin,
+                                   int64_t end, float* sums, bool fresh) {
+  vec acc[NV];
+#pragma GCC unroll 16
+  for (int i = 0; i < NV; ++i) acc[i] = fresh ? vec{} : *reinterpret_cast<const uvec*>(sums + i * kLanes);
+  for (int64_t k = begin; k < end; ++k) {
+    const float* p = base + off[k];
+    const vec v = vec{} + val[k];
+#pragma GCC unroll 16
+    for (int i = 0; i < NV; ++i) acc[i] += v * *reinterpret_cast<const uvec*>(p + i * kLanes);
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < NV; ++i) *reinterpret_cast<uvec*>(sums + i * kLanes) = acc[i];
+}
+
+static inline void accumulate(int nv, const float* base, const int32_t* off, const float* val, int64_t begin,
+                              int64_t end, float* sums, bool fresh) {
+  switch (nv) {
+    case 1: return accumulate_tile<1>(base, off, val, begin, end, sums, fresh);
+    case 2: return accumulate_tile<2>(base, off, val, begin, end, sums, fresh);
+    case 3: return accumulate_tile<3>(base, off, val, begin, end, sums, fresh);
+    case 4: return accumulate_tile<4>(base, off, val, begin, end, sums, fresh);
+    case 5: return accumulate_tile<5>(base, off, val, begin, end, sums, fresh);
+    case 6: return accumulate_tile<6>(base, off, val, begin, end, sums, fresh);
+    case 7: return accumulate_tile<7>(base, off, val, begin, end, sums, fresh);
+    case 8: return accumulate_tile<8>(base, off, val, begin, end, sums, fresh);
+    case 9: return accumulate_tile<9>(base, off, val, begin, end, sums, fresh);
+    case 10: return accumulate_tile<10>(base, off, val, begin, end, sums, fresh);
+    case 11: return accumulate_tile<11>(base, off, val, begin, end, sums, fresh);
+    case 12: return accumulate_tile<12>(base, off, val, begin, end, sums, fresh);
+    case 13: return accumulate_tile<13>(base, off, val, begin, end, sums, fresh);
+    case 14: return accumulate_tile<14>(base, off, val, begin, end, sums, fresh);
+    case 15: return accumulate_tile<15>(base, off, val, begin, end, sums, fresh);
+    default: return accumulate_tile<kVectors>(base, off, val, begin, end, sums, fresh);
+  }
+}
+
+// a tile shorter than its vectors, where a full one would read past the input's end
+static inline void accumulate_short(const float* base, const int32_t* off, const float* val, int64_t begin,
+                                    int64_t end, int64_t len, float* sums, bool fresh) {
+  if (fresh) std::fill(sums, sums + len, 0.0f);
+  for (int64_t k = begin; k < end; ++k) {
+    const float* p = base + off[k];
+    const float v = val[k];
+    for (int64_t t = 0; t < len; ++t) sums[t] += v * p[t];
+  }
+}
+
+// y = relu?(sums + shift (+ residual)), for `count` outputs
+static inline void write_out(float* d, const float* a, const float* q, int64_t count, float shift, bool relu) {
+  if (q != nullptr) {
+    if (relu) {
 #pragma omp simd
-          for (int64_t t = 0; t < span; ++t) {
-            a[t] += v0 * p0[t] + v1 * p1[t] + v2 * p2[t] + v3 * p3[t];
-          }
-        }
-        for (; k < end; ++k) {
-          const float* p = base + off[k];
-          const float v = val[k];
+      for (int64_t i = 0; i < count; ++i) d[i] = std::max(a[i] + shift + q[i], 0.0f);
+    } else {
 #pragma omp simd
-          for (int64_t t = 0; t < span; ++t) a[t] += v * p[t];
-        }
-        float* dst = y + plane * out_h * out_w;
-        const float shift = b ? b[co] : 0.0f;
-        for (int64_t oy = 0; oy < out_h; ++oy) {
-          const float* src = a + oy * wp;
-          float* row = dst + oy * out_w;
-          if (relu) {
-            for (int64_t ox = 0; ox < out_w; ++ox) row[ox] = std::max(src[ox] + shift, 0.0f);
+      for (int64_t i = 0; i < count; ++i) d[i] = a[i] + shift + q[i];
+    }
+  } else if (relu) {
+#pragma omp simd
+    for (int64_t i = 0; i < count; ++i) d[i] = std::max(a[i] + shift, 0.0f);
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < count; ++i) d[i] = a[i] + shift;
+  }
+}
+
+int64_t tile_floats() { return kTile; }
+
+void sparse_conv_forward(
+    torch::Tensor input,     // [N, P, Hq, Wq] float32 contiguous: padded (and phased) input planes
+    torch::Tensor rowptr,    // [chunks, Cout + 1] int64: chunk c, output channel co: its weights
+    torch::Tensor offsets,   // [nnz] int32: plane * Hq * Wq + row shift * Wq + column shift
+    torch::Tensor values,    // [nnz] float32
+    torch::Tensor bias,      // [Cout] float32, or empty
+    bool relu,               // max(0, .) last
+    int64_t out_h, int64_t out_w,
+    torch::Tensor out,       // [N, Cout, out_h + 2 pad, out_w + 2 pad] float32 contiguous
+    int64_t pad,             // the output's zero border (left as it is)
+    torch::Tensor residual,  // [N, Cout, out_h, out_w] float32 contiguous, or empty: added before the ReLU
+    int64_t max_offset) {    // the largest offset
+  TORCH_CHECK(input.dtype() == torch::kFloat32 && input.is_contiguous() && input.dim() == 4,
+              "sparse_conv_forward: a contiguous float32 NCHW input is expected");
+  TORCH_CHECK(out.dtype() == torch::kFloat32 && out.is_contiguous(), "sparse_conv_forward: bad output");
+  TORCH_CHECK(offsets.dtype() == torch::kInt32 && rowptr.dtype() == torch::kInt64, "sparse_conv_forward: index types");
+  const int64_t n_images = input.size(0), hq = input.size(2), wq = input.size(3);
+  const int64_t image = input.size(1) * hq * wq, total = input.numel();
+  const int64_t chunks = rowptr.size(0), out_channels = rowptr.size(1) - 1;
+  TORCH_CHECK(out.size(0) == n_images && out.size(1) == out_channels && out.size(2) == out_h + 2 * pad &&
+                  out.size(3) == out_w + 2 * pad,
+              "sparse_conv_forward: output shape");
+  TORCH_CHECK(residual.numel() == 0 || residual.numel() == n_images * out_channels * out_h * out_w,
+              "sparse_conv_forward: residual shape");
+  const int64_t span = (out_h - 1) * wq + out_w;  // outputs over the padded width, last row cut
+  const int nv = static_cast<int>(std::min<int64_t>(kVectors, (span + kLanes - 1) / kLanes));
+  const int64_t tile_len = nv * kLanes;
+  const int64_t tiles = (span + tile_len - 1) / tile_len;
+  const float* x = input.data_ptr<float>();
+  const int64_t* ptr = rowptr.data_ptr<int64_t>();
+  const int32_t* off = offsets.data_ptr<int32_t>();
+  const float* val = values.data_ptr<float>();
+  const float* b = bias.numel() ? bias.data_ptr<float>() : nullptr;
+  float* y = out.data_ptr<float>();
+  const float* r = residual.numel() ? residual.data_ptr<float>() : nullptr;
+  const int64_t oh = out_h + 2 * pad, ow = out_w + 2 * pad;
+
+  at::parallel_for(0, n_images * tiles, 1, [&](int64_t first, int64_t last) {
+    std::vector<float> buffer(static_cast<size_t>(out_channels * kTile));
+    for (int64_t block = first; block < last; ++block) {
+      const int64_t n = block / tiles;
+      int64_t t0 = (block % tiles) * tile_len;
+      int64_t len = tile_len;
+      bool full = n * image + t0 + tile_len + max_offset <= total;
+      if (!full && span >= tile_len) {  // end the tile at the span: inside its image (outputs
+        t0 = span - tile_len;           // shared with the tile before are computed twice, equally)
+        full = true;
+      } else if (!full) {
+        len = span - t0;
+      }
+      const float* base = x + n * image + t0;
+      for (int64_t c = 0; c < chunks; ++c) {
+        const int64_t* cp = ptr + c * (out_channels + 1);
+        for (int64_t co = 0; co < out_channels; ++co) {
+          float* sums = buffer.data() + co * kTile;
+          if (full) {
+            accumulate(nv, base, off, val, cp[co], cp[co + 1], sums, c == 0);
           } else {
-            for (int64_t ox = 0; ox < out_w; ++ox) row[ox] = src[ox] + shift;
+            accumulate_short(base, off, val, cp[co], cp[co + 1], len, sums, c == 0);
           }
         }
-      } else {
-        for (; k < end; ++k) {
-          const float* p = base + off[k];
-          const float v = val[k];
-          for (int64_t oy = 0; oy < out_h; ++oy) {
-            const float* row = p + oy * stride_h * wp;
-            float* arow = a + oy * out_w;
-            for (int64_t ox = 0; ox < out_w; ++ox) arow[ox] += v * row[ox * stride_w];
-          }
-        }
-        float* dst = y + plane * out_h * out_w;
+      }
+      // write the tile's outputs that exist (t < span, column < out_w), a row segment at a time
+      const int64_t t_end = std::min(t0 + len, span);
+      for (int64_t co = 0; co < out_channels; ++co) {
+        const float* sums = buffer.data() + co * kTile;
         const float shift = b ? b[co] : 0.0f;
-        for (int64_t t = 0; t < span; ++t) dst[t] = relu ? std::max(a[t] + shift, 0.0f) : a[t] + shift;
+        float* dst = y + (n * out_channels + co) * oh * ow;
+        const float* res = r ? r + (n * out_channels + co) * out_h * out_w : nullptr;
+        for (int64_t t = t0; t < t_end;) {
+          const int64_t oy = t / wq, ox = t - oy * wq;
+          const int64_t row_end = std::min(t_end, (oy + 1) * wq);
+          const int64_t count = std::min(row_end, oy * wq + out_w) - t;
+          if (count > 0) {
+            write_out(dst + (oy + pad) * ow + ox + pad, sums + (t - t0),
+                      res ? res + oy * out_w + ox : nullptr, count, shift, relu);
+          }
+          t = row_end;
+        }
       }
     }
-  }
-  return out;
+  });
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sparse_conv_forward", &sparse_conv_forward, "direct sparse convolution (float32, NCHW)");
+  m.def("tile_floats", &tile_floats, "outputs per tile (vector lanes x registers)");
 }
