@@ -133,7 +133,19 @@ void sparse_conv_forward(
   TORCH_CHECK(residual.numel() == 0 || residual.numel() == n_images * out_channels * out_h * out_w,
               "sparse_conv_forward: residual shape");
   const int64_t span = (out_h - 1) * wq + out_w;  // outputs over the padded width, last row cut
-  const int nv = static_cast<int>(std::min<int64_t>(kVectors, (span + kLanes - 1) / kLanes));
+  // registers per tile: the fewest outputs computed in all (a tile past the span's end is moved back
+  // over the tile before it), then the longest tiles
+  const int64_t vectors = (span + kLanes - 1) / kLanes;
+  const int most = static_cast<int>(std::min<int64_t>(kVectors, vectors));
+  int nv = most;
+  int64_t least = (vectors + most - 1) / most * most;
+  for (int candidate = most - 1; candidate >= std::max(1, most / 2); --candidate) {
+    const int64_t computed = (vectors + candidate - 1) / candidate * candidate;
+    if (computed < least) {
+      least = computed;
+      nv = candidate;
+    }
+  }
   const int64_t tile_len = nv * kLanes;
   const int64_t tiles = (span + tile_len - 1) / tile_len;
   const float* x = input.data_ptr<float>();
