@@ -22,7 +22,7 @@
 #include <vector>
 
 // the sums of one tile stay in registers: 16 of AVX-512's 32, 8 of AVX's 16
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) && !defined(CVLTH_AVX2_VECTORS)
 constexpr int kLanes = 16;
 constexpr int kVectors = 16;
 #elif defined(__AVX__)
@@ -54,6 +54,31 @@ static inline void accumulate_tile(const float* base, const int32_t* off, const 
   for (int i = 0; i < NV; ++i) *reinterpret_cast<uvec*>(sums + i * kLanes) = acc[i];
 }
 
+// the last chunk of a tile whose outputs are consecutive in the output (no padded width, no
+// border): from the registers straight to the output, bias, residual and ReLU on the way
+template <int NV>
+static inline void accumulate_tile_out(const float* base, const int32_t* off, const float* val, int64_t begin,
+                                       int64_t end, const float* sums, bool fresh, float* dst,
+                                       const float* res, float shift, bool relu) {
+  vec acc[NV];
+#pragma GCC unroll 16
+  for (int i = 0; i < NV; ++i) acc[i] = fresh ? vec{} : *reinterpret_cast<const uvec*>(sums + i * kLanes);
+  for (int64_t k = begin; k < end; ++k) {
+    const float* p = base + off[k];
+    const vec v = vec{} + val[k];
+#pragma GCC unroll 16
+    for (int i = 0; i < NV; ++i) acc[i] += v * *reinterpret_cast<const uvec*>(p + i * kLanes);
+  }
+  const vec zero = vec{};
+#pragma GCC unroll 16
+  for (int i = 0; i < NV; ++i) {
+    vec y = acc[i] + shift;
+    if (res) y += *reinterpret_cast<const uvec*>(res + i * kLanes);
+    if (relu) y = y > zero ? y : zero;
+    *reinterpret_cast<uvec*>(dst + i * kLanes) = y;
+  }
+}
+
 static inline void accumulate(int nv, const float* base, const int32_t* off, const float* val, int64_t begin,
                               int64_t end, float* sums, bool fresh) {
   switch (nv) {
@@ -74,6 +99,20 @@ static inline void accumulate(int nv, const float* base, const int32_t* off, con
     case 15: return accumulate_tile<15>(base, off, val, begin, end, sums, fresh);
     default: return accumulate_tile<kVectors>(base, off, val, begin, end, sums, fresh);
   }
+}
+
+static inline void accumulate_out(int nv, const float* base, const int32_t* off, const float* val, int64_t begin,
+                                  int64_t end, const float* sums, bool fresh, float* dst, const float* res,
+                                  float shift, bool relu) {
+#define CVLTH_CASE(N) \
+  case N: return accumulate_tile_out<N>(base, off, val, begin, end, sums, fresh, dst, res, shift, relu);
+  switch (nv) {
+    CVLTH_CASE(1) CVLTH_CASE(2) CVLTH_CASE(3) CVLTH_CASE(4) CVLTH_CASE(5) CVLTH_CASE(6) CVLTH_CASE(7)
+    CVLTH_CASE(8) CVLTH_CASE(9) CVLTH_CASE(10) CVLTH_CASE(11) CVLTH_CASE(12) CVLTH_CASE(13) CVLTH_CASE(14)
+    CVLTH_CASE(15)
+    default: return accumulate_tile_out<kVectors>(base, off, val, begin, end, sums, fresh, dst, res, shift, relu);
+  }
+#undef CVLTH_CASE
 }
 
 // a tile shorter than its vectors, where a full one would read past the input's end
@@ -156,6 +195,7 @@ void sparse_conv_forward(
   float* y = out.data_ptr<float>();
   const float* r = residual.numel() ? residual.data_ptr<float>() : nullptr;
   const int64_t oh = out_h + 2 * pad, ow = out_w + 2 * pad;
+  const bool consecutive = wq == out_w && pad == 0;  // output position t is output element t
 
   at::parallel_for(0, n_images * tiles, 1, [&](int64_t first, int64_t last) {
     std::vector<float> buffer(static_cast<size_t>(out_channels * kTile));
@@ -171,17 +211,25 @@ void sparse_conv_forward(
         len = span - t0;
       }
       const float* base = x + n * image + t0;
+      // outputs consecutive in the output tensor: the last chunk stores them itself
+      const bool straight = consecutive && full && t0 + tile_len <= span;
       for (int64_t c = 0; c < chunks; ++c) {
         const int64_t* cp = ptr + c * (out_channels + 1);
+        const bool last_chunk = c + 1 == chunks;
         for (int64_t co = 0; co < out_channels; ++co) {
           float* sums = buffer.data() + co * kTile;
-          if (full) {
+          if (straight && last_chunk) {
+            const int64_t plane = (n * out_channels + co) * out_h * out_w;
+            accumulate_out(nv, base, off, val, cp[co], cp[co + 1], sums, c == 0, y + plane + t0,
+                           r ? r + plane + t0 : nullptr, b ? b[co] : 0.0f, relu);
+          } else if (full) {
             accumulate(nv, base, off, val, cp[co], cp[co + 1], sums, c == 0);
           } else {
             accumulate_short(base, off, val, cp[co], cp[co + 1], len, sums, c == 0);
           }
         }
       }
+      if (straight) continue;
       // write the tile's outputs that exist (t < span, column < out_w), a row segment at a time
       const int64_t t_end = std::min(t0 + len, span);
       for (int64_t co = 0; co < out_channels; ++co) {
