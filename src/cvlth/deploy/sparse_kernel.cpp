@@ -197,11 +197,18 @@ void sparse_conv_forward(
   const int64_t oh = out_h + 2 * pad, ow = out_w + 2 * pad;
   const bool consecutive = wq == out_w && pad == 0;  // output position t is output element t
 
-  at::parallel_for(0, n_images * tiles, 1, [&](int64_t first, int64_t last) {
+  // blocks of (image, tile, group of output channels): the channels are split in groups only when
+  // there are too few (image, tile) pairs for every thread to have a few (a small batch)
+  const int64_t pairs = n_images * tiles, threads = at::get_num_threads();
+  const int64_t groups = std::min<int64_t>(out_channels, std::max<int64_t>(1, (4 * threads + pairs - 1) / pairs));
+  const int64_t group_size = (out_channels + groups - 1) / groups;
+  at::parallel_for(0, pairs * groups, 1, [&](int64_t first, int64_t last) {
     std::vector<float> buffer(static_cast<size_t>(out_channels * kTile));
     for (int64_t block = first; block < last; ++block) {
-      const int64_t n = block / tiles;
-      int64_t t0 = (block % tiles) * tile_len;
+      const int64_t pair = block / groups, group = block % groups;
+      const int64_t co_begin = group * group_size, co_end = std::min(out_channels, co_begin + group_size);
+      const int64_t n = pair / tiles;
+      int64_t t0 = (pair % tiles) * tile_len;
       int64_t len = tile_len;
       bool full = n * image + t0 + tile_len + max_offset <= total;
       if (!full && span >= tile_len) {  // end the tile at the span: inside its image (outputs
@@ -216,7 +223,7 @@ void sparse_conv_forward(
       for (int64_t c = 0; c < chunks; ++c) {
         const int64_t* cp = ptr + c * (out_channels + 1);
         const bool last_chunk = c + 1 == chunks;
-        for (int64_t co = 0; co < out_channels; ++co) {
+        for (int64_t co = co_begin; co < co_end; ++co) {
           float* sums = buffer.data() + co * kTile;
           if (straight && last_chunk) {
             const int64_t plane = (n * out_channels + co) * out_h * out_w;
@@ -232,7 +239,7 @@ void sparse_conv_forward(
       if (straight) continue;
       // write the tile's outputs that exist (t < span, column < out_w), a row segment at a time
       const int64_t t_end = std::min(t0 + len, span);
-      for (int64_t co = 0; co < out_channels; ++co) {
+      for (int64_t co = co_begin; co < co_end; ++co) {
         const float* sums = buffer.data() + co * kTile;
         const float shift = b ? b[co] : 0.0f;
         float* dst = y + (n * out_channels + co) * oh * ow;
