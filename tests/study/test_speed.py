@@ -1,5 +1,6 @@
 """A study's ticket speeds: the ratios of speed.json, its reuse, and the report's speed section."""
 
+import hashlib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -99,6 +100,20 @@ def test_write_speed_times_every_transferred_level_and_reuses_what_it_measured(t
     (folder / SPEED_INPUTS_FILE).write_text("{not json")  # unreadable inputs: measured again, no crash
     write_speed(folder, slower, tickets, store, log=lambda _: None)
     assert len(calls) == 6
+    # another version of an engine (here cvlth's own kernels): measured again
+    versions = deploy_speed.engine_versions()
+    monkeypatch.setattr(deploy_speed, "engine_versions", lambda: {**versions, "cvlth-kernels": "0" * 16})
+    write_speed(folder, slower, tickets, store, log=lambda _: None)
+    assert len(calls) == 8
+
+
+def test_engine_versions_follow_the_kernel_sources():
+    versions = deploy_speed.engine_versions()
+    assert versions["onnxruntime"] == __import__("onnxruntime").__version__
+    digest = hashlib.sha256()
+    for name in ("sparse_conv.py", "sparse_kernel.cpp"):
+        digest.update((Path(deploy_speed.__file__).parent / name).read_bytes())
+    assert versions["cvlth-kernels"] == digest.hexdigest()[:16]
 
 
 def test_a_missing_speed_file_is_named():

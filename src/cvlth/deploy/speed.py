@@ -78,6 +78,26 @@ def _torch_runner(model: nn.Module) -> Runner:
     return run
 
 
+def engine_versions() -> dict[str, str | None]:
+    """What each engine is, for a cache of timings: the installed versions of ONNX Runtime and
+    DeepSparse (None: absent) and a digest of cvlth's own kernel sources (its timings change with
+    them, not with cvlth's version)."""
+    import hashlib
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions: dict[str, str | None] = {}
+    for package in ("onnxruntime", "deepsparse"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
+    digest = hashlib.sha256()
+    for name in ("sparse_conv.py", "sparse_kernel.cpp"):
+        digest.update((Path(__file__).parent / name).read_bytes())
+    versions["cvlth-kernels"] = digest.hexdigest()[:16]
+    return versions
+
+
 def _deepsparse_runners(
     dense: nn.Module, ticket: nn.Module, image_shape: tuple[int, int, int], folder: Path
 ) -> dict[tuple[str, str], Runner]:

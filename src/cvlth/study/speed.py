@@ -5,7 +5,8 @@ the ticket's mask applied is timed against the dense classifier on every engine 
 (:func:`cvlth.deploy.speed.measure_speed`: interleaved rounds, medians). The latency depends on the
 architecture and on which weights are zero, not on their values, so one dense model serves every
 ticket. The timings are kept with what they were measured on (``speed-inputs.json``) and reused while
-that stays the same; another machine, thread count, setting or set of masks measures again.
+that stays the same; another machine, thread count, setting, set of masks or engine version (cvlth's
+own kernels included) measures again.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ def speed_levels(study: StudyConfig) -> list[int]:
 
 def speed_inputs(study: StudyConfig, tickets: list[TicketEntry]) -> dict[str, Any]:
     """What the timings depend on; a change of any of it measures again."""
+    from cvlth.deploy.speed import engine_versions
+
     assert study.speed is not None
     levels = speed_levels(study)
     return {
@@ -49,6 +52,7 @@ def speed_inputs(study: StudyConfig, tickets: list[TicketEntry]) -> dict[str, An
         "threads": torch.get_num_threads(),
         "cpu": cpu_model(),
         "torch": torch.__version__,
+        "engines": engine_versions(),
     }
 
 
