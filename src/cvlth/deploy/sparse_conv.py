@@ -324,9 +324,15 @@ class FusedBlock(nn.Module):
 
 
 def _padding_for(conv: nn.Module | None) -> int:
-    """The zero border to write around an output read next by ``conv`` (a sparse conv with equal
-    padding on each side), else 0."""
-    if isinstance(conv, DirectSparseConv2d) and conv.padding[0] == conv.padding[1]:
+    """The zero border to write around an output read next by ``conv``: its padding if it is a
+    stride-1 sparse conv with equal padding on each side, else 0 (a strided conv copies its input
+    into stride phases anyway, padding them on the way; an output with no border can be stored from
+    the registers straight)."""
+    if (
+        isinstance(conv, DirectSparseConv2d)
+        and conv.padding[0] == conv.padding[1]
+        and conv._phase_stride == (1, 1)
+    ):
         return conv.padding[0]
     return 0
 
