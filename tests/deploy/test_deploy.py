@@ -201,3 +201,38 @@ def test_speedups_compare_the_fastest_ticket_with_the_fastest_dense_engine(ticke
     fastest_ticket = min(t.seconds for t in timings if t.model == "ticket")
     assert ratio == pytest.approx(fastest_dense / fastest_ticket)
     assert all(t.seconds > 0 for t in timings)
+
+
+def test_deepsparse_is_compiled_for_each_static_batch_size(ticket_files, tmp_path, monkeypatch):
+    """DeepSparse runs its optimized runtime only on static shapes: with ``batch_size=None`` it falls
+    back to plain ONNX Runtime (seen: a ResNet-50 ticket as slow as its dense model). Here a stand-in
+    ``deepsparse`` module records what cvlth compiles."""
+    import sys
+    import types
+
+    from cvlth.deploy.speed import _deepsparse_runners
+
+    compiled = []
+
+    class Engine:
+        def __init__(self, path: str, batch_size: int | None) -> None:
+            self.batch_size = batch_size
+
+        def run(self, inputs):
+            assert inputs[0].shape[0] == self.batch_size  # a static engine gets its own batch size
+            return [np.zeros((self.batch_size, 10), dtype=np.float32)]
+
+    def compile_model(path, batch_size=None):
+        compiled.append((path.rsplit("/", 1)[-1], batch_size))
+        return Engine(path, batch_size)
+
+    monkeypatch.setitem(sys.modules, "deepsparse", types.SimpleNamespace(compile_model=compile_model))
+    checkpoint, mask_file, _ = ticket_files
+    ticket = ticket_model(checkpoint, mask_file)
+    runners = _deepsparse_runners(ticket, ticket, (3, 32, 32), tmp_path)
+    assert set(runners) == {("deepsparse", "dense"), ("deepsparse", "ticket")}
+    assert compiled == []  # nothing compiled before the first (warm-up) call
+    run = runners[("deepsparse", "ticket")]
+    for batch in (1, 4, 1, 4):
+        run(torch.zeros(batch, 3, 32, 32))
+    assert compiled == [("ticket.onnx", 1), ("ticket.onnx", 4)]  # once per batch size, never None

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -110,9 +111,25 @@ def _deepsparse_runners(
         path = folder / f"{label}.onnx"
         if not path.is_file():
             export_onnx(model, path, image_shape)
-        engine = compile_model(str(path), batch_size=None)
-        runners[("deepsparse", label)] = lambda x, e=engine: e.run([x.numpy()])
+        runners[("deepsparse", label)] = _StaticBatchEngine(compile_model, str(path))
     return runners
+
+
+class _StaticBatchEngine:
+    """One DeepSparse engine per batch size, compiled at its first call (a warm-up call of
+    :func:`measure_speed`, never timed). With a dynamic batch (``batch_size=None``) DeepSparse disables
+    its optimized runtime ("Detected dynamic input images dim 0") and runs the graph like ONNX Runtime:
+    measured 2026-12-03 on ResNet-50 at 90 %, its ticket and dense model took the same 573 ms."""
+
+    def __init__(self, compile_model: Callable[..., Any], path: str) -> None:
+        self._compile, self._path = compile_model, path
+        self._engines: dict[int, Any] = {}
+
+    def __call__(self, x: torch.Tensor) -> object:
+        batch = int(x.shape[0])
+        if batch not in self._engines:
+            self._engines[batch] = self._compile(self._path, batch_size=batch)
+        return self._engines[batch].run([x.numpy()])
 
 
 def measure_speed(
