@@ -38,9 +38,14 @@ constexpr int kTile = kLanes * kVectors;
 typedef float vec __attribute__((vector_size(kLanes * sizeof(float))));
 typedef float uvec __attribute__((vector_size(kLanes * sizeof(float)), aligned(4)));
 
+// One tile of one output channel: its sums (from `sums`, or zero when `fresh`) plus its kept weights
+// in [begin, end), kept in registers. Without `dst` they go back to `sums` (another chunk follows, or
+// the caller writes them out); with it (the last chunk of a tile whose outputs are consecutive in
+// the output: no padded width, no border) straight to the output, bias, residual and ReLU applied.
 template <int NV>
 static inline void accumulate_tile(const float* base, const int32_t* off, const float* val, int64_t begin,
-                                   int64_t end, float* sums, bool fresh) {
+                                   int64_t end, float* sums, bool fresh, float* dst, const float* res,
+                                   float shift, bool relu) {
   vec acc[NV];
 #pragma GCC unroll 16
   for (int i = 0; i < NV; ++i) acc[i] = fresh ? vec{} : *reinterpret_cast<const uvec*>(sums + i * kLanes);
@@ -50,24 +55,10 @@ static inline void accumulate_tile(const float* base, const int32_t* off, const 
 #pragma GCC unroll 16
     for (int i = 0; i < NV; ++i) acc[i] += v * *reinterpret_cast<const uvec*>(p + i * kLanes);
   }
+  if (dst == nullptr) {
 #pragma GCC unroll 16
-  for (int i = 0; i < NV; ++i) *reinterpret_cast<uvec*>(sums + i * kLanes) = acc[i];
-}
-
-// the last chunk of a tile whose outputs are consecutive in the output (no padded width, no
-// border): from the registers straight to the output, bias, residual and ReLU on the way
-template <int NV>
-static inline void accumulate_tile_out(const float* base, const int32_t* off, const float* val, int64_t begin,
-                                       int64_t end, const float* sums, bool fresh, float* dst,
-                                       const float* res, float shift, bool relu) {
-  vec acc[NV];
-#pragma GCC unroll 16
-  for (int i = 0; i < NV; ++i) acc[i] = fresh ? vec{} : *reinterpret_cast<const uvec*>(sums + i * kLanes);
-  for (int64_t k = begin; k < end; ++k) {
-    const float* p = base + off[k];
-    const vec v = vec{} + val[k];
-#pragma GCC unroll 16
-    for (int i = 0; i < NV; ++i) acc[i] += v * *reinterpret_cast<const uvec*>(p + i * kLanes);
+    for (int i = 0; i < NV; ++i) *reinterpret_cast<uvec*>(sums + i * kLanes) = acc[i];
+    return;
   }
   const vec zero = vec{};
 #pragma GCC unroll 16
@@ -80,37 +71,15 @@ static inline void accumulate_tile_out(const float* base, const int32_t* off, co
 }
 
 static inline void accumulate(int nv, const float* base, const int32_t* off, const float* val, int64_t begin,
-                              int64_t end, float* sums, bool fresh) {
-  switch (nv) {
-    case 1: return accumulate_tile<1>(base, off, val, begin, end, sums, fresh);
-    case 2: return accumulate_tile<2>(base, off, val, begin, end, sums, fresh);
-    case 3: return accumulate_tile<3>(base, off, val, begin, end, sums, fresh);
-    case 4: return accumulate_tile<4>(base, off, val, begin, end, sums, fresh);
-    case 5: return accumulate_tile<5>(base, off, val, begin, end, sums, fresh);
-    case 6: return accumulate_tile<6>(base, off, val, begin, end, sums, fresh);
-    case 7: return accumulate_tile<7>(base, off, val, begin, end, sums, fresh);
-    case 8: return accumulate_tile<8>(base, off, val, begin, end, sums, fresh);
-    case 9: return accumulate_tile<9>(base, off, val, begin, end, sums, fresh);
-    case 10: return accumulate_tile<10>(base, off, val, begin, end, sums, fresh);
-    case 11: return accumulate_tile<11>(base, off, val, begin, end, sums, fresh);
-    case 12: return accumulate_tile<12>(base, off, val, begin, end, sums, fresh);
-    case 13: return accumulate_tile<13>(base, off, val, begin, end, sums, fresh);
-    case 14: return accumulate_tile<14>(base, off, val, begin, end, sums, fresh);
-    case 15: return accumulate_tile<15>(base, off, val, begin, end, sums, fresh);
-    default: return accumulate_tile<kVectors>(base, off, val, begin, end, sums, fresh);
-  }
-}
-
-static inline void accumulate_out(int nv, const float* base, const int32_t* off, const float* val, int64_t begin,
-                                  int64_t end, const float* sums, bool fresh, float* dst, const float* res,
-                                  float shift, bool relu) {
+                              int64_t end, float* sums, bool fresh, float* dst = nullptr,
+                              const float* res = nullptr, float shift = 0.0f, bool relu = false) {
 #define CVLTH_CASE(N) \
-  case N: return accumulate_tile_out<N>(base, off, val, begin, end, sums, fresh, dst, res, shift, relu);
+  case N: return accumulate_tile<N>(base, off, val, begin, end, sums, fresh, dst, res, shift, relu);
   switch (nv) {
     CVLTH_CASE(1) CVLTH_CASE(2) CVLTH_CASE(3) CVLTH_CASE(4) CVLTH_CASE(5) CVLTH_CASE(6) CVLTH_CASE(7)
     CVLTH_CASE(8) CVLTH_CASE(9) CVLTH_CASE(10) CVLTH_CASE(11) CVLTH_CASE(12) CVLTH_CASE(13) CVLTH_CASE(14)
     CVLTH_CASE(15)
-    default: return accumulate_tile_out<kVectors>(base, off, val, begin, end, sums, fresh, dst, res, shift, relu);
+    default: return accumulate_tile<kVectors>(base, off, val, begin, end, sums, fresh, dst, res, shift, relu);
   }
 #undef CVLTH_CASE
 }
@@ -227,8 +196,8 @@ void sparse_conv_forward(
           float* sums = buffer.data() + co * kTile;
           if (straight && last_chunk) {
             const int64_t plane = (n * out_channels + co) * out_h * out_w;
-            accumulate_out(nv, base, off, val, cp[co], cp[co + 1], sums, c == 0, y + plane + t0,
-                           r ? r + plane + t0 : nullptr, b ? b[co] : 0.0f, relu);
+            accumulate(nv, base, off, val, cp[co], cp[co + 1], sums, c == 0, y + plane + t0,
+                       r ? r + plane + t0 : nullptr, b ? b[co] : 0.0f, relu);
           } else if (full) {
             accumulate(nv, base, off, val, cp[co], cp[co + 1], sums, c == 0);
           } else {
