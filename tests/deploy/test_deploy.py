@@ -89,6 +89,13 @@ def test_direct_conv_reads_a_padded_input_and_writes_a_padded_output_with_the_re
     assert torch.allclose(sparse(x, residual=residual), expected, atol=1e-5)  # unpadded input
 
 
+@pytest.mark.skipif(not DIRECT, reason="no C++ compiler here: the direct kernel cannot be built")
+def test_an_input_too_large_for_32_bit_offsets_is_refused():
+    sparse = DirectSparseConv2d(nn.Conv2d(64, 8, 3, padding=1))
+    with pytest.raises(ValueError, match="32-bit offsets.*engine='csr'"):
+        sparse.layout(6000, 6000)  # 64 planes of 36 M floats: offsets beyond 2^31 (nothing allocated)
+
+
 def test_grouped_convolutions_are_refused():
     for layer in (SparseConv2d, DirectSparseConv2d):
         with pytest.raises(ValueError, match="groups=1"):

@@ -137,6 +137,11 @@ class DirectSparseConv2d(nn.Module):
         key = (hq, wq)
         if key not in self._layouts:
             plane, offsets = self.offsets(hq, wq)
+            if offsets.numel() and int(offsets.max()) >= 2**31:
+                raise ValueError(
+                    f"an input of {self.in_channels} channels at {hq}x{wq} is too large for the direct "
+                    "kernel's 32-bit offsets: use sparsify(..., engine='csr')"
+                )
             planes = int(plane.max()) + 1 if plane.numel() else 1
             halo = int((offsets - plane * (hq * wq)).max()) if plane.numel() else 0
             tile = int(direct_kernel().tile_floats())
