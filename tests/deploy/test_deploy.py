@@ -90,6 +90,72 @@ def test_direct_conv_reads_a_padded_input_and_writes_a_padded_output_with_the_re
 
 
 @pytest.mark.skipif(not DIRECT, reason="no C++ compiler here: the direct kernel cannot be built")
+@pytest.mark.parametrize(
+    ("kernel", "stride", "padding", "dilation"),
+    [(1, 1, 0, 1), (1, 2, 0, 1), (3, 1, 1, 1), (3, 2, 1, 1), (3, 1, 2, 2), (7, 2, 3, 1)],
+)
+def test_direct_conv_on_channel_major_images_stacked_in_each_plane(kernel, stride, padding, dilation):
+    """Channel-major ([C, N, H, W]): the batch's images one above the other in each channel's plane,
+    the rows between them computed and never written; padded input and output, residual, ReLU."""
+    generator = torch.Generator().manual_seed(kernel * 10 + stride)
+    conv = nn.Conv2d(8, 12, kernel, stride, padding, dilation, bias=True)
+    with torch.no_grad():
+        conv.weight.mul_(torch.rand(conv.weight.shape, generator=generator) >= 0.7)
+    sparse = DirectSparseConv2d(conv)
+    sparse.relu = True
+    x = torch.randn(5, 8, 13, 11, generator=generator)
+    plain = F.conv2d(x, conv.weight, conv.bias, stride, padding, dilation)
+    residual = torch.randn(plain.shape, generator=generator)
+    expected = torch.relu(plain + residual)
+    residual_cm = residual.transpose(0, 1).contiguous()
+    for out_pad in (0, 1):
+        out = sparse(x.transpose(0, 1).contiguous(), out_pad=out_pad, residual=residual_cm, stacked=True)
+        assert out.shape == (12, 5, expected.shape[2] + 2 * out_pad, expected.shape[3] + 2 * out_pad)
+        inner = out[:, :, out_pad : out.shape[2] - out_pad, out_pad : out.shape[3] - out_pad]
+        assert torch.allclose(inner.transpose(0, 1), expected, atol=1e-5)
+        border = out.clone()
+        border[:, :, out_pad : out.shape[2] - out_pad, out_pad : out.shape[3] - out_pad] = 0
+        assert not border.any()
+    if stride == 1 and padding:  # an input that carries the padding already
+        padded = F.pad(x, (padding,) * 4).transpose(0, 1).contiguous()
+        out = sparse(padded, residual=residual_cm, padded=True, stacked=True)
+        assert torch.allclose(out.transpose(0, 1), expected, atol=1e-5)
+
+
+@pytest.mark.skipif(not DIRECT, reason="no C++ compiler here: the direct kernel cannot be built")
+def test_a_block_with_small_planes_runs_channel_major_and_hands_the_next_block_a_free_view():
+    from torchvision.models.resnet import Bottleneck
+
+    from cvlth.deploy.sparse_conv import STACK_MAX_PLANE, FusedBlock
+
+    torch.manual_seed(0)
+    downsample = nn.Sequential(nn.Conv2d(16, 32, 1, 2, bias=False), nn.BatchNorm2d(32))
+    blocks = [Bottleneck(16, 8, stride=2, downsample=downsample), Bottleneck(32, 8)]
+    with torch.no_grad():
+        for block in blocks:
+            block.eval()
+            for module in block.modules():
+                if isinstance(module, nn.Conv2d):
+                    module.weight.mul_(torch.rand(module.weight.shape) >= 0.6)
+                if isinstance(module, nn.BatchNorm2d):
+                    module.running_mean.uniform_(-0.5, 0.5)
+                    module.running_var.uniform_(0.5, 2.0)
+    fused = [FusedBlock(block, MAX_DENSITY) for block in blocks]
+    x = torch.randn(4, 16, 12, 12)
+    assert STACK_MAX_PLANE >= (12 // 2) ** 2  # the block runs channel-major
+    with torch.no_grad():
+        middle = fused[0](x)
+        assert middle.transpose(0, 1).is_contiguous()  # channel-major underneath, NCHW to the caller
+        assert torch.allclose(middle, blocks[0](x), atol=1e-5)
+        out = fused[1](middle)
+        assert out.data_ptr() != middle.data_ptr()
+        assert torch.allclose(out, blocks[1](blocks[0](x)), atol=1e-5)
+        single = fused[0](x[:1])  # one image: NCHW as it is
+        assert single.is_contiguous()
+        assert torch.allclose(single, blocks[0](x[:1]), atol=1e-5)
+
+
+@pytest.mark.skipif(not DIRECT, reason="no C++ compiler here: the direct kernel cannot be built")
 def test_an_input_too_large_for_32_bit_offsets_is_refused():
     sparse = DirectSparseConv2d(nn.Conv2d(64, 8, 3, padding=1))
     with pytest.raises(ValueError, match="32-bit offsets.*engine='csr'"):

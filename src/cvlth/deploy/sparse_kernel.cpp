@@ -14,6 +14,10 @@
 // residual sum and the ReLU are applied on the way out, into the interior of an output that may be
 // zero-padded already for the next convolution.
 //
+// Channel-major inputs ([C, N, H, W], `stack` = N) are one image to the kernel: each channel's plane
+// holds the batch's images one above the other, and the rows between two images are computed like
+// the padded columns, never written. Small planes (a 7x7 one is 49 outputs) then give long tiles.
+//
 // Threads: torch's own (at::parallel_for), over (image, tile) blocks.
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
@@ -123,24 +127,30 @@ void sparse_conv_forward(
     torch::Tensor values,    // [nnz] float32
     torch::Tensor bias,      // [Cout] float32, or empty
     bool relu,               // max(0, .) last
-    int64_t out_h, int64_t out_w,
-    torch::Tensor out,       // [N, Cout, out_h + 2 pad, out_w + 2 pad] float32 contiguous
+    int64_t out_h, int64_t out_w,  // of one image
+    torch::Tensor out,       // [N, Cout, stack * (out_h + 2 pad), out_w + 2 pad] float32 contiguous
     int64_t pad,             // the output's zero border (left as it is)
-    torch::Tensor residual,  // [N, Cout, out_h, out_w] float32 contiguous, or empty: added before the ReLU
-    int64_t max_offset) {    // the largest offset
+    torch::Tensor residual,  // [N, Cout, stack * out_h, out_w] float32 contiguous, or empty: added before the ReLU
+    int64_t max_offset,      // the largest offset
+    int64_t stack) {         // images stacked along the rows of each plane (channel-major layout), or 1
   TORCH_CHECK(input.dtype() == torch::kFloat32 && input.is_contiguous() && input.dim() == 4,
               "sparse_conv_forward: a contiguous float32 NCHW input is expected");
   TORCH_CHECK(out.dtype() == torch::kFloat32 && out.is_contiguous(), "sparse_conv_forward: bad output");
   TORCH_CHECK(offsets.dtype() == torch::kInt32 && rowptr.dtype() == torch::kInt64, "sparse_conv_forward: index types");
-  const int64_t n_images = input.size(0), hq = input.size(2), wq = input.size(3);
-  const int64_t image = input.size(1) * hq * wq, total = input.numel();
+  const int64_t n_images = input.size(0), wq = input.size(3);
+  TORCH_CHECK(stack >= 1 && input.size(2) % stack == 0, "sparse_conv_forward: rows not a multiple of the stack");
+  const int64_t hq = input.size(2) / stack;  // input rows of one stacked image
+  const int64_t image = input.size(1) * input.size(2) * wq, total = input.numel();
   const int64_t chunks = rowptr.size(0), out_channels = rowptr.size(1) - 1;
-  TORCH_CHECK(out.size(0) == n_images && out.size(1) == out_channels && out.size(2) == out_h + 2 * pad &&
-                  out.size(3) == out_w + 2 * pad,
+  const int64_t oh = out_h + 2 * pad, ow = out_w + 2 * pad;
+  TORCH_CHECK(out.size(0) == n_images && out.size(1) == out_channels &&
+                  out.size(2) == stack * oh && out.size(3) == ow,
               "sparse_conv_forward: output shape");
-  TORCH_CHECK(residual.numel() == 0 || residual.numel() == n_images * out_channels * out_h * out_w,
+  TORCH_CHECK(residual.numel() == 0 || residual.numel() == n_images * out_channels * stack * out_h * out_w,
               "sparse_conv_forward: residual shape");
-  const int64_t span = (out_h - 1) * wq + out_w;  // outputs over the padded width, last row cut
+  // outputs over the padded width and, between stacked images, over their padding rows (computed,
+  // never written); the last image's last row cut
+  const int64_t span = ((stack - 1) * hq + out_h - 1) * wq + out_w;
   // registers per tile: the fewest outputs computed in all (a tile past the span's end is moved back
   // over the tile before it), then the longest tiles
   const int64_t vectors = (span + kLanes - 1) / kLanes;
@@ -163,8 +173,9 @@ void sparse_conv_forward(
   const float* b = bias.numel() ? bias.data_ptr<float>() : nullptr;
   float* y = out.data_ptr<float>();
   const float* r = residual.numel() ? residual.data_ptr<float>() : nullptr;
-  const int64_t oh = out_h + 2 * pad, ow = out_w + 2 * pad;
-  const bool consecutive = wq == out_w && pad == 0;  // output position t is output element t
+  // output position t is output element t
+  const bool consecutive = wq == out_w && pad == 0 && (stack == 1 || hq == out_h);
+  const int64_t plane_out = stack * out_h * out_w, plane_padded = stack * oh * ow;
 
   // blocks of (image, tile, group of output channels): the channels are split in groups only when
   // there are too few (image, tile) pairs for every thread to have a few (a small batch)
@@ -195,7 +206,7 @@ void sparse_conv_forward(
         for (int64_t co = co_begin; co < co_end; ++co) {
           float* sums = buffer.data() + co * kTile;
           if (straight && last_chunk) {
-            const int64_t plane = (n * out_channels + co) * out_h * out_w;
+            const int64_t plane = (n * out_channels + co) * plane_out;
             accumulate(nv, base, off, val, cp[co], cp[co + 1], sums, c == 0, y + plane + t0,
                        r ? r + plane + t0 : nullptr, b ? b[co] : 0.0f, relu);
           } else if (full) {
@@ -211,15 +222,16 @@ void sparse_conv_forward(
       for (int64_t co = co_begin; co < co_end; ++co) {
         const float* sums = buffer.data() + co * kTile;
         const float shift = b ? b[co] : 0.0f;
-        float* dst = y + (n * out_channels + co) * oh * ow;
-        const float* res = r ? r + (n * out_channels + co) * out_h * out_w : nullptr;
+        float* dst = y + (n * out_channels + co) * plane_padded;
+        const float* res = r ? r + (n * out_channels + co) * plane_out : nullptr;
         for (int64_t t = t0; t < t_end;) {
-          const int64_t oy = t / wq, ox = t - oy * wq;
-          const int64_t row_end = std::min(t_end, (oy + 1) * wq);
-          const int64_t count = std::min(row_end, oy * wq + out_w) - t;
-          if (count > 0) {
-            write_out(dst + (oy + pad) * ow + ox + pad, sums + (t - t0),
-                      res ? res + oy * out_w + ox : nullptr, count, shift, relu);
+          const int64_t row = t / wq, ox = t - row * wq;  // row of the stacked plane
+          const int64_t img = row / hq, oy = row - img * hq;  // stacked image, its output row
+          const int64_t row_end = std::min(t_end, (row + 1) * wq);
+          const int64_t count = std::min(row_end, row * wq + out_w) - t;
+          if (count > 0 && oy < out_h) {
+            write_out(dst + (img * oh + oy + pad) * ow + ox + pad, sums + (t - t0),
+                      res ? res + (img * out_h + oy) * out_w + ox : nullptr, count, shift, relu);
           }
           t = row_end;
         }
