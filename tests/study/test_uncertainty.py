@@ -6,13 +6,14 @@ import math
 import pytest
 from scipy import stats as sps
 
-from cvlth.results.matching import MatchingResult, SeedStats, matching
+from cvlth.results.matching import MatchingResult, SeedStats, decision_text, matching
 from cvlth.results.uncertainty import (
     Interval,
     difference,
     mean_interval,
     paired_interval,
     proportions_interval,
+    runs_to_decide,
     t_quantile,
     welch_interval,
 )
@@ -169,3 +170,49 @@ def test_rows_measured_once_are_decided_by_the_test_sample_alone():
     # without a test size, or in a metric that is not a fraction, the spread stays unknown
     assert all(not r.decided for r in matching("s", "t", [0.945], values).rows)
     assert all(not r.decided for r in matching("s", "t", [0.945], values, "loss", test_size=2000).rows)
+
+
+def _smallest_deciding_n(mean: float, sd: float, start: int, limit: int) -> int | None:
+    """By brute force with scipy: the first n whose paired t-interval, mean ± t(n-1) sd / sqrt(n),
+    excludes zero."""
+    for n in range(start, limit + 1):
+        if sps.t.ppf(0.975, n - 1) * sd / math.sqrt(n) < abs(mean):
+            return n
+    return None
+
+
+def test_runs_to_decide_projects_a_paired_interval_to_more_seeds():
+    ticket, dense = [0.801, 0.786, 0.795], [0.790, 0.790, 0.780]
+    interval = paired_interval(ticket, dense)
+    assert not interval.decided
+    diffs = [a - b for a, b in zip(ticket, dense, strict=True)]
+    sd = sps.tstd(diffs)
+    expected = _smallest_deciding_n(sps.tmean(diffs), sd, 4, 100)
+    assert expected is not None and expected > 3
+    assert runs_to_decide(interval, 3) == expected
+    # shifted by a margin (mean - threshold): only the estimate moves
+    shifted = interval.shifted(-0.002)
+    assert runs_to_decide(shifted, 3) == _smallest_deciding_n(sps.tmean(diffs) - 0.002, sd, 4, 100)
+
+
+def test_runs_to_decide_says_nothing_it_cannot_project():
+    decided = paired_interval([0.9, 0.91, 0.92], [0.8, 0.8, 0.81])
+    assert decided.decided and runs_to_decide(decided, 3) is None
+    assert runs_to_decide(paired_interval([0.5], [0.4]), 1) is None  # one run: no spread
+    assert runs_to_decide(proportions_interval(0.81, 0.80, 1000), 1) is None  # the test sample alone
+    on_zero = paired_interval([0.80, 0.82, 0.78], [0.79, 0.80, 0.81])  # mean difference 0
+    assert runs_to_decide(on_zero, 3) is None
+    tiny = paired_interval([0.8001, 0.82, 0.78], [0.80, 0.80, 0.80])  # would take far more than 100
+    assert runs_to_decide(tiny, 3, limit=100) is None
+
+
+def test_undecided_rows_say_how_many_runs_would_decide_them():
+    dense = [0.78, 0.80, 0.82]  # threshold 0.78
+    values = {0.2: [0.79, 0.795, 0.78], 0.5: [0.50, 0.52, 0.51]}
+    result = matching(
+        "s", "t", dense, values, dense_keys=[0, 1, 2], ticket_keys={s: [0, 1, 2] for s in values}
+    )
+    undecided, decided = result.rows
+    needed = runs_to_decide(undecided.margin, 3)
+    assert decision_text(undecided) == f"undecided (paired; ≈ {needed} runs)"
+    assert decision_text(decided) == "decided (paired)"

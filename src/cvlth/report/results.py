@@ -18,6 +18,7 @@ from cvlth.results.matching import (
     MatchingRow,
     SeedStats,
     margin_text,
+    runs_needed_text,
     size_text,
     task_text,
     universal_matching,
@@ -139,7 +140,8 @@ def _cell(row: MatchingRow) -> str:
     mark = "✓ matching" if row.matching else "✗"
     text = f"{pm(row.stats.mean, row.stats.std)} {ci(row.stats.ci95)} (n={row.stats.n}) {mark}"
     margin = f"; mean − threshold {margin_text(row.margin)}"
-    return text + margin + ("" if row.decided else f" · {UNDECIDED}")
+    needed = runs_needed_text(row)
+    return text + margin + ("" if row.decided else f" · {UNDECIDED}" + (f" ({needed})" if needed else ""))
 
 
 def matching_section(files: StudyFiles) -> Section:

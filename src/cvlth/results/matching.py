@@ -57,6 +57,7 @@ from cvlth.results.uncertainty import (
     mean_interval,
     paired_interval,
     proportions_interval,
+    runs_to_decide,
     welch_interval,
 )
 
@@ -466,7 +467,8 @@ def _result_tables(results: Sequence[MatchingResult]) -> list[str]:
 #: What decided / undecided means, for every table that shows it.
 DECISION_TEXT = (
     "Decision: a verdict is *decided* when the 95% interval of (ticket mean − threshold) excludes zero, "
-    "*undecided* otherwise (then more seeds could flip it). The interval is paired over seeds when the "
+    "*undecided* otherwise (then more seeds could flip it; beside it, the runs per mean that would decide "
+    "it if its mean and spread stayed as they are, a projection). The interval is paired over seeds when the "
     "ticket's runs are exactly the dense runs' seeds (same data order, augmentation and new parameters), "
     "else Welch's two-sample interval; a ticket and a dense model measured once each (Fig. 2) get the "
     "test sample's interval of two accuracies (binomial); the threshold's one dense std is the rule's "
@@ -489,9 +491,29 @@ def margin_text(margin: Interval | None) -> str:
 
 
 def decision_text(row: MatchingRow) -> str:
-    """``decided (paired)``, ``undecided (welch)``, ...: the decision and how it was reached."""
-    how = "" if row.margin is None else f" ({row.margin.method})"
-    return ("decided" if row.decided else "undecided") + how
+    """``decided (paired)``, ``undecided (welch; ≈ 9 runs)``, ...: the decision, how it was reached
+    and, for an undecided one, :func:`runs_needed_text`."""
+    if row.margin is None:
+        return "decided" if row.decided else "undecided"
+    needed = "" if row.decided else runs_needed_text(row)
+    return ("decided" if row.decided else "undecided") + f" ({row.margin.method}{needed and '; ' + needed})"
+
+
+#: The most runs per mean a projection looks at.
+RUNS_PROJECTED = 100
+
+
+def runs_needed_text(row: MatchingRow) -> str:
+    """For an undecided row: ``≈ 9 runs`` (the runs per mean that would decide it at today's mean
+    and spread, :func:`~cvlth.results.uncertainty.runs_to_decide`), ``> 100 runs`` (its mean is too
+    close to the threshold), or ``""`` where nothing can be projected."""
+    margin = row.margin
+    if row.decided or margin is None or margin.df is None or margin.method not in ("paired", "t", "welch"):
+        return ""
+    if row.stats.n < 2:
+        return ""
+    needed = runs_to_decide(margin, row.stats.n, RUNS_PROJECTED)
+    return f"> {RUNS_PROJECTED} runs" if needed is None else f"≈ {needed} runs"
 
 
 def size_text(size: int | None) -> str:

@@ -78,6 +78,40 @@ class Interval:
         return cls(float(data["estimate"]), maybe("low"), maybe("high"), str(data["method"]), maybe("df"))
 
 
+def runs_to_decide(interval: Interval, runs: int, limit: int = 100) -> int | None:
+    """How many runs per mean would decide an undecided ``interval`` (over ``runs`` per mean today),
+    *if* its estimate and the runs' spread stayed as they are: the smallest count up to ``limit``
+    whose interval would exclude zero. A projection, not a promise: a new run moves the estimate.
+
+    The half-width scales as ``t(df') / t(df) · √(runs / runs')``, with ``df' = runs' - 1`` for a
+    paired or one-mean interval and Welch's ``df`` scaled by ``runs' / runs``. None when the interval
+    is decided already, has no spread to project (one run, or binomial: only the test sample), or
+    would need more than ``limit`` runs (its estimate is too close to zero)."""
+    if interval.decided or interval.low is None or interval.high is None or interval.df is None:
+        return None
+    if interval.method not in ("paired", "t", "welch") or runs < 2:
+        return None
+    half = (interval.high - interval.low) / 2
+    if half <= 0 or interval.estimate == 0:
+        return None
+    from scipy.stats import t
+
+    counts = list(range(runs + 1, limit + 1))
+    if not counts:
+        return None
+    scale = [count / runs for count in counts]
+    dfs = [
+        count - 1.0 if interval.method != "welch" else interval.df * k
+        for count, k in zip(counts, scale, strict=True)
+    ]
+    quantiles = t.ppf(0.5 + CONFIDENCE / 2, dfs)
+    now = t_quantile(interval.df)
+    for count, k, quantile in zip(counts, scale, quantiles, strict=True):
+        if half * (float(quantile) / now) / math.sqrt(k) < abs(interval.estimate):
+            return count
+    return None
+
+
 def t_quantile(df: float) -> float:
     """The two-sided 95% Student-t quantile ``t(0.975, df)``."""
     from scipy.stats import t  # scipy is a dependency; imported here to keep `import cvlth` light
