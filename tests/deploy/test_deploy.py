@@ -10,8 +10,11 @@ from torch import nn
 from cvlth.cli import run_cli
 from cvlth.deploy.export import export_onnx
 from cvlth.deploy.sparse_conv import (
+    LAYOUTS_KEPT,
     MAX_DENSITY,
+    STACK_MAX_PLANE,
     DirectSparseConv2d,
+    FusedBlock,
     FusedStem,
     SparseConv2d,
     direct_available,
@@ -126,8 +129,6 @@ def test_direct_conv_on_channel_major_images_stacked_in_each_plane(kernel, strid
 def test_a_block_with_small_planes_runs_channel_major_and_hands_the_next_block_a_free_view():
     from torchvision.models.resnet import Bottleneck
 
-    from cvlth.deploy.sparse_conv import STACK_MAX_PLANE, FusedBlock
-
     torch.manual_seed(0)
     downsample = nn.Sequential(nn.Conv2d(16, 32, 1, 2, bias=False), nn.BatchNorm2d(32))
     blocks = [Bottleneck(16, 8, stride=2, downsample=downsample), Bottleneck(32, 8)]
@@ -153,6 +154,13 @@ def test_a_block_with_small_planes_runs_channel_major_and_hands_the_next_block_a
         single = fused[0](x[:1])  # one image: NCHW as it is
         assert single.is_contiguous()
         assert torch.allclose(single, blocks[0](x[:1]), atol=1e-5)
+        # each batch size has its own channel-major layout; a conv keeps only the most recent few
+        for n in range(2, 9):
+            assert torch.allclose(
+                fused[0](x.repeat(2, 1, 1, 1)[:n]), blocks[0](x.repeat(2, 1, 1, 1)[:n]), atol=1e-5
+            )
+        convs = [m for m in fused[0].modules() if isinstance(m, DirectSparseConv2d)]
+        assert convs and all(len(conv._layouts) <= LAYOUTS_KEPT for conv in convs)
 
 
 @pytest.mark.skipif(not DIRECT, reason="no C++ compiler here: the direct kernel cannot be built")

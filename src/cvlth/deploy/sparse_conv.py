@@ -55,6 +55,7 @@ def direct_available() -> bool:
     return True
 
 
+LAYOUTS_KEPT = 4  # input sizes whose layouts a conv keeps (an evaluation's last batch is smaller)
 L1_BYTES = 24 * 1024  # the share of a core's L1 data cache one chunk of input rows may take
 MIN_CHUNK_WEIGHTS = 16  # kept weights per output channel and chunk that pay for reloading its sums
 
@@ -134,9 +135,15 @@ class DirectSparseConv2d(nn.Module):
         per (chunk of input planes, output channel), offsets, values, the largest offset.
 
         A chunk holds enough planes for its rows of one tile to fill a share of L1, or more, so
-        that each output channel has about :data:`MIN_CHUNK_WEIGHTS` kept weights in it."""
+        that each output channel has about :data:`MIN_CHUNK_WEIGHTS` kept weights in it. A
+        channel-major input's planes hold the whole batch, so each batch size has its own layout:
+        the :data:`LAYOUTS_KEPT` most recent ones are kept (a copy of the kept weights each)."""
         key = (hq, wq)
-        if key not in self._layouts:
+        if key in self._layouts:
+            self._layouts[key] = self._layouts.pop(key)  # the most recent last
+        else:
+            while len(self._layouts) >= LAYOUTS_KEPT:
+                del self._layouts[next(iter(self._layouts))]
             plane, offsets = self.offsets(hq, wq)
             if offsets.numel() and int(offsets.max()) >= 2**31:
                 raise ValueError(
