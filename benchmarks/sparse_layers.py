@@ -1,5 +1,7 @@
 """cvlth's direct sparse convolution per layer type against dense ``F.conv2d`` (PyTorch's oneDNN):
-one ResNet-50 layer of each kind at batch 16, random masks at 90% and 95%, medians of 5 calls.
+one ResNet-50 layer of each kind at batch 16, random masks at 90% and 95%, medians of 5 calls; the
+kernel on NCHW images and channel-major (``[C, N, H, W]``, the batch stacked in each plane: what a
+block with small planes runs).
 
     PYTHONPATH=src python benchmarks/sparse_layers.py [--threads 2]
 """
@@ -51,12 +53,17 @@ def main() -> None:
                 conv = nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False)
                 conv.weight.mul_(torch.rand(conv.weight.shape, generator=generator) >= sparsity)
                 direct = DirectSparseConv2d(conv)
-                error = float((direct(x) - conv(x)).abs().max())
+                expected = conv(x)
+                error = float((direct(x) - expected).abs().max())
+                x_cm = x.transpose(0, 1).contiguous()
+                error_cm = float((direct(x_cm, stacked=True).transpose(0, 1) - expected).abs().max())
                 dense = median_seconds(lambda c=conv, x=x: c(x))
                 sparse = median_seconds(lambda d=direct, x=x: d(x))
+                stacked = median_seconds(lambda d=direct, x=x_cm: d(x, stacked=True))
                 print(
-                    f"{name:<24} {sparsity:.0%}: dense {dense * 1e3:7.1f} ms, direct {sparse * 1e3:7.1f} ms, "
-                    f"{dense / sparse:4.2f}x, max |diff| {error:.1e}"
+                    f"{name:<24} {sparsity:.0%}: dense {dense * 1e3:7.1f} ms, direct {sparse * 1e3:7.1f} ms "
+                    f"({dense / sparse:4.2f}x), channel-major {stacked * 1e3:7.1f} ms ({dense / stacked:4.2f}x), "
+                    f"max |diff| {max(error, error_cm):.1e}"
                 )
 
 
