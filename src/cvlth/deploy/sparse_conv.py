@@ -190,8 +190,8 @@ class DirectSparseConv2d(nn.Module):
     ) -> torch.Tensor:
         """``padded``: ``x`` carries this conv's zero padding already (an output written with
         ``out_pad`` equal to it); ``out_pad``: the output gets a zero border that wide (for the next
-        conv); ``residual``: added before the ReLU (the block's sum); ``stacked``: ``x``, the residual and the output are channel-major,
-        ``[C, N, H, W]`` (see :class:`FusedBlock`)."""
+        conv); ``residual``: added before the ReLU (the block's sum); ``stacked``: ``x``, the
+        residual and the output are channel-major, ``[C, N, H, W]`` (see :class:`FusedBlock`)."""
         (ph, pw), (sh, sw) = self.padding, self._phase_stride
         channel_dim = 0 if stacked else 1
         n = x.shape[1 - channel_dim]
@@ -318,7 +318,11 @@ class FusedBlock(nn.Module):
     """A torchvision ResNet block (BasicBlock or Bottleneck) for inference with every conv-BN(-ReLU)
     folded into one direct sparse convolution where the conv is sparse enough (else the dense conv
     and its BN). Between two sparse convs the first writes its output already zero-padded for the
-    second; the last one adds the residual and applies the block's ReLU on the way out."""
+    second; the last one adds the residual and applies the block's ReLU on the way out.
+
+    A batch whose output planes are small runs channel-major (:data:`STACK_MAX_PLANE`): the block
+    takes its input as ``[C, N, H, W]`` (free when it is the block before's output), and returns
+    an NCHW view of its channel-major output."""
 
     def __init__(self, block: BasicBlock | Bottleneck, max_density: float) -> None:
         super().__init__()
