@@ -164,6 +164,40 @@ def test_a_block_with_small_planes_runs_channel_major_and_hands_the_next_block_a
 
 
 @pytest.mark.skipif(not DIRECT, reason="no C++ compiler here: the direct kernel cannot be built")
+@pytest.mark.parametrize(
+    ("channels", "width", "pool"),
+    [
+        (3, 64, nn.MaxPool2d(3, 2, 1)),  # ImageNet's stem: the kernel's conv and pool
+        (1, 16, nn.MaxPool2d(3, 2, 1)),  # grayscale, one vector of output channels
+        (3, 32, nn.MaxPool2d(2, 2)),  # another plain pool
+        (3, 64, nn.MaxPool2d(3, 2, 1, ceil_mode=True)),  # the kernel's conv, PyTorch's pool
+        (3, 8, nn.MaxPool2d(3, 2, 1)),  # fewer output channels than a vector: PyTorch's conv
+    ],
+)
+def test_the_fused_stem_equals_conv_bn_relu_pool(channels, width, pool):
+    from cvlth.deploy.sparse_conv import direct_kernel
+
+    torch.manual_seed(width + channels)
+    conv, bn = nn.Conv2d(channels, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width)
+    with torch.no_grad():
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.2, 0.2)
+    reference = nn.Sequential(conv, bn, nn.ReLU(), pool).eval()
+    stem = FusedStem(conv, bn, pool)
+    lanes = int(direct_kernel().vector_lanes())
+    assert stem.direct == (width % lanes == 0 and width // lanes <= 4)
+    for size in (37, 40):  # odd and even sizes; a second call reuses the buffers
+        x = torch.randn(3, channels, size, size)
+        with torch.no_grad():
+            expected = reference(x)
+            out = stem(x)
+        assert out.shape == expected.shape and out.is_contiguous()
+        assert torch.allclose(out, expected, atol=1e-5)
+
+
+@pytest.mark.skipif(not DIRECT, reason="no C++ compiler here: the direct kernel cannot be built")
 def test_an_input_too_large_for_32_bit_offsets_is_refused():
     sparse = DirectSparseConv2d(nn.Conv2d(64, 8, 3, padding=1))
     with pytest.raises(ValueError, match="32-bit offsets.*engine='csr'"):

@@ -120,6 +120,112 @@ static inline void write_out(float* d, const float* a, const float* q, int64_t c
 
 int64_t tile_floats() { return kTile; }
 
+int64_t vector_lanes() { return kLanes; }
+
+// ---------------------------------------------------------------------------------------------
+// A dense convolution for a stem (few input channels, e.g. 3, and up to 4 vectors of output
+// channels): channels-last, vectorized over the output channels. A run of P output pixels of one
+// row keeps the sums of all its output channels in registers (P x V vectors); per tap, the V weight
+// vectors are loaded once and serve the P pixels. A stem's 3 input channels leave no room for the
+// sparse kernel's plane-wise vectors, and oneDNN's general path took twice ONNX Runtime's time here.
+#if defined(__AVX512F__) && !defined(CVLTH_AVX2_VECTORS)
+constexpr int kRegisters = 32;
+#else
+constexpr int kRegisters = 16;
+#endif
+
+template <int V>
+constexpr int pixels_per_run() {
+  return std::min(8, (kRegisters - 1 - V) / V);
+}
+
+// P output pixels starting at `src` (the input row of the first pixel's window, at tap (ky, 0, 0)):
+// `step` floats between two pixels' windows (stride x channels), `row` floats between input rows,
+// `taps` = kernel width x channels consecutive floats per kernel row
+template <int V, int P>
+static inline void dense_pixels(const float* src, int64_t step, int64_t row, int64_t kh, int64_t taps,
+                                const float* w, const float* bias, bool relu, float* dst) {
+  constexpr int cout = V * kLanes;
+  vec acc[P][V];
+#pragma GCC unroll 8
+  for (int p = 0; p < P; ++p)
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) acc[p][v] = *reinterpret_cast<const uvec*>(bias + v * kLanes);
+  for (int64_t ky = 0; ky < kh; ++ky) {
+    const float* r = src + ky * row;
+    const float* wk = w + ky * taps * cout;
+    for (int64_t t = 0; t < taps; ++t) {
+      vec wv[V];
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) wv[v] = *reinterpret_cast<const uvec*>(wk + t * cout + v * kLanes);
+#pragma GCC unroll 8
+      for (int p = 0; p < P; ++p) {
+        const vec a = vec{} + r[p * step + t];
+#pragma GCC unroll 4
+        for (int v = 0; v < V; ++v) acc[p][v] += a * wv[v];
+      }
+    }
+  }
+  const vec zero = vec{};
+#pragma GCC unroll 8
+  for (int p = 0; p < P; ++p)
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) {
+      vec y = acc[p][v];
+      if (relu) y = y > zero ? y : zero;
+      *reinterpret_cast<uvec*>(dst + p * cout + v * kLanes) = y;
+    }
+}
+
+template <int V>
+static void dense_rows(const float* x, const float* w, const float* b, bool relu, float* y, int64_t n_rows,
+                       int64_t out_h, int64_t out_w, int64_t hp, int64_t wp, int64_t cin, int64_t kh,
+                       int64_t kw, int64_t stride) {
+  constexpr int P = pixels_per_run<V>();
+  constexpr int cout = V * kLanes;
+  const int64_t row = wp * cin, step = stride * cin, taps = kw * cin;
+  at::parallel_for(0, n_rows, 1, [&](int64_t first, int64_t last) {
+    for (int64_t r = first; r < last; ++r) {
+      const int64_t n = r / out_h, oy = r - n * out_h;
+      const float* src = x + (n * hp + oy * stride) * row;
+      float* dst = y + r * out_w * cout;
+      int64_t ox = 0;
+      for (; ox + P <= out_w; ox += P)
+        dense_pixels<V, P>(src + ox * step, step, row, kh, taps, w, b, relu, dst + ox * cout);
+      for (; ox < out_w; ++ox) dense_pixels<V, 1>(src + ox * step, step, row, kh, taps, w, b, relu, dst + ox * cout);
+    }
+  });
+}
+
+void dense_conv_nhwc(torch::Tensor input,   // [N, Hp, Wp, Cin] float32 contiguous, zero-padded already
+                     torch::Tensor weight,  // [KH, KW, Cin, Cout] float32 contiguous
+                     torch::Tensor bias,    // [Cout] float32
+                     int64_t stride, bool relu,
+                     torch::Tensor out) {   // [N, OH, OW, Cout] float32 contiguous
+  TORCH_CHECK(input.dtype() == torch::kFloat32 && input.is_contiguous() && input.dim() == 4,
+              "dense_conv_nhwc: a contiguous float32 NHWC input is expected");
+  TORCH_CHECK(weight.is_contiguous() && weight.dim() == 4 && weight.size(2) == input.size(3),
+              "dense_conv_nhwc: weight [KH, KW, Cin, Cout] expected");
+  const int64_t cout = weight.size(3);
+  TORCH_CHECK(cout % kLanes == 0 && cout / kLanes >= 1 && cout / kLanes <= 4,
+              "dense_conv_nhwc: output channels must be 1 to 4 vectors");
+  TORCH_CHECK(bias.numel() == cout && out.is_contiguous() && out.size(3) == cout, "dense_conv_nhwc: shapes");
+  const int64_t n = input.size(0), hp = input.size(1), wp = input.size(2), cin = input.size(3);
+  const int64_t kh = weight.size(0), kw = weight.size(1), out_h = out.size(1), out_w = out.size(2);
+  TORCH_CHECK(out.size(0) == n && (out_h - 1) * stride + kh <= hp && (out_w - 1) * stride + kw <= wp,
+              "dense_conv_nhwc: output larger than the input allows");
+  const float* x = input.data_ptr<float>();
+  const float* w = weight.data_ptr<float>();
+  const float* b = bias.data_ptr<float>();
+  float* y = out.data_ptr<float>();
+  switch (cout / kLanes) {
+    case 1: return dense_rows<1>(x, w, b, relu, y, n * out_h, out_h, out_w, hp, wp, cin, kh, kw, stride);
+    case 2: return dense_rows<2>(x, w, b, relu, y, n * out_h, out_h, out_w, hp, wp, cin, kh, kw, stride);
+    case 3: return dense_rows<3>(x, w, b, relu, y, n * out_h, out_h, out_w, hp, wp, cin, kh, kw, stride);
+    default: return dense_rows<4>(x, w, b, relu, y, n * out_h, out_h, out_w, hp, wp, cin, kh, kw, stride);
+  }
+}
+
 void sparse_conv_forward(
     torch::Tensor input,     // [N, P, Hq, Wq] float32 contiguous: padded (and phased) input planes
     torch::Tensor rowptr,    // [chunks, Cout + 1] int64: chunk c, output channel co: its weights
@@ -240,7 +346,48 @@ void sparse_conv_forward(
   });
 }
 
+// A max pool of a channels-last input of non-negative values (after a ReLU, so the zero padding
+// never wins over a window's real values), written in NCHW for the blocks: one output row at a time
+// in a small channels-last scratch row, then each channel's run of outputs stored contiguously.
+void max_pool_nhwc_to_nchw(torch::Tensor input,  // [N, H, W, C] float32 contiguous, values >= 0
+                           int64_t kernel, int64_t stride, int64_t pad,
+                           torch::Tensor out) {    // [N, C, OH, OW] float32 contiguous
+  TORCH_CHECK(input.dtype() == torch::kFloat32 && input.is_contiguous() && input.dim() == 4 &&
+                  out.is_contiguous() && out.dim() == 4,
+              "max_pool_nhwc_to_nchw: contiguous float32 tensors expected");
+  const int64_t n = input.size(0), h = input.size(1), w = input.size(2), c = input.size(3);
+  const int64_t out_h = out.size(2), out_w = out.size(3);
+  TORCH_CHECK(out.size(0) == n && out.size(1) == c, "max_pool_nhwc_to_nchw: output shape");
+  const float* x = input.data_ptr<float>();
+  float* y = out.data_ptr<float>();
+  at::parallel_for(0, n * out_h, 1, [&](int64_t first, int64_t last) {
+    std::vector<float> scratch(static_cast<size_t>(out_w * c));
+    for (int64_t r = first; r < last; ++r) {
+      const int64_t img = r / out_h, oy = r - img * out_h;
+      const int64_t y0 = std::max<int64_t>(0, oy * stride - pad), y1 = std::min(h, oy * stride - pad + kernel);
+      for (int64_t ox = 0; ox < out_w; ++ox) {
+        const int64_t x0 = std::max<int64_t>(0, ox * stride - pad), x1 = std::min(w, ox * stride - pad + kernel);
+        float* m = scratch.data() + ox * c;
+        std::fill(m, m + c, 0.0f);
+        for (int64_t iy = y0; iy < y1; ++iy)
+          for (int64_t ix = x0; ix < x1; ++ix) {
+            const float* v = x + ((img * h + iy) * w + ix) * c;
+#pragma omp simd
+            for (int64_t k = 0; k < c; ++k) m[k] = std::max(m[k], v[k]);
+          }
+      }
+      for (int64_t k = 0; k < c; ++k) {
+        float* dst = y + ((img * c + k) * out_h + oy) * out_w;
+        for (int64_t ox = 0; ox < out_w; ++ox) dst[ox] = scratch[ox * c + k];
+      }
+    }
+  });
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sparse_conv_forward", &sparse_conv_forward, "direct sparse convolution (float32, NCHW)");
   m.def("tile_floats", &tile_floats, "outputs per tile (vector lanes x registers)");
+  m.def("vector_lanes", &vector_lanes, "floats per vector register");
+  m.def("dense_conv_nhwc", &dense_conv_nhwc, "dense channels-last convolution for a stem (float32)");
+  m.def("max_pool_nhwc_to_nchw", &max_pool_nhwc_to_nchw, "max pool of non-negative NHWC values, NCHW out");
 }
