@@ -371,8 +371,9 @@ class FusedBlock(nn.Module):
 #: A block whose output planes have at most this many pixels runs channel-major (``[C, N, H, W]``):
 #: each channel's plane holds the whole batch, so the kernel's tiles stay long (a 7x7 plane alone is
 #: 49 outputs, fewer than one tile) and its loads aligned. Measured on ResNet-50's 1x1 convs at batch
-#: 16 here: 1.4-2.8x faster at 14x14 and 7x7, equal at 28x28, 1.4x slower at 56x56 (there every
-#: plane is a multiple of 4 kB apart, and one chunk's rows fall in the same L1 sets).
+#: 16 here: 1.4-2.8x faster at 14x14 and 7x7, equal at 28x28 (but layer2 as a whole 10% slower),
+#: 1.4x slower at 56x56 (there every plane is a multiple of 4 kB apart, and one chunk's rows fall in
+#: the same L1 sets; so are layer3's padded 3x3 inputs at batch 16, see docs/benchmarks.md).
 STACK_MAX_PLANE = 14 * 14
 
 
