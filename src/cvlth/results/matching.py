@@ -56,6 +56,7 @@ from cvlth.results.uncertainty import (
     Interval,
     mean_interval,
     paired_interval,
+    projectable,
     proportions_interval,
     runs_to_decide,
     welch_interval,
@@ -508,9 +509,7 @@ def runs_needed_text(row: MatchingRow) -> str:
     and spread, :func:`~cvlth.results.uncertainty.runs_to_decide`), ``> 100 runs`` (its mean is too
     close to the threshold), or ``""`` where nothing can be projected."""
     margin = row.margin
-    if row.decided or margin is None or margin.df is None or margin.method not in ("paired", "t", "welch"):
-        return ""
-    if row.stats.n < 2:
+    if margin is None or not projectable(margin, row.stats.n):
         return ""
     needed = runs_to_decide(margin, row.stats.n, RUNS_PROJECTED)
     return f"> {RUNS_PROJECTED} runs" if needed is None else f"≈ {needed} runs"

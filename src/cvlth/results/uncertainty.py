@@ -78,6 +78,20 @@ class Interval:
         return cls(float(data["estimate"]), maybe("low"), maybe("high"), str(data["method"]), maybe("df"))
 
 
+def projectable(interval: Interval, runs: int) -> bool:
+    """Whether :func:`runs_to_decide` can project ``interval``: undecided, with a spread over
+    ``runs`` ≥ 2 runs per mean (a t or Welch interval; a binomial one has only the test sample)."""
+    return (
+        not interval.decided
+        and interval.low is not None
+        and interval.high is not None
+        and interval.df is not None
+        and interval.method in ("paired", "t", "welch")
+        and runs >= 2
+        and interval.high > interval.low
+    )
+
+
 def runs_to_decide(interval: Interval, runs: int, limit: int = 100) -> int | None:
     """How many runs per mean would decide an undecided ``interval`` (over ``runs`` per mean today),
     *if* its estimate and the runs' spread stayed as they are: the smallest count up to ``limit``
@@ -85,15 +99,12 @@ def runs_to_decide(interval: Interval, runs: int, limit: int = 100) -> int | Non
 
     The half-width scales as ``t(df') / t(df) · √(runs / runs')``, with ``df' = runs' - 1`` for a
     paired or one-mean interval and Welch's ``df`` scaled by ``runs' / runs``. None when the interval
-    is decided already, has no spread to project (one run, or binomial: only the test sample), or
-    would need more than ``limit`` runs (its estimate is too close to zero)."""
-    if interval.decided or interval.low is None or interval.high is None or interval.df is None:
+    is not :func:`projectable` or would need more than ``limit`` runs (its estimate is too close
+    to zero)."""
+    if not projectable(interval, runs) or interval.estimate == 0:
         return None
-    if interval.method not in ("paired", "t", "welch") or runs < 2:
-        return None
+    assert interval.low is not None and interval.high is not None and interval.df is not None
     half = (interval.high - interval.low) / 2
-    if half <= 0 or interval.estimate == 0:
-        return None
     from scipy.stats import t
 
     counts = list(range(runs + 1, limit + 1))
