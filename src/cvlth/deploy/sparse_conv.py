@@ -444,6 +444,7 @@ class FusedStem(nn.Module):
         self.pool = pool
         self.buffers_ = BufferCache()
         self.direct = self._direct_fits(conv)
+        self.plain_pool = _plain_max_pool(pool)  # (kernel, stride, padding) for the kernel's pool
 
     def _direct_fits(self, conv: nn.Conv2d) -> bool:
         if conv.groups != 1 or tuple(conv.dilation) != (1, 1) or isinstance(conv.padding, str):
@@ -466,10 +467,9 @@ class FusedStem(nn.Module):
         out_h, out_w = (height + 2 * pad - kh) // stride + 1, (width + 2 * pad - kw) // stride + 1
         out = self.buffers_.get("output", (n, out_h, out_w, self.weight_hwio.shape[3]))
         direct_kernel().dense_conv_nhwc(padded, self.weight_hwio, self.bias, stride, True, out)
-        pool = _plain_max_pool(self.pool)
-        if pool is None:
+        if self.plain_pool is None:
             return self.pool(out.permute(0, 3, 1, 2)).contiguous()
-        kernel, pool_stride, pool_pad = pool
+        kernel, pool_stride, pool_pad = self.plain_pool
         pooled_h = (out_h + 2 * pool_pad - kernel) // pool_stride + 1
         pooled_w = (out_w + 2 * pool_pad - kernel) // pool_stride + 1
         pooled = self.buffers_.get(
@@ -489,7 +489,7 @@ def _plain_max_pool(pool: nn.Module) -> tuple[int, int, int] | None:
     if any(a != b for a, b in pairs) or pairs[3][0] != 1:
         return None
     kernel, stride, padding = pairs[0][0], pairs[1][0], pairs[2][0]
-    return (kernel, stride, padding) if 2 * padding < kernel or padding == 0 else None
+    return (kernel, stride, padding) if 2 * padding < kernel else None
 
 
 def _fuse_stem(model: nn.Module) -> None:
