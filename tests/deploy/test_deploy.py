@@ -18,6 +18,7 @@ from cvlth.deploy.sparse_conv import (
     FusedStem,
     SparseConv2d,
     direct_available,
+    direct_kernel,
     sparsify,
 )
 from cvlth.deploy.speed import measure_speed, speedups
@@ -195,6 +196,29 @@ def test_the_fused_stem_equals_conv_bn_relu_pool(channels, width, pool):
             out = stem(x)
         assert out.shape == expected.shape and out.is_contiguous()
         assert torch.allclose(out, expected, atol=1e-5)
+
+
+@pytest.mark.skipif(not DIRECT, reason="no C++ compiler here: the direct kernel cannot be built")
+@pytest.mark.parametrize(
+    ("height", "width", "stride", "lead"),
+    [(7, 9, (2, 2), (1, 1)), (6, 1, (2, 3), (0, 2)), (5, 4, (3, 2), (2, 0)), (1, 1, (2, 2), (0, 0))],
+)
+def test_stride_phases_are_every_sth_pixel_of_the_zero_padded_planes(height, width, stride, lead):
+    # reference: pad, then take rows a, a + s, ... and columns b, b + s, ... for every phase (a, b)
+    outer, inner = 2, 3
+    (sh, sw), (lead_h, lead_w) = stride, lead
+    x = torch.randn(outer, inner, height, width)
+    hq, wq = -(-(height + 2 * lead_h) // sh), -(-(width + 2 * lead_w) // sw)
+    padded = torch.zeros(outer, inner, hq * sh, wq * sw)
+    padded[:, :, lead_h : lead_h + height, lead_w : lead_w + width] = x
+    phases = [padded[:, :, a::sh, b::sw] for a in range(sh) for b in range(sw)]
+    expected = torch.stack(phases, dim=1).reshape(outer, sh * sw * inner, hq, wq)
+    out = torch.full((outer, sh * sw * inner, hq, wq), float("nan"))  # every element written
+    direct_kernel().split_phases(x, out, outer, inner, sh, sw, lead_h, lead_w, True)
+    assert torch.equal(out, expected)
+    first = torch.full((outer, inner, hq, wq), float("nan"))
+    direct_kernel().split_phases(x, first, 1, outer * inner, sh, sw, lead_h, lead_w, False)
+    assert torch.equal(first, phases[0])
 
 
 @pytest.mark.skipif(not DIRECT, reason="no C++ compiler here: the direct kernel cannot be built")

@@ -18,6 +18,7 @@ import copy
 import math
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +59,17 @@ def direct_available() -> bool:
 LAYOUTS_KEPT = 4  # input sizes whose layouts a conv keeps (an evaluation's last batch is smaller)
 L1_BYTES = 24 * 1024  # the share of a core's L1 data cache one chunk of input rows may take
 MIN_CHUNK_WEIGHTS = 16  # kept weights per output channel and chunk that pay for reloading its sums
+
+
+class KernelLayout(NamedTuple):
+    """A conv's kept weights as the direct kernel reads them for one input plane size."""
+
+    rowptr: torch.Tensor  # [chunks, out + 1]: chunk c, output channel o: weights rowptr[c, o] to [c, o + 1]
+    offsets: torch.Tensor  # int32: each weight's input element inside one image (plane, row, column)
+    values: torch.Tensor  # float32
+    max_offset: int
+    chunk_planes: int  # input planes per chunk
+    halo: int  # floats a tile reads in one plane beyond its own outputs' positions
 
 
 class BufferCache:
@@ -104,7 +116,7 @@ class DirectSparseConv2d(nn.Module):
         self.register_buffer("values", flat[rows, cols].contiguous(), persistent=False)
         bias = conv.bias.detach() if conv.bias is not None else None
         self.register_buffer("bias", bias, persistent=False)
-        self._layouts: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]] = {}
+        self._layouts: dict[tuple[int, int], KernelLayout] = {}
         self.buffers_ = BufferCache()
         self.relu = False
         self.padding_out = 0  # the zero border its last output was written with
@@ -130,7 +142,7 @@ class DirectSparseConv2d(nn.Module):
         plane = ((rows % sh) * sw + (cols % sw)) * self.in_channels + self.channel
         return plane, plane * (hq * wq) + (rows // sh) * wq + cols // sw
 
-    def layout(self, hq: int, wq: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    def layout(self, hq: int, wq: int) -> KernelLayout:
         """The kernel's weights for ``hq`` x ``wq`` input planes (cached per size): row pointers
         per (chunk of input planes, output channel), offsets, values, the largest offset.
 
@@ -164,11 +176,13 @@ class DirectSparseConv2d(nn.Module):
             counts = torch.bincount(group, minlength=chunks * self.out_channels).view(chunks, -1)
             ends = counts.flatten().cumsum(0).view(chunks, -1)
             rowptr = torch.cat([(ends[:, :1] - counts[:, :1]), ends], dim=1)
-            self._layouts[key] = (
+            self._layouts[key] = KernelLayout(
                 rowptr.contiguous(),
                 offsets[order].to(torch.int32).contiguous(),
                 self.values[order].contiguous(),
                 int(offsets.max()) if offsets.numel() else 0,
+                size,
+                halo,
             )
         return self._layouts[key]
 
@@ -200,9 +214,7 @@ class DirectSparseConv2d(nn.Module):
             height, width = height - 2 * ph, width - 2 * pw
         out_h, out_w = self.output_size(height, width)
         if self._pointwise and self.stride != (1, 1):
-            strided = x[:, :, :: self.stride[0], :: self.stride[1]]
-            x = self.buffers_.get("input", tuple(strided.shape))
-            x.copy_(strided)
+            x = self._strided(x, channel_dim)
         elif (ph, pw, sh, sw) != (0, 0, 1, 1) and not (padded and (sh, sw) == (1, 1)):
             x = self._phases(x, height, width, padded, channel_dim)
         x = x.float().contiguous()
@@ -212,12 +224,12 @@ class DirectSparseConv2d(nn.Module):
             residual = residual.float().contiguous()
         if stacked:  # the images one above the other in each channel's plane: one image to the kernel
             x = x.view(1, x.shape[0], n * x.shape[2], x.shape[3])
-        rowptr, offsets, values, max_offset = self.layout(x.shape[2], x.shape[3])
+        layout = self.layout(x.shape[2], x.shape[3])
         direct_kernel().sparse_conv_forward(
             x,
-            rowptr,
-            offsets,
-            values,
+            layout.rowptr,
+            layout.offsets,
+            layout.values,
             self.bias if self.bias is not None else _NO_BIAS,
             self.relu,
             out_h,
@@ -225,8 +237,10 @@ class DirectSparseConv2d(nn.Module):
             out.view(1, self.out_channels, -1, out.shape[3]) if stacked else out,
             out_pad,
             _NO_BIAS if residual is None else residual,
-            max_offset,
+            layout.max_offset,
             n if stacked else 1,
+            layout.chunk_planes,
+            layout.halo,
         )
         return out
 
@@ -237,26 +251,24 @@ class DirectSparseConv2d(nn.Module):
         phase: the padded input itself; ``[s² C, N, Hq, Wq]`` when ``channel_dim`` is 0), written
         into a reused buffer."""
         (ph, pw), (sh, sw) = self.padding, self._phase_stride
-        hp, wp = height + 2 * ph, width + 2 * pw
-        hq, wq = -(-hp // sh), -(-wp // sw)  # phases of equal size: zeros beyond the padded input
-        c = self.in_channels
-        n = x.shape[1 - channel_dim]
+        hq, wq = -(-(height + 2 * ph) // sh), -(-(width + 2 * pw) // sw)  # zeros beyond the padded input
+        n, c = x.shape[1 - channel_dim], self.in_channels
         shape = (n, sh * sw * c) if channel_dim == 1 else (sh * sw * c, n)
         phases = self.buffers_.get("input", (*shape, hq, wq))
         lead_h, lead_w = (0, 0) if padded else (ph, pw)  # padding rows/columns not in x
-        for a in range(sh):
-            for b in range(sw):
-                # padded row r = a + sh * i is x's row r - lead_h
-                i0, j0 = (
-                    -(-(lead_h - a) // sh) if lead_h > a else 0,
-                    -(-(lead_w - b) // sw) if lead_w > b else 0,
-                )
-                rows = x[:, :, a + sh * i0 - lead_h :: sh, b + sw * j0 - lead_w :: sw]
-                rows = rows[:, :, : hq - i0, : wq - j0]
-                k = (a * sw + b) * c
-                phase = phases.narrow(channel_dim, k, c)
-                phase[:, :, i0 : i0 + rows.shape[2], j0 : j0 + rows.shape[3]].copy_(rows)
+        outer, inner = (n, c) if channel_dim == 1 else (1, c * n)  # planes: phase-major inside outer
+        direct_kernel().split_phases(
+            x.float().contiguous(), phases, outer, inner, sh, sw, lead_h, lead_w, True
+        )
         return phases
+
+    def _strided(self, x: torch.Tensor, channel_dim: int) -> torch.Tensor:
+        """A strided 1x1 convolution's input: every s-th row and column of ``x``, in a reused buffer."""
+        (sh, sw), n, c = self.stride, x.shape[1 - channel_dim], self.in_channels
+        shape = (n, c) if channel_dim == 1 else (c, n)
+        strided = self.buffers_.get("input", (*shape, -(-x.shape[2] // sh), -(-x.shape[3] // sw)))
+        direct_kernel().split_phases(x.float().contiguous(), strided, 1, n * c, sh, sw, 0, 0, False)
+        return strided
 
     def fold(self, bn: nn.BatchNorm2d, relu: bool = False) -> DirectSparseConv2d:
         """Fold the eval-mode ``bn`` that follows (each output channel's weights scaled, its shift
