@@ -199,6 +199,24 @@ def test_the_fused_stem_equals_conv_bn_relu_pool(channels, width, pool):
 
 
 @pytest.mark.skipif(not DIRECT, reason="no C++ compiler here: the direct kernel cannot be built")
+def test_an_output_past_the_caches_is_the_same():
+    """An output over 8 MB is stored with non-temporal stores (aligned tiles) and ordinary ones (the
+    tiles that are not): both give F.conv2d's values, with the residual and ReLU."""
+    generator = torch.Generator().manual_seed(3)
+    conv = nn.Conv2d(16, 256, 1, bias=True)
+    with torch.no_grad():
+        conv.weight.mul_(torch.rand(conv.weight.shape, generator=generator) >= 0.7)
+    sparse = DirectSparseConv2d(conv)
+    sparse.relu = True
+    for size in (56, 55):  # 55: planes of 3025 floats, most tiles not aligned to a vector
+        x = torch.randn(3, 16, size, size, generator=generator)
+        residual = torch.randn(3, 256, size, size, generator=generator)
+        expected = torch.relu(F.conv2d(x, conv.weight, conv.bias) + residual)
+        assert expected.numel() * 4 > 8 << 20
+        assert torch.allclose(sparse(x, residual=residual), expected, atol=1e-5)
+
+
+@pytest.mark.skipif(not DIRECT, reason="no C++ compiler here: the direct kernel cannot be built")
 @pytest.mark.parametrize(
     ("height", "width", "stride", "lead"),
     [(7, 9, (2, 2), (1, 1)), (6, 1, (2, 3), (0, 2)), (5, 4, (3, 2), (2, 0)), (1, 1, (2, 2), (0, 0))],

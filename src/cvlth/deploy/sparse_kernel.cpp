@@ -22,7 +22,13 @@
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define CVLTH_X86 1
+#endif
+
 #include <algorithm>
+#include <cstdint>
 #include <vector>
 
 // the sums of one tile stay in registers: 16 of AVX-512's 32, 8 of AVX's 16
@@ -42,6 +48,27 @@ constexpr int kTile = kLanes * kVectors;
 typedef float vec __attribute__((vector_size(kLanes * sizeof(float))));
 typedef float uvec __attribute__((vector_size(kLanes * sizeof(float)), aligned(4)));
 
+// An output larger than this is stored past the caches (non-temporal stores, `stream`): it would not
+// be read from them again, and an ordinary store first reads each line it writes. Measured on
+// ResNet-50 at batch 16 here: 4 % faster at 90 % sparsity, 7 % at 95 % (2 MB: 3-6 % slower than 8).
+constexpr int64_t kStreamBytes = 8 << 20;
+
+static inline void store(float* d, vec y, bool stream) {
+#ifdef CVLTH_X86
+  if (stream) {  // d aligned to the vector
+#if defined(__AVX512F__) && !defined(CVLTH_AVX2_VECTORS)
+    _mm512_stream_ps(d, (__m512)y);
+#elif defined(__AVX__)
+    _mm256_stream_ps(d, (__m256)y);
+#else
+    _mm_stream_ps(d, (__m128)y);
+#endif
+    return;
+  }
+#endif
+  *reinterpret_cast<uvec*>(d) = y;
+}
+
 // One tile of one output channel: its sums (from `sums`, or zero when `fresh`) plus its kept weights
 // in [begin, end), kept in registers. Without `dst` they go back to `sums` (another chunk follows, or
 // the caller writes them out); with it (the last chunk of a tile whose outputs are consecutive in
@@ -49,7 +76,7 @@ typedef float uvec __attribute__((vector_size(kLanes * sizeof(float)), aligned(4
 template <int NV>
 static inline void accumulate_tile(const float* base, const int32_t* off, const float* val, int64_t begin,
                                    int64_t end, float* sums, bool fresh, float* dst, const float* res,
-                                   float shift, bool relu) {
+                                   float shift, bool relu, bool stream) {
   vec acc[NV];
 #pragma GCC unroll 16
   for (int i = 0; i < NV; ++i) acc[i] = fresh ? vec{} : *reinterpret_cast<const uvec*>(sums + i * kLanes);
@@ -76,20 +103,22 @@ static inline void accumulate_tile(const float* base, const int32_t* off, const 
     vec y = acc[i] + shift;
     if (res) y += *reinterpret_cast<const uvec*>(res + i * kLanes);
     if (relu) y = y > zero ? y : zero;
-    *reinterpret_cast<uvec*>(dst + i * kLanes) = y;
+    store(dst + i * kLanes, y, stream);
   }
 }
 
 static inline void accumulate(int nv, const float* base, const int32_t* off, const float* val, int64_t begin,
                               int64_t end, float* sums, bool fresh, float* dst = nullptr,
-                              const float* res = nullptr, float shift = 0.0f, bool relu = false) {
+                              const float* res = nullptr, float shift = 0.0f, bool relu = false,
+                              bool stream = false) {
 #define CVLTH_CASE(N) \
-  case N: return accumulate_tile<N>(base, off, val, begin, end, sums, fresh, dst, res, shift, relu);
+  case N: return accumulate_tile<N>(base, off, val, begin, end, sums, fresh, dst, res, shift, relu, stream);
   switch (nv) {
     CVLTH_CASE(1) CVLTH_CASE(2) CVLTH_CASE(3) CVLTH_CASE(4) CVLTH_CASE(5) CVLTH_CASE(6) CVLTH_CASE(7)
     CVLTH_CASE(8) CVLTH_CASE(9) CVLTH_CASE(10) CVLTH_CASE(11) CVLTH_CASE(12) CVLTH_CASE(13) CVLTH_CASE(14)
     CVLTH_CASE(15)
-    default: return accumulate_tile<kVectors>(base, off, val, begin, end, sums, fresh, dst, res, shift, relu);
+    default:
+      return accumulate_tile<kVectors>(base, off, val, begin, end, sums, fresh, dst, res, shift, relu, stream);
   }
 #undef CVLTH_CASE
 }
@@ -318,6 +347,7 @@ void sparse_conv_forward(
   // batch 16 here: 2 % faster at 90 % sparsity, 7 % at 95 %.
   const int64_t lines_per_plane = chunk_planes > 0 ? (tile_len + halo + 15) / 16 + 1 : 0;  // 64-byte lines
   const int64_t plane_stride = input.size(2) * wq, planes = input.size(1);
+  const bool stream = out.numel() * static_cast<int64_t>(sizeof(float)) > kStreamBytes;
   at::parallel_for(0, pairs * groups, 1, [&](int64_t first, int64_t last) {
     std::vector<float> buffer(static_cast<size_t>(out_channels * kTile));
     for (int64_t block = first; block < last; ++block) {
@@ -352,8 +382,9 @@ void sparse_conv_forward(
           float* sums = buffer.data() + co * kTile;
           if (straight && last_chunk) {
             const int64_t plane = (n * out_channels + co) * plane_out;
-            accumulate(nv, base, off, val, cp[co], cp[co + 1], sums, c == 0, y + plane + t0,
-                       r ? r + plane + t0 : nullptr, b ? b[co] : 0.0f, relu);
+            float* dst = y + plane + t0;
+            accumulate(nv, base, off, val, cp[co], cp[co + 1], sums, c == 0, dst, r ? r + plane + t0 : nullptr,
+                       b ? b[co] : 0.0f, relu, stream && reinterpret_cast<uintptr_t>(dst) % sizeof(vec) == 0);
           } else if (full) {
             accumulate(nv, base, off, val, cp[co], cp[co + 1], sums, c == 0);
           } else {
@@ -382,6 +413,9 @@ void sparse_conv_forward(
         }
       }
     }
+#ifdef CVLTH_X86
+    if (stream) _mm_sfence();  // the streamed stores visible before the output is read
+#endif
   });
 }
 
