@@ -195,7 +195,7 @@ static inline void dense_pixels(const float* src, int64_t step, int64_t row, int
       for (int v = 0; v < V; ++v) wv[v] = *reinterpret_cast<const uvec*>(wk + t * cout + v * kLanes);
 #pragma GCC unroll 8
       for (int p = 0; p < P; ++p) {
-        const vec a = vec{} + r[p * step + t];
+        const vec a = r[p * step + t] - vec{};  // a broadcast load (0 + a: an add and a shuffle)
 #pragma GCC unroll 4
         for (int v = 0; v < V; ++v) acc[p][v] += a * wv[v];
       }
