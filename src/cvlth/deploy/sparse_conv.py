@@ -435,12 +435,12 @@ def _conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, relu: bool, max_density: float
 
 class FusedStem(nn.Module):
     """A ResNet stem (conv, BN, ReLU, max pool) for inference: the BN folded into the conv, which
-    stays dense (the stem is never pruned), computed channels-last with the pool and handed on in
-    NCHW. The conv is the direct kernel's dense channels-last one (``dense_conv_nhwc``, the ReLU
-    fused) where its output channels are 1 to 4 vector registers wide and it is neither dilated nor
-    unevenly strided or padded, else PyTorch's. Measured here at batch 16, 224 px: the conv 18 ms
-    against PyTorch's 38 ms (ONNX Runtime's whole stem: 16-19 ms); the NCHW modules took 112 ms, whose
-    max pool alone took 55-77 ms."""
+    stays dense (the stem is never pruned), computed channels-last and handed on in NCHW. The conv is
+    the direct kernel's dense channels-last one (``dense_conv_nhwc``, the ReLU fused) where its output
+    channels are 1 to 4 vector registers wide and it is neither dilated nor unevenly strided or
+    padded, else PyTorch's; with a plain max pool, conv and pool run in one pass (``dense_conv_pool``).
+    Measured here at batch 16, 224 px (2026-12-03): the conv 16 ms against PyTorch's 38 ms; the whole
+    stem 21 ms in one pass, 24 ms as conv then pool (ONNX Runtime's whole stem: 16-19 ms)."""
 
     def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, pool: nn.Module) -> None:
         super().__init__()
@@ -450,7 +450,7 @@ class FusedStem(nn.Module):
         bias = shift if conv.bias is None else conv.bias.detach() * scale + shift
         self.register_buffer("weight", weight.contiguous(memory_format=torch.channels_last), persistent=False)
         self.register_buffer("bias", bias.float().contiguous(), persistent=False)
-        # [KH, KW, Cin, Cout]: what dense_conv_nhwc reads
+        # [KH, KW, Cin, Cout]: what the kernel's dense conv reads
         self.register_buffer("weight_hwio", weight.float().permute(2, 3, 1, 0).contiguous(), persistent=False)
         self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
         self.pool = pool
@@ -477,17 +477,18 @@ class FusedStem(nn.Module):
         padded = self.buffers_.get("input", (n, height + 2 * pad, width + 2 * pad, c))  # borders stay 0
         padded[:, pad : pad + height, pad : pad + width, :].copy_(x.permute(0, 2, 3, 1))
         out_h, out_w = (height + 2 * pad - kh) // stride + 1, (width + 2 * pad - kw) // stride + 1
-        out = self.buffers_.get("output", (n, out_h, out_w, self.weight_hwio.shape[3]))
-        direct_kernel().dense_conv_nhwc(padded, self.weight_hwio, self.bias, stride, True, out)
+        channels = self.weight_hwio.shape[3]
         if self.plain_pool is None:
+            out = self.buffers_.get("output", (n, out_h, out_w, channels))
+            direct_kernel().dense_conv_nhwc(padded, self.weight_hwio, self.bias, stride, True, out)
             return self.pool(out.permute(0, 3, 1, 2)).contiguous()
         kernel, pool_stride, pool_pad = self.plain_pool
         pooled_h = (out_h + 2 * pool_pad - kernel) // pool_stride + 1
         pooled_w = (out_w + 2 * pool_pad - kernel) // pool_stride + 1
-        pooled = self.buffers_.get(
-            "pooled", (n, out.shape[3], pooled_h, pooled_w)
-        )  # reused, as every layer's
-        direct_kernel().max_pool_nhwc_to_nchw(out, kernel, pool_stride, pool_pad, pooled)
+        pooled = self.buffers_.get("pooled", (n, channels, pooled_h, pooled_w))  # reused, as every layer's
+        direct_kernel().dense_conv_pool(
+            padded, self.weight_hwio, self.bias, stride, out_h, out_w, kernel, pool_stride, pool_pad, pooled
+        )
         return pooled
 
 

@@ -212,24 +212,51 @@ static inline void dense_pixels(const float* src, int64_t step, int64_t row, int
     }
 }
 
+// One output row (image n, row oy) of the stem's conv into `dst` ([out_w, Cout], channels-last).
+struct DenseConv {
+  const float* x;  // [N, Hp, Wp, Cin], zero-padded
+  const float* w;  // [KH, KW, Cin, Cout]
+  const float* b;
+  bool relu;
+  int64_t hp, wp, cin, kh, kw, stride, out_w;
+};
+
 template <int V>
-static void dense_rows(const float* x, const float* w, const float* b, bool relu, float* y, int64_t n_rows,
-                       int64_t out_h, int64_t out_w, int64_t hp, int64_t wp, int64_t cin, int64_t kh,
-                       int64_t kw, int64_t stride) {
+static void dense_row(const DenseConv& c, int64_t n, int64_t oy, float* dst) {
   constexpr int P = pixels_per_run<V>();
   constexpr int cout = V * kLanes;
-  const int64_t row = wp * cin, step = stride * cin, taps = kw * cin;
-  at::parallel_for(0, n_rows, 1, [&](int64_t first, int64_t last) {
-    for (int64_t r = first; r < last; ++r) {
-      const int64_t n = r / out_h, oy = r - n * out_h;
-      const float* src = x + (n * hp + oy * stride) * row;
-      float* dst = y + r * out_w * cout;
-      int64_t ox = 0;
-      for (; ox + P <= out_w; ox += P)
-        dense_pixels<V, P>(src + ox * step, step, row, kh, taps, w, b, relu, dst + ox * cout);
-      for (; ox < out_w; ++ox) dense_pixels<V, 1>(src + ox * step, step, row, kh, taps, w, b, relu, dst + ox * cout);
-    }
-  });
+  const int64_t row = c.wp * c.cin, step = c.stride * c.cin, taps = c.kw * c.cin;
+  const float* src = c.x + (n * c.hp + oy * c.stride) * row;
+  int64_t ox = 0;
+  for (; ox + P <= c.out_w; ox += P)
+    dense_pixels<V, P>(src + ox * step, step, row, c.kh, taps, c.w, c.b, c.relu, dst + ox * cout);
+  for (; ox < c.out_w; ++ox) dense_pixels<V, 1>(src + ox * step, step, row, c.kh, taps, c.w, c.b, c.relu, dst + ox * cout);
+}
+
+static void (*dense_row_for(int64_t vectors))(const DenseConv&, int64_t, int64_t, float*) {
+  switch (vectors) {
+    case 1: return dense_row<1>;
+    case 2: return dense_row<2>;
+    case 3: return dense_row<3>;
+    default: return dense_row<4>;
+  }
+}
+
+static DenseConv dense_conv_of(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias,
+                               int64_t stride, bool relu, int64_t out_h, int64_t out_w, const char* name) {
+  TORCH_CHECK(input.dtype() == torch::kFloat32 && input.is_contiguous() && input.dim() == 4, name,
+              ": a contiguous float32 NHWC input is expected");
+  TORCH_CHECK(weight.is_contiguous() && weight.dim() == 4 && weight.size(2) == input.size(3), name,
+              ": weight [KH, KW, Cin, Cout] expected");
+  const int64_t cout = weight.size(3);
+  TORCH_CHECK(cout % kLanes == 0 && cout / kLanes >= 1 && cout / kLanes <= 4, name,
+              ": output channels must be 1 to 4 vectors");
+  TORCH_CHECK(bias.numel() == cout && bias.is_contiguous(), name, ": bias shape");
+  const int64_t hp = input.size(1), wp = input.size(2), kh = weight.size(0), kw = weight.size(1);
+  TORCH_CHECK((out_h - 1) * stride + kh <= hp && (out_w - 1) * stride + kw <= wp, name,
+              ": output larger than the input allows");
+  return DenseConv{input.data_ptr<float>(), weight.data_ptr<float>(), bias.data_ptr<float>(), relu, hp, wp,
+                   input.size(3), kh, kw, stride, out_w};
 }
 
 void dense_conv_nhwc(torch::Tensor input,   // [N, Hp, Wp, Cin] float32 contiguous, zero-padded already
@@ -237,28 +264,71 @@ void dense_conv_nhwc(torch::Tensor input,   // [N, Hp, Wp, Cin] float32 contiguo
                      torch::Tensor bias,    // [Cout] float32
                      int64_t stride, bool relu,
                      torch::Tensor out) {   // [N, OH, OW, Cout] float32 contiguous
-  TORCH_CHECK(input.dtype() == torch::kFloat32 && input.is_contiguous() && input.dim() == 4,
-              "dense_conv_nhwc: a contiguous float32 NHWC input is expected");
-  TORCH_CHECK(weight.is_contiguous() && weight.dim() == 4 && weight.size(2) == input.size(3),
-              "dense_conv_nhwc: weight [KH, KW, Cin, Cout] expected");
-  const int64_t cout = weight.size(3);
-  TORCH_CHECK(cout % kLanes == 0 && cout / kLanes >= 1 && cout / kLanes <= 4,
-              "dense_conv_nhwc: output channels must be 1 to 4 vectors");
-  TORCH_CHECK(bias.numel() == cout && out.is_contiguous() && out.size(3) == cout, "dense_conv_nhwc: shapes");
-  const int64_t n = input.size(0), hp = input.size(1), wp = input.size(2), cin = input.size(3);
-  const int64_t kh = weight.size(0), kw = weight.size(1), out_h = out.size(1), out_w = out.size(2);
-  TORCH_CHECK(out.size(0) == n && (out_h - 1) * stride + kh <= hp && (out_w - 1) * stride + kw <= wp,
-              "dense_conv_nhwc: output larger than the input allows");
-  const float* x = input.data_ptr<float>();
-  const float* w = weight.data_ptr<float>();
-  const float* b = bias.data_ptr<float>();
+  TORCH_CHECK(out.is_contiguous() && out.dim() == 4 && out.size(0) == input.size(0) && out.size(3) == weight.size(3),
+              "dense_conv_nhwc: output shape");
+  const int64_t out_h = out.size(1), out_w = out.size(2), cout = out.size(3);
+  const DenseConv conv = dense_conv_of(input, weight, bias, stride, relu, out_h, out_w, "dense_conv_nhwc");
+  const auto row_of = dense_row_for(cout / kLanes);
   float* y = out.data_ptr<float>();
-  switch (cout / kLanes) {
-    case 1: return dense_rows<1>(x, w, b, relu, y, n * out_h, out_h, out_w, hp, wp, cin, kh, kw, stride);
-    case 2: return dense_rows<2>(x, w, b, relu, y, n * out_h, out_h, out_w, hp, wp, cin, kh, kw, stride);
-    case 3: return dense_rows<3>(x, w, b, relu, y, n * out_h, out_h, out_w, hp, wp, cin, kh, kw, stride);
-    default: return dense_rows<4>(x, w, b, relu, y, n * out_h, out_h, out_w, hp, wp, cin, kh, kw, stride);
-  }
+  at::parallel_for(0, input.size(0) * out_h, 1, [&](int64_t first, int64_t last) {
+    for (int64_t r = first; r < last; ++r) row_of(conv, r / out_h, r % out_h, y + r * out_w * cout);
+  });
+}
+
+// The stem's conv (ReLU included: values >= 0, so the pool's zero padding never wins over a window's
+// real values) and its max pool in one pass, the pool written in NCHW for the blocks: each thread
+// keeps the last `kernel` conv rows of an image (channels-last) and pools them as soon as a pooled
+// row's window is complete. Apart, the conv's output went to memory and back (51 MB at batch 16 for
+// ResNet-50's stem).
+void dense_conv_pool(torch::Tensor input,   // [N, Hp, Wp, Cin] float32 contiguous, zero-padded already
+                     torch::Tensor weight,  // [KH, KW, Cin, Cout] float32 contiguous
+                     torch::Tensor bias,    // [Cout] float32
+                     int64_t stride, int64_t conv_h, int64_t conv_w,
+                     int64_t kernel, int64_t pool_stride, int64_t pool_pad,
+                     torch::Tensor out) {   // [N, Cout, PH, PW] float32 contiguous
+  TORCH_CHECK(out.dtype() == torch::kFloat32 && out.is_contiguous() && out.dim() == 4 &&
+                  out.size(0) == input.size(0) && out.size(1) == weight.size(3),
+              "dense_conv_pool: output shape");
+  TORCH_CHECK(kernel >= 1 && pool_stride >= 1 && 0 <= pool_pad && 2 * pool_pad < kernel, "dense_conv_pool: pool");
+  const DenseConv conv = dense_conv_of(input, weight, bias, stride, true, conv_h, conv_w, "dense_conv_pool");
+  const int64_t c = weight.size(3), out_h = out.size(2), out_w = out.size(3);
+  TORCH_CHECK((out_h - 1) * pool_stride - pool_pad < conv_h && (out_w - 1) * pool_stride - pool_pad < conv_w,
+              "dense_conv_pool: pooled output larger than the conv's allows");
+  const auto row_of = dense_row_for(c / kLanes);
+  float* y = out.data_ptr<float>();
+  at::parallel_for(0, input.size(0) * out_h, 1, [&](int64_t first, int64_t last) {
+    std::vector<float> rows(static_cast<size_t>(kernel * conv_w * c));  // conv row cy in slot cy % kernel
+    std::vector<int64_t> held(static_cast<size_t>(kernel), -1);          // (image, row) in each slot
+    std::vector<float> scratch(static_cast<size_t>(out_w * c));
+    for (int64_t r = first; r < last; ++r) {
+      const int64_t img = r / out_h, oy = r - img * out_h;
+      const int64_t y0 = std::max<int64_t>(0, oy * pool_stride - pool_pad);
+      const int64_t y1 = std::min(conv_h, oy * pool_stride - pool_pad + kernel);
+      for (int64_t cy = y0; cy < y1; ++cy) {
+        const int64_t slot = cy % kernel;
+        if (held[slot] != img * conv_h + cy) {
+          row_of(conv, img, cy, rows.data() + slot * conv_w * c);
+          held[slot] = img * conv_h + cy;
+        }
+      }
+      for (int64_t ox = 0; ox < out_w; ++ox) {
+        const int64_t x0 = std::max<int64_t>(0, ox * pool_stride - pool_pad);
+        const int64_t x1 = std::min(conv_w, ox * pool_stride - pool_pad + kernel);
+        float* m = scratch.data() + ox * c;
+        std::fill(m, m + c, 0.0f);
+        for (int64_t cy = y0; cy < y1; ++cy)
+          for (int64_t cx = x0; cx < x1; ++cx) {
+            const float* v = rows.data() + ((cy % kernel) * conv_w + cx) * c;
+#pragma omp simd
+            for (int64_t k = 0; k < c; ++k) m[k] = std::max(m[k], v[k]);
+          }
+      }
+      for (int64_t k = 0; k < c; ++k) {
+        float* dst = y + ((img * c + k) * out_h + oy) * out_w;
+        for (int64_t ox = 0; ox < out_w; ++ox) dst[ox] = scratch[ox * c + k];
+      }
+    }
+  });
 }
 
 void sparse_conv_forward(
@@ -464,49 +534,11 @@ void split_phases(torch::Tensor input,  // [outer * inner planes, h, w] float32 
   });
 }
 
-// A max pool of a channels-last input of non-negative values (after a ReLU, so the zero padding
-// never wins over a window's real values), written in NCHW for the blocks: one output row at a time
-// in a small channels-last scratch row, then each channel's run of outputs stored contiguously.
-void max_pool_nhwc_to_nchw(torch::Tensor input,  // [N, H, W, C] float32 contiguous, values >= 0
-                           int64_t kernel, int64_t stride, int64_t pad,
-                           torch::Tensor out) {    // [N, C, OH, OW] float32 contiguous
-  TORCH_CHECK(input.dtype() == torch::kFloat32 && input.is_contiguous() && input.dim() == 4 &&
-                  out.is_contiguous() && out.dim() == 4,
-              "max_pool_nhwc_to_nchw: contiguous float32 tensors expected");
-  const int64_t n = input.size(0), h = input.size(1), w = input.size(2), c = input.size(3);
-  const int64_t out_h = out.size(2), out_w = out.size(3);
-  TORCH_CHECK(out.size(0) == n && out.size(1) == c, "max_pool_nhwc_to_nchw: output shape");
-  const float* x = input.data_ptr<float>();
-  float* y = out.data_ptr<float>();
-  at::parallel_for(0, n * out_h, 1, [&](int64_t first, int64_t last) {
-    std::vector<float> scratch(static_cast<size_t>(out_w * c));
-    for (int64_t r = first; r < last; ++r) {
-      const int64_t img = r / out_h, oy = r - img * out_h;
-      const int64_t y0 = std::max<int64_t>(0, oy * stride - pad), y1 = std::min(h, oy * stride - pad + kernel);
-      for (int64_t ox = 0; ox < out_w; ++ox) {
-        const int64_t x0 = std::max<int64_t>(0, ox * stride - pad), x1 = std::min(w, ox * stride - pad + kernel);
-        float* m = scratch.data() + ox * c;
-        std::fill(m, m + c, 0.0f);
-        for (int64_t iy = y0; iy < y1; ++iy)
-          for (int64_t ix = x0; ix < x1; ++ix) {
-            const float* v = x + ((img * h + iy) * w + ix) * c;
-#pragma omp simd
-            for (int64_t k = 0; k < c; ++k) m[k] = std::max(m[k], v[k]);
-          }
-      }
-      for (int64_t k = 0; k < c; ++k) {
-        float* dst = y + ((img * c + k) * out_h + oy) * out_w;
-        for (int64_t ox = 0; ox < out_w; ++ox) dst[ox] = scratch[ox * c + k];
-      }
-    }
-  });
-}
-
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sparse_conv_forward", &sparse_conv_forward, "direct sparse convolution (float32, NCHW)");
   m.def("tile_floats", &tile_floats, "outputs per tile (vector lanes x registers)");
   m.def("vector_lanes", &vector_lanes, "floats per vector register");
   m.def("dense_conv_nhwc", &dense_conv_nhwc, "dense channels-last convolution for a stem (float32)");
   m.def("split_phases", &split_phases, "stride phases of zero-padded planes (float32)");
-  m.def("max_pool_nhwc_to_nchw", &max_pool_nhwc_to_nchw, "max pool of non-negative NHWC values, NCHW out");
+  m.def("dense_conv_pool", &dense_conv_pool, "a stem's dense conv, ReLU and max pool in one pass (float32)");
 }
