@@ -58,7 +58,7 @@ def direct_available() -> bool:
 
 LAYOUTS_KEPT = 4  # input sizes whose layouts a conv keeps (an evaluation's last batch is smaller)
 #: The share of a core's L1 data cache (48 kB here) one chunk of input rows may take. Side by side on
-#: ResNet-50 at batch 16 (2026-12-03 17:20 UTC): 36 kB was 2 % faster than 24 kB at 90 % and 95 %
+#: ResNet-50 at batch 16 (2026-12-03 17:13 UTC): 36 kB was 2 % faster than 24 kB at 90 % and 95 %
 #: sparsity, 48 kB within 0.5-2.6 % of 36 kB.
 L1_BYTES = 36 * 1024
 MIN_CHUNK_WEIGHTS = 16  # kept weights per output channel and chunk that pay for reloading its sums
