@@ -50,7 +50,7 @@ typedef float uvec __attribute__((vector_size(kLanes * sizeof(float)), aligned(4
 
 // An output larger than this is stored past the caches (non-temporal stores, `stream`): it would not
 // be read from them again, and an ordinary store first reads each line it writes. Measured on
-// ResNet-50 at batch 16 here: 4 % faster at 90 % sparsity, 7 % at 95 % (2 MB: 3-6 % slower than 8).
+// ResNet-50 at batch 16 here: 4 % faster at 90 % sparsity, 7 % at 95 % (2 MB: 3-7 % slower than 8).
 constexpr int64_t kStreamBytes = 8 << 20;
 
 static inline void store(float* d, vec y, bool stream) {
