@@ -146,8 +146,9 @@ class DirectSparseConv2d(nn.Module):
         return plane, plane * (hq * wq) + (rows // sh) * wq + cols // sw
 
     def layout(self, hq: int, wq: int) -> KernelLayout:
-        """The kernel's weights for ``hq`` x ``wq`` input planes (cached per size): row pointers
-        per (chunk of input planes, output channel), offsets, values, the largest offset.
+        """The kernel's weights for ``hq`` x ``wq`` input planes (cached per size), a
+        :class:`KernelLayout`: row pointers per (chunk of input planes, output channel), offsets,
+        values, the largest offset, the chunk's size in planes and the tile's halo.
 
         A chunk holds enough planes for its rows of one tile to fill a share of L1, or more, so
         that each output channel has about :data:`MIN_CHUNK_WEIGHTS` kept weights in it. A
