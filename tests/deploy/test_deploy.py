@@ -164,6 +164,81 @@ def test_a_block_with_small_planes_runs_channel_major_and_hands_the_next_block_a
         assert convs and all(len(conv._layouts) <= LAYOUTS_KEPT for conv in convs)
 
 
+def _sparse_bottleneck(inplanes: int, planes: int, downsample: bool, kernel: int, seed: int) -> nn.Module:
+    """A torchvision Bottleneck (stride 1) with random masks and BN statistics that matter."""
+    from torchvision.models.resnet import Bottleneck
+
+    torch.manual_seed(seed)
+    down = None
+    if downsample:
+        down = nn.Sequential(nn.Conv2d(inplanes, planes * 4, 1, bias=False), nn.BatchNorm2d(planes * 4))
+    block = Bottleneck(inplanes, planes, downsample=down)
+    block.conv2 = nn.Conv2d(planes, planes, kernel, padding=(kernel - 1) // 2, bias=False)
+    with torch.no_grad():
+        for module in block.modules():
+            if isinstance(module, nn.Conv2d):
+                module.weight.mul_(torch.rand(module.weight.shape) >= 0.7)
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+    return block.eval()
+
+
+@pytest.mark.skipif(not DIRECT, reason="no C++ compiler here: the direct kernel cannot be built")
+@pytest.mark.parametrize(
+    ("batch", "height", "width", "band", "downsample", "kernel"),
+    [
+        (2, 13, 11, 4, True, 3),  # bands that do not divide the height; odd width (unaligned rows)
+        (1, 16, 16, 8, False, 3),  # one image: its rows split between the threads
+        (3, 9, 7, 1, False, 3),  # one row per band
+        (2, 6, 10, 8, True, 3),  # one band taller than the image
+        (2, 12, 9, 5, False, 5),  # a 5x5 middle conv: two rows shared between bands
+    ],
+)
+def test_a_bottleneck_run_band_by_band_equals_the_block(
+    batch, height, width, band, downsample, kernel, monkeypatch
+):
+    from cvlth.deploy import sparse_conv
+
+    block = _sparse_bottleneck(16 if downsample else 32, 8, downsample, kernel, seed=height + band)
+    fused = FusedBlock(block, MAX_DENSITY)
+    assert fused.banded
+    monkeypatch.setattr(sparse_conv, "BAND_ROWS", band)
+    x = torch.randn(batch, block.conv1.in_channels, height, width)
+    with torch.no_grad():
+        expected = block(x)
+        banded = fused(x).clone()
+        again = fused(x + 1.0).clone()  # a second call: the buffers reused, nothing left from the first
+        fused.banded = False
+        layer_by_layer = fused(x).clone()
+        assert torch.allclose(again, block(x + 1.0), atol=1e-5)
+    assert banded.shape == expected.shape
+    assert torch.allclose(banded, expected, atol=1e-5)
+    assert torch.allclose(banded, layer_by_layer, atol=1e-6)
+
+
+@pytest.mark.skipif(not DIRECT, reason="no C++ compiler here: the direct kernel cannot be built")
+def test_only_stride_one_bottlenecks_of_sparse_convs_run_band_by_band():
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    assert FusedBlock(_sparse_bottleneck(32, 8, False, 3, seed=0), MAX_DENSITY).banded
+    strided = Bottleneck(
+        16, 8, stride=2, downsample=nn.Sequential(nn.Conv2d(16, 32, 1, 2, bias=False), nn.BatchNorm2d(32))
+    )
+    with torch.no_grad():
+        for module in strided.modules():
+            if isinstance(module, nn.Conv2d):
+                module.weight.mul_(torch.rand(module.weight.shape) >= 0.7)
+    assert not FusedBlock(strided.eval(), MAX_DENSITY).banded
+    dense_middle = _sparse_bottleneck(32, 8, False, 3, seed=1)
+    with torch.no_grad():
+        dense_middle.conv2.weight.fill_(1.0)  # above MAX_DENSITY: stays a dense conv
+    assert not FusedBlock(dense_middle, MAX_DENSITY).banded
+    assert not FusedBlock(BasicBlock(8, 8).eval(), MAX_DENSITY).banded
+
+
 @pytest.mark.skipif(not DIRECT, reason="no C++ compiler here: the direct kernel cannot be built")
 @pytest.mark.parametrize(
     ("channels", "width", "pool"),
@@ -393,3 +468,17 @@ def test_deepsparse_is_compiled_for_each_static_batch_size(ticket_files, tmp_pat
     for batch in (1, 4, 1, 4):
         run(torch.zeros(batch, 3, 32, 32))
     assert compiled == [("ticket.onnx", 1), ("ticket.onnx", 4)]  # once per batch size, never None
+
+
+def test_the_l1_size_is_read_from_the_kernels_cache_description(tmp_path):
+    from cvlth.deploy.sparse_conv import l1_data_bytes
+
+    for index, (level, kind, size) in enumerate(
+        [("1", "Instruction", "32K"), ("1", "Data", "48K"), ("2", "Unified", "2048K")]
+    ):
+        folder = tmp_path / f"index{index}"
+        folder.mkdir()
+        for name, value in (("level", level), ("type", kind), ("size", size)):
+            (folder / name).write_text(value + "\n")
+    assert l1_data_bytes(tmp_path) == 48 * 1024
+    assert l1_data_bytes(tmp_path / "missing") == 32 * 1024  # no description: a common size

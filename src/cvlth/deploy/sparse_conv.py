@@ -57,10 +57,27 @@ def direct_available() -> bool:
 
 
 LAYOUTS_KEPT = 4  # input sizes whose layouts a conv keeps (an evaluation's last batch is smaller)
-#: The share of a core's L1 data cache (48 kB here) one chunk of input rows may take. Side by side on
-#: ResNet-50 at batch 16 (2026-12-03 17:13 UTC): 36 kB was 2 % faster than 24 kB at 90 % and 95 %
-#: sparsity, 48 kB within 0.5-2.6 % of 36 kB.
-L1_BYTES = 36 * 1024
+
+
+def l1_data_bytes(cpu_cache: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> int:
+    """The first core's level-1 data cache in bytes, as Linux reports it (32 kB where it does not)."""
+    for index in sorted(cpu_cache.glob("index*")):
+        try:
+            level = (index / "level").read_text().strip()
+            kind = (index / "type").read_text().strip()
+            size = (index / "size").read_text().strip().upper()
+        except OSError:
+            continue
+        if level == "1" and kind in ("Data", "Unified") and size.rstrip("K").isdigit():
+            return int(size.rstrip("K")) * (1024 if size.endswith("K") else 1)
+    return 32 * 1024
+
+
+#: The share of the core's L1 data cache one chunk of input rows may take: three quarters. Side by
+#: side on ResNet-50 at batch 16: on a 48 kB L1 (Intel, 2026-12-03) 36 kB was 2 % faster than 24 kB
+#: and 48 kB within 0.5-2.6 % of 36 kB; on a 32 kB L1 (AMD EPYC, 2026-12-04) 24 kB was 7 % / 5 %
+#: faster than 36 kB at 90 % / 95 % sparsity, 16 kB 3-4 % slower than 24 kB.
+L1_BYTES = l1_data_bytes() * 3 // 4
 MIN_CHUNK_WEIGHTS = 16  # kept weights per output channel and chunk that pay for reloading its sums
 
 
@@ -355,12 +372,44 @@ class FusedBlock(nn.Module):
         convs = [getattr(block, f"conv{k}") for k in names]
         self.shrink = math.prod(c.stride[0] * c.stride[1] for c in convs)  # input pixels per output pixel
         self.buffers_ = BufferCache()
+        self.banded = _bandable(self.stages)
+
+    def _forward_bands(self, x: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
+        """The whole bottleneck a band of :data:`BAND_ROWS` output rows at a time, in one kernel call
+        (see ``bottleneck_bands`` in ``sparse_kernel.cpp``)."""
+        x = x.float().contiguous()
+        n, _, height, width = x.shape
+        pad = self.stages[1].padding[0]
+        band = min(BAND_ROWS, height)
+        layouts = [
+            self.stages[0].layout(height, width),
+            self.stages[1].layout(band + 2 * pad, width + 2 * pad),
+            self.stages[2].layout(band, width),
+        ]
+        out = self.buffers_.get("output", (n, self.stages[2].out_channels, height, width))
+        direct_kernel().bottleneck_bands(
+            x,
+            [layout.rowptr for layout in layouts],
+            [layout.offsets for layout in layouts],
+            [layout.values for layout in layouts],
+            [stage.bias if stage.bias is not None else _NO_BIAS for stage in self.stages],
+            [layout.chunk_planes for layout in layouts],
+            [layout.halo for layout in layouts],
+            [layout.max_offset for layout in layouts],
+            pad,
+            band,
+            identity.float().contiguous(),
+            out,
+        )
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         stacked = self._stacked(x)
         if stacked:  # channel-major: a view of the block before's output, or one copy
             x = _channel_major(x, self.buffers_)
         identity = x if self.downsample is None else _run(self.downsample, x, stacked)
+        if not stacked and self.banded:
+            return self._forward_bands(x, identity)
         out, padded = x, False
         for i, stage in enumerate(self.stages):
             last = i == len(self.stages) - 1
@@ -391,6 +440,28 @@ class FusedBlock(nn.Module):
 #: 1.4x slower at 56x56 (there every plane is a multiple of 4 kB apart, and one chunk's rows fall in
 #: the same L1 sets; so are layer3's padded 3x3 inputs at batch 16, see docs/benchmarks.md).
 STACK_MAX_PLANE = 14 * 14
+
+
+#: Output rows per band of a bottleneck run depth-first (:meth:`FusedBlock._forward_bands`).
+BAND_ROWS = 8
+
+
+def _bandable(stages: nn.ModuleList) -> bool:
+    """Whether a block runs a band of rows at a time: a bottleneck of three sparse convs, 1x1, k x k
+    (odd k, 'same' padding), 1x1, stride 1 and no dilation, each followed by a ReLU (the last after
+    the residual sum)."""
+    if len(stages) != 3 or not all(isinstance(stage, DirectSparseConv2d) for stage in stages):
+        return False
+    first, middle, last = stages
+    (kh, kw), (ph, pw) = middle.kernel_size, middle.padding
+    return (
+        all(stage.stride == (1, 1) and stage.dilation == (1, 1) and stage.relu for stage in stages)
+        and first.kernel_size == last.kernel_size == (1, 1)
+        and first.padding == last.padding == (0, 0)
+        and kh == kw
+        and kh % 2 == 1
+        and ph == pw == (kh - 1) // 2
+    )
 
 
 def _run(stage: nn.Module, x: torch.Tensor, stacked: bool) -> torch.Tensor:
