@@ -220,6 +220,38 @@ def test_a_bottleneck_run_band_by_band_equals_the_block(
 
 
 @pytest.mark.skipif(not DIRECT, reason="no C++ compiler here: the direct kernel cannot be built")
+@pytest.mark.parametrize("size", [32, 12])  # NCHW, and channel-major (small output planes)
+def test_a_strided_blocks_last_conv_and_downsample_run_as_one_conv(size):
+    from torchvision.models.resnet import Bottleneck
+
+    torch.manual_seed(size)
+    downsample = nn.Sequential(nn.Conv2d(16, 32, 1, 2, bias=False), nn.BatchNorm2d(32))
+    block = Bottleneck(16, 8, stride=2, downsample=downsample)
+    with torch.no_grad():
+        for module in block.modules():
+            if isinstance(module, nn.Conv2d):
+                module.weight.mul_(torch.rand(module.weight.shape) >= 0.6)
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.bias.uniform_(-0.2, 0.2)
+    block.eval()
+    fused = FusedBlock(block, MAX_DENSITY)
+    assert fused.merged is not None and not fused.banded
+    kept = int((block.conv3.weight != 0).sum() + (block.downsample[0].weight != 0).sum())
+    assert fused.merged.values.numel() == kept  # both convs' kept weights, nothing else
+    assert fused._stacked(torch.zeros(4, 16, size, size)) == (size == 12)
+    x = torch.randn(4, 16, size, size)
+    with torch.no_grad():
+        expected = block(x)
+        out = fused(x).clone()
+        fused.merged = None  # the downsample's output as the residual, as before
+        separate = fused(x).clone()
+    assert torch.allclose(out, expected, atol=1e-5)
+    assert torch.allclose(separate, expected, atol=1e-5)
+
+
+@pytest.mark.skipif(not DIRECT, reason="no C++ compiler here: the direct kernel cannot be built")
 def test_only_stride_one_bottlenecks_of_sparse_convs_run_band_by_band():
     from torchvision.models.resnet import BasicBlock, Bottleneck
 

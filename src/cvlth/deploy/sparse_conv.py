@@ -190,6 +190,7 @@ class DirectSparseConv2d(nn.Module):
             per_plane = max(self.values.numel(), 1) / (self.out_channels * planes)  # kept weights
             enough = int(MIN_CHUNK_WEIGHTS / max(per_plane, 1e-9)) + 1
             size = min(planes, max(in_l1, enough))
+            size = -(-planes // -(-planes // size))  # as many chunks, of equal sizes (no small last one)
             chunk = plane // size
             chunks = (planes + size - 1) // size
             group = chunk * self.out_channels + self.row
@@ -373,6 +374,18 @@ class FusedBlock(nn.Module):
         self.shrink = math.prod(c.stride[0] * c.stride[1] for c in convs)  # input pixels per output pixel
         self.buffers_ = BufferCache()
         self.banded = _bandable(self.stages)
+        self.merged = _merged_conv(self.stages[-1], self.downsample)
+
+    def _merged_input(self, out: torch.Tensor, x: torch.Tensor, stacked: bool) -> torch.Tensor:
+        """The last conv's input and the downsample's (``x`` at its stride) as one tensor, one
+        after the other along the channels, in a reused buffer."""
+        (sh, sw), dim = self.downsample.stride, 0 if stacked else 1
+        strided = x[:, :, ::sh, ::sw]
+        shape = list(out.shape)
+        shape[dim] += strided.shape[dim]
+        both = self.buffers_.get("merged_input", tuple(shape))
+        torch.cat([out, strided], dim=dim, out=both)
+        return both
 
     def _forward_bands(self, x: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
         """The whole bottleneck a band of :data:`BAND_ROWS` output rows at a time, in one kernel call
@@ -407,12 +420,16 @@ class FusedBlock(nn.Module):
         stacked = self._stacked(x)
         if stacked:  # channel-major: a view of the block before's output, or one copy
             x = _channel_major(x, self.buffers_)
-        identity = x if self.downsample is None else _run(self.downsample, x, stacked)
+        merged = self.merged is not None and not (self.banded and not stacked)
+        identity = x if self.downsample is None or merged else _run(self.downsample, x, stacked)
         if not stacked and self.banded:
             return self._forward_bands(x, identity)
         out, padded = x, False
         for i, stage in enumerate(self.stages):
             last = i == len(self.stages) - 1
+            if last and merged:  # the last conv and the downsample as one conv over both inputs
+                out = self.merged(self._merged_input(out, x, stacked), stacked=stacked)
+                break
             if not isinstance(stage, DirectSparseConv2d):
                 out = _run(stage, out if not padded else _unpad(out, self.stages[i - 1].padding_out), stacked)
                 padded = False
@@ -462,6 +479,32 @@ def _bandable(stages: nn.ModuleList) -> bool:
         and kh % 2 == 1
         and ph == pw == (kh - 1) // 2
     )
+
+
+def _merged_conv(last: nn.Module, downsample: nn.Module | None) -> DirectSparseConv2d | None:
+    """A block's last conv and its downsample, both sparse 1x1 convs without padding (the last of
+    stride 1), as one conv over their inputs concatenated along the channels (the weights side by
+    side, the biases summed, the ReLU last): the downsample's output is never written and read back
+    as the residual. None where they are not such convs."""
+    convs = (last, downsample)
+    if not all(isinstance(c, DirectSparseConv2d) and c._pointwise and c.dilation == (1, 1) for c in convs):
+        return None
+    if last.stride != (1, 1) or last.out_channels != downsample.out_channels:
+        return None
+    weight = torch.zeros(last.out_channels, last.in_channels + downsample.in_channels, 1, 1)
+    weight[last.row, last.channel, 0, 0] = last.values
+    weight[downsample.row, last.in_channels + downsample.channel, 0, 0] = downsample.values
+    conv = nn.Conv2d(weight.shape[1], weight.shape[0], 1, bias=True)
+    with torch.no_grad():
+        conv.weight.copy_(weight)
+        zero = torch.zeros(last.out_channels)
+        conv.bias.copy_(
+            (last.bias if last.bias is not None else zero)
+            + (downsample.bias if downsample.bias is not None else zero)
+        )
+    merged = DirectSparseConv2d(conv)
+    merged.relu = True
+    return merged
 
 
 def _run(stage: nn.Module, x: torch.Tensor, stacked: bool) -> torch.Tensor:
