@@ -356,7 +356,9 @@ class FusedBlock(nn.Module):
 
     A batch whose output planes are small runs channel-major (:data:`STACK_MAX_PLANE`): the block
     takes its input as ``[C, N, H, W]`` (free when it is the block before's output), and returns
-    an NCHW view of its channel-major output."""
+    an NCHW view of its channel-major output. A stride-1 bottleneck of sparse convs on larger planes
+    runs depth-first, a band of rows at a time (:data:`BAND_ROWS`); in a block with a downsample, the
+    last conv and the downsample are one conv over both inputs where both are sparse 1x1 convs."""
 
     def __init__(self, block: BasicBlock | Bottleneck, max_density: float) -> None:
         super().__init__()
