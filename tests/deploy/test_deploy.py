@@ -257,6 +257,56 @@ def test_a_strided_blocks_last_conv_and_downsample_run_as_one_conv(size):
 
 
 @pytest.mark.skipif(not DIRECT, reason="no C++ compiler here: the direct kernel cannot be built")
+@pytest.mark.parametrize(
+    ("batch", "height", "width", "band"),
+    [
+        (2, 32, 32, 4),  # even sizes, bands that divide the output
+        (1, 33, 31, 3),  # odd sizes; one image, its rows split between the threads
+        (2, 29, 30, 1),  # one output row per band
+        (3, 30, 34, 8),  # a band taller than a thread's rows
+    ],
+)
+def test_a_strided_bottlenecks_front_run_band_by_band_equals_the_block(
+    batch, height, width, band, monkeypatch
+):
+    from torchvision.models.resnet import Bottleneck
+
+    from cvlth.deploy import sparse_conv
+
+    torch.manual_seed(height + band)
+    downsample = nn.Sequential(nn.Conv2d(16, 32, 1, 2, bias=False), nn.BatchNorm2d(32))
+    block = Bottleneck(16, 8, stride=2, downsample=downsample)
+    with torch.no_grad():
+        for module in block.modules():
+            if isinstance(module, nn.Conv2d):
+                module.weight.mul_(torch.rand(module.weight.shape) >= 0.6)
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.bias.uniform_(-0.2, 0.2)
+    block.eval()
+    fused = FusedBlock(block, MAX_DENSITY)
+    assert fused.strided_front and fused.merged is not None
+    monkeypatch.setattr(sparse_conv, "STRIDED_BAND_ROWS", band)
+    calls = []
+    run_front = FusedBlock._forward_strided_front
+    monkeypatch.setattr(
+        FusedBlock, "_forward_strided_front", lambda self, x: calls.append(1) or run_front(self, x)
+    )
+    x = torch.randn(batch, 16, height, width)
+    with torch.no_grad():
+        expected = block(x)
+        out = fused(x).clone()
+        again = fused(x - 0.5).clone()  # the reused buffers hold nothing of the first call
+        fused.strided_front = False
+        layer_by_layer = fused(x).clone()
+        assert torch.allclose(again, block(x - 0.5), atol=1e-5)
+    assert len(calls) == 2
+    assert torch.allclose(out, expected, atol=1e-5)
+    assert torch.allclose(out, layer_by_layer, atol=1e-6)
+
+
+@pytest.mark.skipif(not DIRECT, reason="no C++ compiler here: the direct kernel cannot be built")
 def test_only_stride_one_bottlenecks_of_sparse_convs_run_band_by_band():
     from torchvision.models.resnet import BasicBlock, Bottleneck
 

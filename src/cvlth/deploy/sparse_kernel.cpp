@@ -701,6 +701,130 @@ void bottleneck_bands(torch::Tensor input,     // [N, C, H, W] float32 contiguou
   });
 }
 
+// The front of a strided bottleneck (a 1x1 conv, then a 3x3 conv of stride 2 and padding 1) a band of
+// output rows at a time, into the channels [0, c2) of `out`; its channels [c2, c2 + Cin) get the
+// input at stride 2 (what the block's 1x1 downsample reads: the block's last conv and downsample then
+// run as one conv over `out`). Per band, the first conv's rows go into a zero-bordered buffer, are
+// split there into the stride's 2 x 2 phases (see split_phases) and read by the strided conv, all in
+// the core's L2: layer after layer, the first conv's output (4x the block's output) was written to
+// memory, read and written again as phases and read once more.
+void strided_front_bands(torch::Tensor input,  // [N, Cin, H, W] float32 contiguous
+                         std::vector<torch::Tensor> rowptrs, std::vector<torch::Tensor> offsets,
+                         std::vector<torch::Tensor> values, std::vector<torch::Tensor> biases,
+                         std::vector<int64_t> chunk_planes, std::vector<int64_t> halos,
+                         std::vector<int64_t> max_offsets,  // of the two convs' layouts: for input planes
+                                                            // of H x W, and 4 phases of (band + 1) x wq
+                         int64_t band,
+                         torch::Tensor out) {  // [N, c2 + Cin, Ho, Wo] float32 contiguous
+  TORCH_CHECK(input.dtype() == torch::kFloat32 && input.is_contiguous() && input.dim() == 4,
+              "strided_front_bands: a contiguous float32 NCHW input is expected");
+  TORCH_CHECK(rowptrs.size() == 2 && offsets.size() == 2 && values.size() == 2 && biases.size() == 2 &&
+                  chunk_planes.size() == 2 && halos.size() == 2 && max_offsets.size() == 2,
+              "strided_front_bands: two convs expected");
+  const int64_t n_images = input.size(0), c_in = input.size(1), h = input.size(2), w = input.size(3);
+  const int64_t out_h = (h - 1) / 2 + 1, out_w = (w - 1) / 2 + 1;  // 3x3, stride 2, padding 1
+  const int64_t wp = w + 2, wq = (wp + 1) / 2;  // the padded rows, a phase's rows
+  const int64_t c1 = rowptrs[0].size(1) - 1;
+  TORCH_CHECK(band >= 1, "strided_front_bands: band");
+  const int64_t hp = 2 * band + 1, hq = band + 1;  // per band: padded rows of the first conv's output, phase rows
+  const int64_t in_sizes[2][2] = {{c_in, h * w}, {4 * c1, hq * wq}};
+  SparseConv convs[2];
+  for (int i = 0; i < 2; ++i)
+    convs[i] = sparse_conv_of(rowptrs[i], offsets[i], values[i], biases[i], true, chunk_planes[i], halos[i],
+                              max_offsets[i], in_sizes[i][0], in_sizes[i][1]);
+  const int64_t c2 = convs[1].out_channels;
+  TORCH_CHECK(out.dtype() == torch::kFloat32 && out.is_contiguous() && out.dim() == 4 && out.size(0) == n_images &&
+                  out.size(1) == c2 + c_in && out.size(2) == out_h && out.size(3) == out_w,
+              "strided_front_bands: output shape");
+  for (int i = 0; i < 2; ++i)
+    TORCH_CHECK(convs[i].max_offset < in_sizes[i][0] * in_sizes[i][1], "strided_front_bands: offsets of conv ", i + 1);
+  const float* x = input.data_ptr<float>();
+  float* y = out.data_ptr<float>();
+  const int64_t image = c_in * h * w, total = input.numel(), out_plane = out_h * out_w;
+  const int64_t mid_floats = c1 * hp * wp;
+  const int64_t slack = kTile + convs[1].halo + kLanes;
+  const int64_t phase_floats = 4 * c1 * hq * wq + slack;
+  const int64_t threads = at::get_num_threads();
+  const int64_t segments = std::min(out_h, std::max<int64_t>(1, (threads + n_images - 1) / n_images));
+  const int64_t segment_rows = (out_h + segments - 1) / segments;
+
+  auto run = [](const SparseConv& c, const Dest& d, const float* in, int64_t span, int64_t readable, float* sums) {
+    const int nv = vectors_per_tile(span);
+    const int64_t tile_len = nv * kLanes, tiles = (span + tile_len - 1) / tile_len;
+    for (int64_t i = 0; i < tiles; ++i) {
+      const Tile tile = tile_at(i, tile_len, span, readable, c.max_offset);
+      const float* next = nullptr;
+      if (i + 1 < tiles) {
+        const Tile following = tile_at(i + 1, tile_len, span, readable, c.max_offset);
+        if (following.full) next = in + following.t0;
+      }
+      compute_tile(c, d, in, span, tile, nv, 0, c.out_channels, next, sums);
+    }
+  };
+
+  at::parallel_for(0, n_images * segments, 1, [&](int64_t first, int64_t last) {
+    float* const sums = scratch(kSums, std::max(c1, c2) * kTile);
+    float* const mid = scratch(kMiddle, mid_floats);  // row j: padded row 2 r0 + j (image row 2 r0 + j - 1)
+    std::fill(mid, mid + mid_floats, 0.0f);            // its border columns: zeros, never written
+    float* const phases = scratch(kLast, phase_floats);
+    std::fill(phases + phase_floats - slack, phases + phase_floats, 0.0f);
+    for (int64_t unit = first; unit < last; ++unit) {
+      const int64_t n = unit / segments, s0 = (unit % segments) * segment_rows;
+      const int64_t s1 = std::min(out_h, s0 + segment_rows);
+      for (int64_t r0 = s0; r0 < s1; r0 += band) {
+        const int64_t r1 = std::min(s1, r0 + band), rows = r1 - r0;
+        const int64_t lead = 2 * r0 - 1;  // the image row in mid's row 0
+        int64_t from = lead;              // the first image row the first conv computes
+        if (r0 > s0) {  // padded row 2 r0, the band before's last, moved up
+          for (int64_t k = 0; k < c1; ++k) std::memmove(mid + k * hp * wp, mid + k * hp * wp + 2 * band * wp, sizeof(float) * wp);
+          from = lead + 1;
+        }
+        const int64_t until = lead + 2 * rows + 1;  // image rows [from, until) go into mid
+        for (int64_t k = 0; k < c1; ++k)  // rows outside the image: the strided conv's zero padding
+          for (int64_t row = from; row < until; ++row)
+            if (row < 0 || row >= h) std::fill(mid + (k * hp + row - lead) * wp, mid + (k * hp + row - lead + 1) * wp, 0.0f);
+        const int64_t a = std::max<int64_t>(0, from), b = std::min(h, until);
+        if (b > a) {  // the first conv: image rows [a, b), from a vector-aligned position
+          const int64_t skip = (n * image + a * w) % kLanes, start = n * image + a * w - skip;
+          Dest d{mid + (a - lead) * wp + 1, hp * wp, wp, 0, nullptr, 0, w, b - a, b - a, w, false, false};
+          d.skip = skip;
+          run(convs[0], d, x + start, (b - a) * w + skip, total - start, sums);
+        }
+        // the 2 x 2 phases of mid's rows [0, 2 rows + 1): phase (pa, pb) row j, column i is mid's
+        // row 2 j + pa, column 2 i + pb (zero past mid's width or rows)
+        for (int64_t k = 0; k < c1; ++k)
+          for (int64_t pa = 0; pa < 2; ++pa)
+            for (int64_t pb = 0; pb < 2; ++pb) {
+              float* dst = phases + ((pa * 2 + pb) * c1 + k) * hq * wq;
+              for (int64_t j = 0; j <= rows; ++j) {
+                float* drow = dst + j * wq;
+                const int64_t mrow = 2 * j + pa;
+                if (mrow >= 2 * rows + 1) {
+                  std::fill(drow, drow + wq, 0.0f);
+                  continue;
+                }
+                const float* srow = mid + (k * hp + mrow) * wp + pb;
+                const int64_t count = (wp - pb + 1) / 2;
+                for (int64_t i = 0; i < count; ++i) drow[i] = srow[2 * i];
+                std::fill(drow + count, drow + wq, 0.0f);
+              }
+            }
+        {  // the strided conv into out's channels [0, c2), rows [r0, r1)
+          const Dest d{y + n * (c2 + c_in) * out_plane + r0 * out_w, out_plane, out_w, 0, nullptr, 0,
+                       wq, rows, rows, out_w, false, false};
+          run(convs[1], d, phases, (rows - 1) * wq + out_w, phase_floats, sums);
+        }
+        for (int64_t k = 0; k < c_in; ++k)  // the input at stride 2 into out's channels [c2, c2 + Cin)
+          for (int64_t o = r0; o < r1; ++o) {
+            const float* src = x + n * image + (k * h + 2 * o) * w;
+            float* dst = y + (n * (c2 + c_in) + c2 + k) * out_plane + o * out_w;
+            for (int64_t i = 0; i < out_w; ++i) dst[i] = src[2 * i];
+          }
+      }
+    }
+  });
+}
+
 // The stride phases of zero-padded planes: a stride-s convolution reads phase (a, b) of each input
 // plane, its padded rows a, a + s, ... and columns b, b + s, ..., as a plane of its own (see
 // DirectSparseConv2d.offsets). `outer` x `inner` input planes of h x w; output plane
@@ -752,6 +876,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("vector_lanes", &vector_lanes, "floats per vector register");
   m.def("dense_conv_nhwc", &dense_conv_nhwc, py::call_guard<py::gil_scoped_release>(), "dense channels-last convolution for a stem (float32)");
   m.def("bottleneck_bands", &bottleneck_bands, py::call_guard<py::gil_scoped_release>(), "a bottleneck block a band of rows at a time (float32)");
+  m.def("strided_front_bands", &strided_front_bands, py::call_guard<py::gil_scoped_release>(), "a strided bottleneck's 1x1 and strided 3x3 a band of rows at a time (float32)");
   m.def("split_phases", &split_phases, py::call_guard<py::gil_scoped_release>(), "stride phases of zero-padded planes (float32)");
   m.def("dense_conv_pool", &dense_conv_pool, py::call_guard<py::gil_scoped_release>(), "a stem's dense conv, ReLU and max pool in one pass (float32)");
 }
