@@ -588,6 +588,34 @@ void sparse_conv_forward(
   });
 }
 
+// One conv over a span of its input into `d`, tile after tile, every output channel, on this thread
+// (a band of a block: the threads split the bands).
+static void run_span(const SparseConv& c, const Dest& d, const float* in, int64_t span, int64_t readable, float* sums) {
+  const int nv = vectors_per_tile(span);
+  const int64_t tile_len = nv * kLanes, tiles = (span + tile_len - 1) / tile_len;
+  for (int64_t i = 0; i < tiles; ++i) {
+    const Tile tile = tile_at(i, tile_len, span, readable, c.max_offset);
+    const float* next = nullptr;
+    if (i + 1 < tiles) {
+      const Tile following = tile_at(i + 1, tile_len, span, readable, c.max_offset);
+      if (following.full) next = in + following.t0;
+    }
+    compute_tile(c, d, in, span, tile, nv, 0, c.out_channels, next, sums);
+  }
+}
+
+// A 1x1 conv (no padding, stride 1) on `rows` rows of `w` pixels of an NCHW input `x` (`total`
+// floats), from its element `first` on, into `base` (output channel co's row r at base + co * plane +
+// r * row). Computed from the vector-aligned position before `first`, the outputs before it not
+// written: every load of its tiles is then aligned (a load that spans two cache lines costs two).
+static void pointwise_rows(const SparseConv& c, const float* x, int64_t total, int64_t first, int64_t rows, int64_t w,
+                           float* base, int64_t plane, int64_t row, float* sums) {
+  const int64_t skip = first % kLanes, start = first - skip;
+  Dest d{base, plane, row, 0, nullptr, 0, w, rows, rows, w, false, false};
+  d.skip = skip;
+  run_span(c, d, x + start, rows * w + skip, total - start, sums);
+}
+
 // A bottleneck block (1x1, k x k with padding `pad`, 1x1; stride 1; the residual added and the ReLU
 // applied by the last conv) computed a band of rows at a time: each thread takes whole images (or
 // segments of rows of one, at a small batch) and runs the three convs on `band` output rows before
@@ -638,21 +666,6 @@ void bottleneck_bands(torch::Tensor input,     // [N, C, H, W] float32 contiguou
   const int64_t segments = std::min(h, std::max<int64_t>(1, (threads + n_images - 1) / n_images));
   const int64_t segment_rows = (h + segments - 1) / segments;
 
-  // one conv over a span of its input into `d`, tile after tile, every output channel
-  auto run = [](const SparseConv& c, const Dest& d, const float* in, int64_t span, int64_t readable, float* sums) {
-    const int nv = vectors_per_tile(span);
-    const int64_t tile_len = nv * kLanes, tiles = (span + tile_len - 1) / tile_len;
-    for (int64_t i = 0; i < tiles; ++i) {
-      const Tile tile = tile_at(i, tile_len, span, readable, c.max_offset);
-      const float* next = nullptr;
-      if (i + 1 < tiles) {
-        const Tile following = tile_at(i + 1, tile_len, span, readable, c.max_offset);
-        if (following.full) next = in + following.t0;
-      }
-      compute_tile(c, d, in, span, tile, nv, 0, c.out_channels, next, sums);
-    }
-  };
-
   at::parallel_for(0, n_images * segments, 1, [&](int64_t first, int64_t last) {
     float* const sums = scratch(kSums, std::max({c1, c2, c3}) * kTile);
     float* const mid1 = scratch(kMiddle, mid1_floats);
@@ -676,22 +689,17 @@ void bottleneck_bands(torch::Tensor input,     // [N, C, H, W] float32 contiguou
           for (int64_t row = from; row < r1 + pad; ++row)
             if (row < 0 || row >= h) std::fill(p + (row - (r0 - pad)) * wb, p + (row - (r0 - pad) + 1) * wb, 0.0f);
         }
-        if (b > a) {  // conv 1: image rows [a, b) into the buffer's interior
-          // from the vector-aligned position before row a: every load of its tiles then aligned
-          // (a load that spans two cache lines costs two)
-          const int64_t skip = (n * image + a * w) % kLanes, start = n * image + a * w - skip;
-          Dest d{mid1 + (a - (r0 - pad)) * wb + pad, hb * wb, wb, 0, nullptr, 0, w, b - a, b - a, w, false, false};
-          d.skip = skip;
-          run(convs[0], d, x + start, (b - a) * w + skip, total - start, sums);
-        }
+        if (b > a)  // conv 1: image rows [a, b) into the buffer's interior
+          pointwise_rows(convs[0], x, total, n * image + a * w, b - a, w, mid1 + (a - (r0 - pad)) * wb + pad,
+                         hb * wb, wb, sums);
         {  // conv 2 over the buffer's padded width into mid2 ([c2, band, w])
           const Dest d{mid2, band * w, w, 0, nullptr, 0, wb, rows, rows, w, false, false};
-          run(convs[1], d, mid1, (rows - 1) * wb + w, mid1_floats, sums);
+          run_span(convs[1], d, mid1, (rows - 1) * wb + w, mid1_floats, sums);
         }
         {  // conv 3, the residual and the ReLU, into the output's rows [r0, r1)
           const int64_t at = n * c3 * plane + r0 * w;
           const Dest d{y + at, plane, w, 0, res + at, plane, w, rows, rows, w, true, stream};
-          run(convs[2], d, mid2, rows * w, mid2_floats, sums);
+          run_span(convs[2], d, mid2, rows * w, mid2_floats, sums);
         }
       }
     }
@@ -748,20 +756,6 @@ void strided_front_bands(torch::Tensor input,  // [N, Cin, H, W] float32 contigu
   const int64_t segments = std::min(out_h, std::max<int64_t>(1, (threads + n_images - 1) / n_images));
   const int64_t segment_rows = (out_h + segments - 1) / segments;
 
-  auto run = [](const SparseConv& c, const Dest& d, const float* in, int64_t span, int64_t readable, float* sums) {
-    const int nv = vectors_per_tile(span);
-    const int64_t tile_len = nv * kLanes, tiles = (span + tile_len - 1) / tile_len;
-    for (int64_t i = 0; i < tiles; ++i) {
-      const Tile tile = tile_at(i, tile_len, span, readable, c.max_offset);
-      const float* next = nullptr;
-      if (i + 1 < tiles) {
-        const Tile following = tile_at(i + 1, tile_len, span, readable, c.max_offset);
-        if (following.full) next = in + following.t0;
-      }
-      compute_tile(c, d, in, span, tile, nv, 0, c.out_channels, next, sums);
-    }
-  };
-
   at::parallel_for(0, n_images * segments, 1, [&](int64_t first, int64_t last) {
     float* const sums = scratch(kSums, std::max(c1, c2) * kTile);
     float* const mid = scratch(kMiddle, mid_floats);  // row j: padded row 2 r0 + j (image row 2 r0 + j - 1)
@@ -784,12 +778,8 @@ void strided_front_bands(torch::Tensor input,  // [N, Cin, H, W] float32 contigu
           for (int64_t row = from; row < until; ++row)
             if (row < 0 || row >= h) std::fill(mid + (k * hp + row - lead) * wp, mid + (k * hp + row - lead + 1) * wp, 0.0f);
         const int64_t a = std::max<int64_t>(0, from), b = std::min(h, until);
-        if (b > a) {  // the first conv: image rows [a, b), from a vector-aligned position
-          const int64_t skip = (n * image + a * w) % kLanes, start = n * image + a * w - skip;
-          Dest d{mid + (a - lead) * wp + 1, hp * wp, wp, 0, nullptr, 0, w, b - a, b - a, w, false, false};
-          d.skip = skip;
-          run(convs[0], d, x + start, (b - a) * w + skip, total - start, sums);
-        }
+        if (b > a)  // the first conv: image rows [a, b) into mid's interior
+          pointwise_rows(convs[0], x, total, n * image + a * w, b - a, w, mid + (a - lead) * wp + 1, hp * wp, wp, sums);
         // the 2 x 2 phases of mid's rows [0, 2 rows + 1): phase (pa, pb) row j, column i is mid's
         // row 2 j + pa, column 2 i + pb (zero past mid's width or rows)
         for (int64_t k = 0; k < c1; ++k)
@@ -812,7 +802,7 @@ void strided_front_bands(torch::Tensor input,  // [N, Cin, H, W] float32 contigu
         {  // the strided conv into out's channels [0, c2), rows [r0, r1)
           const Dest d{y + n * (c2 + c_in) * out_plane + r0 * out_w, out_plane, out_w, 0, nullptr, 0,
                        wq, rows, rows, out_w, false, false};
-          run(convs[1], d, phases, (rows - 1) * wq + out_w, phase_floats, sums);
+          run_span(convs[1], d, phases, (rows - 1) * wq + out_w, phase_floats, sums);
         }
         for (int64_t k = 0; k < c_in; ++k)  // the input at stride 2 into out's channels [c2, c2 + Cin)
           for (int64_t o = r0; o < r1; ++o) {
