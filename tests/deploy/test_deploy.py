@@ -164,16 +164,21 @@ def test_a_block_with_small_planes_runs_channel_major_and_hands_the_next_block_a
         assert convs and all(len(conv._layouts) <= LAYOUTS_KEPT for conv in convs)
 
 
-def _sparse_bottleneck(inplanes: int, planes: int, downsample: bool, kernel: int, seed: int) -> nn.Module:
-    """A torchvision Bottleneck (stride 1) with random masks and BN statistics that matter."""
+def _sparse_bottleneck(
+    inplanes: int, planes: int, downsample: bool, kernel: int, seed: int, stride: int = 1
+) -> nn.Module:
+    """A torchvision Bottleneck (its middle conv k x k, of `stride`) with random masks and BN
+    statistics that matter."""
     from torchvision.models.resnet import Bottleneck
 
     torch.manual_seed(seed)
     down = None
     if downsample:
-        down = nn.Sequential(nn.Conv2d(inplanes, planes * 4, 1, bias=False), nn.BatchNorm2d(planes * 4))
-    block = Bottleneck(inplanes, planes, downsample=down)
-    block.conv2 = nn.Conv2d(planes, planes, kernel, padding=(kernel - 1) // 2, bias=False)
+        down = nn.Sequential(
+            nn.Conv2d(inplanes, planes * 4, 1, stride, bias=False), nn.BatchNorm2d(planes * 4)
+        )
+    block = Bottleneck(inplanes, planes, stride=stride, downsample=down)
+    block.conv2 = nn.Conv2d(planes, planes, kernel, stride, padding=(kernel - 1) // 2, bias=False)
     with torch.no_grad():
         for module in block.modules():
             if isinstance(module, nn.Conv2d):
@@ -227,21 +232,9 @@ def test_a_bottleneck_run_band_by_band_equals_the_block(
 @pytest.mark.skipif(not DIRECT, reason="no C++ compiler here: the direct kernel cannot be built")
 @pytest.mark.parametrize("size", [32, 12])  # NCHW, and channel-major (small output planes)
 def test_a_strided_blocks_last_conv_and_downsample_run_as_one_conv(size):
-    from torchvision.models.resnet import Bottleneck
-
-    torch.manual_seed(size)
-    downsample = nn.Sequential(nn.Conv2d(16, 32, 1, 2, bias=False), nn.BatchNorm2d(32))
-    block = Bottleneck(16, 8, stride=2, downsample=downsample)
-    with torch.no_grad():
-        for module in block.modules():
-            if isinstance(module, nn.Conv2d):
-                module.weight.mul_(torch.rand(module.weight.shape) >= 0.6)
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.5, 0.5)
-                module.running_var.uniform_(0.5, 2.0)
-                module.bias.uniform_(-0.2, 0.2)
-    block.eval()
+    block = _sparse_bottleneck(16, 8, True, 3, seed=size, stride=2)
     fused = FusedBlock(block, MAX_DENSITY)
+    fused.strided_front = False  # the merged conv after the layer-by-layer front, also on NCHW planes
     assert fused.merged is not None and not fused.banded
     kept = int((block.conv3.weight != 0).sum() + (block.downsample[0].weight != 0).sum())
     assert fused.merged.values.numel() == kept  # both convs' kept weights, nothing else
@@ -269,22 +262,9 @@ def test_a_strided_blocks_last_conv_and_downsample_run_as_one_conv(size):
 def test_a_strided_bottlenecks_front_run_band_by_band_equals_the_block(
     batch, height, width, band, monkeypatch
 ):
-    from torchvision.models.resnet import Bottleneck
-
     from cvlth.deploy import sparse_conv
 
-    torch.manual_seed(height + band)
-    downsample = nn.Sequential(nn.Conv2d(16, 32, 1, 2, bias=False), nn.BatchNorm2d(32))
-    block = Bottleneck(16, 8, stride=2, downsample=downsample)
-    with torch.no_grad():
-        for module in block.modules():
-            if isinstance(module, nn.Conv2d):
-                module.weight.mul_(torch.rand(module.weight.shape) >= 0.6)
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.5, 0.5)
-                module.running_var.uniform_(0.5, 2.0)
-                module.bias.uniform_(-0.2, 0.2)
-    block.eval()
+    block = _sparse_bottleneck(16, 8, True, 3, seed=height + band, stride=2)
     fused = FusedBlock(block, MAX_DENSITY)
     assert fused.strided_front and fused.merged is not None
     monkeypatch.setattr(sparse_conv, "STRIDED_BAND_ROWS", band)
@@ -308,17 +288,11 @@ def test_a_strided_bottlenecks_front_run_band_by_band_equals_the_block(
 
 @pytest.mark.skipif(not DIRECT, reason="no C++ compiler here: the direct kernel cannot be built")
 def test_only_stride_one_bottlenecks_of_sparse_convs_run_band_by_band():
-    from torchvision.models.resnet import BasicBlock, Bottleneck
+    from torchvision.models.resnet import BasicBlock
 
     assert FusedBlock(_sparse_bottleneck(32, 8, False, 3, seed=0), MAX_DENSITY).banded
-    strided = Bottleneck(
-        16, 8, stride=2, downsample=nn.Sequential(nn.Conv2d(16, 32, 1, 2, bias=False), nn.BatchNorm2d(32))
-    )
-    with torch.no_grad():
-        for module in strided.modules():
-            if isinstance(module, nn.Conv2d):
-                module.weight.mul_(torch.rand(module.weight.shape) >= 0.7)
-    assert not FusedBlock(strided.eval(), MAX_DENSITY).banded
+    strided = _sparse_bottleneck(16, 8, True, 3, seed=2, stride=2)
+    assert not FusedBlock(strided, MAX_DENSITY).banded
     dense_middle = _sparse_bottleneck(32, 8, False, 3, seed=1)
     with torch.no_grad():
         dense_middle.conv2.weight.fill_(1.0)  # above MAX_DENSITY: stays a dense conv
