@@ -231,22 +231,61 @@ def test_a_bottleneck_run_band_by_band_equals_the_block(
 
 @pytest.mark.skipif(not DIRECT, reason="no C++ compiler here: the direct kernel cannot be built")
 @pytest.mark.parametrize("size", [32, 12])  # NCHW, and channel-major (small output planes)
-def test_a_strided_blocks_last_conv_and_downsample_run_as_one_conv(size):
+def test_a_strided_blocks_last_conv_and_downsample_run_as_one_conv(size, monkeypatch):
     block = _sparse_bottleneck(16, 8, True, 3, seed=size, stride=2)
     fused = FusedBlock(block, MAX_DENSITY)
     fused.strided_front = False  # the merged conv after the layer-by-layer front, also on NCHW planes
     assert fused.merged is not None and not fused.banded
     kept = int((block.conv3.weight != 0).sum() + (block.downsample[0].weight != 0).sum())
     assert fused.merged.values.numel() == kept  # both convs' kept weights, nothing else
-    assert fused._stacked(torch.zeros(4, 16, size, size)) == (size == 12)
+    stacked = size == 12
+    assert fused._stacked(torch.zeros(4, 16, size, size)) == stacked
+    concatenated = []
+    merged_input = FusedBlock._merged_input
+    monkeypatch.setattr(
+        FusedBlock, "_merged_input", lambda self, *a: concatenated.append(1) or merged_input(self, *a)
+    )
     x = torch.randn(4, 16, size, size)
     with torch.no_grad():
         expected = block(x)
         out = fused(x).clone()
+        # channel-major, the middle conv writes where the merged conv reads: nothing concatenated
+        assert len(concatenated) == (0 if stacked else 1)
+        again = fused(x + 1.0).clone()  # the reused buffer: its downsample part rewritten
         fused.merged = None  # the downsample's output as the residual, as before
         separate = fused(x).clone()
     assert torch.allclose(out, expected, atol=1e-5)
+    assert torch.allclose(again, block(x + 1.0), atol=1e-5)
     assert torch.allclose(separate, expected, atol=1e-5)
+
+
+@pytest.mark.skipif(not DIRECT, reason="no C++ compiler here: the direct kernel cannot be built")
+@pytest.mark.parametrize("batch", [1, 3])
+def test_a_band_block_before_a_channel_major_block_writes_its_output_channel_major(batch):
+    # a band block (16x16 planes, more than STACK_MAX_PLANE), then a strided block whose 8x8 output
+    # runs channel-major at a batch: the band block's output is handed over without a copy
+    first = _sparse_bottleneck(64, 16, False, 3, seed=1)
+    second = _sparse_bottleneck(64, 16, True, 3, seed=2, stride=2)
+    third = _sparse_bottleneck(64, 16, False, 3, seed=3)
+    model = nn.Sequential(first, second, third).eval()
+    sparse = sparsify(model)
+    fused = [m for m in sparse.modules() if isinstance(m, FusedBlock)]
+    assert [block.next_shrink for block in fused] == [4, 1, None]  # the next block's shrink, or none
+    assert fused[0].banded and STACK_MAX_PLANE < 16 * 16 and STACK_MAX_PLANE >= 8 * 8
+    handed = []
+    fused[0].register_forward_hook(lambda module, args, out: handed.append(out))
+    x = torch.randn(batch, 64, 16, 16)
+    with torch.no_grad():
+        expected = model(x)
+        out = sparse(x)
+        again = sparse(x - 0.5)
+    (first_out, _) = handed
+    if batch > 1:  # channel-major underneath: a free view for the next block
+        assert first_out.transpose(0, 1).is_contiguous() and not first_out.is_contiguous()
+    else:
+        assert first_out.is_contiguous()
+    assert torch.allclose(out, expected, atol=1e-5)
+    assert torch.allclose(again, model(x - 0.5), atol=1e-5)
 
 
 @pytest.mark.skipif(not DIRECT, reason="no C++ compiler here: the direct kernel cannot be built")

@@ -223,11 +223,13 @@ class DirectSparseConv2d(nn.Module):
         residual: torch.Tensor | None = None,
         padded: bool = False,
         stacked: bool = False,
+        into: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``padded``: ``x`` carries this conv's zero padding already (an output written with
         ``out_pad`` equal to it); ``out_pad``: the output gets a zero border that wide (for the next
         conv); ``residual``: added before the ReLU (the block's sum); ``stacked``: ``x``, the
-        residual and the output are channel-major, ``[C, N, H, W]`` (see :class:`FusedBlock`)."""
+        residual and the output are channel-major, ``[C, N, H, W]`` (see :class:`FusedBlock`);
+        ``into``: a contiguous tensor of the output's shape to write it into (else a reused buffer)."""
         (ph, pw), (sh, sw) = self.padding, self._phase_stride
         channel_dim = 0 if stacked else 1
         n = x.shape[1 - channel_dim]
@@ -241,7 +243,10 @@ class DirectSparseConv2d(nn.Module):
             x = self._phases(x, height, width, padded, channel_dim)
         x = x.float().contiguous()
         out_shape = (n, self.out_channels) if not stacked else (self.out_channels, n)
-        out = self.buffers_.get("output", (*out_shape, out_h + 2 * out_pad, out_w + 2 * out_pad))
+        shape = (*out_shape, out_h + 2 * out_pad, out_w + 2 * out_pad)
+        if into is not None and (tuple(into.shape) != shape or not into.is_contiguous()):
+            raise ValueError(f"into: a contiguous tensor of shape {shape} expected, got {tuple(into.shape)}")
+        out = into if into is not None else self.buffers_.get("output", shape)
         if residual is not None:
             residual = residual.float().contiguous()
         if stacked:  # the images one above the other in each channel's plane: one image to the kernel
@@ -379,6 +384,7 @@ class FusedBlock(nn.Module):
         self.banded = _bandable(self.stages)
         self.merged = _merged_conv(self.stages[-1], self.downsample)
         self.strided_front = self.merged is not None and _strided_front(self.stages)
+        self.next_shrink: int | None = None  # the next block's shrink, where one follows (see _link_blocks)
 
     def _forward_strided_front(self, x: torch.Tensor) -> torch.Tensor:
         """A strided bottleneck's first two convs a band of :data:`STRIDED_BAND_ROWS` output rows at a
@@ -416,6 +422,19 @@ class FusedBlock(nn.Module):
         torch.cat([out, strided], dim=dim, out=both)
         return both
 
+    def _merged_input_stacked(self, x: torch.Tensor, middle_shape: tuple[int, ...]) -> torch.Tensor:
+        """The merged conv's channel-major input buffer, ``[C_mid + C_in, N, H', W']``, with ``x``
+        (channel-major) at the downsample's stride already in its last ``C_in`` channels: the
+        middle conv then writes its output into the first ones (``into``), where the merged conv
+        reads it; nothing is concatenated."""
+        (sh, sw), c_in, n = self.downsample.stride, x.shape[0], x.shape[1]
+        both = self.buffers_.get("merged_input", (middle_shape[0] + c_in, *middle_shape[1:]))
+        strided = both[middle_shape[0] :]
+        if strided.shape[2:] != (-(-x.shape[2] // sh), -(-x.shape[3] // sw)):
+            raise ValueError("the middle conv's output and the downsample's differ in size")
+        direct_kernel().split_phases(x.float().contiguous(), strided, 1, c_in * n, sh, sw, 0, 0, False)
+        return both
+
     def _forward_bands(self, x: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
         """The whole bottleneck a band of :data:`BAND_ROWS` output rows at a time, in one kernel call
         (see ``bottleneck_bands`` in ``sparse_kernel.cpp``)."""
@@ -428,7 +447,11 @@ class FusedBlock(nn.Module):
             self.stages[1].layout(band + 2 * pad, width + 2 * pad),
             self.stages[2].layout(band, width),
         ]
-        out = self.buffers_.get("output", (n, self.stages[2].out_channels, height, width))
+        channels = self.stages[2].out_channels
+        # the next block runs channel-major: written so, it takes a free view (no transposing copy)
+        channel_major = self.next_shrink is not None and _runs_channel_major(x.shape, self.next_shrink)
+        shape = (channels, n, height, width) if channel_major else (n, channels, height, width)
+        out = self.buffers_.get("output", shape)
         direct_kernel().bottleneck_bands(
             x,
             [layout.rowptr for layout in layouts],
@@ -442,8 +465,9 @@ class FusedBlock(nn.Module):
             band,
             identity.float().contiguous(),
             out,
+            channel_major,
         )
-        return out
+        return out.transpose(0, 1) if channel_major else out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         stacked = self._stacked(x)
@@ -456,11 +480,12 @@ class FusedBlock(nn.Module):
             return self._forward_bands(x, identity)
         if merged and self.strided_front and not stacked and x.shape[2] * x.shape[3] > 4 * STACK_MAX_PLANE:
             return self._forward_strided_front(x)
-        out, padded = x, False
+        out, padded, both = x, False, None
         for i, stage in enumerate(self.stages):
             last = i == len(self.stages) - 1
             if last and merged:  # the last conv and the downsample as one conv over both inputs
-                out = self.merged(self._merged_input(out, x, stacked), stacked=stacked)
+                both = both if both is not None else self._merged_input(out, x, stacked)
+                out = self.merged(both, stacked=stacked)
                 break
             if not isinstance(stage, DirectSparseConv2d):
                 out = _run(stage, out if not padded else _unpad(out, self.stages[i - 1].padding_out), stacked)
@@ -471,7 +496,20 @@ class FusedBlock(nn.Module):
             following = None if last else self.stages[i + 1]
             pad = _padding_for(following)
             stage.padding_out = pad
-            out = stage(out, out_pad=pad, residual=identity if last else None, padded=padded, stacked=stacked)
+            into = None
+            if merged and stacked and i == len(self.stages) - 2:  # written where the merged conv reads
+                ph, pw = stage.padding if padded else (0, 0)
+                size = stage.output_size(out.shape[2] - 2 * ph, out.shape[3] - 2 * pw)
+                both = self._merged_input_stacked(x, (stage.out_channels, out.shape[1], *size))
+                into = both[: stage.out_channels]
+            out = stage(
+                out,
+                out_pad=pad,
+                residual=identity if last else None,
+                padded=padded,
+                stacked=stacked,
+                into=into,
+            )
             padded = pad > 0
         # NCHW to the caller: a view of the channel-major output, which the next block takes as it is
         return out.transpose(0, 1) if stacked else out
@@ -479,7 +517,13 @@ class FusedBlock(nn.Module):
     def _stacked(self, x: torch.Tensor) -> bool:
         """Whether to run channel-major: a batch whose output planes are small (see
         :data:`STACK_MAX_PLANE`)."""
-        return x.shape[0] > 1 and x.shape[2] * x.shape[3] // self.shrink <= STACK_MAX_PLANE
+        return _runs_channel_major(x.shape, self.shrink)
+
+
+def _runs_channel_major(shape: torch.Size | tuple[int, ...], shrink: int) -> bool:
+    """Whether a block that shrinks its planes ``shrink`` times runs channel-major on an input of
+    ``shape`` (NCHW): a batch whose output planes have at most :data:`STACK_MAX_PLANE` pixels."""
+    return shape[0] > 1 and shape[2] * shape[3] // shrink <= STACK_MAX_PLANE
 
 
 #: A block whose output planes have at most this many pixels runs channel-major (``[C, N, H, W]``):
@@ -750,4 +794,17 @@ def sparsify(model: nn.Module, max_density: float = MAX_DENSITY, engine: str = "
                 convertible = isinstance(child, nn.Conv2d) and child.groups == 1
                 if convertible and float((child.weight != 0).float().mean()) <= max_density:
                     setattr(module, child_name, layer(child))
+        if engine == "direct":
+            _link_blocks(sparse)
     return SparseInference(sparse) if engine == "direct" else sparse
+
+
+def _link_blocks(model: nn.Module) -> None:
+    """Tell each :class:`FusedBlock` how much the block after it shrinks its planes, so that a band
+    block whose next block runs channel-major writes its output so (see ``_forward_bands``). The
+    blocks are taken in the order the model registers them, which is the order a torchvision ResNet
+    runs them; where a model runs them otherwise, only the speed of the hand-over changes, never an
+    output (a block hands over an NCHW view either way)."""
+    blocks = [module for module in model.modules() if isinstance(module, FusedBlock)]
+    for block, following in zip(blocks, blocks[1:], strict=False):
+        block.next_shrink = following.shrink

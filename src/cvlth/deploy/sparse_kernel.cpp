@@ -631,7 +631,8 @@ void bottleneck_bands(torch::Tensor input,     // [N, C, H, W] float32 contiguou
                                                          // H x W, (band + 2 pad) x (W + 2 pad), band x W
                       int64_t pad, int64_t band,
                       torch::Tensor residual,  // [N, Cout, H, W] float32 contiguous
-                      torch::Tensor out) {     // [N, Cout, H, W] float32 contiguous
+                      torch::Tensor out,       // [N, Cout, H, W] float32 contiguous, or [Cout, N, H, W]:
+                      bool channel_major_out) {  // (the next block runs channel-major, see FusedBlock)
   TORCH_CHECK(input.dtype() == torch::kFloat32 && input.is_contiguous() && input.dim() == 4,
               "bottleneck_bands: a contiguous float32 NCHW input is expected");
   TORCH_CHECK(rowptrs.size() == 3 && offsets.size() == 3 && values.size() == 3 && biases.size() == 3 &&
@@ -647,10 +648,12 @@ void bottleneck_bands(torch::Tensor input,     // [N, C, H, W] float32 contiguou
     convs[i] = sparse_conv_of(rowptrs[i], offsets[i], values[i], biases[i], true, chunk_planes[i], halos[i],
                               max_offsets[i], in_sizes[i][0], in_sizes[i][1]);
   const int64_t c1 = convs[0].out_channels, c2 = convs[1].out_channels, c3 = convs[2].out_channels;
-  TORCH_CHECK(out.dtype() == torch::kFloat32 && out.is_contiguous() && out.dim() == 4 && out.size(0) == n_images &&
-                  out.size(1) == c3 && out.size(2) == h && out.size(3) == w,
+  TORCH_CHECK(out.dtype() == torch::kFloat32 && out.is_contiguous() && out.dim() == 4 &&
+                  out.size(channel_major_out ? 1 : 0) == n_images && out.size(channel_major_out ? 0 : 1) == c3 &&
+                  out.size(2) == h && out.size(3) == w,
               "bottleneck_bands: output shape");
-  TORCH_CHECK(residual.dtype() == torch::kFloat32 && residual.is_contiguous() && residual.sizes() == out.sizes(),
+  TORCH_CHECK(residual.dtype() == torch::kFloat32 && residual.is_contiguous() && residual.dim() == 4 &&
+                  residual.size(0) == n_images && residual.size(1) == c3 && residual.size(2) == h && residual.size(3) == w,
               "bottleneck_bands: residual shape");
   for (int i = 0; i < 3; ++i)  // every weight's input inside a plane of its conv's input
     TORCH_CHECK(convs[i].max_offset < in_sizes[i][0] * in_sizes[i][1], "bottleneck_bands: offsets of conv ", i + 1);
@@ -698,7 +701,9 @@ void bottleneck_bands(torch::Tensor input,     // [N, C, H, W] float32 contiguou
         }
         {  // conv 3, the residual and the ReLU, into the output's rows [r0, r1)
           const int64_t at = n * c3 * plane + r0 * w;
-          const Dest d{y + at, plane, w, 0, res + at, plane, w, rows, rows, w, true, stream};
+          const int64_t out_at = channel_major_out ? n * plane + r0 * w : at;
+          const int64_t out_plane = channel_major_out ? n_images * plane : plane;
+          const Dest d{y + out_at, out_plane, w, 0, res + at, plane, w, rows, rows, w, true, stream};
           run_span(convs[2], d, mid2, rows * w, mid2_floats, sums);
         }
       }
