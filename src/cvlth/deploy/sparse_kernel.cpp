@@ -89,7 +89,7 @@ static float* scratch(ScratchSlot slot, int64_t floats) {
 // the caller writes them out); with it (the last chunk of a tile whose outputs are consecutive in
 // the output: no padded width, no border) straight to the output, bias, residual and ReLU applied.
 template <int NV>
-static inline void accumulate_tile(const float* base, const int32_t* off, const float* val, int64_t begin,
+__attribute__((always_inline)) static inline void accumulate_tile(const float* base, const int32_t* off, const float* val, int64_t begin,
                                    int64_t end, float* sums, bool fresh, float* dst, const float* res,
                                    float shift, bool relu, bool stream) {
   vec acc[NV];
@@ -120,22 +120,6 @@ static inline void accumulate_tile(const float* base, const int32_t* off, const 
     if (relu) y = y > zero ? y : zero;
     store(dst + i * kLanes, y, stream);
   }
-}
-
-static inline void accumulate(int nv, const float* base, const int32_t* off, const float* val, int64_t begin,
-                              int64_t end, float* sums, bool fresh, float* dst = nullptr,
-                              const float* res = nullptr, float shift = 0.0f, bool relu = false,
-                              bool stream = false) {
-#define CVLTH_CASE(N) \
-  case N: return accumulate_tile<N>(base, off, val, begin, end, sums, fresh, dst, res, shift, relu, stream);
-  switch (nv) {
-    CVLTH_CASE(1) CVLTH_CASE(2) CVLTH_CASE(3) CVLTH_CASE(4) CVLTH_CASE(5) CVLTH_CASE(6) CVLTH_CASE(7)
-    CVLTH_CASE(8) CVLTH_CASE(9) CVLTH_CASE(10) CVLTH_CASE(11) CVLTH_CASE(12) CVLTH_CASE(13) CVLTH_CASE(14)
-    CVLTH_CASE(15)
-    default:
-      return accumulate_tile<kVectors>(base, off, val, begin, end, sums, fresh, dst, res, shift, relu, stream);
-  }
-#undef CVLTH_CASE
 }
 
 // a tile shorter than its vectors, where a full one would read past the input's end
@@ -441,7 +425,8 @@ static Tile tile_at(int64_t i, int64_t tile_len, int64_t span, int64_t readable,
 // in `sums_base` (a tile's worth per output channel) between chunks, then written out. `in`: the
 // span's first output's position in the input (the start of an image's planes); `next`: the next
 // tile's input, prefetched during this tile's last chunk, or nullptr.
-static void compute_tile(const SparseConv& c, const Dest& d, const float* in, int64_t span, const Tile& tile, int nv,
+template <int NV>
+static void compute_tile_of(const SparseConv& c, const Dest& d, const float* in, int64_t span, const Tile& tile, int nv,
                          int64_t co_begin, int64_t co_end, const float* next, float* sums_base) {
   const int64_t t0 = tile.t0, len = tile.len, tile_len = nv * kLanes;
   const bool full = tile.full;
@@ -466,19 +451,25 @@ static void compute_tile(const SparseConv& c, const Dest& d, const float* in, in
     }
     const int64_t lines = ahead ? (std::min(c.planes, p0 + c.chunk_planes) - p0) * lines_per_plane : 0;
     const int64_t per_channel = (lines + (co_end - co_begin) - 1) / (co_end - co_begin);
-    for (int64_t co = co_begin, line = 0; co < co_end; ++co) {
+    // the next line to prefetch: line `in_plane` of plane `plane` (counted, not divided: a division
+    // per prefetched line cost more than the prefetch)
+    int64_t line = 0, plane = p0, in_plane = 0;
+    for (int64_t co = co_begin; co < co_end; ++co) {
       for (const int64_t line_end = std::min(lines, line + per_channel); line < line_end; ++line) {
-        const int64_t plane = p0 + line / lines_per_plane;
-        __builtin_prefetch(ahead + plane * c.plane_stride + (line % lines_per_plane) * 16, 0, 3);
+        __builtin_prefetch(ahead + plane * c.plane_stride + in_plane * 16, 0, 3);
+        if (++in_plane == lines_per_plane) {
+          in_plane = 0;
+          ++plane;
+        }
       }
       float* sums = sums_base + co * kTile;
       if (straight && last_chunk) {
         float* dst = d.base + co * d.plane + t0;
-        accumulate(nv, base, c.off, c.val, cp[co], cp[co + 1], sums, ch == 0, dst,
+        accumulate_tile<NV>(base, c.off, c.val, cp[co], cp[co + 1], sums, ch == 0, dst,
                    d.res ? d.res + co * d.res_plane + t0 : nullptr, c.bias ? c.bias[co] : 0.0f, c.relu,
                    d.stream && reinterpret_cast<uintptr_t>(dst) % sizeof(vec) == 0);
       } else if (full) {
-        accumulate(nv, base, c.off, c.val, cp[co], cp[co + 1], sums, ch == 0);
+        accumulate_tile<NV>(base, c.off, c.val, cp[co], cp[co + 1], sums, ch == 0, nullptr, nullptr, 0.0f, false, false);
       } else {
         accumulate_short(base, c.off, c.val, cp[co], cp[co + 1], len, sums, ch == 0);
       }
@@ -505,6 +496,22 @@ static void compute_tile(const SparseConv& c, const Dest& d, const float* in, in
       t = row_end;
     }
   }
+}
+
+// compute_tile_of for `nv` registers per tile: the multiply-adds inlined in its loop over the
+// output channels (a call per output channel and chunk cost 4 % in a micro-benchmark)
+static void compute_tile(const SparseConv& c, const Dest& d, const float* in, int64_t span, const Tile& tile, int nv,
+                         int64_t co_begin, int64_t co_end, const float* next, float* sums_base) {
+#define CVLTH_CASE(N) \
+  case N: return compute_tile_of<N>(c, d, in, span, tile, nv, co_begin, co_end, next, sums_base);
+  switch (nv) {
+    CVLTH_CASE(1) CVLTH_CASE(2) CVLTH_CASE(3) CVLTH_CASE(4) CVLTH_CASE(5) CVLTH_CASE(6) CVLTH_CASE(7)
+    CVLTH_CASE(8) CVLTH_CASE(9) CVLTH_CASE(10) CVLTH_CASE(11) CVLTH_CASE(12) CVLTH_CASE(13) CVLTH_CASE(14)
+    CVLTH_CASE(15)
+    default:
+      return compute_tile_of<kVectors>(c, d, in, span, tile, nv, co_begin, co_end, next, sums_base);
+  }
+#undef CVLTH_CASE
 }
 
 void sparse_conv_forward(
