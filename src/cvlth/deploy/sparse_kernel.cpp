@@ -1,8 +1,8 @@
 // cvlth's direct sparse convolution for unstructured tickets on CPU (float32, NCHW, groups = 1).
 //
-// Only the kept weights are stored: for each, its value and the offset of the input element it
-// multiplies inside one image of the (zero-padded, stride-phased) input, channel, row and column
-// folded into one number. No im2col matrix is built.
+// Only the kept weights are stored: for each, the offset of the input element it multiplies inside
+// one image of the (zero-padded, stride-phased) input, channel, row and column folded into one
+// number, and its value, side by side. No im2col matrix is built.
 //
 // The output is computed over the input's padded width (columns beyond the true output width are
 // computed and dropped), so one weight's contribution to a run of consecutive outputs is one
@@ -96,14 +96,14 @@ __attribute__((always_inline)) static inline void accumulate_tile(const float* b
 #pragma GCC unroll 16
   for (int i = 0; i < NV; ++i) acc[i] = fresh ? vec{} : *reinterpret_cast<const uvec*>(sums + i * kLanes);
   for (int64_t k = begin; k < end; ++k) {
-    const float* p = base + off[k];
+    const float* p = base + off[2 * k];
     // p in a register of its own: each multiply-add then reads [p + constant]. Left to itself the
     // compiler folds the offset in ([base + off * 4 + constant]), and an instruction with three
     // operands and an indexed address is split in two micro-ops on Intel cores: 8.5 % of the whole
     // ticket's time at 90 % sparsity here (measured side by side).
     asm volatile("" : "+r"(p));
     // broadcast straight from memory (0 + v would be an add, then a shuffle on the FMA's port)
-    const vec v = val[k] - vec{};
+    const vec v = val[2 * k] - vec{};
 #pragma GCC unroll 16
     for (int i = 0; i < NV; ++i) acc[i] += v * *reinterpret_cast<const uvec*>(p + i * kLanes);
   }
@@ -127,8 +127,8 @@ static inline void accumulate_short(const float* base, const int32_t* off, const
                                     int64_t end, int64_t len, float* sums, bool fresh) {
   if (fresh) std::fill(sums, sums + len, 0.0f);
   for (int64_t k = begin; k < end; ++k) {
-    const float* p = base + off[k];
-    const float v = val[k];
+    const float* p = base + off[2 * k];
+    const float v = val[2 * k];
     for (int64_t t = 0; t < len; ++t) sums[t] += v * p[t];
   }
 }
@@ -349,6 +349,7 @@ void dense_conv_pool(torch::Tensor input,   // [N, Hp, Wp, Cin] float32 contiguo
 // then output channel) and what follows the sums (bias, ReLU).
 struct SparseConv {
   const int64_t* rowptr;  // [chunks, out_channels + 1]
+  // weight k: offset off[2 k], value val[2 k] (pairs interleaved in one array: val = off + 1, as floats)
   const int32_t* off;
   const float* val;
   const float* bias;  // or nullptr
@@ -363,8 +364,10 @@ static SparseConv sparse_conv_of(const torch::Tensor& rowptr, const torch::Tenso
               "sparse conv: index and value types");
   TORCH_CHECK(rowptr.is_contiguous() && offsets.is_contiguous() && values.is_contiguous() && rowptr.dim() == 2,
               "sparse conv: contiguous layout expected");
+  TORCH_CHECK(offsets.dim() == 2 && offsets.size(1) == 2 && values.data_ptr() == offsets.data_ptr(),
+              "sparse conv: (offset, value) pairs expected, offsets and values the same [kept, 2] storage");
   TORCH_CHECK(bias.numel() == 0 || bias.numel() == rowptr.size(1) - 1, "sparse conv: bias shape");
-  return SparseConv{rowptr.data_ptr<int64_t>(), offsets.data_ptr<int32_t>(), values.data_ptr<float>(),
+  return SparseConv{rowptr.data_ptr<int64_t>(), offsets.data_ptr<int32_t>(), values.data_ptr<float>() + 1,
                     bias.numel() ? bias.data_ptr<float>() : nullptr, relu, rowptr.size(0), rowptr.size(1) - 1,
                     chunk_planes, halo, max_offset, planes, plane_stride};
 }
@@ -517,8 +520,8 @@ static void compute_tile(const SparseConv& c, const Dest& d, const float* in, in
 void sparse_conv_forward(
     torch::Tensor input,     // [N, P, Hq, Wq] float32 contiguous: padded (and phased) input planes
     torch::Tensor rowptr,    // [chunks, Cout + 1] int64: chunk c, output channel co: its weights
-    torch::Tensor offsets,   // [nnz] int32: plane * Hq * Wq + row shift * Wq + column shift
-    torch::Tensor values,    // [nnz] float32
+    torch::Tensor offsets,   // [nnz, 2] int32: (plane * Hq * Wq + row shift * Wq + column shift, value bits)
+    torch::Tensor values,    // the same [nnz, 2] storage as float32
     torch::Tensor bias,      // [Cout] float32, or empty
     bool relu,               // max(0, .) last
     int64_t out_h, int64_t out_w,  // of one image
