@@ -479,24 +479,33 @@ static void compute_tile_of(const SparseConv& c, const Dest& d, const float* in,
     }
   }
   if (straight) return;
-  // write the tile's outputs that exist (t < span, column < out_w), a row segment at a time
+  // write the tile's outputs that exist (t < span, column < out_w), a row segment at a time; the
+  // segments (the same for every output channel) found once per tile: with two divisions each, found
+  // per output channel they cost about as much as a sparse conv's multiply-adds on small planes
   const int64_t t_end = std::min(t0 + len, span);
+  struct Segment {
+    int64_t from, count, dst, res;  // sums index, outputs, offset in the output's plane and the residual's
+  };
+  Segment segments[kTile + 2];  // a tile of kTile outputs spans at most kTile rows (+ the skip)
+  int n_segments = 0;
+  for (int64_t t = std::max(t0, d.skip); t < t_end;) {
+    const int64_t u = t - d.skip;  // the output's position
+    const int64_t row = u / d.wq, ox = u - row * d.wq;  // row of the stacked plane
+    const int64_t img = row / d.hq, oy = row - img * d.hq;  // stacked image, its output row
+    const int64_t row_end = std::min(t_end, (row + 1) * d.wq + d.skip);
+    const int64_t count = std::min(row_end, row * d.wq + d.out_w + d.skip) - t;
+    if (count > 0 && oy < d.out_h)
+      segments[n_segments++] = {t - t0, count, (img * d.rows + oy) * d.row + ox, (img * d.out_h + oy) * d.out_w + ox};
+    t = row_end;
+  }
   for (int64_t co = co_begin; co < co_end; ++co) {
     const float* sums = sums_base + co * kTile;
     const float shift = c.bias ? c.bias[co] : 0.0f;
     float* dst = d.base + co * d.plane;
     const float* res = d.res ? d.res + co * d.res_plane : nullptr;
-    for (int64_t t = std::max(t0, d.skip); t < t_end;) {
-      const int64_t u = t - d.skip;  // the output's position
-      const int64_t row = u / d.wq, ox = u - row * d.wq;  // row of the stacked plane
-      const int64_t img = row / d.hq, oy = row - img * d.hq;  // stacked image, its output row
-      const int64_t row_end = std::min(t_end, (row + 1) * d.wq + d.skip);
-      const int64_t count = std::min(row_end, row * d.wq + d.out_w + d.skip) - t;
-      if (count > 0 && oy < d.out_h) {
-        write_out(dst + (img * d.rows + oy) * d.row + ox, sums + (t - t0),
-                  res ? res + (img * d.out_h + oy) * d.out_w + ox : nullptr, count, shift, c.relu);
-      }
-      t = row_end;
+    for (int i = 0; i < n_segments; ++i) {
+      const Segment& g = segments[i];
+      write_out(dst + g.dst, sums + g.from, res ? res + g.res : nullptr, g.count, shift, c.relu);
     }
   }
 }
