@@ -212,9 +212,14 @@ def test_a_bottleneck_run_band_by_band_equals_the_block(
     assert fused.banded
     monkeypatch.setattr(sparse_conv, "BAND_ROWS", band)
     monkeypatch.setattr(sparse_conv, "STACK_MAX_PLANE", 0)  # these small planes run band by band too
-    calls = []
+    calls, downsampled = [], []
     run_bands = FusedBlock._forward_bands
-    monkeypatch.setattr(FusedBlock, "_forward_bands", lambda self, *a: calls.append(1) or run_bands(self, *a))
+    monkeypatch.setattr(
+        FusedBlock, "_forward_bands", lambda self, *a: calls.append(a[1]) or run_bands(self, *a)
+    )
+    if downsample:  # its conv runs merged with the last one, inside the band kernel
+        assert fused.merged is not None
+        fused.downsample.register_forward_hook(lambda *_: downsampled.append(1))
     x = torch.randn(batch, block.conv1.in_channels, height, width)
     with torch.no_grad():
         expected = block(x)
@@ -224,6 +229,9 @@ def test_a_bottleneck_run_band_by_band_equals_the_block(
         layer_by_layer = fused(x).clone()
         assert torch.allclose(again, block(x + 1.0), atol=1e-5)
     assert len(calls) == 2  # the two banded calls ran the band kernel
+    # with a downsample: no residual tensor, the input rows carried beside the middle conv's output
+    assert all((identity is None) == downsample for identity in calls)
+    assert not downsampled
     assert banded.shape == expected.shape
     assert torch.allclose(banded, expected, atol=1e-5)
     assert torch.allclose(banded, layer_by_layer, atol=1e-6)

@@ -439,19 +439,22 @@ class FusedBlock(nn.Module):
         direct_kernel().split_phases(x.float().contiguous(), strided, 1, c_in * n, sh, sw, 0, 0, False)
         return both
 
-    def _forward_bands(self, x: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
+    def _forward_bands(self, x: torch.Tensor, identity: torch.Tensor | None) -> torch.Tensor:
         """The whole bottleneck a band of :data:`BAND_ROWS` output rows at a time, in one kernel call
-        (see ``bottleneck_bands`` in ``sparse_kernel.cpp``)."""
+        (see ``bottleneck_bands`` in ``sparse_kernel.cpp``). Without ``identity``, the last conv is
+        the merged one (last conv and downsample), reading each band's input rows beside the middle
+        conv's output: the downsample's output never goes to memory and back as the residual."""
         x = x.float().contiguous()
         n, _, height, width = x.shape
         pad = self.stages[1].padding[0]
         band = min(BAND_ROWS, height)
+        convs = [self.stages[0], self.stages[1], self.stages[2] if identity is not None else self.merged]
         layouts = [
-            self.stages[0].layout(height, width),
-            self.stages[1].layout(band + 2 * pad, width + 2 * pad),
-            self.stages[2].layout(band, width),
+            convs[0].layout(height, width),
+            convs[1].layout(band + 2 * pad, width + 2 * pad),
+            convs[2].layout(band, width),
         ]
-        channels = self.stages[2].out_channels
+        channels = convs[2].out_channels
         # the next block runs channel-major: written so, it takes a free view (no transposing copy)
         channel_major = self.next_shrink is not None and _runs_channel_major(x.shape, self.next_shrink)
         shape = (channels, n, height, width) if channel_major else (n, channels, height, width)
@@ -461,15 +464,16 @@ class FusedBlock(nn.Module):
             [layout.rowptr for layout in layouts],
             [layout.offsets for layout in layouts],
             [layout.values for layout in layouts],
-            [stage.bias if stage.bias is not None else _NO_BIAS for stage in self.stages],
+            [conv.bias if conv.bias is not None else _NO_BIAS for conv in convs],
             [layout.chunk_planes for layout in layouts],
             [layout.halo for layout in layouts],
             [layout.max_offset for layout in layouts],
             pad,
             band,
-            identity.float().contiguous(),
+            identity.float().contiguous() if identity is not None else _NO_BIAS,
             out,
             channel_major,
+            identity is None,
         )
         return out.transpose(0, 1) if channel_major else out
 
@@ -478,10 +482,12 @@ class FusedBlock(nn.Module):
         if stacked:  # channel-major: a view of the block before's output, or one copy
             x = _channel_major(x, self.buffers_)
         bands = self.banded and not stacked and x.shape[2] * x.shape[3] > STACK_MAX_PLANE
-        merged = self.merged is not None and not bands
+        # banded, the merged conv reads the band's input rows as they are: a downsample of stride 1
+        carried = bands and self.merged is not None and self.downsample.stride == (1, 1)
+        merged = self.merged is not None and (carried or not bands)
         identity = x if self.downsample is None or merged else _run(self.downsample, x, stacked)
         if bands:
-            return self._forward_bands(x, identity)
+            return self._forward_bands(x, None if carried else identity)
         if merged and self.strided_front and not stacked and x.shape[2] * x.shape[3] > 4 * STACK_MAX_PLANE:
             return self._forward_strided_front(x)
         out, padded, both = x, False, None

@@ -649,9 +649,11 @@ void bottleneck_bands(torch::Tensor input,     // [N, C, H, W] float32 contiguou
                       std::vector<int64_t> max_offsets,  // of the three convs' layouts: for input planes of
                                                          // H x W, (band + 2 pad) x (W + 2 pad), band x W
                       int64_t pad, int64_t band,
-                      torch::Tensor residual,  // [N, Cout, H, W] float32 contiguous
+                      torch::Tensor residual,  // [N, Cout, H, W] float32 contiguous, or empty (`carried`)
                       torch::Tensor out,       // [N, Cout, H, W] float32 contiguous, or [Cout, N, H, W]:
-                      bool channel_major_out) {  // (the next block runs channel-major, see FusedBlock)
+                      bool channel_major_out,  // (the next block runs channel-major, see FusedBlock)
+                      bool carried) {  // the last conv reads the band's input rows beside conv 2's output
+                                       // (a block's last conv and its downsample as one conv): no residual
   TORCH_CHECK(input.dtype() == torch::kFloat32 && input.is_contiguous() && input.dim() == 4,
               "bottleneck_bands: a contiguous float32 NCHW input is expected");
   TORCH_CHECK(rowptrs.size() == 3 && offsets.size() == 3 && values.size() == 3 && biases.size() == 3 &&
@@ -660,8 +662,9 @@ void bottleneck_bands(torch::Tensor input,     // [N, C, H, W] float32 contiguou
   TORCH_CHECK(band >= 1 && pad >= 0, "bottleneck_bands: band and padding");
   const int64_t n_images = input.size(0), h = input.size(2), w = input.size(3);
   const int64_t hb = band + 2 * pad, wb = w + 2 * pad;  // the middle conv's input buffer planes
-  const int64_t in_sizes[3][2] = {{input.size(1), h * w}, {rowptrs[0].size(1) - 1, hb * wb},
-                                  {rowptrs[1].size(1) - 1, band * w}};
+  const int64_t c_in = input.size(1), beside = carried ? c_in : 0;  // input planes beside conv 2's output
+  const int64_t in_sizes[3][2] = {{c_in, h * w}, {rowptrs[0].size(1) - 1, hb * wb},
+                                  {rowptrs[1].size(1) - 1 + beside, band * w}};
   SparseConv convs[3];
   for (int i = 0; i < 3; ++i)
     convs[i] = sparse_conv_of(rowptrs[i], offsets[i], values[i], biases[i], true, chunk_planes[i], halos[i],
@@ -671,19 +674,21 @@ void bottleneck_bands(torch::Tensor input,     // [N, C, H, W] float32 contiguou
                   out.size(channel_major_out ? 1 : 0) == n_images && out.size(channel_major_out ? 0 : 1) == c3 &&
                   out.size(2) == h && out.size(3) == w,
               "bottleneck_bands: output shape");
-  TORCH_CHECK(residual.dtype() == torch::kFloat32 && residual.is_contiguous() && residual.dim() == 4 &&
-                  residual.size(0) == n_images && residual.size(1) == c3 && residual.size(2) == h && residual.size(3) == w,
-              "bottleneck_bands: residual shape");
+  TORCH_CHECK(carried ? residual.numel() == 0
+                      : residual.dtype() == torch::kFloat32 && residual.is_contiguous() && residual.dim() == 4 &&
+                            residual.size(0) == n_images && residual.size(1) == c3 && residual.size(2) == h &&
+                            residual.size(3) == w,
+              "bottleneck_bands: residual shape (none with `carried`)");
   for (int i = 0; i < 3; ++i)  // every weight's input inside a plane of its conv's input
     TORCH_CHECK(convs[i].max_offset < in_sizes[i][0] * in_sizes[i][1], "bottleneck_bands: offsets of conv ", i + 1);
   const float* x = input.data_ptr<float>();
-  const float* res = residual.data_ptr<float>();
+  const float* res = carried ? nullptr : residual.data_ptr<float>();
   float* y = out.data_ptr<float>();
   const int64_t image = input.size(1) * h * w, total = input.numel(), plane = h * w;
   const bool stream = out.numel() * static_cast<int64_t>(sizeof(float)) > kStreamBytes;
   // a tile may read past its span's end inside a buffer: room for it, zeros
   const int64_t slack = kTile + std::max(convs[1].halo, convs[2].halo) + kLanes;
-  const int64_t mid1_floats = c1 * hb * wb + slack, mid2_floats = c2 * band * w + slack;
+  const int64_t mid1_floats = c1 * hb * wb + slack, mid2_floats = (c2 + beside) * band * w + slack;
   const int64_t threads = at::get_num_threads();
   const int64_t segments = std::min(h, std::max<int64_t>(1, (threads + n_images - 1) / n_images));
   const int64_t segment_rows = (h + segments - 1) / segments;
@@ -718,11 +723,13 @@ void bottleneck_bands(torch::Tensor input,     // [N, C, H, W] float32 contiguou
           const Dest d{mid2, band * w, w, 0, nullptr, 0, wb, rows, rows, w, false, false};
           run_span(convs[1], d, mid1, (rows - 1) * wb + w, mid1_floats, sums);
         }
+        for (int64_t k = 0; k < beside; ++k)  // the band's input rows, after conv 2's output
+          std::memcpy(mid2 + (c2 + k) * band * w, x + n * image + k * plane + r0 * w, sizeof(float) * rows * w);
         {  // conv 3, the residual and the ReLU, into the output's rows [r0, r1)
           const int64_t at = n * c3 * plane + r0 * w;
           const int64_t out_at = channel_major_out ? n * plane + r0 * w : at;
           const int64_t out_plane = channel_major_out ? n_images * plane : plane;
-          const Dest d{y + out_at, out_plane, w, 0, res + at, plane, w, rows, rows, w, true, stream};
+          const Dest d{y + out_at, out_plane, w, 0, res ? res + at : nullptr, plane, w, rows, rows, w, true, stream};
           run_span(convs[2], d, mid2, rows * w, mid2_floats, sums);
         }
       }
