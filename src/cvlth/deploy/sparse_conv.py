@@ -391,29 +391,33 @@ class FusedBlock(nn.Module):
         self.next_shrink: int | None = None  # the next block's shrink, where one follows (see _link_blocks)
 
     def _forward_strided_front(self, x: torch.Tensor) -> torch.Tensor:
-        """A strided bottleneck's first two convs a band of :data:`STRIDED_BAND_ROWS` output rows at a
-        time, with the input at stride 2 beside their output, then its last conv and downsample as
-        one conv (see ``strided_front_bands`` in ``sparse_kernel.cpp``)."""
+        """A strided bottleneck a band of :data:`STRIDED_BAND_ROWS` output rows at a time: its first two
+        convs, then its last conv and downsample as one conv over the middle conv's rows and the input
+        at stride 2 beside them (see ``strided_front_bands`` in ``sparse_kernel.cpp``)."""
         x = x.float().contiguous()
-        n, c_in, height, width = x.shape
-        first, middle = self.stages[0], self.stages[1]
-        out_h, out_w = middle.output_size(height, width)
+        n, _, height, width = x.shape
+        convs = [self.stages[0], self.stages[1], self.merged]
+        out_h, out_w = convs[1].output_size(height, width)
         band = min(STRIDED_BAND_ROWS, out_h)
-        layouts = [first.layout(height, width), middle.layout(band + 1, (width + 3) // 2)]
-        both = self.buffers_.get("merged_input", (n, middle.out_channels + c_in, out_h, out_w))
+        layouts = [
+            convs[0].layout(height, width),
+            convs[1].layout(band + 1, (width + 3) // 2),
+            convs[2].layout(band, out_w),
+        ]
+        out = self.buffers_.get("output", (n, convs[2].out_channels, out_h, out_w))
         direct_kernel().strided_front_bands(
             x,
             [layout.rowptr for layout in layouts],
             [layout.offsets for layout in layouts],
             [layout.values for layout in layouts],
-            [stage.bias if stage.bias is not None else _NO_BIAS for stage in (first, middle)],
+            [conv.bias if conv.bias is not None else _NO_BIAS for conv in convs],
             [layout.chunk_planes for layout in layouts],
             [layout.halo for layout in layouts],
             [layout.max_offset for layout in layouts],
             band,
-            both,
+            out,
         )
-        return self.merged(both)
+        return out
 
     def _merged_input(self, out: torch.Tensor, x: torch.Tensor, stacked: bool) -> torch.Tensor:
         """The last conv's input and the downsample's (``x`` at its stride) as one tensor, one

@@ -74,7 +74,7 @@ static inline void store(float* d, vec y, bool stream) {
 // every call (the sums of 2048 output channels are 2 MB; a call on small planes takes ~0.1 ms).
 // Of vectors: aligned to their size, so a sum's load or store never spans two cache lines (a buffer
 // of floats was not: 4 % of the ticket at 90 % sparsity).
-enum ScratchSlot { kSums, kMiddle, kLast, kSlots };
+enum ScratchSlot { kSums, kMiddle, kLast, kMerged, kSlots };
 
 static float* scratch(ScratchSlot slot, int64_t floats) {
   thread_local std::vector<vec> buffers[kSlots];
@@ -740,59 +740,64 @@ void bottleneck_bands(torch::Tensor input,     // [N, C, H, W] float32 contiguou
   });
 }
 
-// The front of a strided bottleneck (a 1x1 conv, then a 3x3 conv of stride 2 and padding 1) a band of
-// output rows at a time, into the channels [0, c2) of `out`; its channels [c2, c2 + Cin) get the
-// input at stride 2 (what the block's 1x1 downsample reads: the block's last conv and downsample then
-// run as one conv over `out`). Per band, the first conv's rows go into a zero-bordered buffer, are
-// split there into the stride's 2 x 2 phases (see split_phases) and read by the strided conv, all in
+// A strided bottleneck (a 1x1 conv, a 3x3 conv of stride 2 and padding 1, then its last 1x1 conv and
+// its 1x1 downsample of stride 2 as one conv over both inputs, see FusedBlock) a band of output rows
+// at a time. Per band, the first conv's rows go into a zero-bordered buffer, are split there into the
+// stride's 2 x 2 phases (see split_phases) and read by the strided conv, whose rows go into the merged
+// conv's input buffer beside the band's input rows at stride 2 (what the downsample reads), all in
 // the core's L2: layer after layer, the first conv's output (4x the block's output) was written to
-// memory, read and written again as phases and read once more.
+// memory, read and written again as phases and read once more, and the merged conv's input (the
+// block's output size and more) written and read again.
 void strided_front_bands(torch::Tensor input,  // [N, Cin, H, W] float32 contiguous
                          std::vector<torch::Tensor> rowptrs, std::vector<torch::Tensor> offsets,
                          std::vector<torch::Tensor> values, std::vector<torch::Tensor> biases,
                          std::vector<int64_t> chunk_planes, std::vector<int64_t> halos,
-                         std::vector<int64_t> max_offsets,  // of the two convs' layouts: for input planes
-                                                            // of H x W, and 4 phases of (band + 1) x wq
+                         std::vector<int64_t> max_offsets,  // of the three convs' layouts: for input planes
+                                                            // of H x W, 4 phases of (band + 1) x wq, band x Wo
                          int64_t band,
-                         torch::Tensor out) {  // [N, c2 + Cin, Ho, Wo] float32 contiguous
+                         torch::Tensor out) {  // [N, Cout, Ho, Wo] float32 contiguous
   TORCH_CHECK(input.dtype() == torch::kFloat32 && input.is_contiguous() && input.dim() == 4,
               "strided_front_bands: a contiguous float32 NCHW input is expected");
-  TORCH_CHECK(rowptrs.size() == 2 && offsets.size() == 2 && values.size() == 2 && biases.size() == 2 &&
-                  chunk_planes.size() == 2 && halos.size() == 2 && max_offsets.size() == 2,
-              "strided_front_bands: two convs expected");
+  TORCH_CHECK(rowptrs.size() == 3 && offsets.size() == 3 && values.size() == 3 && biases.size() == 3 &&
+                  chunk_planes.size() == 3 && halos.size() == 3 && max_offsets.size() == 3,
+              "strided_front_bands: three convs expected");
   const int64_t n_images = input.size(0), c_in = input.size(1), h = input.size(2), w = input.size(3);
   const int64_t out_h = (h - 1) / 2 + 1, out_w = (w - 1) / 2 + 1;  // 3x3, stride 2, padding 1
   const int64_t wp = w + 2, wq = (wp + 1) / 2;  // the padded rows, a phase's rows
   const int64_t c1 = rowptrs[0].size(1) - 1;
   TORCH_CHECK(band >= 1, "strided_front_bands: band");
   const int64_t hp = 2 * band + 1, hq = band + 1;  // per band: padded rows of the first conv's output, phase rows
-  const int64_t in_sizes[2][2] = {{c_in, h * w}, {4 * c1, hq * wq}};
-  SparseConv convs[2];
-  for (int i = 0; i < 2; ++i)
+  const int64_t c2 = rowptrs[1].size(1) - 1;
+  const int64_t in_sizes[3][2] = {{c_in, h * w}, {4 * c1, hq * wq}, {c2 + c_in, band * out_w}};
+  SparseConv convs[3];
+  for (int i = 0; i < 3; ++i)
     convs[i] = sparse_conv_of(rowptrs[i], offsets[i], values[i], biases[i], true, chunk_planes[i], halos[i],
                               max_offsets[i], in_sizes[i][0], in_sizes[i][1]);
-  const int64_t c2 = convs[1].out_channels;
+  const int64_t c3 = convs[2].out_channels;
   TORCH_CHECK(out.dtype() == torch::kFloat32 && out.is_contiguous() && out.dim() == 4 && out.size(0) == n_images &&
-                  out.size(1) == c2 + c_in && out.size(2) == out_h && out.size(3) == out_w,
+                  out.size(1) == c3 && out.size(2) == out_h && out.size(3) == out_w,
               "strided_front_bands: output shape");
-  for (int i = 0; i < 2; ++i)
+  for (int i = 0; i < 3; ++i)
     TORCH_CHECK(convs[i].max_offset < in_sizes[i][0] * in_sizes[i][1], "strided_front_bands: offsets of conv ", i + 1);
   const float* x = input.data_ptr<float>();
   float* y = out.data_ptr<float>();
   const int64_t image = c_in * h * w, total = input.numel(), out_plane = out_h * out_w;
   const int64_t mid_floats = c1 * hp * wp;
-  const int64_t slack = kTile + convs[1].halo + kLanes;
+  const int64_t slack = kTile + std::max(convs[1].halo, convs[2].halo) + kLanes;
   const int64_t phase_floats = 4 * c1 * hq * wq + slack;
+  const int64_t merged_floats = (c2 + c_in) * band * out_w + slack;  // the last conv's input, per band
+  const bool stream = out.numel() * static_cast<int64_t>(sizeof(float)) > kStreamBytes;
   const int64_t threads = at::get_num_threads();
   const int64_t segments = std::min(out_h, std::max<int64_t>(1, (threads + n_images - 1) / n_images));
   const int64_t segment_rows = (out_h + segments - 1) / segments;
 
   at::parallel_for(0, n_images * segments, 1, [&](int64_t first, int64_t last) {
-    float* const sums = scratch(kSums, std::max(c1, c2) * kTile);
+    float* const sums = scratch(kSums, std::max({c1, c2, c3}) * kTile);
     float* const mid = scratch(kMiddle, mid_floats);  // row j: padded row 2 r0 + j (image row 2 r0 + j - 1)
     std::fill(mid, mid + mid_floats, 0.0f);            // its border columns: zeros, never written
     float* const phases = scratch(kLast, phase_floats);
     std::fill(phases + phase_floats - slack, phases + phase_floats, 0.0f);
+    float* const merged = scratch(kMerged, merged_floats);  // its slack only feeds outputs past a span
     for (int64_t unit = first; unit < last; ++unit) {
       const int64_t n = unit / segments, s0 = (unit % segments) * segment_rows;
       const int64_t s1 = std::min(out_h, s0 + segment_rows);
@@ -830,19 +835,26 @@ void strided_front_bands(torch::Tensor input,  // [N, Cin, H, W] float32 contigu
                 std::fill(drow + count, drow + wq, 0.0f);
               }
             }
-        {  // the strided conv into out's channels [0, c2), rows [r0, r1)
-          const Dest d{y + n * (c2 + c_in) * out_plane + r0 * out_w, out_plane, out_w, 0, nullptr, 0,
-                       wq, rows, rows, out_w, false, false};
+        {  // the strided conv into the merged conv's input planes [0, c2) ([c2 + Cin, band, Wo])
+          const Dest d{merged, band * out_w, out_w, 0, nullptr, 0, wq, rows, rows, out_w, false, false};
           run_span(convs[1], d, phases, (rows - 1) * wq + out_w, phase_floats, sums);
         }
-        for (int64_t k = 0; k < c_in; ++k)  // the input at stride 2 into out's channels [c2, c2 + Cin)
+        for (int64_t k = 0; k < c_in; ++k)  // the input at stride 2 into its planes [c2, c2 + Cin)
           for (int64_t o = r0; o < r1; ++o) {
             const float* src = x + n * image + (k * h + 2 * o) * w;
-            float* dst = y + (n * (c2 + c_in) + c2 + k) * out_plane + o * out_w;
+            float* dst = merged + (c2 + k) * band * out_w + (o - r0) * out_w;
             for (int64_t i = 0; i < out_w; ++i) dst[i] = src[2 * i];
           }
+        {  // the last conv and the downsample as one conv, and the ReLU, into the output's rows [r0, r1)
+          const Dest d{y + n * c3 * out_plane + r0 * out_w, out_plane, out_w, 0, nullptr, 0, out_w, rows, rows,
+                       out_w, true, stream};
+          run_span(convs[2], d, merged, rows * out_w, merged_floats, sums);
+        }
       }
     }
+#ifdef CVLTH_X86
+    if (stream) _mm_sfence();
+#endif
   });
 }
 
