@@ -127,6 +127,55 @@ def test_direct_conv_on_channel_major_images_stacked_in_each_plane(kernel, strid
 
 
 @pytest.mark.skipif(not DIRECT, reason="no C++ compiler here: the direct kernel cannot be built")
+@pytest.mark.parametrize(("batch", "width"), [(1, 14), (3, 13), (2, 30), (4, 7)])
+def test_a_3x3_conv_run_by_column_shift_equals_conv2d(batch, width):
+    """The kernel's column-shifted path (each column shift's sums apart, added once per chunk): rows
+    that start on a vector (14 + 2 = 16 wide) or not, images stacked in each plane, a residual, and
+    an input with no room past its end (the last tiles read less than a full tile's vectors)."""
+    kernel = direct_kernel()
+    if not kernel.shifted_available():
+        pytest.skip("the column-shifted path is built for AVX-512 only")
+    generator = torch.Generator().manual_seed(width)
+    conv = nn.Conv2d(24, 20, 3, 1, 1, bias=True)
+    with torch.no_grad():
+        conv.weight.mul_(torch.rand(conv.weight.shape, generator=generator) >= 0.6)
+    sparse = DirectSparseConv2d(conv)
+    sparse.relu = True
+    x = torch.randn(batch, 24, 11, width, generator=generator)
+    plain = F.conv2d(x, conv.weight, conv.bias, 1, 1)
+    residual = torch.randn(plain.shape, generator=generator)
+    expected = torch.relu(plain + residual)
+    # channel-major, padded: [C, N * (H + 2), W + 2], one stacked image to the kernel
+    padded = F.pad(x, (1, 1, 1, 1)).transpose(0, 1).contiguous()
+    stacked = padded.view(1, 24, batch * 13, width + 2)
+    layout = sparse.layout(batch * 13, width + 2, shifts=3)
+    assert layout.rowptr.shape == (layout.rowptr.shape[0], 20 * 3 + 1)
+    out = torch.zeros(1, 20, batch * 11, width)
+    kernel.sparse_conv_forward(
+        stacked,
+        layout.rowptr,
+        layout.offsets,
+        layout.values,
+        sparse.bias,
+        True,
+        11,
+        width,
+        out,
+        0,
+        residual.transpose(0, 1).contiguous(),
+        layout.max_offset,
+        batch,
+        layout.chunk_planes,
+        layout.halo,
+        3,
+    )
+    result = out.view(20, batch, 11, width).transpose(0, 1)
+    assert torch.allclose(result, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="3 wide"):
+        DirectSparseConv2d(nn.Conv2d(4, 4, 1)).layout(8, 8, shifts=3)
+
+
+@pytest.mark.skipif(not DIRECT, reason="no C++ compiler here: the direct kernel cannot be built")
 def test_a_block_with_small_planes_runs_channel_major_and_hands_the_next_block_a_free_view():
     from torchvision.models.resnet import Bottleneck
 

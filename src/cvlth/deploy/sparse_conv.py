@@ -168,7 +168,7 @@ class DirectSparseConv2d(nn.Module):
         plane = ((rows % sh) * sw + (cols % sw)) * self.in_channels + self.channel
         return plane, plane * (hq * wq) + (rows // sh) * wq + cols // sw
 
-    def layout(self, hq: int, wq: int) -> KernelLayout:
+    def layout(self, hq: int, wq: int, shifts: int = 1) -> KernelLayout:
         """The kernel's weights for ``hq`` x ``wq`` input planes (cached per size), a
         :class:`KernelLayout`: row pointers per (chunk of input planes, output channel), offsets,
         values, the largest offset, the chunk's size in planes and the tile's halo.
@@ -176,8 +176,12 @@ class DirectSparseConv2d(nn.Module):
         A chunk holds enough planes for its rows of one tile to fill a share of L1, or more, so
         that each output channel has about :data:`MIN_CHUNK_WEIGHTS` kept weights in it. A
         channel-major input's planes hold the whole batch, so each batch size has its own layout:
-        the :data:`LAYOUTS_KEPT` most recent ones are kept (a copy of the kept weights each)."""
-        key = (hq, wq)
+        the :data:`LAYOUTS_KEPT` most recent ones are kept (a copy of the kept weights each).
+
+        ``shifts`` > 1 (a stride-1, undilated conv ``shifts`` wide, for the kernel's column-shifted
+        path): each output channel's weights grouped by their column shift, its row pointers
+        ``[chunks, out · shifts + 1]``."""
+        key = (hq, wq, shifts)
         if key in self._layouts:
             self._layouts[key] = self._layouts.pop(key)  # the most recent last
         else:
@@ -191,7 +195,12 @@ class DirectSparseConv2d(nn.Module):
                 )
             planes = int(plane.max()) + 1 if plane.numel() else 1
             halo = int((offsets - plane * (hq * wq)).max()) if plane.numel() else 0
-            tile = int(direct_kernel().tile_floats())
+            if shifts > 1:  # its tiles are narrower, and read a vector more
+                if self.kernel_size[1] != shifts or self.stride != (1, 1) or self.dilation != (1, 1):
+                    raise ValueError(f"a column-shifted layout needs a stride-1 undilated conv {shifts} wide")
+                tile = int(direct_kernel().shifted_tile_floats()) + int(direct_kernel().vector_lanes())
+            else:
+                tile = int(direct_kernel().tile_floats())
             in_l1 = max(1, L1_BYTES // ((tile + halo) * 4))
             per_plane = max(self.values.numel(), 1) / (self.out_channels * planes)  # kept weights
             enough = int(MIN_CHUNK_WEIGHTS / max(per_plane, 1e-9)) + 1
@@ -199,9 +208,9 @@ class DirectSparseConv2d(nn.Module):
             size = -(-planes // -(-planes // size))  # as many chunks, of equal sizes (no small last one)
             chunk = plane // size
             chunks = (planes + size - 1) // size
-            group = chunk * self.out_channels + self.row
-            order = torch.argsort(group, stable=True)  # by chunk, then output channel, then tap
-            counts = torch.bincount(group, minlength=chunks * self.out_channels).view(chunks, -1)
+            group = (chunk * self.out_channels + self.row) * shifts + (self.kx if shifts > 1 else 0)
+            order = torch.argsort(group, stable=True)  # by chunk, output channel (shift), then tap
+            counts = torch.bincount(group, minlength=chunks * self.out_channels * shifts).view(chunks, -1)
             ends = counts.flatten().cumsum(0).view(chunks, -1)
             rowptr = torch.cat([(ends[:, :1] - counts[:, :1]), ends], dim=1)
             pairs = torch.stack([offsets[order].to(torch.int32), self.values[order].view(torch.int32)], 1)
@@ -276,6 +285,7 @@ class DirectSparseConv2d(nn.Module):
             n if stacked else 1,
             layout.chunk_planes,
             layout.halo,
+            1,
         )
         return out
 
@@ -457,9 +467,14 @@ class FusedBlock(nn.Module):
         pad = self.stages[1].padding[0]
         band = min(BAND_ROWS, height)
         convs = [self.stages[0], self.stages[1], self.stages[2] if identity is not None else self.merged]
+        # a 3x3 middle conv reads rows that start on a vector, by column shift (see
+        # compute_tile_shifted_of in sparse_kernel.cpp)
+        shifted = convs[1].kernel_size == (3, 3) and direct_kernel().shifted_available()
+        lanes = int(direct_kernel().vector_lanes())
+        row_stride = -(-(width + 2 * pad) // lanes) * lanes if shifted else width + 2 * pad
         layouts = [
             convs[0].layout(height, width),
-            convs[1].layout(band + 2 * pad, width + 2 * pad),
+            convs[1].layout(band + 2 * pad, row_stride, shifts=3 if shifted else 1),
             convs[2].layout(band, width),
         ]
         channels = convs[2].out_channels
@@ -482,6 +497,8 @@ class FusedBlock(nn.Module):
             out,
             channel_major,
             identity is None,
+            row_stride,
+            shifted,
         )
         return out.transpose(0, 1) if channel_major else out
 

@@ -348,28 +348,33 @@ void dense_conv_pool(torch::Tensor input,   // [N, Hp, Wp, Cin] float32 contiguo
 // One sparse conv as the kernel reads it: a KernelLayout (kept weights by chunk of input planes,
 // then output channel) and what follows the sums (bias, ReLU).
 struct SparseConv {
-  const int64_t* rowptr;  // [chunks, out_channels + 1]
+  // [chunks, out_channels * shifts + 1]; with shifts > 1 (see compute_tile_shifted_of), output channel
+  // co's weights of column shift s are [rowptr[co * shifts + s], rowptr[co * shifts + s + 1])
+  const int64_t* rowptr;
   // weight k: offset off[2 k], value val[2 k] (pairs interleaved in one array: val = off + 1, as floats)
   const int32_t* off;
   const float* val;
   const float* bias;  // or nullptr
   bool relu;
   int64_t chunks, out_channels, chunk_planes, halo, max_offset, planes, plane_stride;
+  int64_t shifts = 1;
 };
 
 static SparseConv sparse_conv_of(const torch::Tensor& rowptr, const torch::Tensor& offsets, const torch::Tensor& values,
                                  const torch::Tensor& bias, bool relu, int64_t chunk_planes, int64_t halo,
-                                 int64_t max_offset, int64_t planes, int64_t plane_stride) {
+                                 int64_t max_offset, int64_t planes, int64_t plane_stride, int64_t shifts = 1) {
   TORCH_CHECK(offsets.dtype() == torch::kInt32 && rowptr.dtype() == torch::kInt64 && values.dtype() == torch::kFloat32,
               "sparse conv: index and value types");
   TORCH_CHECK(rowptr.is_contiguous() && offsets.is_contiguous() && values.is_contiguous() && rowptr.dim() == 2,
               "sparse conv: contiguous layout expected");
   TORCH_CHECK(offsets.dim() == 2 && offsets.size(1) == 2 && values.data_ptr() == offsets.data_ptr(),
               "sparse conv: (offset, value) pairs expected, offsets and values the same [kept, 2] storage");
-  TORCH_CHECK(bias.numel() == 0 || bias.numel() == rowptr.size(1) - 1, "sparse conv: bias shape");
+  TORCH_CHECK(shifts >= 1 && (rowptr.size(1) - 1) % shifts == 0, "sparse conv: row pointers per shift");
+  const int64_t out_channels = (rowptr.size(1) - 1) / shifts;
+  TORCH_CHECK(bias.numel() == 0 || bias.numel() == out_channels, "sparse conv: bias shape");
   return SparseConv{rowptr.data_ptr<int64_t>(), offsets.data_ptr<int32_t>(), values.data_ptr<float>() + 1,
-                    bias.numel() ? bias.data_ptr<float>() : nullptr, relu, rowptr.size(0), rowptr.size(1) - 1,
-                    chunk_planes, halo, max_offset, planes, plane_stride};
+                    bias.numel() ? bias.data_ptr<float>() : nullptr, relu, rowptr.size(0), out_channels,
+                    chunk_planes, halo, max_offset, planes, plane_stride, shifts};
 }
 
 // Where the outputs of a computed span go. The span's output t lies at row t / wq, column t % wq of
@@ -390,9 +395,9 @@ struct Dest {
 
 // registers per tile for a span: the fewest outputs computed in all (a tile past the span's end is
 // moved back over the tile before it), then the longest tiles
-static int vectors_per_tile(int64_t span) {
+static int vectors_per_tile(int64_t span, int cap = kVectors) {
   const int64_t vectors = (span + kLanes - 1) / kLanes;
-  const int most = static_cast<int>(std::min<int64_t>(kVectors, vectors));
+  const int most = static_cast<int>(std::min<int64_t>(cap, vectors));
   int nv = most;
   int64_t least = (vectors + most - 1) / most * most;
   for (int candidate = most - 1; candidate >= std::max(1, most / 2); --candidate) {
@@ -411,12 +416,13 @@ struct Tile {
   bool full;
 };
 
-// tile `i` of a span whose input has `readable` floats from the span's first output's position on
-static Tile tile_at(int64_t i, int64_t tile_len, int64_t span, int64_t readable, int64_t max_offset) {
+// tile `i` of a span whose input has `readable` floats from the span's first output's position on;
+// `reach`: how far past its first output a tile's reads go, beyond its own length
+static Tile tile_at(int64_t i, int64_t tile_len, int64_t span, int64_t readable, int64_t reach) {
   Tile t{i * tile_len, tile_len, false};
-  t.full = t.t0 + tile_len + max_offset <= readable;
-  if (!t.full && span >= tile_len) {  // end the tile at the span: inside its image (outputs
-    t.t0 = span - tile_len;           // shared with the tile before are computed twice, equally)
+  t.full = t.t0 + tile_len + reach <= readable;
+  if (!t.full && span >= tile_len && span + reach <= readable) {  // end the tile at the span (outputs
+    t.t0 = span - tile_len;  // shared with the tile before are computed twice, equally)
     t.full = true;
   } else if (!t.full) {
     t.len = span - t.t0;
@@ -424,64 +430,46 @@ static Tile tile_at(int64_t i, int64_t tile_len, int64_t span, int64_t readable,
   return t;
 }
 
-// One tile of output channels [co_begin, co_end): the input channels chunk by chunk, the sums kept
-// in `sums_base` (a tile's worth per output channel) between chunks, then written out. `in`: the
-// span's first output's position in the input (the start of an image's planes); `next`: the next
-// tile's input, prefetched during this tile's last chunk, or nullptr.
-template <int NV>
-static void compute_tile_of(const SparseConv& c, const Dest& d, const float* in, int64_t span, const Tile& tile, int nv,
-                         int64_t co_begin, int64_t co_end, const float* next, float* sums_base) {
-  const int64_t t0 = tile.t0, len = tile.len, tile_len = nv * kLanes;
-  const bool full = tile.full;
-  const float* base = in + t0;
-  // outputs consecutive in the output: the last chunk stores them itself
-  const bool straight = d.consecutive && full && t0 + tile_len <= span;
-  // Chunk `c`'s rows of a tile are prefetched while the chunk before is computed (the next tile's
-  // first chunk while a tile's last is), a share before each output channel: the hardware's
-  // prefetchers follow a few streams, a chunk is up to a few dozen planes. Measured on ResNet-50 at
-  // batch 16 here: 5 % faster at 95 % sparsity, no change at 90 % (+0.8 %, within the noise).
-  const int64_t lines_per_plane = c.chunk_planes > 0 ? (tile_len + c.halo + 15) / 16 + 1 : 0;  // 64-byte lines
-  for (int64_t ch = 0; ch < c.chunks; ++ch) {
-    const int64_t* cp = c.rowptr + ch * (c.out_channels + 1);
-    const bool last_chunk = ch + 1 == c.chunks;
-    const float* ahead = nullptr;  // the rows to prefetch: planes [p0, p0 + chunk_planes) from here
-    int64_t p0 = 0;
-    if (!last_chunk) {
-      ahead = full ? base : nullptr;
-      p0 = (ch + 1) * c.chunk_planes;
+// The rows of the next chunk of a tile (`tile`: the tile's input), or the next tile's first chunk
+// (`next`) during a tile's last, prefetched a share before each of `channels` output channels: the
+// hardware's prefetchers follow a few streams, a chunk is up to a few dozen planes. Measured on
+// ResNet-50 at batch 16 here: 5 % faster at 95 % sparsity, no change at 90 % (+0.8 %, within the noise).
+struct ChunkPrefetch {
+  const float* ahead = nullptr;  // planes [plane, ...) from here
+  int64_t plane_stride, lines_per_plane, lines = 0, per_channel = 0;
+  // the next line: line `in_plane` of plane `plane` (counted, not divided: a division per prefetched
+  // line cost more than the prefetch)
+  int64_t line = 0, plane = 0, in_plane = 0;
+
+  ChunkPrefetch(const SparseConv& c, int64_t ch, const float* tile, const float* next, int64_t lines_per_plane,
+                int64_t channels)
+      : plane_stride(c.plane_stride), lines_per_plane(lines_per_plane) {
+    if (ch + 1 < c.chunks) {
+      ahead = tile;
+      plane = (ch + 1) * c.chunk_planes;
     } else {
       ahead = next;
     }
-    const int64_t lines = ahead ? (std::min(c.planes, p0 + c.chunk_planes) - p0) * lines_per_plane : 0;
-    const int64_t per_channel = (lines + (co_end - co_begin) - 1) / (co_end - co_begin);
-    // the next line to prefetch: line `in_plane` of plane `plane` (counted, not divided: a division
-    // per prefetched line cost more than the prefetch)
-    int64_t line = 0, plane = p0, in_plane = 0;
-    for (int64_t co = co_begin; co < co_end; ++co) {
-      for (const int64_t line_end = std::min(lines, line + per_channel); line < line_end; ++line) {
-        __builtin_prefetch(ahead + plane * c.plane_stride + in_plane * 16, 0, 3);
-        if (++in_plane == lines_per_plane) {
-          in_plane = 0;
-          ++plane;
-        }
-      }
-      float* sums = sums_base + co * kTile;
-      if (straight && last_chunk) {
-        float* dst = d.base + co * d.plane + t0;
-        accumulate_tile<NV>(base, c.off, c.val, cp[co], cp[co + 1], sums, ch == 0, dst,
-                   d.res ? d.res + co * d.res_plane + t0 : nullptr, c.bias ? c.bias[co] : 0.0f, c.relu,
-                   d.stream && reinterpret_cast<uintptr_t>(dst) % sizeof(vec) == 0);
-      } else if (full) {
-        accumulate_tile<NV>(base, c.off, c.val, cp[co], cp[co + 1], sums, ch == 0, nullptr, nullptr, 0.0f, false, false);
-      } else {
-        accumulate_short(base, c.off, c.val, cp[co], cp[co + 1], len, sums, ch == 0);
+    if (ahead) lines = (std::min(c.planes, plane + c.chunk_planes) - plane) * lines_per_plane;
+    per_channel = (lines + channels - 1) / channels;
+  }
+
+  void share() {
+    for (const int64_t line_end = std::min(lines, line + per_channel); line < line_end; ++line) {
+      __builtin_prefetch(ahead + plane * plane_stride + in_plane * 16, 0, 3);
+      if (++in_plane == lines_per_plane) {
+        in_plane = 0;
+        ++plane;
       }
     }
   }
-  if (straight) return;
-  // write the tile's outputs that exist (t < span, column < out_w), a row segment at a time; the
-  // segments (the same for every output channel) found once per tile: with two divisions each, found
-  // per output channel they cost about as much as a sparse conv's multiply-adds on small planes
+};
+
+// Write a tile's outputs that exist (t < span, column < out_w) from its sums, a row segment at a time;
+// the segments (the same for every output channel) found once per tile: with two divisions each,
+// found per output channel they cost about as much as a sparse conv's multiply-adds on small planes
+static void write_tile(const SparseConv& c, const Dest& d, int64_t span, int64_t t0, int64_t len, int64_t co_begin,
+                       int64_t co_end, const float* sums_base) {
   const int64_t t_end = std::min(t0 + len, span);
   struct Segment {
     int64_t from, count, dst, res;  // sums index, outputs, offset in the output's plane and the residual's
@@ -510,6 +498,43 @@ static void compute_tile_of(const SparseConv& c, const Dest& d, const float* in,
   }
 }
 
+// One tile of output channels [co_begin, co_end): the input channels chunk by chunk, the sums kept
+// in `sums_base` (a tile's worth per output channel) between chunks, then written out. `in`: the
+// span's first output's position in the input (the start of an image's planes); `next`: the next
+// tile's input, prefetched during this tile's last chunk, or nullptr.
+template <int NV>
+static void compute_tile_of(const SparseConv& c, const Dest& d, const float* in, int64_t span, const Tile& tile, int nv,
+                         int64_t co_begin, int64_t co_end, const float* next, float* sums_base) {
+  const int64_t t0 = tile.t0, len = tile.len, tile_len = nv * kLanes;
+  const bool full = tile.full;
+  const float* base = in + t0;
+  // outputs consecutive in the output: the last chunk stores them itself
+  const bool straight = d.consecutive && full && t0 + tile_len <= span;
+  // chunk c's rows prefetched while the chunk before is computed (see ChunkPrefetch)
+  const int64_t lines_per_plane = c.chunk_planes > 0 ? (tile_len + c.halo + 15) / 16 + 1 : 0;  // 64-byte lines
+  for (int64_t ch = 0; ch < c.chunks; ++ch) {
+    const int64_t* cp = c.rowptr + ch * (c.out_channels + 1);
+    const bool last_chunk = ch + 1 == c.chunks;
+    ChunkPrefetch prefetch(c, ch, full ? base : nullptr, next, lines_per_plane, co_end - co_begin);
+    for (int64_t co = co_begin; co < co_end; ++co) {
+      prefetch.share();
+      float* sums = sums_base + co * kTile;
+      if (straight && last_chunk) {
+        float* dst = d.base + co * d.plane + t0;
+        accumulate_tile<NV>(base, c.off, c.val, cp[co], cp[co + 1], sums, ch == 0, dst,
+                   d.res ? d.res + co * d.res_plane + t0 : nullptr, c.bias ? c.bias[co] : 0.0f, c.relu,
+                   d.stream && reinterpret_cast<uintptr_t>(dst) % sizeof(vec) == 0);
+      } else if (full) {
+        accumulate_tile<NV>(base, c.off, c.val, cp[co], cp[co + 1], sums, ch == 0, nullptr, nullptr, 0.0f, false, false);
+      } else {
+        accumulate_short(base, c.off, c.val, cp[co], cp[co + 1], len, sums, ch == 0);
+      }
+    }
+  }
+  if (straight) return;
+  write_tile(c, d, span, t0, len, co_begin, co_end, sums_base);
+}
+
 // compute_tile_of for `nv` registers per tile: the multiply-adds inlined in its loop over the
 // output channels (a call per output channel and chunk cost 4 % in a micro-benchmark)
 static void compute_tile(const SparseConv& c, const Dest& d, const float* in, int64_t span, const Tile& tile, int nv,
@@ -526,6 +551,96 @@ static void compute_tile(const SparseConv& c, const Dest& d, const float* in, in
 #undef CVLTH_CASE
 }
 
+#if defined(__AVX512F__) && !defined(CVLTH_AVX2_VECTORS)
+// A 3-wide conv (column shifts 0, 1, 2) whose input rows start on a vector: the weights of column
+// shift s read their input at s floats past a vector boundary, and such a load spans two cache lines
+// (costing two: in a micro-benchmark here, 62 GFLOP/s per core unaligned against 92 aligned). So each
+// shift has its own sums, fed by aligned loads (shift s's sum vector i holds outputs 16 i - s to
+// 16 i - s + 15, one vector more than the tile), and the three are added with their lanes aligned
+// (valignd) once per output channel and chunk, not once per multiply-add.
+constexpr int kShifts = 3;
+constexpr int kShiftedVectors = 9;  // 3 sets of sums, 9 + 10 + 10 registers, and the broadcast weight
+bool shifted_available() { return true; }
+int64_t shifted_tile_floats() { return kShiftedVectors * kLanes; }
+
+template <int N>
+__attribute__((always_inline)) static inline void accumulate_shift(__m512* acc, const float* base, const int32_t* off,
+                                                                    const float* val, int64_t begin, int64_t end,
+                                                                    int64_t shift) {
+  for (int64_t k = begin; k < end; ++k) {
+    const float* p = base + off[2 * k] - shift;
+    asm volatile("" : "+r"(p));  // [p + constant] in each multiply-add (see accumulate_tile)
+    const __m512 v = _mm512_set1_ps(val[2 * k]);
+#pragma GCC unroll 16
+    for (int i = 0; i < N; ++i) acc[i] = _mm512_fmadd_ps(v, _mm512_loadu_ps(p + i * kLanes), acc[i]);
+  }
+}
+
+static inline __m512 lanes_from(__m512 lo, __m512 hi, int shift) {  // lanes shift.. of lo, then hi's
+  const __m512i a = _mm512_castps_si512(lo), b = _mm512_castps_si512(hi);
+  return _mm512_castsi512_ps(shift == 1 ? _mm512_alignr_epi32(b, a, 1) : _mm512_alignr_epi32(b, a, 2));
+}
+
+template <int NV>
+static void compute_tile_shifted_of(const SparseConv& c, const Dest& d, const float* in, int64_t span,
+                                    const Tile& tile, int nv, int64_t co_begin, int64_t co_end, const float* next,
+                                    float* sums_base) {
+  const int64_t t0 = tile.t0, len = tile.len, tile_len = nv * kLanes;
+  const float* base = in + t0;
+  const int64_t lines_per_plane = c.chunk_planes > 0 ? (tile_len + kLanes + c.halo + 15) / 16 + 1 : 0;
+  for (int64_t ch = 0; ch < c.chunks; ++ch) {
+    const int64_t* cp = c.rowptr + ch * (c.out_channels * kShifts + 1);
+    ChunkPrefetch prefetch(c, ch, tile.full ? base : nullptr, next, lines_per_plane, co_end - co_begin);
+    for (int64_t co = co_begin; co < co_end; ++co) {
+      prefetch.share();
+      float* sums = sums_base + co * kTile;
+      const int64_t* at = cp + co * kShifts;
+      if (!tile.full) {  // every shift's weights read as they are
+        accumulate_short(base, c.off, c.val, at[0], at[kShifts], len, sums, ch == 0);
+        continue;
+      }
+      __m512 acc0[NV], acc1[NV + 1], acc2[NV + 1];
+#pragma GCC unroll 16
+      for (int i = 0; i < NV; ++i) acc0[i] = ch == 0 ? _mm512_setzero_ps() : _mm512_loadu_ps(sums + i * kLanes);
+#pragma GCC unroll 16
+      for (int i = 0; i <= NV; ++i) acc1[i] = acc2[i] = _mm512_setzero_ps();
+      accumulate_shift<NV>(acc0, base, c.off, c.val, at[0], at[1], 0);
+      accumulate_shift<NV + 1>(acc1, base, c.off, c.val, at[1], at[2], 1);
+      accumulate_shift<NV + 1>(acc2, base, c.off, c.val, at[2], at[3], 2);
+#pragma GCC unroll 16
+      for (int i = 0; i < NV; ++i) {
+        const __m512 y = acc0[i] + lanes_from(acc1[i], acc1[i + 1], 1) + lanes_from(acc2[i], acc2[i + 1], 2);
+        _mm512_storeu_ps(sums + i * kLanes, y);
+      }
+    }
+  }
+  write_tile(c, d, span, t0, len, co_begin, co_end, sums_base);
+}
+
+static void compute_tile_shifted(const SparseConv& c, const Dest& d, const float* in, int64_t span, const Tile& tile,
+                                 int nv, int64_t co_begin, int64_t co_end, const float* next, float* sums_base) {
+#define CVLTH_CASE(N) \
+  case N: return compute_tile_shifted_of<N>(c, d, in, span, tile, nv, co_begin, co_end, next, sums_base);
+  switch (nv) {
+    CVLTH_CASE(1) CVLTH_CASE(2) CVLTH_CASE(3) CVLTH_CASE(4) CVLTH_CASE(5) CVLTH_CASE(6) CVLTH_CASE(7)
+    CVLTH_CASE(8)
+    default:
+      return compute_tile_shifted_of<kShiftedVectors>(c, d, in, span, tile, nv, co_begin, co_end, next, sums_base);
+  }
+#undef CVLTH_CASE
+}
+
+#else
+constexpr int kShifts = 3;
+bool shifted_available() { return false; }
+int64_t shifted_tile_floats() { return kTile; }
+static void compute_tile_shifted(const SparseConv&, const Dest&, const float*, int64_t, const Tile&, int, int64_t,
+                                 int64_t, const float*, float*) {
+  TORCH_CHECK(false, "the column-shifted conv needs AVX-512");
+}
+constexpr int kShiftedVectors = kVectors;
+#endif
+
 void sparse_conv_forward(
     torch::Tensor input,     // [N, P, Hq, Wq] float32 contiguous: padded (and phased) input planes
     torch::Tensor rowptr,    // [chunks, Cout + 1] int64: chunk c, output channel co: its weights
@@ -540,7 +655,8 @@ void sparse_conv_forward(
     int64_t max_offset,      // the largest offset
     int64_t stack,           // images stacked along the rows of each plane (channel-major layout), or 1
     int64_t chunk_planes,    // input planes per chunk (0: no prefetching)
-    int64_t halo) {          // floats a tile reads in a plane beyond its own outputs' positions
+    int64_t halo,            // floats a tile reads in a plane beyond its own outputs' positions
+    int64_t shifts) {        // 1, or 3: a 3-wide conv by column shift (see compute_tile_shifted_of)
   TORCH_CHECK(input.dtype() == torch::kFloat32 && input.is_contiguous() && input.dim() == 4,
               "sparse_conv_forward: a contiguous float32 NCHW input is expected");
   TORCH_CHECK(out.dtype() == torch::kFloat32 && out.is_contiguous(), "sparse_conv_forward: bad output");
@@ -548,8 +664,10 @@ void sparse_conv_forward(
   TORCH_CHECK(stack >= 1 && input.size(2) % stack == 0, "sparse_conv_forward: rows not a multiple of the stack");
   const int64_t hq = input.size(2) / stack;  // input rows of one stacked image
   const int64_t image = input.size(1) * input.size(2) * wq, total = input.numel();
+  TORCH_CHECK(shifts == 1 || shifts == kShifts, "sparse_conv_forward: shifts");
   const SparseConv conv = sparse_conv_of(rowptr, offsets, values, bias, relu, chunk_planes, halo, max_offset,
-                                         input.size(1), input.size(2) * wq);
+                                         input.size(1), input.size(2) * wq, shifts);
+  const bool shifted = shifts > 1;
   const int64_t out_channels = conv.out_channels;
   const int64_t oh = out_h + 2 * pad, ow = out_w + 2 * pad;
   TORCH_CHECK(out.size(0) == n_images && out.size(1) == out_channels &&
@@ -560,7 +678,8 @@ void sparse_conv_forward(
   // outputs over the padded width and, between stacked images, over their padding rows (computed,
   // never written); the last image's last row cut
   const int64_t span = ((stack - 1) * hq + out_h - 1) * wq + out_w;
-  const int nv = vectors_per_tile(span);
+  const int nv = vectors_per_tile(span, shifted ? kShiftedVectors : kVectors);
+  const int64_t reach = max_offset + (shifted ? kLanes : 0);  // shifted: sums a vector past the tile
   const int64_t tile_len = nv * kLanes;
   const int64_t tiles = (span + tile_len - 1) / tile_len;
   const float* x = input.data_ptr<float>();
@@ -580,7 +699,7 @@ void sparse_conv_forward(
   const int64_t group_size = (out_channels + groups - 1) / groups;
   auto tile_of = [&](int64_t pair) {
     const int64_t n = pair / tiles;
-    return tile_at(pair % tiles, tile_len, span, total - n * image, max_offset);
+    return tile_at(pair % tiles, tile_len, span, total - n * image, reach);
   };
   at::parallel_for(0, pairs * groups, 1, [&](int64_t first, int64_t last) {
     float* const sums_base = scratch(kSums, out_channels * kTile);
@@ -599,7 +718,10 @@ void sparse_conv_forward(
       Dest d = image_dest;
       d.base += n * out_channels * plane_padded;
       if (r) d.res += n * out_channels * plane_out;
-      compute_tile(conv, d, x + n * image, span, tile, nv, co_begin, co_end, next, sums_base);
+      if (shifted)
+        compute_tile_shifted(conv, d, x + n * image, span, tile, nv, co_begin, co_end, next, sums_base);
+      else
+        compute_tile(conv, d, x + n * image, span, tile, nv, co_begin, co_end, next, sums_base);
     }
 #ifdef CVLTH_X86
     if (stream) _mm_sfence();  // the streamed stores visible before the output is read
@@ -610,16 +732,21 @@ void sparse_conv_forward(
 // One conv over a span of its input into `d`, tile after tile, every output channel, on this thread
 // (a band of a block: the threads split the bands).
 static void run_span(const SparseConv& c, const Dest& d, const float* in, int64_t span, int64_t readable, float* sums) {
-  const int nv = vectors_per_tile(span);
+  const bool shifted = c.shifts > 1;
+  const int nv = vectors_per_tile(span, shifted ? kShiftedVectors : kVectors);
   const int64_t tile_len = nv * kLanes, tiles = (span + tile_len - 1) / tile_len;
+  const int64_t reach = c.max_offset + (shifted ? kLanes : 0);  // shifted: sums a vector past the tile
   for (int64_t i = 0; i < tiles; ++i) {
-    const Tile tile = tile_at(i, tile_len, span, readable, c.max_offset);
+    const Tile tile = tile_at(i, tile_len, span, readable, reach);
     const float* next = nullptr;
     if (i + 1 < tiles) {
-      const Tile following = tile_at(i + 1, tile_len, span, readable, c.max_offset);
+      const Tile following = tile_at(i + 1, tile_len, span, readable, reach);
       if (following.full) next = in + following.t0;
     }
-    compute_tile(c, d, in, span, tile, nv, 0, c.out_channels, next, sums);
+    if (shifted)
+      compute_tile_shifted(c, d, in, span, tile, nv, 0, c.out_channels, next, sums);
+    else
+      compute_tile(c, d, in, span, tile, nv, 0, c.out_channels, next, sums);
   }
 }
 
@@ -652,8 +779,10 @@ void bottleneck_bands(torch::Tensor input,     // [N, C, H, W] float32 contiguou
                       torch::Tensor residual,  // [N, Cout, H, W] float32 contiguous, or empty (`carried`)
                       torch::Tensor out,       // [N, Cout, H, W] float32 contiguous, or [Cout, N, H, W]:
                       bool channel_major_out,  // (the next block runs channel-major, see FusedBlock)
-                      bool carried) {  // the last conv reads the band's input rows beside conv 2's output
-                                       // (a block's last conv and its downsample as one conv): no residual
+                      bool carried,  // the last conv reads the band's input rows beside conv 2's output
+                                     // (a block's last conv and its downsample as one conv): no residual
+                      int64_t row_stride,  // of conv 2's input buffer: W + 2 pad or more (a vector multiple)
+                      bool shifted) {  // conv 2 (3 wide) by column shift (see compute_tile_shifted_of)
   TORCH_CHECK(input.dtype() == torch::kFloat32 && input.is_contiguous() && input.dim() == 4,
               "bottleneck_bands: a contiguous float32 NCHW input is expected");
   TORCH_CHECK(rowptrs.size() == 3 && offsets.size() == 3 && values.size() == 3 && biases.size() == 3 &&
@@ -661,14 +790,15 @@ void bottleneck_bands(torch::Tensor input,     // [N, C, H, W] float32 contiguou
               "bottleneck_bands: three convs expected");
   TORCH_CHECK(band >= 1 && pad >= 0, "bottleneck_bands: band and padding");
   const int64_t n_images = input.size(0), h = input.size(2), w = input.size(3);
-  const int64_t hb = band + 2 * pad, wb = w + 2 * pad;  // the middle conv's input buffer planes
+  TORCH_CHECK(row_stride >= w + 2 * pad && (!shifted || pad == 1), "bottleneck_bands: row stride, shifts");
+  const int64_t hb = band + 2 * pad, wb = row_stride;  // the middle conv's input buffer planes
   const int64_t c_in = input.size(1), beside = carried ? c_in : 0;  // input planes beside conv 2's output
   const int64_t in_sizes[3][2] = {{c_in, h * w}, {rowptrs[0].size(1) - 1, hb * wb},
                                   {rowptrs[1].size(1) - 1 + beside, band * w}};
   SparseConv convs[3];
   for (int i = 0; i < 3; ++i)
     convs[i] = sparse_conv_of(rowptrs[i], offsets[i], values[i], biases[i], true, chunk_planes[i], halos[i],
-                              max_offsets[i], in_sizes[i][0], in_sizes[i][1]);
+                              max_offsets[i], in_sizes[i][0], in_sizes[i][1], i == 1 && shifted ? kShifts : 1);
   const int64_t c1 = convs[0].out_channels, c2 = convs[1].out_channels, c3 = convs[2].out_channels;
   TORCH_CHECK(out.dtype() == torch::kFloat32 && out.is_contiguous() && out.dim() == 4 &&
                   out.size(channel_major_out ? 1 : 0) == n_images && out.size(channel_major_out ? 0 : 1) == c3 &&
@@ -687,7 +817,7 @@ void bottleneck_bands(torch::Tensor input,     // [N, C, H, W] float32 contiguou
   const int64_t image = input.size(1) * h * w, total = input.numel(), plane = h * w;
   const bool stream = out.numel() * static_cast<int64_t>(sizeof(float)) > kStreamBytes;
   // a tile may read past its span's end inside a buffer: room for it, zeros
-  const int64_t slack = kTile + std::max(convs[1].halo, convs[2].halo) + kLanes;
+  const int64_t slack = kTile + std::max(convs[1].halo, convs[2].halo) + 2 * kLanes;
   const int64_t mid1_floats = c1 * hb * wb + slack, mid2_floats = (c2 + beside) * band * w + slack;
   const int64_t threads = at::get_num_threads();
   const int64_t segments = std::min(h, std::max<int64_t>(1, (threads + n_images - 1) / n_images));
@@ -906,6 +1036,8 @@ void split_phases(torch::Tensor input,  // [outer * inner planes, h, w] float32 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sparse_conv_forward", &sparse_conv_forward, py::call_guard<py::gil_scoped_release>(), "direct sparse convolution (float32, NCHW)");
   m.def("tile_floats", &tile_floats, "outputs per tile (vector lanes x registers)");
+  m.def("shifted_available", &shifted_available, "whether the column-shifted conv is built (AVX-512)");
+  m.def("shifted_tile_floats", &shifted_tile_floats, "outputs per tile of the column-shifted conv");
   m.def("vector_lanes", &vector_lanes, "floats per vector register");
   m.def("dense_conv_nhwc", &dense_conv_nhwc, py::call_guard<py::gil_scoped_release>(), "dense channels-last convolution for a stem (float32)");
   m.def("bottleneck_bands", &bottleneck_bands, py::call_guard<py::gil_scoped_release>(), "a bottleneck block a band of rows at a time (float32)");
