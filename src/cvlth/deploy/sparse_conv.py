@@ -88,7 +88,9 @@ MIN_CHUNK_WEIGHTS = 12
 class KernelLayout(NamedTuple):
     """A conv's kept weights as the direct kernel reads them for one input plane size."""
 
-    rowptr: torch.Tensor  # [chunks, out + 1]: chunk c, output channel o: weights rowptr[c, o] to [c, o + 1]
+    # [chunks, out + 1]: chunk c, output channel o: weights rowptr[c, o] to [c, o + 1] (a column-shifted
+    # layout: [chunks, out * shifts + 1], output channel o's shift s at o * shifts + s)
+    rowptr: torch.Tensor
     # [kept, 2] int32, one pair per weight: the offset of its input element inside one image (plane,
     # row, column), then its value's bits (one stream for the kernel to read, not two: 3-6 % at 95 %)
     offsets: torch.Tensor
@@ -285,7 +287,7 @@ class DirectSparseConv2d(nn.Module):
             n if stacked else 1,
             layout.chunk_planes,
             layout.halo,
-            1,
+            1,  # no column shifts: that path runs in the band kernel (on channel-major 14x14 planes it was slower)
         )
         return out
 
@@ -421,13 +423,7 @@ class FusedBlock(nn.Module):
         out = self.buffers_.get("output", (n, convs[2].out_channels, out_h, out_w))
         direct_kernel().strided_front_bands(
             x,
-            [layout.rowptr for layout in layouts],
-            [layout.offsets for layout in layouts],
-            [layout.values for layout in layouts],
-            [conv.bias if conv.bias is not None else _NO_BIAS for conv in convs],
-            [layout.chunk_planes for layout in layouts],
-            [layout.halo for layout in layouts],
-            [layout.max_offset for layout in layouts],
+            *_band_convs(convs, layouts),
             band,
             out,
         )
@@ -484,13 +480,7 @@ class FusedBlock(nn.Module):
         out = self.buffers_.get("output", shape)
         direct_kernel().bottleneck_bands(
             x,
-            [layout.rowptr for layout in layouts],
-            [layout.offsets for layout in layouts],
-            [layout.values for layout in layouts],
-            [conv.bias if conv.bias is not None else _NO_BIAS for conv in convs],
-            [layout.chunk_planes for layout in layouts],
-            [layout.halo for layout in layouts],
-            [layout.max_offset for layout in layouts],
+            *_band_convs(convs, layouts),
             pad,
             band,
             identity.float().contiguous() if identity is not None else _NO_BIAS,
@@ -616,6 +606,20 @@ def _bandable(stages: nn.ModuleList) -> bool:
         and kh == kw
         and kh % 2 == 1
         and ph == pw == (kh - 1) // 2
+    )
+
+
+def _band_convs(convs: list[DirectSparseConv2d], layouts: list[KernelLayout]) -> tuple[list, ...]:
+    """The per-conv arguments of the band kernels (``bottleneck_bands``, ``strided_front_bands``), in
+    their order: row pointers, offsets, values, biases, chunk sizes, halos and largest offsets."""
+    return (
+        [layout.rowptr for layout in layouts],
+        [layout.offsets for layout in layouts],
+        [layout.values for layout in layouts],
+        [conv.bias if conv.bias is not None else _NO_BIAS for conv in convs],
+        [layout.chunk_planes for layout in layouts],
+        [layout.halo for layout in layouts],
+        [layout.max_offset for layout in layouts],
     )
 
 
