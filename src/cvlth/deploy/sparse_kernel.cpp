@@ -30,6 +30,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 // the sums of one tile stay in registers: 16 of AVX-512's 32, 8 of AVX's 16
@@ -762,6 +763,14 @@ static void pointwise_rows(const SparseConv& c, const float* x, int64_t total, i
   run_span(c, d, x + start, rows * w + skip, total - start, sums);
 }
 
+// How the band kernels' threads split the work: whole images, or at a small batch (fewer images than
+// threads) segments of an image's `rows` output rows; (segments per image, rows per segment)
+static std::pair<int64_t, int64_t> row_segments(int64_t rows, int64_t n_images) {
+  const int64_t threads = at::get_num_threads();
+  const int64_t segments = std::min(rows, std::max<int64_t>(1, (threads + n_images - 1) / n_images));
+  return {segments, (rows + segments - 1) / segments};
+}
+
 // A bottleneck block (1x1, k x k with padding `pad`, 1x1; stride 1; the residual added and the ReLU
 // applied by the last conv) computed a band of rows at a time: each thread takes whole images (or
 // segments of rows of one, at a small batch) and runs the three convs on `band` output rows before
@@ -819,9 +828,7 @@ void bottleneck_bands(torch::Tensor input,     // [N, C, H, W] float32 contiguou
   // a tile may read past its span's end inside a buffer: room for it, zeros
   const int64_t slack = kTile + std::max(convs[1].halo, convs[2].halo) + 2 * kLanes;
   const int64_t mid1_floats = c1 * hb * wb + slack, mid2_floats = (c2 + beside) * band * w + slack;
-  const int64_t threads = at::get_num_threads();
-  const int64_t segments = std::min(h, std::max<int64_t>(1, (threads + n_images - 1) / n_images));
-  const int64_t segment_rows = (h + segments - 1) / segments;
+  const auto [segments, segment_rows] = row_segments(h, n_images);
 
   at::parallel_for(0, n_images * segments, 1, [&](int64_t first, int64_t last) {
     float* const sums = scratch(kSums, std::max({c1, c2, c3}) * kTile);
@@ -939,9 +946,7 @@ void strided_front_bands(torch::Tensor input,  // [N, Cin, H, W] float32 contigu
   const int64_t phase_floats = 4 * c1 * hq * wq + slack;
   const int64_t merged_floats = (c2 + c_in) * band * out_w + slack;  // the last conv's input, per band
   const bool stream = out.numel() * static_cast<int64_t>(sizeof(float)) > kStreamBytes;
-  const int64_t threads = at::get_num_threads();
-  const int64_t segments = std::min(out_h, std::max<int64_t>(1, (threads + n_images - 1) / n_images));
-  const int64_t segment_rows = (out_h + segments - 1) / segments;
+  const auto [segments, segment_rows] = row_segments(out_h, n_images);
 
   at::parallel_for(0, n_images * segments, 1, [&](int64_t first, int64_t last) {
     float* const sums = scratch(kSums, std::max({c1, c2, c3}) * kTile);
