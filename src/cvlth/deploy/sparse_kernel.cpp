@@ -237,12 +237,14 @@ struct DenseConv {
   int64_t hp, wp, cin, kh, kw, stride, out_w, cout;
 };
 
+// the row in groups of V vectors of output channels, `cout` floats apart
 template <int V>
-static void dense_row(const DenseConv& c, int64_t n, int64_t oy, float* dst) {
+__attribute__((always_inline)) static inline void dense_row_groups(const DenseConv& c, int64_t n, int64_t oy,
+                                                                   float* dst, int64_t cout) {
   constexpr int P = pixels_per_run<V>();
-  const int64_t row = c.wp * c.cin, step = c.stride * c.cin, taps = c.kw * c.cin, cout = c.cout;
+  const int64_t row = c.wp * c.cin, step = c.stride * c.cin, taps = c.kw * c.cin;
   const float* src = c.x + (n * c.hp + oy * c.stride) * row;
-  for (int64_t g = 0; g < cout; g += V * kLanes) {  // a group of V vectors of output channels
+  for (int64_t g = 0; g < cout; g += V * kLanes) {
     const float* w = c.w + g;
     const float* b = c.b + g;
     int64_t ox = 0;
@@ -251,6 +253,14 @@ static void dense_row(const DenseConv& c, int64_t n, int64_t oy, float* dst) {
     for (; ox < c.out_w; ++ox)
       dense_pixels<V, 1>(src + ox * step, step, row, c.kh, taps, cout, w, b, c.relu, dst + ox * cout + g);
   }
+}
+
+template <int V>
+static void dense_row(const DenseConv& c, int64_t n, int64_t oy, float* dst) {
+  if (c.cout == V * kLanes)  // one group: its stride a constant, as before groups existed
+    dense_row_groups<V>(c, n, oy, dst, V * kLanes);
+  else
+    dense_row_groups<V>(c, n, oy, dst, c.cout);
 }
 
 using DenseRow = void (*)(const DenseConv&, int64_t, int64_t, float*);
