@@ -265,19 +265,14 @@ static void dense_row(const DenseConv& c, int64_t n, int64_t oy, float* dst) {
 
 using DenseRow = void (*)(const DenseConv&, int64_t, int64_t, float*);
 
-#ifndef CVLTH_STEM_GROUP
-#define CVLTH_STEM_GROUP 2
-#endif
-
 // Output channels of `vectors` vectors: in one group where they are 1 to 4 vectors, else in groups of
-// the largest size up to CVLTH_STEM_GROUP that divides them. ResNet-50's stem with AVX2 (64 channels,
-// 8 vectors; AMD EPYC Zen 3, batch 16, 2026-12-04): groups of 2 vectors (6 pixels a run) 27 ms, of 1
-// (8 pixels) 33 ms, of 4 (2 pixels) 47-51 ms; PyTorch's conv, BN, ReLU and pool 82 ms.
+// kStemGroup where that divides them, else one vector at a time. ResNet-50's stem with AVX2 (64
+// channels, 8 vectors; AMD EPYC Zen 3, batch 16, 2026-12-04): groups of 2 vectors (6 pixels a run)
+// 27 ms, of 1 (8 pixels) 33 ms, of 4 (2 pixels) 47-51 ms; PyTorch's conv, BN, ReLU and pool 82 ms.
+constexpr int64_t kStemGroup = 2;
+
 static DenseRow dense_row_for(int64_t vectors) {
-  int64_t group = vectors <= 4 ? vectors : 1;
-  if (vectors > 4)
-    for (int64_t v = std::min<int64_t>(4, CVLTH_STEM_GROUP); v > 1 && group == 1; --v)
-      if (vectors % v == 0) group = v;
+  const int64_t group = vectors <= 4 ? vectors : (vectors % kStemGroup == 0 ? kStemGroup : 1);
   switch (group) {
     case 1: return dense_row<1>;
     case 2: return dense_row<2>;
